@@ -1,0 +1,247 @@
+"""CF-netCDF: the product's exchange format, read and written.
+
+Reading accepts any CF-style file with one precipitation variable on (time, y, x) in
+a rate (mm/h and friends), an accumulation over the time step (mm) or reflectivity
+(dBZ), and returns the product's sequence form (:mod:`nowcast.sequence`).
+
+Writing produces CF-1.8 files: ``precipitation_rate`` with standard_name
+``lwe_precipitation_rate`` in ``mm h-1``, a ``forecast_reference_time`` scalar
+coordinate for forecasts, the grid and a CF grid mapping, zlib compression. Files are
+written to a temporary name beside the target and renamed, so a failed write never
+leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from nowcast.errors import SequenceError, UnitsError, UnreadableFileError
+from nowcast.sequence import VARIABLE_NAME, make_sequence, time_step
+from nowcast.transforms import to_mmh
+
+logger = logging.getLogger(__name__)
+
+PRECIP_STANDARD_NAMES = (
+    "lwe_precipitation_rate",
+    "rainfall_rate",
+    "precipitation_flux",
+    "rainfall_flux",
+    "lwe_thickness_of_precipitation_amount",
+    "thickness_of_rainfall_amount",
+    "precipitation_amount",
+    "rainfall_amount",
+    "equivalent_reflectivity_factor",
+)
+_X_NAMES = ("x", "projection_x_coordinate", "lon", "longitude")
+_Y_NAMES = ("y", "projection_y_coordinate", "lat", "latitude")
+
+
+def read_netcdf(path: str | os.PathLike[str], variable: str | None = None) -> xr.DataArray:
+    """Read a CF-netCDF radar file into the sequence form (mm/h, NaN for no data)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableFileError(f"{path}: no such file")
+    try:
+        with xr.open_dataset(path, engine="netcdf4", mask_and_scale=True, decode_times=True) as ds:
+            ds = ds.load()
+    except Exception as exc:  # netCDF4 raises OSError, RuntimeError, ValueError...
+        raise UnreadableFileError(f"{path}: not a readable netCDF file ({exc})") from exc
+    return dataset_to_sequence(ds, variable=variable, source=str(path))
+
+
+def dataset_to_sequence(
+    ds: xr.Dataset, *, variable: str | None = None, source: str = "dataset"
+) -> xr.DataArray:
+    """The sequence held in an opened CF dataset."""
+    var = _find_variable(ds, variable, source)
+    da = ds[var]
+    time_dim = next(
+        (d for d in da.dims
+         if d in ("time", "t") or (d in ds.coords and np.issubdtype(ds[d].dtype, np.datetime64))),
+        None,
+    )
+    if time_dim is None:
+        raise SequenceError(f"{source}: variable {var!r} has no time dimension (dims {da.dims})")
+    y_dim = next((d for d in da.dims if d in _Y_NAMES), None)
+    x_dim = next((d for d in da.dims if d in _X_NAMES), None)
+    if y_dim is None or x_dim is None:
+        others = [d for d in da.dims if d != time_dim]
+        if len(others) != 2:
+            raise SequenceError(f"{source}: variable {var!r} must be (time, y, x); dims are {da.dims}")
+        y_dim, x_dim = others
+    extra = [d for d in da.dims if d not in (time_dim, y_dim, x_dim)]
+    for d in extra:
+        if da.sizes[d] != 1:
+            raise SequenceError(f"{source}: variable {var!r} has extra dimension {d!r} of size {da.sizes[d]}")
+        da = da.isel({d: 0})
+    da = da.transpose(time_dim, y_dim, x_dim)
+    times = pd.DatetimeIndex(da[time_dim].values) if time_dim in da.coords else None
+    if times is None or not np.issubdtype(np.asarray(da[time_dim].values).dtype, np.datetime64):
+        raise SequenceError(f"{source}: time coordinate {time_dim!r} is missing or not a date")
+
+    units = str(da.attrs.get("units", "")).strip()
+    if not units:
+        raise UnitsError(f"{source}: variable {var!r} has no units attribute")
+    minutes = None
+    if len(times) >= 2:
+        tmp = xr.DataArray(np.zeros(len(times)), dims=["time"], coords={"time": times.values})
+        minutes = time_step(tmp).total_seconds() / 60.0
+    elif "accumulation_minutes" in da.attrs:
+        minutes = float(da.attrs["accumulation_minutes"])
+    rate = to_mmh(da.values.astype(np.float32), units, accumulation_minutes=minutes)
+
+    x = np.asarray(da[x_dim].values, dtype=np.float64) if x_dim in da.coords else None
+    y = np.asarray(da[y_dim].values, dtype=np.float64) if y_dim in da.coords else None
+    attrs = {**ds.attrs, **da.attrs}
+    projection = _projection_of(ds, da)
+    xpix = float(attrs.get("xpixelsize", abs(x[1] - x[0]) if x is not None and len(x) > 1 else 1000.0))
+    ypix = float(attrs.get("ypixelsize", abs(y[1] - y[0]) if y is not None and len(y) > 1 else 1000.0))
+    keep = {k: attrs[k] for k in ("institution", "source") if k in attrs}
+    return make_sequence(rate, times, x=x, y=y, projection=projection,
+                         xpixelsize=xpix, ypixelsize=ypix, attrs=keep)
+
+
+def _find_variable(ds: xr.Dataset, variable: str | None, source: str) -> str:
+    if variable is not None:
+        if variable not in ds.data_vars:
+            raise SequenceError(f"{source}: no variable {variable!r}; variables are {sorted(ds.data_vars)}")
+        return variable
+    candidates = [
+        name for name, v in ds.data_vars.items()
+        if v.ndim >= 3 and (v.attrs.get("standard_name") in PRECIP_STANDARD_NAMES
+                            or name in (VARIABLE_NAME, "precipitation", "precip", "rainrate", "rain_rate",
+                                        "precipitation_rate", "dbz", "DBZ", "reflectivity"))
+    ]
+    if not candidates:
+        candidates = [name for name, v in ds.data_vars.items() if v.ndim >= 3 and "units" in v.attrs]
+    if len(candidates) != 1:
+        raise SequenceError(
+            f"{source}: expected one precipitation variable on (time, y, x); "
+            f"found {candidates or 'none'} among {sorted(ds.data_vars)}"
+        )
+    return candidates[0]
+
+
+def _projection_of(ds: xr.Dataset, da: xr.DataArray) -> str:
+    for key in ("projection", "proj4", "proj4_params"):
+        if key in da.attrs:
+            return str(da.attrs[key])
+    gm_name = da.attrs.get("grid_mapping")
+    if gm_name and gm_name in ds.variables:
+        gm = ds[gm_name].attrs
+        for key in ("proj4", "proj4_params", "proj4text"):
+            if key in gm:
+                return str(gm[key])
+        try:
+            import pyproj
+
+            return pyproj.CRS.from_cf(dict(gm)).to_proj4()
+        except Exception:  # an incomplete grid mapping: keep going without projection
+            logger.warning("could not interpret grid mapping %r", gm_name)
+    return str(ds.attrs.get("projection", ""))
+
+
+def sequence_to_dataset(
+    sequence: xr.DataArray, *, forecast_reference_time: Any | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """A CF-1.8 dataset for ``sequence`` (a forecast when a reference time is given)."""
+    values = sequence.values.astype(np.float32)
+    var = xr.Variable(
+        ("time", "y", "x"),
+        values,
+        attrs={
+            "standard_name": "lwe_precipitation_rate",
+            "long_name": "rain rate",
+            "units": "mm h-1",
+            "grid_mapping": "crs",
+        },
+    )
+    coords: dict[str, Any] = {
+        "time": ("time", sequence["time"].values, {"standard_name": "time", "axis": "T"}),
+        "y": ("y", sequence["y"].values, {"standard_name": "projection_y_coordinate", "axis": "Y",
+                                          "units": "m"}),
+        "x": ("x", sequence["x"].values, {"standard_name": "projection_x_coordinate", "axis": "X",
+                                          "units": "m"}),
+    }
+    if forecast_reference_time is not None:
+        frt = np.datetime64(pd.Timestamp(forecast_reference_time).to_datetime64(), "ns")
+        coords["forecast_reference_time"] = ((), frt, {"standard_name": "forecast_reference_time"})
+        lead = (sequence["time"].values - frt).astype("timedelta64[s]").astype(np.int64) / 60.0
+        coords["forecast_period"] = ("time", lead, {"standard_name": "forecast_period", "units": "minutes"})
+        var.attrs["coordinates"] = "forecast_reference_time forecast_period"
+    projection = str(sequence.attrs.get("projection", ""))
+    crs_attrs: dict[str, Any] = {"proj4_params": projection}
+    if projection:
+        try:
+            import pyproj
+
+            crs_attrs.update(pyproj.CRS.from_proj4(projection).to_cf())
+        except Exception:
+            logger.warning("projection %r is not understood by pyproj; kept as text only", projection)
+    ds = xr.Dataset({VARIABLE_NAME: var, "crs": xr.Variable((), np.int32(0), crs_attrs)}, coords=coords)
+    ds.attrs = {
+        "Conventions": "CF-1.8",
+        "title": "nowcast precipitation" + (" forecast" if forecast_reference_time is not None else ""),
+        "xpixelsize": float(sequence.attrs.get("xpixelsize", 1000.0)),
+        "ypixelsize": float(sequence.attrs.get("ypixelsize", 1000.0)),
+        "projection": projection,
+    }
+    for key in ("institution", "source"):
+        if key in sequence.attrs:
+            ds.attrs[key] = str(sequence.attrs[key])
+    ds.attrs.update(attrs or {})
+    return ds
+
+
+def write_netcdf(
+    sequence: xr.DataArray,
+    path: str | os.PathLike[str],
+    *,
+    forecast_reference_time: Any | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``sequence`` as CF-netCDF atomically (temporary file, then rename)."""
+    path = Path(path)
+    ds = sequence_to_dataset(sequence, forecast_reference_time=forecast_reference_time, attrs=attrs)
+    encoding = {
+        VARIABLE_NAME: {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan),
+                        "chunksizes": (1, sequence.sizes["y"], sequence.sizes["x"])},
+        "time": {"units": "seconds since 1970-01-01 00:00:00", "dtype": "int64"},
+    }
+    if "forecast_reference_time" in ds.coords:
+        encoding["forecast_reference_time"] = {"units": "seconds since 1970-01-01 00:00:00", "dtype": "int64"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    logger.info("wrote %s (%d frames)", path, sequence.sizes["time"])
+    return path
+
+
+def to_netcdf_bytes(sequence: xr.DataArray, **kwargs: Any) -> bytes:
+    """The CF-netCDF file for ``sequence`` as bytes (for HTTP responses)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = write_netcdf(sequence, Path(tmp) / "forecast.nc", **kwargs)
+        return out.read_bytes()
+
+
+def read_netcdf_bytes(data: bytes, variable: str | None = None) -> xr.DataArray:
+    """Read a CF-netCDF file held in memory (for HTTP request bodies)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "input.nc"
+        path.write_bytes(data)
+        return read_netcdf(path, variable=variable)

@@ -1,0 +1,156 @@
+"""The one in-memory form of a radar sequence.
+
+A sequence is an :class:`xarray.DataArray` named ``precipitation_rate`` holding rain
+rate in mm/h with dims ``(time, y, x)``:
+
+* ``time`` is ``datetime64[ns]`` (UTC, no time zone), strictly increasing;
+* ``y`` and ``x`` are the grid-cell centres in the projection's units (metres for
+  the national composites); ``y`` follows the row order of the data;
+* ``attrs`` carry the georeferencing: ``projection`` (a PROJ string, may be empty when
+  unknown), ``xpixelsize`` and ``ypixelsize`` (projection units), ``institution`` and
+  ``source`` where known;
+* no-data (outside radar range, missing scans) is NaN, never zero.
+
+Models work on tensors laid out ``(batch, time, channel, y, x)``; the conversion lives
+in :mod:`nowcast.transforms`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from nowcast.errors import SequenceError
+
+VARIABLE_NAME = "precipitation_rate"
+UNITS = "mm/h"
+DIMS = ("time", "y", "x")
+GEO_ATTRS = ("projection", "xpixelsize", "ypixelsize", "institution", "source")
+
+
+def make_sequence(
+    rate: np.ndarray,
+    times: Sequence[Any] | np.ndarray | pd.DatetimeIndex,
+    *,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    projection: str = "",
+    xpixelsize: float = 1000.0,
+    ypixelsize: float = 1000.0,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.DataArray:
+    """Build a sequence from an array of rain rates in mm/h, shape (time, y, x).
+
+    Without ``x``/``y`` the grid is numbered in pixel units from the centre of the
+    first cell (``xpixelsize * (i + 0.5)``).
+    """
+    rate = np.asarray(rate, dtype=np.float32)
+    if rate.ndim == 2:
+        rate = rate[np.newaxis]
+    if rate.ndim != 3:
+        raise SequenceError(f"rain rate must be 3-D (time, y, x); got shape {rate.shape}")
+    n_t, n_y, n_x = rate.shape
+    time_index = pd.DatetimeIndex(pd.to_datetime(np.asarray(times)))
+    if time_index.tz is not None:
+        time_index = time_index.tz_convert("UTC").tz_localize(None)
+    if len(time_index) != n_t:
+        raise SequenceError(f"{len(time_index)} timestamps for {n_t} frames")
+    if x is None:
+        x = (np.arange(n_x) + 0.5) * xpixelsize
+    if y is None:
+        y = (np.arange(n_y) + 0.5) * ypixelsize
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.shape != (n_x,) or y.shape != (n_y,):
+        raise SequenceError(
+            f"grid coordinates x{x.shape}, y{y.shape} do not match frames of {n_y}x{n_x}"
+        )
+    all_attrs: dict[str, Any] = {
+        "units": UNITS,
+        "long_name": "rain rate",
+        "projection": projection or "",
+        "xpixelsize": float(xpixelsize),
+        "ypixelsize": float(ypixelsize),
+    }
+    all_attrs.update(attrs or {})
+    all_attrs["units"] = UNITS
+    return xr.DataArray(
+        rate,
+        dims=DIMS,
+        coords={"time": time_index.values.astype("datetime64[ns]"), "y": y, "x": x},
+        name=VARIABLE_NAME,
+        attrs=all_attrs,
+    )
+
+
+def time_step(sequence: xr.DataArray) -> pd.Timedelta:
+    """The sequence's regular time step; raises if the steps are irregular."""
+    times = pd.DatetimeIndex(sequence["time"].values)
+    if len(times) < 2:
+        raise SequenceError("a single frame has no time step")
+    steps = np.diff(times.values).astype("timedelta64[s]").astype(np.int64)
+    if np.any(steps <= 0):
+        raise SequenceError("timestamps must be strictly increasing")
+    if np.any(steps != steps[0]):
+        uniq = sorted({int(s) for s in steps})
+        raise SequenceError(
+            f"irregular time steps: found steps of {', '.join(f'{s}s' for s in uniq)}"
+        )
+    return pd.Timedelta(seconds=int(steps[0]))
+
+
+def validate_sequence(sequence: xr.DataArray, *, min_frames: int = 1) -> xr.DataArray:
+    """Check that ``sequence`` is in the product's form and fit to forecast from.
+
+    Returns it unchanged; raises :class:`SequenceError` naming the first problem.
+    """
+    if not isinstance(sequence, xr.DataArray):
+        raise SequenceError(f"expected an xarray.DataArray, got {type(sequence).__name__}")
+    if tuple(sequence.dims) != DIMS:
+        raise SequenceError(f"dims must be {DIMS}; got {tuple(sequence.dims)}")
+    if sequence.attrs.get("units") != UNITS:
+        raise SequenceError(f"units must be {UNITS!r}; got {sequence.attrs.get('units')!r}")
+    n_t = sequence.sizes["time"]
+    if n_t < min_frames:
+        raise SequenceError(f"too few frames: need at least {min_frames}, got {n_t}")
+    if sequence.sizes["y"] < 2 or sequence.sizes["x"] < 2:
+        raise SequenceError(f"grid too small: {sequence.sizes['y']}x{sequence.sizes['x']}")
+    if n_t >= 2:
+        time_step(sequence)
+    values = sequence.values
+    finite = np.isfinite(values)
+    if np.isinf(values).any():
+        raise SequenceError("rain rates contain infinite values")
+    empty = [i for i in range(n_t) if not finite[i].any()]
+    if empty:
+        stamps = ", ".join(str(pd.Timestamp(sequence["time"].values[i])) for i in empty)
+        raise SequenceError(f"all-NaN frame(s) at {stamps}: no radar data to forecast from")
+    if (values[finite] < 0).any():
+        raise SequenceError("rain rates must not be negative")
+    return sequence
+
+
+def future_times(sequence: xr.DataArray, steps: int) -> pd.DatetimeIndex:
+    """The valid times of ``steps`` frames after the last one of ``sequence``."""
+    step = time_step(sequence)
+    last = pd.Timestamp(sequence["time"].values[-1])
+    return pd.DatetimeIndex([last + step * (i + 1) for i in range(steps)])
+
+
+def like(sequence: xr.DataArray, rate: np.ndarray, times: pd.DatetimeIndex) -> xr.DataArray:
+    """A new sequence on ``sequence``'s grid and georeferencing with other frames."""
+    geo = {k: v for k, v in sequence.attrs.items() if k != "units"}
+    return make_sequence(
+        rate,
+        times,
+        x=sequence["x"].values,
+        y=sequence["y"].values,
+        projection=str(sequence.attrs.get("projection", "")),
+        xpixelsize=float(sequence.attrs.get("xpixelsize", 1000.0)),
+        ypixelsize=float(sequence.attrs.get("ypixelsize", 1000.0)),
+        attrs=geo,
+    )
