@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 ArrayT = TypeVar("ArrayT")
+#: How far below ``threshold_z`` a normalised value still decodes as (threshold) rain:
+#: a few float32 rounding steps of the encoding, a rate change of about 1e-4 relative.
+Z_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -78,17 +81,23 @@ class Normalisation:
         return z.astype(r.dtype if np.issubdtype(r.dtype, np.floating) else np.float32)
 
     def decode(self, z: ArrayT) -> ArrayT:
-        """normalised -> mm/h, never negative. Below the threshold's z -> 0."""
+        """normalised -> mm/h, never negative. Below the threshold's z -> 0.
+
+        Decoded rates are 0 or at least the threshold. A rate at the threshold encoded
+        in float32 can round to a z a hair below ``threshold_z``; z within
+        ``Z_TOLERANCE`` of it therefore decodes to the threshold, not to dry.
+        """
+        wet_from = self.threshold_z - Z_TOLERANCE
         if _is_torch(z):
             import torch
 
             rate = torch.pow(10.0, (z * self.scale_db + self.dry_dbr) / 10.0)
-            rate = torch.where(z >= self.threshold_z, rate, torch.zeros_like(z))
+            rate = torch.where(z >= wet_from, torch.clamp(rate, min=self.threshold_mmh), torch.zeros_like(z))
             return torch.where(torch.isnan(z), z, rate)
         a = np.asarray(z)
         with np.errstate(invalid="ignore", over="ignore"):
             rate = np.power(10.0, (a * self.scale_db + self.dry_dbr) / 10.0)
-            rate = np.where(a >= self.threshold_z, rate, 0.0)
+            rate = np.where(a >= wet_from, np.maximum(rate, self.threshold_mmh), 0.0)
         rate = np.where(np.isnan(a), np.nan, rate)
         return rate.astype(a.dtype if np.issubdtype(a.dtype, np.floating) else np.float32)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +155,11 @@ def sequence_to_dataset(
     attrs: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """A CF-1.8 dataset for ``sequence`` (a forecast when a reference time is given)."""
-    values = sequence.values.astype(np.float32)
+    # An ensemble forecast carries a leading "member" dimension (CF: realization).
+    dims = ("member", "time", "y", "x") if "member" in sequence.dims else ("time", "y", "x")
+    values = sequence.transpose(*dims).values.astype(np.float32)
     var = xr.Variable(
-        ("time", "y", "x"),
+        dims,
         values,
         attrs={
             "standard_name": "lwe_precipitation_rate",
@@ -172,6 +175,9 @@ def sequence_to_dataset(
         "x": ("x", sequence["x"].values, {"standard_name": "projection_x_coordinate", "axis": "X",
                                           "units": "m"}),
     }
+    if "member" in sequence.dims:
+        coords["member"] = ("member", np.arange(sequence.sizes["member"], dtype=np.int32),
+                            {"standard_name": "realization", "long_name": "ensemble member"})
     if forecast_reference_time is not None:
         frt = np.datetime64(pd.Timestamp(forecast_reference_time).to_datetime64(), "ns")
         coords["forecast_reference_time"] = ((), frt, {"standard_name": "forecast_reference_time"})
@@ -184,7 +190,11 @@ def sequence_to_dataset(
         try:
             import pyproj
 
-            crs_attrs.update(pyproj.CRS.from_proj4(projection).to_cf())
+            with warnings.catch_warnings():
+                # e.g. MeteoSwiss' oblique Mercator: the CF attributes are partial, the
+                # PROJ string kept in proj4_params is complete and is what the reader uses
+                warnings.simplefilter("ignore", UserWarning)
+                crs_attrs.update(pyproj.CRS.from_proj4(projection).to_cf())
         except Exception:
             logger.warning("projection %r is not understood by pyproj; kept as text only", projection)
     ds = xr.Dataset({VARIABLE_NAME: var, "crs": xr.Variable((), np.int32(0), crs_attrs)}, coords=coords)
@@ -214,7 +224,8 @@ def write_netcdf(
     ds = sequence_to_dataset(sequence, forecast_reference_time=forecast_reference_time, attrs=attrs)
     encoding = {
         VARIABLE_NAME: {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan),
-                        "chunksizes": (1, sequence.sizes["y"], sequence.sizes["x"])},
+                        "chunksizes": (*([1] if "member" in sequence.dims else []), 1,
+                                       sequence.sizes["y"], sequence.sizes["x"])},
         "time": {"units": "seconds since 1970-01-01 00:00:00", "dtype": "int64"},
     }
     if "forecast_reference_time" in ds.coords:

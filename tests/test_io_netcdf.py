@@ -1,0 +1,294 @@
+"""CF-netCDF: round trips, the CF attributes, units on reading, and bad files."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from nowcast.errors import SequenceError, UnitsError, UnreadableFileError
+from nowcast.io.netcdf import (
+    read_netcdf,
+    read_netcdf_bytes,
+    sequence_to_dataset,
+    to_netcdf_bytes,
+    write_netcdf,
+)
+from nowcast.sequence import make_sequence, validate_sequence
+
+PROJECTIONS = [
+    "",
+    "+proj=stere +lat_0=90 +lon_0=0.0 +lat_ts=60.0 +a=6378137 +b=6356752 +x_0=0 +y_0=0",
+    "+proj=aea +lat_0=-27.7178 +lon_0=153.24 +lat_1=-26.2 +lat_2=-29.3 +x_0=0 +y_0=0 +ellps=GRS80 "
+    "+units=m +no_defs",
+    "+proj=somerc +lon_0=7.43958333333333 +lat_0=46.9524055555556 +k_0=1 +x_0=600000 +y_0=200000 "
+    "+ellps=bessel +towgs84=674.374,15.056,405.346,0,0,0,0 +units=m +no_defs",
+]
+
+
+@st.composite
+def sequences(draw) -> xr.DataArray:
+    n_t = draw(st.integers(1, 4))
+    n_y = draw(st.integers(2, 5))
+    n_x = draw(st.integers(2, 5))
+    values = draw(
+        arrays(
+            np.float32,
+            (n_t, n_y, n_x),
+            elements=st.one_of(st.floats(0.0, 300.0, width=32), st.just(float("nan"))),
+        )
+    )
+    step = draw(st.sampled_from([1, 2, 5, 6, 10, 15, 60]))
+    start = draw(
+        st.datetimes(
+            min_value=pd.Timestamp("1990-01-01").to_pydatetime(),
+            max_value=pd.Timestamp("2040-01-01").to_pydatetime(),
+        )
+    )
+    start = pd.Timestamp(start).floor("min")
+    pixel = draw(st.sampled_from([250.0, 500.0, 1000.0, 2000.0]))
+    x0 = draw(st.integers(-500, 500)) * 1000.0
+    y0 = draw(st.integers(-5000, 5000)) * 1000.0
+    north_up = draw(st.booleans())
+    y = y0 + (np.arange(n_y) + 0.5) * pixel
+    return make_sequence(
+        values,
+        pd.date_range(start, periods=n_t, freq=f"{step}min"),
+        x=x0 + (np.arange(n_x) + 0.5) * pixel,
+        y=y[::-1] if north_up else y,
+        projection=draw(st.sampled_from(PROJECTIONS)),
+        xpixelsize=pixel,
+        ypixelsize=pixel,
+        attrs={"institution": draw(st.sampled_from(["KNMI", "MeteoSwiss", "somewhere"]))},
+    )
+
+
+def assert_same_sequence(got: xr.DataArray, expected: xr.DataArray) -> None:
+    np.testing.assert_array_equal(got.values, expected.values)  # float32 on disk: exact, NaN included
+    np.testing.assert_array_equal(got["time"].values, expected["time"].values)
+    np.testing.assert_array_equal(got["x"].values, expected["x"].values)
+    np.testing.assert_array_equal(got["y"].values, expected["y"].values)
+    for key in ("units", "projection", "xpixelsize", "ypixelsize", "institution"):
+        assert got.attrs[key] == expected.attrs[key], key
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sequence=sequences())
+def test_round_trip_through_bytes(sequence):
+    assert_same_sequence(read_netcdf_bytes(to_netcdf_bytes(sequence)), sequence)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequence=sequences(), lead=st.integers(0, 3))
+def test_round_trip_through_a_file_with_a_reference_time(tmp_path, sequence, lead):
+    reference = pd.Timestamp(sequence["time"].values[0]) - pd.Timedelta(minutes=5 * lead)
+    path = write_netcdf(sequence, tmp_path / "sub" / "forecast.nc", forecast_reference_time=reference)
+    assert_same_sequence(read_netcdf(path), sequence)
+    with xr.open_dataset(path) as ds:
+        assert pd.Timestamp(ds["forecast_reference_time"].values) == reference
+    assert [p.name for p in path.parent.iterdir()] == ["forecast.nc"]  # no temporary file left
+
+
+def test_cf_attributes(small_sequence, tmp_path):
+    sequence = small_sequence.assign_attrs(projection=PROJECTIONS[1], institution="KNMI")
+    reference = pd.Timestamp(sequence["time"].values[0]) - pd.Timedelta(minutes=5)
+    path = write_netcdf(sequence, tmp_path / "f.nc", forecast_reference_time=reference)
+    with netCDF4.Dataset(path) as ds:
+        assert ds.getncattr("Conventions") == "CF-1.8"
+        assert ds.getncattr("institution") == "KNMI"
+        rate = ds.variables["precipitation_rate"]
+        assert rate.standard_name == "lwe_precipitation_rate"
+        assert rate.units == "mm h-1"
+        assert rate.grid_mapping == "crs"
+        assert rate.dimensions == ("time", "y", "x")
+        assert "forecast_reference_time" in rate.coordinates
+        assert math.isnan(rate._FillValue)
+        assert rate.filters()["zlib"]
+        frt = ds.variables["forecast_reference_time"]
+        assert frt.standard_name == "forecast_reference_time"
+        assert netCDF4.num2date(frt[:], frt.units) == reference.to_pydatetime()
+        period = ds.variables["forecast_period"]
+        assert period.standard_name == "forecast_period" and period.units == "minutes"
+        np.testing.assert_array_equal(period[:], 5 * np.arange(1, sequence.sizes["time"] + 1))
+        assert ds.variables["time"].standard_name == "time"
+        assert ds.variables["x"].standard_name == "projection_x_coordinate" and ds.variables["x"].units == "m"
+        assert ds.variables["y"].standard_name == "projection_y_coordinate"
+        crs = ds.variables["crs"]
+        assert crs.grid_mapping_name == "polar_stereographic"
+        assert crs.proj4_params == PROJECTIONS[1]
+
+
+def test_observations_have_no_reference_time(small_sequence):
+    ds = sequence_to_dataset(small_sequence)
+    assert "forecast_reference_time" not in ds.coords
+    assert ds.attrs["title"] == "nowcast precipitation"
+
+
+# --- reading other people's CF files -----------------------------------------------------------
+
+
+def cf_file(
+    path: Path,
+    values: np.ndarray,
+    units: str | None,
+    *,
+    minutes: int = 10,
+    name: str = "precip",
+    standard_name: str | None = "precipitation_amount",
+    attrs: dict | None = None,
+    stamps: list[str] | None = None,
+) -> Path:
+    n_t = values.shape[0]
+    time = (
+        pd.DatetimeIndex(stamps)
+        if stamps
+        else pd.date_range("2024-06-01 12:00", periods=n_t, freq=f"{minutes}min")
+    )
+    var_attrs = dict(attrs or {})
+    if units is not None:
+        var_attrs["units"] = units
+    if standard_name:
+        var_attrs["standard_name"] = standard_name
+    ds = xr.Dataset(
+        {name: (("time", "y", "x"), values.astype(np.float32), var_attrs)},
+        coords={"time": time, "y": [1500.0, 500.0], "x": [500.0, 1500.0, 2500.0]},
+    )
+    ds.to_netcdf(path)
+    return path
+
+
+def field(n_t: int = 3) -> np.ndarray:
+    values = np.arange(n_t * 6, dtype=np.float32).reshape(n_t, 2, 3) / 10.0
+    values[0, 0, 0] = np.nan
+    return values
+
+
+@pytest.mark.parametrize(
+    ("units", "minutes", "factor"),
+    [
+        ("mm", 10, 6.0),
+        ("mm", 5, 12.0),
+        ("kg m-2", 6, 10.0),
+        ("mm h-1", 10, 1.0),
+        ("mm/h", 5, 1.0),
+        ("kg m-2 s-1", 5, 3600.0),
+    ],
+)
+def test_units_are_converted_to_mm_per_hour(tmp_path, units, minutes, factor):
+    sequence = read_netcdf(cf_file(tmp_path / "f.nc", field(), units, minutes=minutes))
+    np.testing.assert_allclose(sequence.values, field() * factor, rtol=1e-6)
+    assert sequence.attrs["units"] == "mm/h"
+    assert np.isnan(sequence.values[0, 0, 0])
+    assert sequence.attrs["xpixelsize"] == 1000.0
+
+
+def test_reflectivity_is_converted(tmp_path):
+    dbz = np.array([[[10 * math.log10(200.0), 40.0, np.nan], [0.0, 20.0, 30.0]]] * 2)
+    sequence = read_netcdf(
+        cf_file(
+            tmp_path / "dbz.nc",
+            dbz,
+            "dBZ",
+            name="reflectivity",
+            standard_name="equivalent_reflectivity_factor",
+        )
+    )
+    np.testing.assert_allclose(sequence.values[0, 0, :2], [1.0, (1e4 / 200) ** (1 / 1.6)], rtol=1e-5)
+    assert np.isnan(sequence.values[0, 0, 2])
+
+
+def test_single_accumulation_needs_its_period(tmp_path):
+    with pytest.raises(UnitsError, match="accumulation period"):
+        read_netcdf(cf_file(tmp_path / "one.nc", field(1), "mm"))
+    sequence = read_netcdf(
+        cf_file(tmp_path / "one-with-period.nc", field(1), "mm", attrs={"accumulation_minutes": 15})
+    )
+    np.testing.assert_allclose(sequence.values, field(1) * 4.0, rtol=1e-6)
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def test_unknown_and_missing_units(tmp_path):
+    with pytest.raises(UnitsError, match="unknown units 'furlongs'"):
+        read_netcdf(cf_file(tmp_path / "a.nc", field(), "furlongs"))
+    with pytest.raises(UnitsError, match="has no units attribute"):
+        read_netcdf(cf_file(tmp_path / "b.nc", field(), None))
+
+
+def test_missing_corrupt_and_truncated_files(tmp_path, small_sequence):
+    with pytest.raises(UnreadableFileError, match=r"absent\.nc: no such file"):
+        read_netcdf(tmp_path / "absent.nc")
+    corrupt = tmp_path / "corrupt.nc"
+    corrupt.write_bytes(b"CDF\x01" + bytes(range(256)) * 4)
+    with pytest.raises(UnreadableFileError, match=r"corrupt\.nc: not a readable netCDF file"):
+        read_netcdf(corrupt)
+    data = to_netcdf_bytes(small_sequence)
+    truncated = tmp_path / "truncated.nc"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnreadableFileError, match=r"truncated\.nc"):
+        read_netcdf(truncated)
+    with pytest.raises(UnreadableFileError, match="not a readable netCDF"):
+        read_netcdf_bytes(b"not netCDF at all")
+
+
+def test_irregular_time_steps(tmp_path):
+    path = cf_file(
+        tmp_path / "irregular.nc",
+        field(3),
+        "mm h-1",
+        stamps=["2024-06-01 12:00", "2024-06-01 12:05", "2024-06-01 12:15"],
+    )
+    with pytest.raises(SequenceError, match="irregular time steps"):
+        read_netcdf(path)
+
+
+def test_all_nan_frames_and_negative_rates_are_caught_by_validation(tmp_path):
+    values = field()
+    values[1] = np.nan
+    sequence = read_netcdf(cf_file(tmp_path / "gap.nc", values, "mm h-1"))
+    with pytest.raises(SequenceError, match=r"all-NaN frame\(s\) at 2024-06-01 12:10:00"):
+        validate_sequence(sequence)
+    values = field()
+    values[2, 1, 1] = -1.0
+    sequence = read_netcdf(cf_file(tmp_path / "negative.nc", values, "mm h-1"))
+    with pytest.raises(SequenceError, match="must not be negative"):
+        validate_sequence(sequence)
+
+
+def test_too_few_frames(tmp_path):
+    sequence = read_netcdf(cf_file(tmp_path / "short.nc", field(2), "mm h-1"))
+    with pytest.raises(SequenceError, match="too few frames: need at least 4, got 2"):
+        validate_sequence(sequence, min_frames=4)
+
+
+def test_files_without_one_precipitation_variable(tmp_path):
+    path = tmp_path / "two.nc"
+    xr.Dataset(
+        {
+            name: (("time", "y", "x"), field(), {"units": "mm h-1", "standard_name": "rainfall_rate"})
+            for name in ("a", "b")
+        },
+        coords={
+            "time": pd.date_range("2024-06-01", periods=3, freq="5min"),
+            "y": [0.0, 1.0],
+            "x": [0.0, 1.0, 2.0],
+        },
+    ).to_netcdf(path)
+    with pytest.raises(SequenceError, match=r"expected one precipitation variable.*\['a', 'b'\]"):
+        read_netcdf(path)
+    assert read_netcdf(path, variable="b").shape == (3, 2, 3)
+    with pytest.raises(SequenceError, match="no variable 'c'"):
+        read_netcdf(path, variable="c")
+    flat = tmp_path / "flat.nc"
+    xr.Dataset({"precip": (("y", "x"), field(1)[0], {"units": "mm h-1"})}).to_netcdf(flat)
+    with pytest.raises(SequenceError, match="expected one precipitation variable"):
+        read_netcdf(flat)
