@@ -1,0 +1,123 @@
+"""Frozen configs of the multi-scale GAN and its training job.
+
+``ExperimentConfig`` is what ``nowcast train --config FILE`` reads (TOML or JSON,
+unknown keys rejected); ``ModelConfig`` and ``Normalisation`` travel with the weights
+into every exported artifact, so a model rebuilds itself without outside knowledge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nowcast.transforms import Normalisation
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The generator and discriminators.
+
+    ``generator_channels``/``discriminator_channels``: width per scale, coarsest first;
+    their length is the number of scales K (scale k works at 1/2^(K-1-k) resolution).
+    ``condition_on_advection``: feed the semi-Lagrangian advection of the last frame
+    (Lucas–Kanade motion, as the extrapolation baseline) to every scale and refine it,
+    instead of predicting from the past frames alone as in Mathieu et al.
+    ``noise_channels``: Gaussian noise maps added to every scale's input, so that the
+    same past can give several futures (ensemble members); 0 for the paper's model.
+    ``motion_downsample``: the motion field is estimated on frames downsampled by this
+    factor (speed; motion is smooth at that scale).
+    """
+
+    n_input: int = 4
+    n_output: int = 12
+    generator_channels: tuple[int, ...] = (32, 32, 24, 16)
+    generator_layers: int = 4
+    discriminator_channels: tuple[int, ...] = (16, 16, 16, 16)
+    condition_on_advection: bool = True
+    noise_channels: int = 0
+    motion_downsample: int = 4
+
+    def __post_init__(self) -> None:
+        if len(self.generator_channels) != len(self.discriminator_channels):
+            raise ValueError("generator_channels and discriminator_channels need one entry per scale")
+        if not 1 <= len(self.generator_channels) <= 6:
+            raise ValueError("between 1 and 6 scales")
+        if self.n_input < 2 or self.n_output < 1:
+            raise ValueError("n_input >= 2 and n_output >= 1")
+        if self.generator_layers < 2:
+            raise ValueError("generator_layers >= 2")
+
+    @property
+    def n_scales(self) -> int:
+        return len(self.generator_channels)
+
+    @property
+    def grid_multiple(self) -> int:
+        """Grid sides are padded to a multiple of this."""
+        return 2 ** (self.n_scales - 1)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """G minimises lambda_adv·L_adv + lambda_lp·L_p + lambda_gdl·L_gdl over scales."""
+
+    lambda_adv: float = 0.05
+    lambda_lp: float = 1.0
+    lambda_gdl: float = 1.0
+    p: int = 1
+    alpha: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.p not in (1, 2):
+            raise ValueError("p must be 1 or 2")
+        if min(self.lambda_adv, self.lambda_lp, self.lambda_gdl) < 0:
+            raise ValueError("loss weights must not be negative")
+
+    @property
+    def adversarial(self) -> bool:
+        return self.lambda_adv > 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which events feed training and validation, and how samples are cut."""
+
+    train_events: tuple[str, ...] = ()
+    val_events: tuple[str, ...] = ()
+    catalogue: str | None = None
+    data_root: str | None = None
+    patch_size: int = 96
+    margin: int = 24
+    min_wet_fraction: float = 0.05
+    augment: bool = True
+    val_patches_per_event: int = 8
+    val_patch_size: int = 192
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation."""
+
+    steps: int = 2000
+    batch_size: int = 8
+    lr_generator: float = 2e-4
+    lr_discriminator: float = 4e-4
+    discriminator_steps: int = 1
+    weight_decay: float = 0.0
+    grad_clip: float = 5.0
+    seed: int = 0
+    log_every: int = 20
+    val_every: int = 250
+    checkpoint_every: int = 100
+    amp: bool = True
+    device: str = "auto"
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "gan"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    normalisation: Normalisation = field(default_factory=Normalisation)

@@ -1,0 +1,216 @@
+"""Training and validation samples cut from whole radar events.
+
+Events are loaded once, motion is estimated once per start time (the same Lucas–Kanade
+the forecaster uses), and every batch is then a pure function of ``(seed, step, rank,
+substep)``: a resumed run sees exactly the batches an uninterrupted one would, and
+data-parallel ranks see different ones.
+
+Patches are cut with a margin around them so that advection can bring rain in from
+outside the patch; they are biased towards rain (rejection sampling on the wet
+fraction of the last past frame) and randomly flipped and rotated by 90°.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from nowcast.gan.advection import advect, estimate_motion
+from nowcast.gan.config import DataConfig, ModelConfig
+from nowcast.transforms import Normalisation
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """Model-ready tensors, (batch, time, channel, y, x), normalised space."""
+
+    past: torch.Tensor  # (b, n_input, 1, y, x), no-data filled with 0
+    valid: torch.Tensor  # (b, 1, 1, y, x), last past frame has data
+    future: torch.Tensor  # (b, n_output, 1, y, x), no-data filled with 0
+    future_mask: torch.Tensor  # (b, n_output, 1, y, x), 1 where observed and valid
+    advected: torch.Tensor  # (b, n_output, 1, y, x), advected last frame
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(getattr(self, f).to(device) for f in ("past", "valid", "future", "future_mask", "advected")))
+
+    def __len__(self) -> int:
+        return self.past.shape[0]
+
+
+class EventSamples:
+    """One event's frames (mm/h) and per-start-time motion, ready for cutting patches."""
+
+    def __init__(self, name: str, sequence: xr.DataArray, model: ModelConfig) -> None:
+        self.name = name
+        self.rate = sequence.values.astype(np.float32)
+        n_frames = self.rate.shape[0]
+        window = model.n_input + model.n_output
+        self.starts = np.arange(0, n_frames - window + 1)
+        if len(self.starts) == 0:
+            raise ValueError(f"event {name}: {n_frames} frames, fewer than {window} needed for one sample")
+        # motion of the past window ending at each start's last input frame
+        self.motion = np.stack([
+            estimate_motion(self.rate[s:s + model.n_input], model.motion_downsample).astype(np.float16)
+            for s in self.starts
+        ])
+        last = self.rate[self.starts + model.n_input - 1]
+        self.wet_fraction = np.nanmean(last >= 1.0, axis=(1, 2))
+        logger.info("event %s: %d frames, %d start times, grid %s", name, n_frames, len(self.starts),
+                    self.rate.shape[1:])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.rate.shape[1], self.rate.shape[2]
+
+
+class SampleSource:
+    """Deterministic batches from a set of events."""
+
+    def __init__(self, events: Sequence[EventSamples], data: DataConfig, model: ModelConfig,
+                 normalisation: Normalisation, seed: int) -> None:
+        if not events:
+            raise ValueError("no events to draw samples from")
+        self.events = list(events)
+        self.data = data
+        self.model = model
+        self.normalisation = normalisation
+        self.seed = seed
+        weights = np.array([len(e.starts) for e in self.events], dtype=np.float64)
+        self.event_weights = weights / weights.sum()
+        for e in self.events:
+            need = data.patch_size + 2 * data.margin
+            if min(e.shape) < need:
+                raise ValueError(f"event {e.name}: grid {e.shape} smaller than patch+margins ({need})")
+
+    def batch(self, batch_size: int, step: int, rank: int = 0, substep: int = 0) -> Batch:
+        rng = np.random.default_rng([self.seed, step, rank, substep])
+        crops = [self._crop(rng) for _ in range(batch_size)]
+        return self.assemble(crops, rng if self.data.augment else None)
+
+    def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        cfg, m = self.data, self.model
+        event = self.events[rng.choice(len(self.events), p=self.event_weights)]
+        # prefer rainy start times and rainy places, without ever excluding dry ones
+        start_weights = event.wet_fraction + 0.02
+        index = rng.choice(len(event.starts), p=start_weights / start_weights.sum())
+        start = event.starts[index]
+        size = cfg.patch_size + 2 * cfg.margin
+        ny, nx = event.shape
+        frames = event.rate[start:start + m.n_input + m.n_output]
+        best = None
+        for _ in range(20):
+            y0, x0 = rng.integers(0, ny - size + 1), rng.integers(0, nx - size + 1)
+            inner = frames[m.n_input - 1, y0 + cfg.margin:y0 + size - cfg.margin,
+                           x0 + cfg.margin:x0 + size - cfg.margin]
+            valid = np.isfinite(inner)
+            wet = float(np.mean(inner[valid] >= 1.0)) if valid.mean() > 0.5 else -1.0
+            if best is None or wet > best[0]:
+                best = (wet, y0, x0)
+            if wet >= cfg.min_wet_fraction:
+                break
+        _, y0, x0 = best
+        window = frames[:, y0:y0 + size, x0:x0 + size]
+        motion = event.motion[index][:, y0:y0 + size, x0:x0 + size].astype(np.float32)
+        return window, motion
+
+    def assemble(self, crops: list[tuple[np.ndarray, np.ndarray]],
+                 rng: np.random.Generator | None) -> Batch:
+        """Advect, trim the margins, augment and normalise a list of (frames, motion) crops."""
+        m = self.model
+        margin = (crops[0][0].shape[-1] - self.data.patch_size) // 2 if crops else 0
+        frames = np.stack([c[0] for c in crops])  # (b, t, y, x) mm/h
+        motion = torch.from_numpy(np.stack([c[1] for c in crops]))
+        last = torch.from_numpy(np.nan_to_num(frames[:, m.n_input - 1], nan=0.0))
+        advected = advect(last, motion, m.n_output).numpy()
+        return make_batch(frames, advected, m, self.normalisation, margin, rng)
+
+
+def make_batch(frames: np.ndarray, advected: np.ndarray, model: ModelConfig, normalisation: Normalisation,
+               margin: int = 0, rng: np.random.Generator | None = None) -> Batch:
+    """Tensors from (b, n_input+n_output, y, x) frames and (b, n_output, y, x) advection, mm/h."""
+    if margin:
+        frames = frames[..., margin:-margin, margin:-margin]
+        advected = advected[..., margin:-margin, margin:-margin]
+    if rng is not None:
+        frames, advected = frames.copy(), advected.copy()
+        for i in range(frames.shape[0]):
+            k = int(rng.integers(4))
+            flip = bool(rng.integers(2))
+            frames[i] = _augment(frames[i], k, flip)
+            advected[i] = _augment(advected[i], k, flip)
+    n_in = model.n_input
+    past, future = frames[:, :n_in], frames[:, n_in:]
+    valid = np.isfinite(past[:, -1:])
+    future_mask = np.isfinite(future) & valid
+    # advected rain outside the radar's range is unknown, not dry
+    advected = np.where(valid, advected, np.nan)
+
+    def encode(x: np.ndarray) -> torch.Tensor:
+        z = np.nan_to_num(normalisation.encode(x), nan=0.0)
+        return torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)).unsqueeze(2)
+
+    return Batch(
+        past=encode(past),
+        valid=torch.from_numpy(valid.astype(np.float32)).unsqueeze(2),
+        future=encode(future),
+        future_mask=torch.from_numpy(future_mask.astype(np.float32)).unsqueeze(2),
+        advected=encode(advected),
+    )
+
+
+def _augment(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    x = np.rot90(x, k, axes=(-2, -1))
+    if flip:
+        x = x[..., ::-1]
+    return np.ascontiguousarray(x)
+
+
+def validation_batches(events: Sequence[EventSamples], data: DataConfig, model: ModelConfig,
+                       normalisation: Normalisation, seed: int) -> list[Batch]:
+    """A fixed set of larger, rain-biased patches per held-out event (no augmentation)."""
+    patched = DataConfig(**{**data.__dict__, "patch_size": data.val_patch_size, "augment": False})
+    out = []
+    for e in events:
+        if min(e.shape) < patched.patch_size + 2 * patched.margin:
+            logger.warning("validation event %s is smaller than a validation patch; skipped", e.name)
+            continue
+        source = SampleSource([e], patched, model, normalisation, seed)
+        out.append(source.batch(data.val_patches_per_event, step=0, rank=0, substep=99))
+    return out
+
+
+def load_events(names: Sequence[str], model: ModelConfig, data: DataConfig,
+                loader: Callable[[str], xr.DataArray] | None = None) -> list[EventSamples]:
+    """Load named events from the catalogue (or through ``loader``) and estimate their motion."""
+    if loader is None:
+        loader = _catalogue_loader(data)
+
+    return [EventSamples(name, loader(name), model) for name in names]
+
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def _catalogue_loader(data: DataConfig) -> Callable[[str], xr.DataArray]:
+    """Events by catalogue id; ``synthetic:SEED`` names a generated event (no files needed)."""
+
+    def loader(name: str) -> xr.DataArray:
+        if name.startswith(SYNTHETIC_PREFIX):
+            from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+            size = data.patch_size + 2 * data.margin + 16
+            seed = int(name[len(SYNTHETIC_PREFIX):])
+            return synthetic_sequence(SyntheticRain(ny=size, nx=size, frames=24), seed=seed)
+        from nowcast.io.catalogue import get_event, load_catalogue, load_event
+
+        event = load_catalogue(data.catalogue)[name] if data.catalogue else get_event(name)
+        return load_event(event, root=data.data_root)
+
+    return loader

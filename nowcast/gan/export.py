@@ -1,0 +1,125 @@
+"""Export a training run into the model registry, with its model card."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nowcast import artifacts
+from nowcast import config as config_io
+from nowcast.gan.train import METRICS, load_generator
+
+logger = logging.getLogger(__name__)
+
+
+def export_run(
+    run_dir: str | Path,
+    name: str,
+    *,
+    version: str | None = None,
+    models_dir: str | Path | None = None,
+    evaluation: str | Path | None = None,
+    description: str = "",
+) -> Path:
+    """Write the run's generator as ``models/NAME/VERSION`` and return that folder.
+
+    ``evaluation``: a ``scores.json`` from ``nowcast evaluate`` whose scores (held-out
+    events, against the baselines) go into the model card.
+    """
+    run = Path(run_dir)
+    generator, cfg, step = load_generator(run)
+    metrics = _read_metrics(run / METRICS)
+    validation = next((m for m in reversed(metrics) if any(k.startswith("val_") for k in m)), {})
+    eval_summary = _evaluation_summary(Path(evaluation)) if evaluation else None
+    n_params = sum(p.numel() for p in generator.parameters())
+    card: dict[str, Any] = {
+        "description": description or _default_description(cfg),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "architecture": "multi-scale GAN generator (Mathieu, Couprie & LeCun, ICLR 2016)"
+        + (", conditioned on Lucas-Kanade semi-Lagrangian advection" if cfg.model.condition_on_advection else ""),
+        "parameters": n_params,
+        "inputs": {"frames": cfg.model.n_input, "units": "mm/h", "layout": "(batch, time, channel, y, x)"},
+        "outputs": {"frames": cfg.model.n_output, "units": "mm/h"},
+        "training": {
+            "run": run.name,
+            "steps": step,
+            "train_events": list(cfg.data.train_events),
+            "validation_events": list(cfg.data.val_events),
+            "patch_size": cfg.data.patch_size,
+            "batch_size": cfg.train.batch_size,
+            "loss": config_io.to_dict(cfg.loss),
+            "seed": cfg.train.seed,
+        },
+        "validation_during_training": validation,
+        "evaluation": eval_summary,
+    }
+    spec = {
+        "model": config_io.to_dict(cfg.model),
+        "normalisation": cfg.normalisation.to_dict(),
+        "experiment": config_io.to_dict(cfg),
+    }
+    folder = artifacts.write_artifact(
+        name,
+        config=spec,
+        weights_writer=lambda path: torch.save(generator.state_dict(), path),
+        card_data=card,
+        card_markdown=card_markdown(name, card, Path(evaluation) if evaluation else None),
+        models_dir=models_dir,
+        version=version,
+    )
+    return folder
+
+
+def _default_description(cfg: Any) -> str:
+    losses = []
+    if cfg.loss.lambda_adv:
+        losses.append(f"adversarial (λ={cfg.loss.lambda_adv:g})")
+    if cfg.loss.lambda_lp:
+        losses.append(f"L{cfg.loss.p} (λ={cfg.loss.lambda_lp:g})")
+    if cfg.loss.lambda_gdl:
+        losses.append(f"gradient difference (λ={cfg.loss.lambda_gdl:g}, α={cfg.loss.alpha:g})")
+    return f"{cfg.name}: {cfg.model.n_scales}-scale generator trained with " + " + ".join(losses)
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _evaluation_summary(path: Path) -> dict[str, Any]:
+    data = json.loads(path.read_text())
+    return {"source": path.name, "scores": data.get("overall", data)}
+
+
+def card_markdown(name: str, card: dict[str, Any], evaluation: Path | None) -> str:
+    tr = card["training"]
+    lines = [
+        f"# Model card: {name} {card.get('version', '')}".rstrip(),
+        "",
+        card["description"],
+        "",
+        f"- Architecture: {card['architecture']}; {card['parameters']:,} parameters",
+        f"- Input: last {card['inputs']['frames']} frames of rain rate (mm/h); "
+        f"output: next {card['outputs']['frames']} frames (mm/h)",
+        f"- Trained for {tr['steps']} steps (batch {tr['batch_size']}, patches {tr['patch_size']}px, "
+        f"seed {tr['seed']}) on events: {', '.join(tr['train_events'])}",
+        f"- Held out for validation (never trained on): {', '.join(tr['validation_events']) or 'none'}",
+        f"- Loss weights: {tr['loss']}",
+        "",
+    ]
+    if evaluation is not None:
+        table = evaluation.with_suffix(".md")
+        if table.is_file():
+            lines += ["## Evaluation on the held-out events", "", table.read_text(), ""]
+    val = card.get("validation_during_training") or {}
+    if val:
+        lines += ["## Last validation during training (held-out patches, all leads)", ""]
+        lines += [f"- {k}: {v:.4f}" for k, v in sorted(val.items()) if k.startswith("val_")]
+        lines.append("")
+    return "\n".join(lines)

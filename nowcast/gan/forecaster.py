@@ -1,0 +1,131 @@
+"""The GAN as a forecaster: the inference pipeline around the generator (after diffusers).
+
+``predict`` takes a batch of past sequences in mm/h, estimates motion (when the model
+is conditioned on advection), normalises, pads the grid to what the scales need, runs
+one batched forward pass, crops, and returns mm/h, never negative, NaN where the last
+frame had no data. Longer horizons than the model's ``n_output`` are reached by feeding
+predictions back as the past.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nowcast import config as config_io
+from nowcast.forecasters.base import Forecaster
+from nowcast.gan.advection import advect, estimate_motion
+from nowcast.gan.config import ModelConfig
+from nowcast.gan.model import Generator
+from nowcast.transforms import Normalisation
+
+logger = logging.getLogger(__name__)
+
+
+class GANForecaster(Forecaster):
+    name = "gan"
+
+    def __init__(self, generator: Generator, normalisation: Normalisation, *, device: str | None = None,
+                 half: bool = False, label: str = "gan", card: dict[str, Any] | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.generator = generator.to(self.device).eval()
+        self.model_config: ModelConfig = generator.config
+        self.normalisation = normalisation
+        self.n_input_frames = self.model_config.n_input
+        self.supports_members = self.model_config.noise_channels > 0
+        # half precision only where the hardware is built for it
+        self.half = half and self.device.type == "cuda"
+        self.name = label  # type: ignore[misc]
+        self.card = card or {}
+
+    @classmethod
+    def from_artifact(cls, folder: str | Path, *, device: str | None = None, half: bool = False) -> GANForecaster:
+        folder = Path(folder)
+        spec = json.loads((folder / "config.json").read_text())
+        model_cfg = config_io.from_dict(ModelConfig, spec["model"], where=f"{folder}/config.json:model")
+        norm = Normalisation.from_dict(spec["normalisation"])
+        generator = Generator(model_cfg)
+        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        generator.load_state_dict(state)
+        card_path = folder / "card.json"
+        card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        label = f"{folder.parent.name}@{folder.name}"
+        return cls(generator, norm, device=device, half=half, label=label, card=card)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "device": str(self.device), "half": self.half,
+                "n_output": self.model_config.n_output,
+                "condition_on_advection": self.model_config.condition_on_advection}
+
+    def warmup(self, ny: int = 128, nx: int = 128) -> None:
+        """One forward pass on dry input, so the first request pays no start-up cost."""
+        self.predict(np.zeros((1, self.n_input_frames, ny, nx), dtype=np.float32), 1)
+
+    def predict(self, past: np.ndarray, steps: int, *, members: int | None = None,
+                seed: int | None = None) -> np.ndarray:
+        past = np.asarray(past, dtype=np.float32)
+        if members is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(0 if seed is None else seed)
+            runs = [self._predict(past, steps, generator) for _ in range(members)]
+            return np.stack(runs, axis=1)
+        generator = None
+        if self.supports_members:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(0 if seed is None else seed)
+        return self._predict(past, steps, generator)
+
+    def _predict(self, past: np.ndarray, steps: int, noise: torch.Generator | None) -> np.ndarray:
+        n_in, n_out = self.model_config.n_input, self.model_config.n_output
+        valid = np.isfinite(past[:, -1])
+        history = past
+        chunks = []
+        produced = 0
+        while produced < steps:
+            window = history[:, -n_in:]
+            out = self._forward(window, valid, noise)
+            chunks.append(out)
+            produced += n_out
+            history = np.concatenate([history, out], axis=1)
+        result = np.concatenate(chunks, axis=1)[:, :steps]
+        return result
+
+    @torch.no_grad()
+    def _forward(self, past: np.ndarray, valid: np.ndarray, noise: torch.Generator | None) -> np.ndarray:
+        cfg = self.model_config
+        batch, _, ny, nx = past.shape
+        filled = np.where(np.isfinite(past), past, 0.0).astype(np.float32)
+        dev = self.device
+        past_t = torch.from_numpy(filled).to(dev)
+        valid_t = torch.from_numpy(valid.astype(np.float32)).to(dev)
+        advected_z = None
+        if cfg.condition_on_advection:
+            motion = np.stack([estimate_motion(p, cfg.motion_downsample) for p in past])
+            advected = advect(past_t[:, -1], torch.from_numpy(motion).to(dev), cfg.n_output)
+            advected_z = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
+        past_z = self.normalisation.encode(past_t).unsqueeze(2)
+        valid_z = valid_t[:, None, None]
+        multiple = cfg.grid_multiple
+        pad_y, pad_x = (-ny) % multiple, (-nx) % multiple
+        if pad_y or pad_x:
+            past_z, valid_z = _pad(past_z, pad_y, pad_x), _pad(valid_z, pad_y, pad_x)
+            advected_z = _pad(advected_z, pad_y, pad_x) if advected_z is not None else None
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
+            z = self.generator(past_z, valid_z, advected_z, noise_generator=noise)[-1]
+        z = z.float()[:, :, 0, :ny, :nx]
+        rate = torch.clamp(self.normalisation.decode(z), min=0.0)
+        rate = torch.where(valid_t[:, None] > 0, rate, torch.full_like(rate, math.nan))
+        return rate.cpu().numpy().astype(np.float32)
+
+
+def _pad(x: torch.Tensor, pad_y: int, pad_x: int) -> torch.Tensor:
+    """Zero-pad the y/x axes of (batch, time, channel, y, x) at the bottom/right."""
+    b, t, c, h, w = x.shape
+    return F.pad(x.reshape(b, t * c, h, w), (0, pad_x, 0, pad_y)).reshape(b, t, c, h + pad_y, w + pad_x)

@@ -1,0 +1,77 @@
+"""Losses of the multi-scale GAN, every one masked to pixels that have data.
+
+G: lambda_adv·L_adv + lambda_lp·L_p + lambda_gdl·L_gdl, summed over scales (Mathieu et
+al., eqs. 2, 6 and 11). D: binary cross-entropy of real vs generated, summed over scales.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nowcast.gan.config import LossConfig
+from nowcast.gan.model import downsample, downsample_mask
+
+
+def lp_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, p: int) -> torch.Tensor:
+    """Mean |pred - target|^p over valid pixels."""
+    err = (pred - target).abs().pow(p) * mask
+    return err.sum() / (mask.expand_as(err).sum() + 1e-6)
+
+
+def gdl_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Gradient difference loss: | |∇target| - |∇pred| |^alpha along y and x, valid pairs only."""
+    total = pred.new_zeros(())
+    count = pred.new_zeros(())
+    for dim in (-2, -1):
+        n = pred.shape[dim]
+        grad_p = (pred.narrow(dim, 1, n - 1) - pred.narrow(dim, 0, n - 1)).abs()
+        grad_t = (target.narrow(dim, 1, n - 1) - target.narrow(dim, 0, n - 1)).abs()
+        pair_mask = mask.narrow(dim, 1, n - 1) * mask.narrow(dim, 0, n - 1)
+        diff = (grad_t - grad_p).abs().pow(alpha) * pair_mask
+        total = total + diff.sum()
+        count = count + pair_mask.expand_as(diff).sum()
+    return total / (count + 1e-6)
+
+
+def scale_targets(target: torch.Tensor, mask: torch.Tensor, n_scales: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The target and its mask at every scale, coarsest first."""
+    out = []
+    for i in range(n_scales):
+        factor = 2 ** (n_scales - 1 - i)
+        out.append((downsample(target, factor), downsample_mask(mask, factor)))
+    return out
+
+
+def generator_loss(
+    predictions: list[torch.Tensor],
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    config: LossConfig,
+    fake_logits: list[torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """G's total loss and its parts (as floats for logging)."""
+    targets = scale_targets(target, mask, len(predictions))
+    lp = sum(lp_loss(p, t, m, config.p) for p, (t, m) in zip(predictions, targets, strict=True))
+    gdl = sum(gdl_loss(p, t, m, config.alpha) for p, (t, m) in zip(predictions, targets, strict=True))
+    total = config.lambda_lp * lp + config.lambda_gdl * gdl
+    parts = {"g_lp": lp.item(), "g_gdl": gdl.item()}
+    if config.adversarial and fake_logits is not None:
+        adv = sum(F.binary_cross_entropy_with_logits(f, torch.ones_like(f)) for f in fake_logits)
+        total = total + config.lambda_adv * adv
+        parts["g_adv"] = adv.item()
+    parts["g_total"] = total.item()
+    return total, parts
+
+
+def discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """D's loss: classify real futures as 1 and generated ones as 0, at every scale."""
+    loss = sum(
+        F.binary_cross_entropy_with_logits(r, torch.ones_like(r))
+        + F.binary_cross_entropy_with_logits(f, torch.zeros_like(f))
+        for r, f in zip(real_logits, fake_logits, strict=True)
+    )
+    with torch.no_grad():
+        accuracy = sum(((r > 0).float().mean() + (f < 0).float().mean()) / 2
+                       for r, f in zip(real_logits, fake_logits, strict=True)) / len(real_logits)
+    return loss, {"d_loss": loss.item(), "d_acc": float(accuracy)}

@@ -1,0 +1,182 @@
+"""The multi-scale generator and discriminators (after Mathieu, Couprie & LeCun, 2016).
+
+Tensors are laid out ``(batch, time, channel, y, x)`` everywhere in this package; rain
+has one channel. Fields are in the normalised space of :mod:`nowcast.transforms` (dry =
+0), with no-data filled with 0 and carried as a separate validity mask.
+
+Scale k of K works at 1/2^(K-1-k) of the full resolution, coarsest first. It sees the
+past frames at its resolution, the validity mask, the upsampled prediction of scale k-1
+(at the coarsest scale: the last frame repeated), optionally noise, and predicts a
+correction of that upsampled prediction, so each scale refines the one before.
+
+Conditioned on advection, scale k also sees the advected last frame at its resolution,
+and its prior is that advection plus the upsampled correction the coarser scale made to
+its own advection: an untrained generator (zero-initialised heads) is then exactly the
+extrapolation, and training learns growth, decay and what motion alone misses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nowcast.gan.config import ModelConfig
+
+
+def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average-pool the y/x axes of a (batch, time, channel, y, x) tensor by ``factor``."""
+    if factor == 1:
+        return x
+    b, t, c, h, w = x.shape
+    pooled = F.avg_pool2d(x.reshape(b, t * c, h, w), factor)
+    return pooled.reshape(b, t, c, h // factor, w // factor)
+
+
+def downsample_mask(mask: torch.Tensor, factor: int) -> torch.Tensor:
+    """A coarse pixel is valid only if every fine pixel under it is."""
+    if factor == 1:
+        return mask
+    return (downsample(mask, factor) > 0.999).to(mask.dtype)
+
+
+def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    b, t, c, h, w = x.shape
+    up = F.interpolate(x.reshape(b, t * c, h, w), size=size, mode="bilinear", align_corners=False)
+    return up.reshape(b, t, c, *size)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(batch, time, channel, y, x) -> (batch, time·channel, y, x) for 2-D convolutions."""
+    b, t, c, h, w = x.shape
+    return x.reshape(b, t * c, h, w)
+
+
+class ScaleGenerator(nn.Module):
+    """One scale's refinement network: a plain stack of convolutions, fully convolutional."""
+
+    def __init__(self, in_channels: int, width: int, layers: int, out_frames: int) -> None:
+        super().__init__()
+        blocks: list[nn.Module] = [nn.Conv2d(in_channels, width, 5, padding=2), nn.LeakyReLU(0.2)]
+        for i in range(layers - 2):
+            dilation = 2 ** (i % 3)
+            blocks += [nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation), nn.LeakyReLU(0.2)]
+        self.body = nn.Sequential(*blocks)
+        self.head = nn.Conv2d(width, out_frames, 3, padding=1)
+        # Start as the identity refinement: an untrained model returns its prior
+        # (advection or persistence) instead of noise.
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(features))
+
+
+class Generator(nn.Module):
+    """Coarse-to-fine generator: past (+ advection) in, ``n_output`` future frames out per scale."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        n_in, n_out = config.n_input, config.n_output
+        in_channels = n_in + 1 + n_out + config.noise_channels
+        if config.condition_on_advection:
+            in_channels += n_out
+        self.scales = nn.ModuleList(
+            ScaleGenerator(in_channels, width, config.generator_layers, n_out)
+            for width in config.generator_channels
+        )
+
+    def factors(self) -> list[int]:
+        k = self.config.n_scales
+        return [2 ** (k - 1 - i) for i in range(k)]
+
+    def forward(
+        self,
+        past: torch.Tensor,
+        valid: torch.Tensor,
+        advected: torch.Tensor | None = None,
+        noise_generator: torch.Generator | None = None,
+    ) -> list[torch.Tensor]:
+        """Predictions at every scale, coarsest first, each (batch, n_output, 1, y_k, x_k).
+
+        ``past``: (batch, n_input, 1, y, x), normalised, no-data filled with 0;
+        ``valid``: (batch, 1, 1, y, x), 1 where the last frame has data;
+        ``advected``: (batch, n_output, 1, y, x), normalised advected last frame
+        (required when the model is conditioned on advection).
+        """
+        cfg = self.config
+        if cfg.condition_on_advection and advected is None:
+            raise ValueError("this generator is conditioned on advection: pass `advected`")
+        predictions: list[torch.Tensor] = []
+        previous: torch.Tensor | None = None
+        previous_advected: torch.Tensor | None = None
+        for factor, scale in zip(self.factors(), self.scales, strict=True):
+            past_k = downsample(past, factor)
+            valid_k = downsample_mask(valid, factor)
+            size = past_k.shape[-2:]
+            advected_k = downsample(advected, factor) if cfg.condition_on_advection else None
+            if advected_k is not None:
+                # the coarser scale's correction of advection, upsampled, on this scale's advection
+                prior = advected_k
+                if previous is not None:
+                    prior = advected_k + upsample(previous - previous_advected, size)
+                previous_advected = advected_k
+            elif previous is not None:
+                prior = upsample(previous, size)
+            else:
+                prior = past_k[:, -1:].expand(-1, cfg.n_output, -1, -1, -1)
+            inputs = [_flat(past_k), _flat(valid_k), _flat(prior)]
+            if cfg.condition_on_advection:
+                inputs.append(_flat(advected_k))
+            if cfg.noise_channels:
+                shape = (past.shape[0], cfg.noise_channels, *size)
+                inputs.append(torch.randn(shape, generator=noise_generator, device=past.device,
+                                          dtype=past.dtype))
+            residual = scale(torch.cat(inputs, dim=1))
+            previous = prior + residual.unsqueeze(2)
+            predictions.append(previous)
+        return predictions
+
+
+class ScaleDiscriminator(nn.Module):
+    """Judges one scale: past and a future (real or generated) in, one logit per sample."""
+
+    def __init__(self, in_channels: int, width: int, downsamplings: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(0.2)]
+        channels = width
+        for _ in range(downsamplings):
+            layers += [nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            channels *= 2
+        layers.append(nn.Conv2d(channels, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # patch scores averaged: a fully convolutional judge works on any patch size
+        return self.net(features).mean(dim=(1, 2, 3))
+
+
+class Discriminator(nn.Module):
+    """One discriminator per scale."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        in_channels = config.n_input + config.n_output + 1
+        k = config.n_scales
+        self.scales = nn.ModuleList(
+            ScaleDiscriminator(in_channels, width, downsamplings=min(k - 1 - i, 2) + 1)
+            for i, width in enumerate(config.discriminator_channels)
+        )
+
+    def forward(self, past: torch.Tensor, valid: torch.Tensor, futures: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Logits per scale, for futures given coarsest first as the generator returns them."""
+        k = self.config.n_scales
+        logits = []
+        for i, (scale, future) in enumerate(zip(self.scales, futures, strict=True)):
+            factor = 2 ** (k - 1 - i)
+            valid_k = downsample_mask(valid, factor)
+            features = torch.cat([_flat(downsample(past, factor)), _flat(future * valid_k), _flat(valid_k)], 1)
+            logits.append(scale(features))
+        return logits

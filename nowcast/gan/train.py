@@ -1,0 +1,301 @@
+"""The training job: a plain, ordered loop (after nanoGPT).
+
+One step: ``discriminator_steps`` updates of the per-scale discriminators on generated
+futures (detached), then one update of the generator on λ_adv·L_adv + λ_lp·L_p +
+λ_gdl·L_gdl. Everything a resumed run needs (weights, optimiser states, the step) is in
+one checkpoint written atomically; batches depend only on the seed and the step, so a
+killed run resumed from its last checkpoint continues exactly where it was.
+
+Run under ``torchrun --nproc_per_node N`` it trains data-parallel with PyTorch's
+DistributedDataParallel (gloo on CPU, nccl on GPU): each rank draws its own batches and
+gradients are averaged; rank 0 alone logs, validates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import xarray as xr
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from nowcast import config as config_io
+from nowcast.gan.config import ExperimentConfig
+from nowcast.gan.data import Batch, SampleSource, load_events, validation_batches
+from nowcast.gan.losses import discriminator_loss, generator_loss
+from nowcast.gan.model import Discriminator, Generator
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_type: str) -> DistributedContext:
+    """Join the process group torchrun set up, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    loader: Callable[[str], xr.DataArray] | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) into ``out_dir``; returns the last logged metrics.
+
+    ``loader`` replaces the catalogue (tests feed synthetic events); ``stop_after``
+    ends the run after that many steps of this call, as a kill would (tests of resume).
+    """
+    out = Path(out_dir)
+    tc = cfg.train
+    device_type = "cuda" if tc.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    ctx = init_distributed(device_type)
+    device = pick_device(tc.device, ctx.local_rank)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_same_config(out, cfg, resume)
+        _atomic_write_text(out / CONFIG, json.dumps(config_io.to_dict(cfg), indent=2) + "\n")
+
+    torch.manual_seed(tc.seed)  # identical initial weights on every rank
+    generator = Generator(cfg.model).to(device)
+    discriminator = Discriminator(cfg.model).to(device)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr_generator, betas=(0.5, 0.999),
+                             weight_decay=tc.weight_decay)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr_discriminator, betas=(0.5, 0.999))
+    start_step = 0
+    checkpoint_path = out / CHECKPOINT
+    if resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        generator.load_state_dict(state["generator"])
+        discriminator.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        start_step = int(state["step"])
+        logger.info("resumed from %s at step %d", checkpoint_path, start_step)
+        if ctx.is_main:
+            _truncate_metrics(out / METRICS, start_step)
+    elif resume:
+        logger.warning("no checkpoint in %s: starting from scratch", out)
+
+    g_model: nn.Module = generator
+    d_model: nn.Module = discriminator
+    if ctx.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        g_model = DistributedDataParallel(generator, device_ids=ids)
+        d_model = DistributedDataParallel(discriminator, device_ids=ids)
+
+    logger.info("loading training events %s", ", ".join(cfg.data.train_events))
+    train_events = load_events(cfg.data.train_events, cfg.model, cfg.data, loader)
+    source = SampleSource(train_events, cfg.data, cfg.model, cfg.normalisation, tc.seed)
+    val_batches: list[Batch] = []
+    if ctx.is_main and cfg.data.val_events:
+        val_events = load_events(cfg.data.val_events, cfg.model, cfg.data, loader)
+        val_batches = validation_batches(val_events, cfg.data, cfg.model, cfg.normalisation, tc.seed)
+
+    use_amp = tc.amp and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
+    adversarial = cfg.loss.adversarial
+    last: dict[str, Any] = {}
+    bar = _progress(progress and ctx.is_main, start_step, tc.steps)
+    t0, samples = time.perf_counter(), 0
+    end_step = tc.steps if stop_after is None else min(tc.steps, start_step + stop_after)
+    for step in range(start_step, end_step):
+        generator.train()
+        discriminator.train()
+        torch.manual_seed(tc.seed * 1_000_003 + step * ctx.world_size + ctx.rank)  # noise, dropout-free
+        parts: dict[str, float] = {}
+        if adversarial:
+            for sub in range(tc.discriminator_steps):
+                b = source.batch(tc.batch_size, step, ctx.rank, substep=sub + 1).to(device)
+                with torch.no_grad(), autocast():
+                    fake = [p.detach() for p in g_model(b.past, b.valid, b.advected)]
+                real = _scale_targets(b, cfg.model.n_scales)
+                with autocast():
+                    # one call on real and fake together: one DDP forward per backward
+                    both = [torch.cat([r, f]) for r, f in zip(real, fake, strict=True)]
+                    logits = d_model(torch.cat([b.past, b.past]), torch.cat([b.valid, b.valid]), both)
+                    n = len(b)
+                    d_loss, d_parts = discriminator_loss([lg[:n] for lg in logits], [lg[n:] for lg in logits])
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                nn.utils.clip_grad_norm_(discriminator.parameters(), tc.grad_clip)
+                opt_d.step()
+                parts.update(d_parts)
+        b = source.batch(tc.batch_size, step, ctx.rank, substep=0).to(device)
+        with autocast():
+            predictions = g_model(b.past, b.valid, b.advected)
+            fake_logits = None
+            if adversarial:
+                discriminator.requires_grad_(False)
+                fake_logits = discriminator(b.past, b.valid, predictions)
+            g_loss, g_parts = generator_loss(predictions, b.future, b.future_mask, cfg.loss, fake_logits)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        discriminator.requires_grad_(True)
+        nn.utils.clip_grad_norm_(generator.parameters(), tc.grad_clip)
+        opt_g.step()
+        parts.update(g_parts)
+        samples += tc.batch_size * ctx.world_size * (1 + (tc.discriminator_steps if adversarial else 0))
+        done = step + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k in ("g_lp", "g_gdl", "g_adv", "d_loss")})
+        if ctx.is_main and (done % tc.log_every == 0 or done == tc.steps):
+            elapsed = time.perf_counter() - t0
+            last = {"step": done, **parts, "world_size": ctx.world_size, "samples_per_s": samples / max(elapsed, 1e-9),
+                    "time": time.time()}
+            if done % tc.val_every == 0 or done == tc.steps:
+                last.update(validate(generator, val_batches, cfg, device))
+            _append_metrics(out / METRICS, last)
+        if ctx.is_main and (done % tc.checkpoint_every == 0 or done == tc.steps):
+            _save_checkpoint(checkpoint_path, done, generator, discriminator, opt_g, opt_d)
+    if bar is not None:
+        bar.close()
+    if ctx.enabled:
+        dist.barrier()
+    return last
+
+
+def _scale_targets(b: Batch, n_scales: int) -> list[torch.Tensor]:
+    from nowcast.gan.losses import scale_targets
+
+    return [t * m for t, m in scale_targets(b.future, b.future_mask, n_scales)]
+
+
+@torch.no_grad()
+def validate(generator: Generator, batches: list[Batch], cfg: ExperimentConfig,
+             device: torch.device) -> dict[str, float]:
+    """CSI at 1 and 4 mm/h of G, persistence and advection on the held-out patches (all leads)."""
+    if not batches:
+        return {}
+    generator.eval()
+    norm = cfg.normalisation
+    counts: dict[str, np.ndarray] = {}
+    for b in batches:
+        b = b.to(device)
+        pred = generator(b.past, b.valid, b.advected)[-1]
+        mask = b.future_mask.bool()
+        fields = {
+            "gan": norm.decode(pred),
+            "persistence": norm.decode(b.past[:, -1:].expand_as(b.future)),
+            "advection": norm.decode(b.advected),
+        }
+        obs = norm.decode(b.future)
+        for threshold in (1.0, 4.0):
+            o = (obs >= threshold) & mask
+            for name, f in fields.items():
+                p = (f >= threshold) & mask
+                key = f"{name}@{threshold:g}"
+                tab = np.array([(o & p).sum().item(), (o & ~p).sum().item(), (~o & p).sum().item()])
+                counts[key] = counts.get(key, 0) + tab
+    scores = {}
+    for key, (hits, misses, false_alarms) in counts.items():
+        denominator = hits + misses + false_alarms
+        scores[f"val_csi_{key}"] = float(hits / denominator) if denominator else float("nan")
+    lp = []
+    for b in batches:
+        b = b.to(device)
+        pred = generator(b.past, b.valid, b.advected)[-1]
+        err = ((pred - b.future).abs() * b.future_mask).sum() / b.future_mask.sum().clamp(min=1)
+        lp.append(float(err))
+    scores["val_l1"] = float(np.mean(lp))
+    return scores
+
+
+def _progress(enabled: bool, start: int, total: int):  # noqa: ANN202
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+
+
+def _save_checkpoint(path: Path, step: int, generator: Generator, discriminator: Discriminator,
+                     opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"step": step, "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def _append_metrics(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    _atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_same_config(out: Path, cfg: ExperimentConfig, resume: bool) -> None:
+    saved = out / CONFIG
+    if not saved.is_file():
+        return
+    if resume and json.loads(saved.read_text()) != config_io.to_dict(cfg):
+        raise config_io.ConfigError(f"{saved}: the run was started with another config; resume needs the same one")
+    if not resume and (out / CHECKPOINT).is_file():
+        raise FileExistsError(f"{out} holds a run already: pass --resume to continue it, or pick another --out")
+
+
+def load_generator(run_dir: str | Path, device: str = "cpu") -> tuple[Generator, ExperimentConfig, int]:
+    """The generator of a run's last checkpoint, its config and its step."""
+    run = Path(run_dir)
+    cfg = config_io.from_dict(ExperimentConfig, json.loads((run / CONFIG).read_text()), where=str(run / CONFIG))
+    state = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
+    generator = Generator(cfg.model)
+    generator.load_state_dict(state["generator"])
+    return generator.eval(), cfg, int(state["step"])

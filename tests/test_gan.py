@@ -1,0 +1,257 @@
+"""The multi-scale GAN: shapes, losses, training, save/load, resume and DDP, on tiny configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nowcast import artifacts
+from nowcast.forecasters import get_forecaster
+from nowcast.gan.config import DataConfig, ExperimentConfig, LossConfig, ModelConfig, TrainConfig
+from nowcast.gan.data import SampleSource, load_events
+from nowcast.gan.export import export_run
+from nowcast.gan.losses import discriminator_loss, gdl_loss, generator_loss, lp_loss
+from nowcast.gan.model import Discriminator, Generator
+from nowcast.gan.train import CHECKPOINT, METRICS, train
+from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+TINY_MODEL = ModelConfig(n_input=4, n_output=5, generator_channels=(8, 8, 6), discriminator_channels=(4, 4, 4),
+                         generator_layers=3)
+
+
+def tiny_experiment(**train_overrides: object) -> ExperimentConfig:
+    train_cfg = dict(steps=6, batch_size=2, log_every=2, val_every=3, checkpoint_every=2, seed=3)
+    train_cfg.update(train_overrides)
+    return ExperimentConfig(
+        name="tiny",
+        model=TINY_MODEL,
+        data=DataConfig(train_events=("syn0", "syn1"), val_events=("syn2",), patch_size=32, margin=8,
+                        val_patch_size=40, val_patches_per_event=2),
+        train=TrainConfig(**train_cfg),
+    )
+
+
+@pytest.fixture(scope="module")
+def events():
+    return {f"syn{i}": synthetic_sequence(SyntheticRain(ny=64, nx=64, frames=14, no_data_border=2), seed=i)
+            for i in range(3)}
+
+
+@pytest.fixture(scope="module")
+def batch(events):
+    cfg = tiny_experiment()
+    source = SampleSource(load_events(["syn0"], cfg.model, cfg.data, events.__getitem__), cfg.data,
+                          cfg.model, cfg.normalisation, seed=0)
+    return source.batch(3, step=0)
+
+
+def test_generator_gives_every_scale_coarse_to_fine(batch):
+    torch.manual_seed(0)
+    generator = Generator(TINY_MODEL)
+    predictions = generator(batch.past, batch.valid, batch.advected)
+    assert [tuple(p.shape) for p in predictions] == [(3, 5, 1, 8, 8), (3, 5, 1, 16, 16), (3, 5, 1, 32, 32)]
+    assert isinstance(generator.scales, torch.nn.ModuleList)
+
+
+def test_untrained_generator_returns_its_advection_prior(batch):
+    # zero-initialised heads: the refinement starts as the identity, i.e. extrapolation
+    generator = Generator(TINY_MODEL)
+    predictions = generator(batch.past, batch.valid, batch.advected)
+    assert torch.allclose(predictions[-1], batch.advected, atol=1e-6)
+    assert torch.allclose(predictions[0], torch.nn.functional.avg_pool3d(batch.advected, (1, 4, 4)), atol=1e-6)
+
+
+def test_unconditioned_generator_needs_no_advection(batch):
+    cfg = dataclasses.replace(TINY_MODEL, condition_on_advection=False, noise_channels=2)
+    predictions = Generator(cfg)(batch.past, batch.valid)
+    assert predictions[-1].shape == batch.future.shape
+    with pytest.raises(ValueError, match="advect"):
+        Generator(TINY_MODEL)(batch.past, batch.valid)
+
+
+def test_discriminator_scores_each_scale(batch):
+    predictions = Generator(TINY_MODEL)(batch.past, batch.valid, batch.advected)
+    logits = Discriminator(TINY_MODEL)(batch.past, batch.valid, predictions)
+    assert [tuple(lg.shape) for lg in logits] == [(3,)] * 3
+
+
+def test_losses_and_gradients_are_finite(batch):
+    torch.manual_seed(0)
+    generator, discriminator = Generator(TINY_MODEL), Discriminator(TINY_MODEL)
+    predictions = generator(batch.past, batch.valid, batch.advected)
+    fake = discriminator(batch.past, batch.valid, predictions)
+    loss, parts = generator_loss(predictions, batch.future, batch.future_mask, LossConfig(), fake)
+    loss.backward()
+    assert np.isfinite(list(parts.values())).all() and {"g_lp", "g_gdl", "g_adv"} <= set(parts)
+    grads = [p.grad for p in generator.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    d_loss, d_parts = discriminator_loss(fake, fake)
+    assert np.isfinite(d_parts["d_loss"])
+
+
+def test_masked_losses_ignore_no_data_pixels():
+    target = torch.zeros(1, 2, 1, 8, 8)
+    pred = torch.zeros(1, 2, 1, 8, 8)
+    pred[..., :4] = 100.0  # wrong only where there is no data
+    mask = torch.ones(1, 2, 1, 8, 8)
+    mask[..., :5] = 0.0
+    assert lp_loss(pred, target, mask, 1).item() == 0.0
+    assert gdl_loss(pred, target, mask, 1.0).item() == 0.0
+    mask[..., 3] = 1.0
+    assert lp_loss(pred, target, mask, 1).item() > 0.0
+
+
+def test_gdl_penalises_blur_that_l2_prefers():
+    sharp = torch.zeros(1, 1, 1, 1, 8)
+    sharp[..., 4:] = 1.0
+    blurred = torch.linspace(0, 1, 8).reshape(1, 1, 1, 1, 8)
+    mask = torch.ones_like(sharp)
+    assert gdl_loss(blurred, sharp, mask, 1.0) > gdl_loss(sharp, sharp, mask, 1.0)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(batch):
+    torch.manual_seed(0)
+    generator = Generator(TINY_MODEL)
+    opt = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    cfg = LossConfig(lambda_adv=0.0)
+    losses = []
+    for _ in range(25):
+        loss, _ = generator_loss(generator(batch.past, batch.valid, batch.advected), batch.future,
+                                 batch.future_mask, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_training_writes_log_checkpoint_and_validation(tmp_path, events):
+    result = train(tiny_experiment(), tmp_path, loader=events.__getitem__, progress=False)
+    assert (tmp_path / CHECKPOINT).is_file()
+    records = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert "val_csi_gan@1" in records[-1] and "val_csi_advection@1" in records[-1]
+    assert result["step"] == 6 and result["samples_per_s"] > 0
+
+
+def test_resume_after_kill_gives_the_same_weights(tmp_path, events):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    cfg = tiny_experiment()
+    train(cfg, full, loader=events.__getitem__, progress=False)
+    train(cfg, killed, loader=events.__getitem__, progress=False, stop_after=3)  # killed after step 3 ...
+    state = torch.load(killed / CHECKPOINT, weights_only=True)
+    assert state["step"] == 2  # ... whose last checkpoint was step 2
+    train(cfg, killed, loader=events.__getitem__, progress=False, resume=True)
+    a = torch.load(full / CHECKPOINT, weights_only=True)
+    b = torch.load(killed / CHECKPOINT, weights_only=True)
+    assert b["step"] == 6
+    for key in a["generator"]:
+        assert torch.equal(a["generator"][key], b["generator"][key]), key
+    for key in a["discriminator"]:
+        assert torch.equal(a["discriminator"][key], b["discriminator"][key]), key
+    assert (full / METRICS).read_text().count("\n") == (killed / METRICS).read_text().count("\n")
+
+
+def test_a_new_run_refuses_to_overwrite_an_old_one(tmp_path, events):
+    cfg = tiny_experiment(steps=2)
+    train(cfg, tmp_path, loader=events.__getitem__, progress=False)
+    with pytest.raises(FileExistsError, match="resume"):
+        train(cfg, tmp_path, loader=events.__getitem__, progress=False)
+
+
+def test_export_and_load_reproduce_the_same_forecast(tmp_path, events):
+    cfg = tiny_experiment(steps=2)
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    folder = export_run(tmp_path / "run", "tiny-gan", models_dir=tmp_path / "models")
+    assert folder.name == "v1" and artifacts.list_versions("tiny-gan", tmp_path / "models") == ["v1"]
+    card = json.loads((folder / "card.json").read_text())
+    assert card["training"]["steps"] == 2 and card["training"]["validation_events"] == ["syn2"]
+    past = events["syn2"].isel(time=slice(0, 6))
+    first = get_forecaster("tiny-gan", models_dir=tmp_path / "models").forecast(past, 7)
+    again = get_forecaster("tiny-gan@v1", models_dir=tmp_path / "models").forecast(past, 7)
+    assert first.shape == (7, 64, 64)
+    np.testing.assert_array_equal(first.values, again.values)
+    assert np.nanmin(first.values) >= 0
+    # no-data where the last input frame had none
+    np.testing.assert_array_equal(np.isnan(first.values[0]), np.isnan(past.values[-1]))
+
+
+def test_forecaster_pads_odd_grids_and_crops_back(events):
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    forecaster = GANForecaster(Generator(TINY_MODEL), Normalisation(), device="cpu")
+    past = events["syn0"].isel(time=slice(0, 4), y=slice(0, 37), x=slice(0, 29))
+    out = forecaster.forecast(past, 5)
+    assert out.shape == (5, 37, 29)
+
+
+def test_ensemble_members_differ_with_noise_and_repeat_with_seed(events):
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    cfg = dataclasses.replace(TINY_MODEL, noise_channels=2)
+    torch.manual_seed(0)
+    generator = Generator(cfg)
+    for scale in generator.scales:  # a non-zero head, so that noise reaches the output
+        torch.nn.init.normal_(scale.head.weight, std=0.1)
+    forecaster = GANForecaster(generator, Normalisation(), device="cpu")
+    past = events["syn0"].isel(time=slice(0, 4))
+    ens = forecaster.forecast(past, 3, members=3, seed=7)
+    assert ens.dims == ("member", "time", "y", "x") and ens.sizes["member"] == 3
+    assert not np.allclose(ens.values[0], ens.values[1], equal_nan=True)
+    np.testing.assert_array_equal(ens.values, forecaster.forecast(past, 3, members=3, seed=7).values)
+
+
+def test_corrupt_artifact_is_refused(tmp_path, events):
+    cfg = tiny_experiment(steps=2)
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    folder = export_run(tmp_path / "run", "tiny-gan", models_dir=tmp_path / "models")
+    with (folder / "weights.pt").open("ab") as fh:
+        fh.write(b"garbage")
+    from nowcast.errors import UnreadableFileError
+
+    with pytest.raises(UnreadableFileError, match="checksum"):
+        get_forecaster("tiny-gan", models_dir=tmp_path / "models")
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_step(tmp_path):
+    config = tmp_path / "ddp.toml"
+    config.write_text(
+        """
+name = "ddp"
+[model]
+n_input = 4
+n_output = 3
+generator_channels = [4, 4]
+discriminator_channels = [4, 4]
+generator_layers = 2
+[data]
+train_events = ["synthetic:1"]
+patch_size = 32
+margin = 8
+[train]
+steps = 2
+batch_size = 2
+log_every = 1
+val_every = 100
+checkpoint_every = 1
+"""
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "nowcast.cli", "train", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    assert records[-1]["step"] == 2 and records[-1]["world_size"] == 2
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] == 2
