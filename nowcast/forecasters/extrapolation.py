@@ -2,9 +2,10 @@
 
 This is what many operational centres run, and the baseline the GAN has to beat.
 Motion is estimated on the dBR-transformed past frames (the way pysteps' own examples
-do it); the last observed rain rate is then advected along that field. Rain flowing in
-from outside the domain is unknown: it is taken as dry, and the last frame's no-data
-mask is kept on every lead time so that every method is scored on the same pixels.
+do it); the last observed rain rate is then advected along that field. What flows in from
+outside the domain is unknown to the method, so it is no-data (NaN, as in pysteps),
+not dry; the last frame's no-data mask is kept on every lead time. Verification scores
+every method on the pixels where all of them (and the observation) have data.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ def advect(frame: np.ndarray, velocity: np.ndarray, steps: int) -> np.ndarray:
     """Semi-Lagrangian advection of one (y, x) frame along ``velocity`` for ``steps`` steps."""
     from pysteps import extrapolation
 
+    # no-data inside the domain is filled so that it does not spread along trajectories
     filled = np.where(np.isfinite(frame), frame, 0.0)
-    out = extrapolation.get_method("semilagrangian")(filled, velocity, steps, outval=0.0)
+    out = extrapolation.get_method("semilagrangian")(filled, velocity, steps, outval=np.nan)
     out = np.where(np.isfinite(frame)[np.newaxis], out, np.nan)
-    return np.clip(out, 0.0, None).astype(np.float32)
+    return np.where(np.isnan(out), np.nan, np.maximum(out, 0.0)).astype(np.float32)
 
 
 def _to_dbr(rate: np.ndarray, threshold_mmh: float) -> np.ndarray:

@@ -1,0 +1,242 @@
+"""The ``nowcast`` command line.
+
+    nowcast forecast INPUT... --model NAME --steps N --output OUT.nc
+    nowcast evaluate --methods persistence,extrapolation --events all --out DIR
+    nowcast models
+
+Every problem the user can cause (a missing or unreadable file, an unknown model or
+event, too few frames...) ends the command with a one-line message on stderr naming
+the problem and exit code 2, and leaves no half-written output behind.
+
+To add a command, define it in this module or in a module imported at its end (as
+:mod:`nowcast.cli_jobs` is, for train, export, demo and serve)::
+
+    @app.command()
+    @user_errors
+    def train(config: Path = typer.Option(...)) -> None:
+        ...
+
+``@user_errors`` turns :class:`InputError` and :class:`UnknownNameError` into that
+message and exit code; logging is already set up by the app's callback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nowcast import __version__
+from nowcast.errors import InputError, UnknownNameError
+
+logger = logging.getLogger("nowcast.cli")
+
+EXIT_USER_ERROR = 2
+
+app = typer.Typer(
+    name="nowcast",
+    help="Precipitation nowcasting: forecast radar rain with a GAN or the pySTEPS baselines, and score them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@functools.cache
+def stderr_console() -> Console:
+    """The console for logs and progress bars (stderr, so stdout stays for results)."""
+    return Console(stderr=True)
+
+
+def user_errors(command: F) -> F:
+    """Report user-caused errors as one line on stderr and exit with code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (InputError, UnknownNameError) as exc:
+            logger.debug("user error", exc_info=True)
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(verbosity: int) -> None:
+    """Log the package's messages to stderr: -1 warnings only, 0 info, 1+ debug.
+
+    Replaces only the handler it installed before, so that it can run once per
+    command in one process (tests) without touching other handlers.
+    """
+    from rich.logging import RichHandler
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "nowcast_cli", False)]:
+        root.removeHandler(handler)
+    handler = RichHandler(console=stderr_console(), show_path=False, rich_tracebacks=False,
+                          log_time_format="[%X]")
+    handler.nowcast_cli = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    logging.getLogger("nowcast").setLevel(level)
+    logging.getLogger("service").setLevel(level)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"nowcast {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log messages (-vv for debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Log warnings and errors only."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Precipitation nowcasting with a multi-scale GAN and the pySTEPS baselines."""
+    setup_logging(-1 if quiet else verbose)
+
+
+def _split_names(text: str, what: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise InputError(f"no {what} given")
+    return list(dict.fromkeys(names))
+
+
+@app.command()
+@user_errors
+def forecast(
+    inputs: list[Path] = typer.Argument(
+        ..., metavar="INPUT...", show_default=False,
+        help="A CF-netCDF file holding the past frames, or radar files (one frame each, any format "
+             "the importers read), in any order.",
+    ),
+    model: str = typer.Option(
+        ..., "--model", "-m",
+        help="Forecaster: persistence, extrapolation or a trained model (NAME or NAME@VERSION); "
+             "see `nowcast models`.",
+    ),
+    steps: int = typer.Option(12, "--steps", "-n", min=1, help="Number of frames to forecast."),
+    output: Path = typer.Option(..., "--output", "-o", help="The forecast, written as CF-netCDF."),
+    members: int | None = typer.Option(None, "--members", min=1,
+                                       help="Ensemble members (models that draw several futures)."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/ or "
+                                                                      "$NOWCAST_MODELS_DIR)."),
+    importer: str | None = typer.Option(
+        None, "--importer",
+        help="Radar format (pysteps importer name or 'netcdf'); guessed from the files if omitted.",
+    ),
+    device: str | None = typer.Option(None, "--device", help="Torch device for trained models (cpu, cuda)."),
+) -> None:
+    """Forecast the next frames after the last ones of INPUT and write them as CF-netCDF."""
+    from nowcast.forecasters import get_forecaster
+    from nowcast.io.importers import quiet_pysteps_io, read_radar_files
+    from nowcast.io.netcdf import write_netcdf
+
+    quiet_pysteps_io()
+    if output.is_dir():
+        raise InputError(f"{output}: is a folder; give the name of the netCDF file to write")
+    forecaster = get_forecaster(model, models_dir=models_dir, device=device)
+    past = read_radar_files(inputs, importer=importer)
+    logger.info("read %d frames of %dx%d from %d file(s)", past.sizes["time"], past.sizes["y"],
+                past.sizes["x"], len(inputs))
+    tic = time.perf_counter()
+    result = forecaster.forecast(past, steps, members=members)
+    logger.info("%s forecast of %d steps took %.2f s", model, steps, time.perf_counter() - tic)
+    reference = past["time"].values[-1]
+    write_netcdf(result, output, forecast_reference_time=reference,
+                 attrs={"forecast_method": model, "history": f"nowcast {__version__}: forecast"})
+    typer.echo(str(output))
+
+
+@app.command()
+@user_errors
+def evaluate(
+    methods: str = typer.Option("persistence,extrapolation", "--methods",
+                                help="Comma-separated forecasters to score."),
+    events: str = typer.Option("all", "--events",
+                               help="'all' or comma-separated event ids of the catalogue."),
+    out: Path = typer.Option(..., "--out", help="Folder for scores.json, scores.md and the plots."),
+    steps: int = typer.Option(12, "--steps", min=1, help="Frames forecast from each start time."),
+    stride: int = typer.Option(6, "--stride", min=1, help="Frames between consecutive start times."),
+    n_input: int = typer.Option(4, "--n-input", min=1, help="Past frames given to each forecast."),
+    data_root: Path | None = typer.Option(
+        None, "--data-root",
+        help="Radar archive (default: $NOWCAST_DATA_ROOT or ../shared/data/pysteps-data).",
+    ),
+    catalogue: Path | None = typer.Option(None, "--catalogue", help="Event catalogue file (default: the "
+                                                                     "packaged one)."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry for trained models."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Score forecasters over sliding start times of catalogue events; write tables and plots."""
+    from nowcast.evaluate import evaluate as run_evaluation
+    from nowcast.io.catalogue import get_event, load_catalogue, load_event
+    from nowcast.io.importers import quiet_pysteps_io
+
+    quiet_pysteps_io()
+    method_names = _split_names(methods, "method")
+    known = load_catalogue(catalogue)
+    if events.strip().lower() == "all":
+        event_ids = list(known)
+    else:
+        event_ids = [get_event(event_id, known).id for event_id in _split_names(events, "event")]
+    if not event_ids:
+        raise InputError("the catalogue holds no event")
+
+    def loader(event_id: str) -> Any:
+        # Missing files become all-NaN frames, so that only the start times that need
+        # them are skipped rather than the whole event.
+        return load_event(known[event_id], root=data_root, on_missing="nan")
+
+    report = run_evaluation(method_names, event_ids, n_input=n_input, steps=steps, stride=stride,
+                            loader=loader, out_dir=out, progress=progress, models_dir=models_dir,
+                            console=stderr_console())
+    timing = ", ".join(f"{name} {t['mean_seconds_per_forecast']:.2f} s"
+                       for name, t in report["timing"].items() if t["mean_seconds_per_forecast"] is not None)
+    logger.info("%d start times evaluated in %.0f s (mean per forecast: %s)",
+                report["overall"]["n_evaluated"], report["runtime_seconds"], timing or "none")
+    typer.echo(str(out / "scores.md"))
+
+
+@app.command()
+@user_errors
+def models(
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/ or "
+                                                                      "$NOWCAST_MODELS_DIR)."),
+) -> None:
+    """List the forecasters: the baselines and the trained models with their versions."""
+    from nowcast import artifacts
+    from nowcast.forecasters import builtin_names
+
+    table = Table("name", "kind", "versions")
+    for name in builtin_names():
+        table.add_row(name, "baseline", "–")
+    for name in artifacts.list_models(models_dir):
+        table.add_row(name, "trained", ", ".join(artifacts.list_versions(name, models_dir)))
+    Console().print(table)
+
+
+# Commands defined in other modules register themselves on ``app`` when imported.
+from nowcast import cli_jobs  # noqa: E402, F401  (train, export, demo, serve)
+
+if __name__ == "__main__":
+    # Run as ``python -m nowcast.cli`` (e.g. under torchrun): this file is then
+    # ``__main__``, and the commands above were registered on the app of the module
+    # ``nowcast.cli`` that cli_jobs imported, so run that one.
+    from nowcast.cli import app as registered_app
+
+    registered_app()

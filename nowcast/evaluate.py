@@ -1,0 +1,501 @@
+"""The evaluation job: forecast methods scored over sliding start times of radar events.
+
+For every event, start times slide through the sequence every ``stride`` frames
+wherever ``n_input`` past frames and ``steps`` future frames exist at the event's
+regular time step. Each method forecasts from the same past frames and is scored
+against the observed future frames with :mod:`nowcast.verification`, all methods on
+the same pixels. Scores are accumulated per event and overall (contingency tables and
+FSS sums added up, never ratios averaged) and keyed by lead time in minutes, so
+events with different time steps pool only equal lead times.
+
+Start times are skipped (logged and counted, by reason) where a past frame has no
+data at all, where the past holds no rain (nothing to forecast: every method scores
+a perfect or undefined zero there), where the time series has a gap, or where no
+future frame has data.
+
+Output, written into ``out_dir`` file by file (each to a temporary name, then
+renamed, and only once every forecast is done): ``scores.json`` (everything),
+``scores.md`` (tables), ``csi_vs_lead.png``, ``spectrum.png`` and one
+``maps_EVENT.png`` per event (observed and forecast rain at +30 and +60 min for the
+start time with the most observed rain at those leads).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from nowcast.errors import InputError, SequenceError
+from nowcast.forecasters import Forecaster, get_forecaster
+from nowcast.sequence import DIMS, UNITS
+from nowcast.verification import Scores, ScoreSettings, accumulate, key, pixel_size_km
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[str], xr.DataArray]
+
+DEFAULT_STRIDE = 6
+MIN_RAIN_MMH = 0.1
+SCORES_JSON = "scores.json"
+SCORES_MARKDOWN = "scores.md"
+CSI_PLOT = "csi_vs_lead.png"
+SPECTRUM_PLOT = "spectrum.png"
+
+SKIP_EMPTY_PAST = "a past frame has no data"
+SKIP_DRY_PAST = "no rain in the past frames"
+SKIP_TIME_GAP = "gap in the time series"
+SKIP_NO_OBSERVATIONS = "no observed data in the future frames"
+
+
+@dataclass
+class _Case:
+    """The fields of one start time kept for the maps."""
+
+    reference_time: pd.Timestamp
+    wet_pixels: int
+    observed: dict[float, np.ndarray]
+    forecasts: dict[str, dict[float, np.ndarray]]
+
+
+@dataclass
+class _EventResult:
+    event_id: str
+    n_frames: int
+    time_step_minutes: float
+    shape: tuple[int, int]
+    pixel_size_km: float
+    n_start_times: int = 0
+    n_evaluated: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    skipped_start_times: list[dict[str, str]] = field(default_factory=list)
+    scores: dict[str, Scores] = field(default_factory=dict)
+    case: _Case | None = None
+    x_km: np.ndarray | None = None
+    y_km: np.ndarray | None = None
+
+
+def evaluate(
+    methods: Sequence[str],
+    events: Sequence[str],
+    *,
+    n_input: int = 4,
+    steps: int = 12,
+    stride: int = DEFAULT_STRIDE,
+    loader: Loader | None = None,
+    out_dir: str | os.PathLike[str],
+    progress: bool = True,
+    models_dir: str | os.PathLike[str] | None = None,
+    settings: ScoreSettings | None = None,
+    min_rain_mmh: float = MIN_RAIN_MMH,
+    console: Any | None = None,
+) -> dict[str, Any]:
+    """Score ``methods`` on ``events`` and write the report into ``out_dir``.
+
+    ``methods``: forecaster names (see :func:`nowcast.forecasters.get_forecaster`);
+    ``events``: event ids handed to ``loader``, which returns the event's sequence
+    (default: :func:`nowcast.io.catalogue.load_event`, with all-NaN frames for missing
+    files); ``n_input``: past frames given to each forecast; ``steps``: frames
+    forecast; ``stride``: frames between consecutive start times; ``min_rain_mmh``:
+    the past must have a pixel at least this wet; ``console``: a
+    :class:`rich.console.Console` for the progress bar (default: one on stderr).
+    Returns the content of ``scores.json``. Lead times are ``steps`` times the event's
+    time step, so with 12 steps a 10-min event is scored up to +120 min.
+    """
+    methods = list(dict.fromkeys(methods))
+    events = list(dict.fromkeys(events))
+    if not methods:
+        raise InputError("no forecast method given")
+    if not events:
+        raise InputError("no event given")
+    for name, value in (("n_input", n_input), ("steps", steps), ("stride", stride)):
+        if value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    settings = settings or ScoreSettings()
+    forecasters = {name: get_forecaster(name, models_dir=models_dir) for name in methods}
+    for name, forecaster in forecasters.items():
+        if forecaster.n_input_frames > n_input:
+            raise InputError(f"{name} needs {forecaster.n_input_frames} past frames; n_input is {n_input}")
+    if loader is None:
+        from nowcast.io.catalogue import load_event
+
+        loader = functools.partial(load_event, on_missing="nan")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+
+    started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    forecast_seconds: dict[str, list[float]] = {name: [] for name in methods}
+    results: list[_EventResult] = []
+    with _progress_bar(progress, console) as bar:
+        task = bar.add_task("evaluating", total=None)
+        for event_id in events:
+            bar.update(task, description=f"loading {event_id}")
+            sequence = loader(event_id)
+            results.append(_evaluate_event(
+                event_id, sequence, forecasters, n_input=n_input, steps=steps, stride=stride,
+                settings=settings, min_rain_mmh=min_rain_mmh, forecast_seconds=forecast_seconds,
+                bar=bar, task=task,
+            ))
+            del sequence
+
+    overall = {name: Scores(settings) for name in methods}
+    for result in results:
+        for name in methods:
+            overall[name].merge(result.scores[name])
+    runtime = time.perf_counter() - started
+    report = _report(methods, results, overall, forecast_seconds, settings=settings, n_input=n_input,
+                     steps=steps, stride=stride, min_rain_mmh=min_rain_mmh, started_at=started_at,
+                     runtime=runtime)
+    _write_outputs(out_dir, report, results, methods, settings)
+    logger.info("evaluation done in %.0f s; wrote %s", time.perf_counter() - started, out_dir)
+    return report
+
+
+def start_indices(n_frames: int, n_input: int, steps: int, stride: int) -> list[int]:
+    """Index of the first past frame of every start time that has past and future frames."""
+    return list(range(0, n_frames - n_input - steps + 1, stride))
+
+
+def _evaluate_event(
+    event_id: str,
+    sequence: xr.DataArray,
+    forecasters: dict[str, Forecaster],
+    *,
+    n_input: int,
+    steps: int,
+    stride: int,
+    settings: ScoreSettings,
+    min_rain_mmh: float,
+    forecast_seconds: dict[str, list[float]],
+    bar: Any,
+    task: Any,
+) -> _EventResult:
+    if not isinstance(sequence, xr.DataArray) or tuple(sequence.dims) != DIMS:
+        raise SequenceError(f"event {event_id}: loader must return a (time, y, x) DataArray")
+    if sequence.attrs.get("units") != UNITS:
+        raise SequenceError(f"event {event_id}: units must be {UNITS!r}, got {sequence.attrs.get('units')!r}")
+    times = pd.DatetimeIndex(sequence["time"].values)
+    if len(times) < 2:
+        raise SequenceError(f"event {event_id}: a single frame has no time step")
+    steps_s = np.diff(times.values).astype("timedelta64[s]").astype(np.int64)
+    step_s = int(np.median(steps_s))
+    if step_s <= 0:
+        raise SequenceError(f"event {event_id}: timestamps are not increasing")
+    step_minutes = step_s / 60.0
+    lead_minutes = [step_minutes * (k + 1) for k in range(steps)]
+    map_leads = [lead for lead in lead_minutes if lead in settings.spectrum_leads_minutes] or sorted(
+        {lead_minutes[(steps - 1) // 2], lead_minutes[-1]})
+    map_lead_index = [lead_minutes.index(lead) for lead in map_leads]
+    result = _EventResult(
+        event_id=event_id, n_frames=len(times), time_step_minutes=step_minutes,
+        shape=(sequence.sizes["y"], sequence.sizes["x"]), pixel_size_km=pixel_size_km(sequence),
+        scores={name: Scores(settings) for name in forecasters},
+        x_km=sequence["x"].values / 1000.0, y_km=sequence["y"].values / 1000.0,
+    )
+    starts = start_indices(len(times), n_input, steps, stride)
+    result.n_start_times = len(starts)
+    if not starts:
+        logger.warning("event %s: %d frames are too few for %d past and %d future frames",
+                       event_id, len(times), n_input, steps)
+    planned = next(t.total for t in bar.tasks if t.id == task) or 0
+    bar.update(task, description=event_id, total=planned + len(starts) * len(forecasters))
+    values = sequence.values
+    for start in starts:
+        window = slice(start, start + n_input + steps)
+        reference = times[start + n_input - 1]
+        reason = _skip_reason(values[start:start + n_input], values[start + n_input:window.stop],
+                              steps_s[start:window.stop - 1], step_s, min_rain_mmh)
+        if reason is not None:
+            logger.info("event %s, start %s: skipped (%s)", event_id, reference, reason)
+            result.skipped[reason] += 1
+            result.skipped_start_times.append({"time": reference.isoformat(), "reason": reason})
+            bar.advance(task, len(forecasters))
+            continue
+        past = sequence.isel(time=slice(start, start + n_input))
+        observed = values[start + n_input:window.stop]
+        forecasts = {}
+        for name, forecaster in forecasters.items():
+            tic = time.perf_counter()
+            forecasts[name] = forecaster.forecast(past, steps).values
+            forecast_seconds[name].append(time.perf_counter() - tic)
+            bar.advance(task)
+        accumulate(result.scores, observed, forecasts, lead_minutes=lead_minutes,
+                   pixel_size_km=result.pixel_size_km)
+        result.n_evaluated += 1
+        wet = int(sum(np.count_nonzero(observed[i] >= settings.thresholds_mmh[0]) for i in map_lead_index))
+        if result.case is None or wet > result.case.wet_pixels:
+            pairs = list(zip(map_leads, map_lead_index, strict=True))
+            result.case = _Case(
+                reference_time=reference, wet_pixels=wet,
+                observed={lead: observed[i].copy() for lead, i in pairs},
+                forecasts={name: {lead: fc[i].copy() for lead, i in pairs} for name, fc in forecasts.items()},
+            )
+    skipped = sum(result.skipped.values())
+    logger.info("event %s: %d start times, %d evaluated, %d skipped%s", event_id, result.n_start_times,
+                result.n_evaluated, skipped,
+                f" ({', '.join(f'{n} {r}' for r, n in result.skipped.items())})" if skipped else "")
+    return result
+
+
+def _skip_reason(past: np.ndarray, future: np.ndarray, window_steps_s: np.ndarray, step_s: int,
+                 min_rain_mmh: float) -> str | None:
+    if np.any(window_steps_s != step_s):
+        return SKIP_TIME_GAP
+    finite = np.isfinite(past)
+    if not finite.reshape(len(past), -1).any(axis=1).all():
+        return SKIP_EMPTY_PAST
+    if not np.any(past[finite] >= min_rain_mmh):
+        return SKIP_DRY_PAST
+    if not np.isfinite(future).any():
+        return SKIP_NO_OBSERVATIONS
+    return None
+
+
+def _progress_bar(enabled: bool, console: Any | None) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("forecasts"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console or Console(stderr=True), disable=not enabled,
+    )
+
+
+def _report(methods: list[str], results: list[_EventResult], overall: dict[str, Scores],
+            forecast_seconds: dict[str, list[float]], *, settings: ScoreSettings, n_input: int, steps: int,
+            stride: int, min_rain_mmh: float, started_at: datetime, runtime: float) -> dict[str, Any]:
+    skipped_total: Counter[str] = Counter()
+    for result in results:
+        skipped_total.update(result.skipped)
+    return {
+        "config": {
+            "methods": methods,
+            "events": [r.event_id for r in results],
+            "n_input": n_input,
+            "steps": steps,
+            "stride": stride,
+            "min_rain_mmh": min_rain_mmh,
+            **settings.to_dict(),
+        },
+        "started": started_at.isoformat(timespec="seconds"),
+        "runtime_seconds": round(runtime, 2),
+        "timing": {
+            name: {
+                "n_forecasts": len(seconds),
+                "total_seconds": float(np.sum(seconds)) if seconds else 0.0,
+                "mean_seconds_per_forecast": float(np.mean(seconds)) if seconds else None,
+            }
+            for name, seconds in forecast_seconds.items()
+        },
+        "events": {
+            r.event_id: {
+                "n_frames": r.n_frames,
+                "time_step_minutes": r.time_step_minutes,
+                "grid": {"ny": r.shape[0], "nx": r.shape[1], "pixel_size_km": r.pixel_size_km},
+                "n_start_times": r.n_start_times,
+                "n_evaluated": r.n_evaluated,
+                "skipped": dict(r.skipped),
+                "skipped_start_times": r.skipped_start_times,
+                "map_case": r.case.reference_time.isoformat() if r.case else None,
+                "scores": {name: r.scores[name].to_dict() for name in methods},
+            }
+            for r in results
+        },
+        "overall": {
+            "n_start_times": sum(r.n_start_times for r in results),
+            "n_evaluated": sum(r.n_evaluated for r in results),
+            "skipped": dict(skipped_total),
+            "scores": {name: overall[name].to_dict() for name in methods},
+        },
+    }
+
+
+def _write_outputs(out_dir: Path, report: dict[str, Any], results: list[_EventResult], methods: list[str],
+                   settings: ScoreSettings) -> None:
+    """Render every file into a staging folder first, then move them into ``out_dir``.
+
+    A failure while rendering leaves ``out_dir`` as it was; each move is a rename.
+    """
+    from nowcast import plots
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        overall_scores = report["overall"]["scores"]
+        plots.save_figure(plots.csi_figure(overall_scores, settings.thresholds_mmh, title="all events"),
+                          staging / CSI_PLOT)
+        plots.save_figure(plots.spectrum_figure(overall_scores, title="all events"), staging / SPECTRUM_PLOT)
+        for result in results:
+            if result.case is None or result.x_km is None or result.y_km is None:
+                continue
+            title = f"{result.event_id}, forecast from {result.case.reference_time:%Y-%m-%d %H:%M}"
+            figure = plots.maps_figure(result.case.observed, result.case.forecasts,
+                                       x_km=result.x_km, y_km=result.y_km, title=title)
+            plots.save_figure(figure, staging / f"maps_{_safe_name(result.event_id)}.png")
+        (staging / SCORES_MARKDOWN).write_text(render_markdown(report), encoding="utf-8")
+        # scores.json last: its presence means the rest of the report is in place
+        (staging / SCORES_JSON).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n",
+                                           encoding="utf-8")
+        names = sorted(p.name for p in staging.iterdir() if not p.name.startswith("."))
+        for name in sorted(names, key=lambda n: n == SCORES_JSON):
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# --- markdown -----------------------------------------------------------------------
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The markdown report of an evaluation (from the content of ``scores.json``)."""
+    config = report["config"]
+    methods = config["methods"]
+    lines = [
+        "# Evaluation",
+        "",
+        f"Methods: {', '.join(methods)}. Events: {', '.join(config['events'])}.",
+        f"{config['n_input']} past frames, {config['steps']} forecast frames, a start time every "
+        f"{config['stride']} frames; started {report['started']}, ran {report['runtime_seconds']:.0f} s.",
+        f"Start times: {report['overall']['n_start_times']}, evaluated {report['overall']['n_evaluated']}"
+        + _skipped_text(report["overall"]["skipped"]) + ".",
+        "",
+        "Contingency tables and FSS sums are added over all forecasts before the scores are "
+        "computed; pixels without observation or forecast are left out (never counted as dry). "
+        "Lead times are in minutes, so events with different time steps add to different rows "
+        "(a 10-min event to 10, 20, … min); `n` is the number of forecasts verified at that lead. "
+        "The best value of each row is in bold.",
+        "",
+        "## Forecast time",
+        "",
+        "| method | forecasts | mean s per forecast |",
+        "|---|---:|---:|",
+    ]
+    for name, timing in report["timing"].items():
+        mean = timing["mean_seconds_per_forecast"]
+        lines.append(f"| {name} | {timing['n_forecasts']} | {'–' if mean is None else f'{mean:.3f}'} |")
+    lines += ["", "## All events", ""]
+    lines += _score_tables(report["overall"]["scores"], methods, config, heading="###")
+    lines += ["", "## Per event", ""]
+    for event_id, event in report["events"].items():
+        lines += [
+            f"### {event_id}",
+            "",
+            f"{event['n_frames']} frames every {event['time_step_minutes']:g} min on "
+            f"{event['grid']['ny']}×{event['grid']['nx']} pixels of {event['grid']['pixel_size_km']:g} km; "
+            f"{event['n_start_times']} start times, {event['n_evaluated']} evaluated"
+            + _skipped_text(event["skipped"]) + ".",
+            "",
+        ]
+        if event["n_evaluated"]:
+            lines += _csi_table(event["scores"], methods, config["thresholds_mmh"])
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _skipped_text(skipped: dict[str, int]) -> str:
+    if not skipped:
+        return ""
+    return " (skipped: " + ", ".join(f"{n} with {reason}" for reason, n in skipped.items()) + ")"
+
+
+def _score_tables(scores: dict[str, Any], methods: list[str], config: dict[str, Any],
+                  heading: str) -> list[str]:
+    if not any(scores[m]["leads"] for m in methods):
+        return ["No start time could be evaluated."]
+    lines: list[str] = []
+    for threshold in config["thresholds_mmh"]:
+        lines += [f"{heading} CSI, rain rate > {threshold:g} mm/h", ""]
+        csi = {m: (lambda lead, t=threshold: lead["categorical"][key(t)]["CSI"]) for m in methods}
+        lines += _lead_table(scores, methods, csi, best=max)
+        lines.append("")
+    for threshold in config["fss_thresholds_mmh"]:
+        lines += [f"{heading} FSS, rain rate ≥ {threshold:g} mm/h", ""]
+        columns = {
+            f"{m} {scale:g} km": (lambda lead, t=threshold, s=scale: lead["fss"][key(t)][key(s)]["fss"])
+            for scale in config["fss_scales_km"] for m in methods
+        }
+        owners = {f"{m} {scale:g} km": m for scale in config["fss_scales_km"] for m in methods}
+        lines += _lead_table(scores, methods, columns, owners=owners, best=max,
+                             groups=[[f"{m} {s:g} km" for m in methods] for s in config["fss_scales_km"]])
+        lines.append("")
+    lines += [f"{heading} Mean absolute error (mm/h)", ""]
+    lines += _lead_table(scores, methods, {m: (lambda lead: lead["mae"]) for m in methods}, best=min)
+    lines.append("")
+    lines += [f"{heading} Power spectrum: forecast / observed power", "",
+              "Mean radially averaged power spectra of forecast and observation (no data set to 0 in "
+              "both), ratio at each wavelength; below 1 means smoother than observed.", ""]
+    wavelengths = [key(w) for w in config["spectrum_ratio_wavelengths_km"]]
+    lines += ["| method | lead (min) | n | " + " | ".join(f"{w} km" for w in wavelengths) + " |",
+              "|---|---:|---:|" + "---:|" * len(wavelengths)]
+    for method in methods:
+        for lead, spectrum in scores[method]["spectrum"].items():
+            ratios = [_fmt(spectrum["power_ratio"].get(w)) for w in wavelengths]
+            lines.append(f"| {method} | {lead} | {spectrum['n_forecasts']} | " + " | ".join(ratios) + " |")
+    return lines
+
+
+def _csi_table(scores: dict[str, Any], methods: list[str], thresholds: list[float]) -> list[str]:
+    columns = {f"{m} >{t:g}": (lambda lead, t=t: lead["categorical"][key(t)]["CSI"])
+               for t in thresholds for m in methods}
+    owners = {f"{m} >{t:g}": m for t in thresholds for m in methods}
+    table = _lead_table(scores, methods, columns, owners=owners, best=max,
+                        groups=[[f"{m} >{t:g}" for m in methods] for t in thresholds])
+    return ["CSI at each threshold (mm/h):", "", *table]
+
+
+def _lead_table(scores: dict[str, Any], methods: list[str], columns: dict[str, Callable[[dict], Any]], *,
+                best: Callable[..., float], owners: dict[str, str] | None = None,
+                groups: list[list[str]] | None = None) -> list[str]:
+    """Rows: lead times; columns: one value per method (or per method and setting)."""
+    owners = owners or {m: m for m in methods}
+    groups = groups or [list(columns)]
+    leads = sorted({lead for m in methods for lead in scores[m]["leads"]}, key=float)
+    lines = ["| lead (min) | n | " + " | ".join(columns) + " |", "|---:|---:|" + "---:|" * len(columns)]
+    for lead in leads:
+        values: dict[str, float | None] = {}
+        n = 0
+        for column, getter in columns.items():
+            lead_scores = scores[owners[column]]["leads"].get(lead)
+            values[column] = getter(lead_scores) if lead_scores else None
+            n = max(n, lead_scores["n_forecasts"] if lead_scores else 0)
+        bold = set()
+        for group in groups:
+            finite = [values[c] for c in group if values[c] is not None]
+            if len(finite) > 1 and len(set(finite)) > 1:
+                target = best(finite)
+                bold |= {c for c in group if values[c] == target}
+        cells = [f"**{_fmt(values[c])}**" if c in bold else _fmt(values[c]) for c in columns]
+        lines.append(f"| {lead} | {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
