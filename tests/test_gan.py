@@ -255,3 +255,18 @@ checkpoint_every = 1
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
     assert records[-1]["step"] == 2 and records[-1]["world_size"] == 2
     assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] == 2
+
+
+def test_balanced_lp_weights_missed_heavy_rain_more_than_false_alarms():
+    from nowcast.transforms import Normalisation
+
+    norm = Normalisation()
+    heavy = torch.from_numpy(norm.encode(np.full((1, 1, 1, 2, 2), 20.0, dtype=np.float32)))
+    dry = torch.zeros_like(heavy)
+    mask = torch.ones_like(heavy)
+    cfg = LossConfig(lambda_adv=0, lambda_gdl=0, rain_weight_thresholds_mmh=(2.0, 10.0), rain_weights=(2.0, 10.0))
+    missed, _ = generator_loss([dry], heavy, mask, cfg, normalisation=norm)
+    false_alarm, _ = generator_loss([heavy], dry, mask, cfg, normalisation=norm)
+    assert missed.item() == pytest.approx(10.0 * false_alarm.item())
+    with pytest.raises(ValueError, match="same length"):
+        LossConfig(rain_weight_thresholds_mmh=(1.0,), rain_weights=())

@@ -58,19 +58,35 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """G minimises lambda_adv·L_adv + lambda_lp·L_p + lambda_gdl·L_gdl over scales."""
+    """G minimises lambda_adv·L_adv + lambda_lp·L_p + lambda_gdl·L_gdl over scales.
+
+    ``rain_weight_thresholds_mmh``/``rain_weights``: the L_p error of a pixel is weighted
+    by ``rain_weights[i]`` where the observed rate reaches ``rain_weight_thresholds_mmh[i]``
+    (1 below the first), as in the balanced losses of Shi et al. (NeurIPS 2017). A plain
+    L_p regresses to a central value of the uncertain future, which in log-rain space
+    dries out uncertain rain; the weights make missing heavy rain cost more than a false
+    alarm. Empty for the paper's unweighted loss.
+    """
 
     lambda_adv: float = 0.05
     lambda_lp: float = 1.0
     lambda_gdl: float = 1.0
     p: int = 1
     alpha: float = 1.0
+    rain_weight_thresholds_mmh: tuple[float, ...] = ()
+    rain_weights: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.p not in (1, 2):
             raise ValueError("p must be 1 or 2")
         if min(self.lambda_adv, self.lambda_lp, self.lambda_gdl) < 0:
             raise ValueError("loss weights must not be negative")
+        if len(self.rain_weight_thresholds_mmh) != len(self.rain_weights):
+            raise ValueError("rain_weight_thresholds_mmh and rain_weights need the same length")
+        if list(self.rain_weight_thresholds_mmh) != sorted(self.rain_weight_thresholds_mmh):
+            raise ValueError("rain_weight_thresholds_mmh must increase")
+        if any(w <= 0 for w in self.rain_weights):
+            raise ValueError("rain_weights must be positive")
 
     @property
     def adversarial(self) -> bool:

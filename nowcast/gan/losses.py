@@ -6,17 +6,33 @@ al., eqs. 2, 6 and 11). D: binary cross-entropy of real vs generated, summed ove
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from nowcast.gan.config import LossConfig
 from nowcast.gan.model import downsample, downsample_mask
+from nowcast.transforms import Normalisation
 
 
-def lp_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, p: int) -> torch.Tensor:
-    """Mean |pred - target|^p over valid pixels."""
+def lp_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, p: int,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |pred - target|^p over valid pixels, optionally weighted per pixel."""
     err = (pred - target).abs().pow(p) * mask
+    if weights is not None:
+        err = err * weights
     return err.sum() / (mask.expand_as(err).sum() + 1e-6)
+
+
+def rain_weights(target: torch.Tensor, config: LossConfig, normalisation: Normalisation) -> torch.Tensor | None:
+    """Per-pixel weights from the observed rate (normalised ``target``), or None when unweighted."""
+    if not config.rain_weights:
+        return None
+    weights = torch.ones_like(target)
+    for threshold, weight in zip(config.rain_weight_thresholds_mmh, config.rain_weights, strict=True):
+        z = float(normalisation.encode(np.float64(threshold)))
+        weights = torch.where(target >= z, torch.full_like(target, weight), weights)
+    return weights
 
 
 def gdl_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -49,10 +65,13 @@ def generator_loss(
     mask: torch.Tensor,
     config: LossConfig,
     fake_logits: list[torch.Tensor] | None = None,
+    normalisation: Normalisation | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """G's total loss and its parts (as floats for logging)."""
     targets = scale_targets(target, mask, len(predictions))
-    lp = sum(lp_loss(p, t, m, config.p) for p, (t, m) in zip(predictions, targets, strict=True))
+    norm = normalisation or Normalisation()
+    lp = sum(lp_loss(p, t, m, config.p, rain_weights(t, config, norm))
+             for p, (t, m) in zip(predictions, targets, strict=True))
     gdl = sum(gdl_loss(p, t, m, config.alpha) for p, (t, m) in zip(predictions, targets, strict=True))
     total = config.lambda_lp * lp + config.lambda_gdl * gdl
     parts = {"g_lp": lp.item(), "g_gdl": gdl.item()}

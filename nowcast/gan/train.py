@@ -172,7 +172,8 @@ def train(
             if adversarial:
                 discriminator.requires_grad_(False)
                 fake_logits = discriminator(b.past, b.valid, predictions)
-            g_loss, g_parts = generator_loss(predictions, b.future, b.future_mask, cfg.loss, fake_logits)
+            g_loss, g_parts = generator_loss(predictions, b.future, b.future_mask, cfg.loss, fake_logits,
+                                             cfg.normalisation)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         discriminator.requires_grad_(True)
