@@ -1,0 +1,117 @@
+"""Service settings, read from ``NOWCAST_*`` environment variables (pydantic-settings).
+
+Every limit the service enforces lives here, so that operators tune a deployment from
+its environment without touching code. Lists (API keys) are given comma-separated or
+as a JSON array: ``NOWCAST_API_KEYS=key-one,key-two``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from nowcast.paths import models_dir as default_models_dir
+
+# The trained model a deployment serves when NOWCAST_MODEL is not set; without it in the
+# registry the service falls back to the pySTEPS extrapolation baseline.
+DEFAULT_TRAINED_MODEL = "default-gan"
+FALLBACK_MODEL = "extrapolation"
+
+
+class Settings(BaseSettings):
+    """Configuration of one service process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NOWCAST_", env_ignore_empty=True, extra="ignore", frozen=True
+    )
+
+    # --- the model -----------------------------------------------------------------------------------
+    model: str | None = Field(
+        default=None,
+        description=f"forecaster to serve (NAME or NAME@VERSION); default {DEFAULT_TRAINED_MODEL!r} when "
+        f"it is in the model registry, else {FALLBACK_MODEL!r}",
+    )
+    model_version: str | None = Field(
+        default=None, description="version of a trained model (default: latest)"
+    )
+    models_dir: Path | None = Field(default=None, description="model registry root (default: models/)")
+    device: str = Field(
+        default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    half_precision: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="float16 on CUDA: 'auto' keeps it where the forecast stays within tolerance",
+    )
+    half_tolerance_mmh: float = Field(
+        default=0.1, gt=0.0, description="largest change half precision may make (plus 1% of the rate)"
+    )
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=256,
+        description="torch intra-op threads (default: torch's own choice, one per core); set it to the "
+        "container's CPU quota, since more threads than free cores slow the model down",
+    )
+    warmup_grid: int = Field(
+        default=256, ge=8, le=4096, description="side of the square grid the model is warmed up on"
+    )
+
+    # --- access ----------------------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="keys accepted in X-API-Key; empty: no key needed"
+    )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="keys for admin calls; empty: admin calls disabled"
+    )
+
+    # --- limits ----------------------------------------------------------------------------------------
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_grid_side: int = Field(default=2048, ge=2)
+    max_grid_pixels: int = Field(default=1024 * 1024, ge=4)
+    max_input_frames: int = Field(default=24, ge=1)
+    max_steps: int = Field(default=36, ge=1)
+    max_members: int = Field(default=16, ge=1)
+    max_output_values: int = Field(
+        default=50_000_000, ge=1, description="members x steps x pixels of one answer"
+    )
+
+    # --- batching and queueing ----------------------------------------------------------------------
+    batch_window_ms: float = Field(
+        default=5.0, ge=0.0, le=10_000.0, description="how long the oldest request waits for others to join"
+    )
+    max_batch: int = Field(default=8, ge=1, le=1024, description="1 turns batching off")
+    queue_size: int = Field(default=64, ge=1, description="requests waiting beyond this are refused (503)")
+    inference_threads: int = Field(default=1, ge=1, le=64, description="batches run at once (1 suits a GPU)")
+    request_timeout_s: float = Field(default=60.0, gt=0.0)
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 answers")
+
+    # --- the server ------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    log_level: str = "info"
+    access_log: bool = True
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def resolved_models_dir(self) -> Path:
+        return default_models_dir(self.models_dir)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,210 @@
+"""The active model: loaded once, warmed up, and swapped atomically at run time.
+
+Requests take a reference to the :class:`LoadedModel` that is active when they arrive
+and are batched and run on that one, so switching versions never fails a request in
+flight: the new model is loaded and warmed up first, then one reference assignment
+makes it active, and the old one is freed when its last batch finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from nowcast import artifacts
+from nowcast.errors import InputError, UnknownNameError, UnreadableFileError
+from nowcast.forecasters import Forecaster, available, builtin_names, get_forecaster
+from service.core.config import DEFAULT_TRAINED_MODEL, FALLBACK_MODEL, Settings
+
+logger = logging.getLogger(__name__)
+
+_generation = itertools.count(1)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A forecaster ready to serve, with what the API reports about it."""
+
+    name: str
+    version: str | None
+    forecaster: Forecaster
+    device: str
+    card: dict[str, Any] | None
+    warmup_s: float
+    precision: str = "float32"
+    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    generation: int = field(default_factory=lambda: next(_generation))
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}" if self.version else self.name
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kind": "builtin" if self.version is None else "trained",
+            "device": self.device,
+            "precision": self.precision,
+            "n_input_frames": int(self.forecaster.n_input_frames),
+            "supports_members": bool(self.forecaster.supports_members),
+            "loaded_at": self.loaded_at.isoformat(),
+            "warmup_seconds": round(self.warmup_s, 3),
+            "card": self.card,
+        }
+
+
+class ModelNotFoundError(UnknownNameError):
+    """A model name or version the registry does not hold."""
+
+
+def default_model_name(settings: Settings) -> str:
+    if settings.model:
+        return settings.model
+    if DEFAULT_TRAINED_MODEL in artifacts.list_models(settings.resolved_models_dir()):
+        return DEFAULT_TRAINED_MODEL
+    return FALLBACK_MODEL
+
+
+def split_name(name: str, version: str | None) -> tuple[str, str | None]:
+    """``NAME@VERSION`` or (``NAME``, ``version``) -> (name, version); both forms must agree."""
+    base, _, inline_version = name.partition("@")
+    if inline_version and version and inline_version != version:
+        raise InputError(
+            f"model {name!r} names version {inline_version!r} but version {version!r} was asked",
+            field="version",
+        )
+    return base, (inline_version or version or None)
+
+
+def load_model(settings: Settings, name: str, version: str | None = None) -> LoadedModel:
+    """Load and warm up ``name`` (blocking: call it from a worker thread)."""
+    name, version = split_name(name, version)
+    models_dir = settings.resolved_models_dir()
+    device = settings.resolved_device()
+    card: dict[str, Any] | None = None
+    if name in builtin_names():
+        if version is not None:
+            raise InputError(
+                f"{name!r} is a built-in method and has no versions (asked for {version!r})", field="version"
+            )
+        forecaster = get_forecaster(name, models_dir=models_dir, device=device)
+    else:
+        versions = artifacts.list_versions(name, models_dir)
+        if not versions:
+            raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(available(models_dir))}")
+        version = version or versions[-1]
+        if version not in versions:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version!r}; versions: {', '.join(versions)}"
+            )
+        forecaster = get_forecaster(f"{name}@{version}", models_dir=models_dir, device=device)
+        try:
+            card = artifacts.card(name, version, models_dir)
+        except UnreadableFileError as exc:
+            logger.warning("model card of %s@%s unreadable: %s", name, version, exc)
+    started = time.perf_counter()
+    precision = choose_precision(forecaster, settings.half_precision, settings.half_tolerance_mmh)
+    warm_up(forecaster, settings.warmup_grid)
+    warmup_s = time.perf_counter() - started
+    loaded = LoadedModel(
+        name=name,
+        version=version,
+        forecaster=forecaster,
+        device=str(getattr(forecaster, "device", device)),
+        card=card,
+        warmup_s=warmup_s,
+        precision=precision,
+    )
+    logger.info("loaded %s on %s in %s (warm-up %.2fs)", loaded.label, loaded.device, precision, warmup_s)
+    return loaded
+
+
+def choose_precision(forecaster: Forecaster, mode: str, tolerance_mmh: float) -> str:
+    """Run a CUDA model in half precision where that keeps its forecast within tolerance.
+
+    Applies to forecasters with a ``half`` switch (the GAN) on a CUDA device. ``auto``
+    forecasts a synthetic sequence both ways and keeps half precision only when no pixel
+    moves by more than ``tolerance_mmh`` + 1% of its rate; ``on`` and ``off`` force it.
+    """
+    has_switch = hasattr(forecaster, "half")
+    on_cuda = str(getattr(forecaster, "device", "")).startswith("cuda")
+    if not has_switch or not on_cuda or mode == "off":
+        if has_switch:
+            forecaster.half = False  # type: ignore[attr-defined]
+        return "float32"
+    if mode == "on":
+        forecaster.half = True  # type: ignore[attr-defined]
+        return "float16"
+    from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+    frames = max(forecaster.n_input_frames, 2)
+    past = synthetic_sequence(SyntheticRain(ny=128, nx=128, frames=frames), seed=0).values
+    past = past[np.newaxis, -forecaster.n_input_frames :]
+    forecaster.half = False  # type: ignore[attr-defined]
+    full = forecaster.predict(past, 6)
+    forecaster.half = True  # type: ignore[attr-defined]
+    half = forecaster.predict(past, 6)
+    with np.errstate(invalid="ignore"):
+        excess = np.abs(half - full) - (tolerance_mmh + 0.01 * np.abs(full))
+    worst = float(np.nanmax(excess)) if np.isfinite(excess).any() else 0.0
+    if worst > 0:
+        forecaster.half = False  # type: ignore[attr-defined]
+        logger.info("half precision moves the forecast %.3g mm/h beyond tolerance: keeping float32", worst)
+        return "float32"
+    return "float16"
+
+
+def warm_up(forecaster: Forecaster, grid: int) -> None:
+    """Run the model once so that the first request does not pay for lazy initialisation."""
+    warmup = getattr(forecaster, "warmup", None)
+    if callable(warmup):
+        warmup(grid, grid)
+        return
+    past = np.zeros((1, forecaster.n_input_frames, grid, grid), dtype=np.float32)
+    forecaster.predict(past, 1)
+
+
+class ModelManager:
+    """Holds the active model and switches it without interrupting requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._active: LoadedModel | None = None
+        self._switch_lock = asyncio.Lock()
+        self.switches = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._active is not None
+
+    @property
+    def active(self) -> LoadedModel:
+        """The model new requests run on (a snapshot: later swaps do not change it)."""
+        if self._active is None:
+            raise RuntimeError("no model loaded yet")
+        return self._active
+
+    async def start(self) -> LoadedModel:
+        name = default_model_name(self._settings)
+        self._active = await asyncio.to_thread(load_model, self._settings, name, self._settings.model_version)
+        return self._active
+
+    async def switch(self, name: str, version: str | None = None) -> tuple[LoadedModel, LoadedModel | None]:
+        """Load ``name``/``version``, warm it up, then make it active. Returns (new, previous)."""
+        async with self._switch_lock:
+            new = await asyncio.to_thread(load_model, self._settings, name, version)
+            previous, self._active = self._active, new
+            self.switches += 1
+        logger.info("active model switched from %s to %s", previous.label if previous else None, new.label)
+        return new, previous
+
+    def stop(self) -> None:
+        self._active = None

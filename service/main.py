@@ -1,0 +1,145 @@
+"""The app factory: settings in, a FastAPI app out; the model is loaded in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from nowcast import __version__ as nowcast_version
+from service.api.main import api_router, root_router
+from service.core.config import Settings
+from service.core.errors import install_error_handlers
+from service.core.metrics import ServiceMetrics
+from service.core.middleware import RequestContextMiddleware
+from service.inference.batching import MicroBatcher
+from service.inference.models import ModelManager
+from service.schemas import NowcastRequest
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Precipitation nowcasts from the latest radar frames.
+
+`POST /v1/nowcasts` takes JSON or CF-netCDF and answers JSON or CF-netCDF; see
+`GET /v1/models` for the model being served. Keys go in the `X-API-Key` header when the
+service is configured with keys. Grids larger than the configured limits are refused
+(413): split them into tiles on the client.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; ``settings`` default to the ``NOWCAST_*`` environment."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+    models = ModelManager(settings)
+    batcher = MicroBatcher(
+        window_s=settings.batch_window_ms / 1e3,
+        max_batch=settings.max_batch,
+        max_queue=settings.queue_size,
+        threads=settings.inference_threads,
+        metrics=metrics,
+    )
+    metrics.watch_device(lambda: models.active.device if models.ready else None)
+    background_tasks: set[asyncio.Task[None]] = set()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        loaded = await models.start()
+        metrics.model_info.info(
+            {"name": loaded.name, "version": loaded.version or "builtin", "device": loaded.device}
+        )
+        await batcher.start()
+        reload_on_hangup = _install_reload_signal(models, metrics, background_tasks)
+        metrics.ready.set(1)
+        logger.info("serving %s on %s", loaded.label, loaded.device)
+        try:
+            yield
+        finally:
+            metrics.ready.set(0)
+            if reload_on_hangup:
+                with suppress(Exception):
+                    asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            await batcher.stop()
+            models.stop()
+
+    app = FastAPI(
+        title="nowcast",
+        summary="Precipitation nowcasting service",
+        description=DESCRIPTION,
+        version=nowcast_version,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.models = models
+    app.state.batcher = batcher
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, route_paths=lambda: _route_paths(app))
+    install_error_handlers(app, settings.retry_after_s)
+    app.include_router(root_router)
+    app.include_router(api_router)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the JSON request body, which the route reads itself (JSON or netCDF)."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=app.description,
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        request_schema = NowcastRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(request_schema.pop("$defs", {}))
+        components["NowcastRequest"] = request_schema
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def _route_paths(app: FastAPI) -> set[str]:
+    documented = set(app.openapi().get("paths", {}))
+    return documented | {path for path in (app.docs_url, app.redoc_url, app.openapi_url) if path}
+
+
+def _install_reload_signal(
+    models: ModelManager, metrics: ServiceMetrics, background: set[asyncio.Task[None]]
+) -> bool:
+    """SIGHUP reloads the active model at its latest version (e.g. after exporting a new one)."""
+    loop = asyncio.get_running_loop()
+
+    def on_hangup() -> None:
+        async def reload() -> None:
+            name = models.active.name
+            try:
+                new, _ = await models.switch(name)
+            except Exception:
+                logger.exception("reload of %s on SIGHUP failed; the active model is unchanged", name)
+                return
+            metrics.model_switches.inc()
+            metrics.model_info.info(
+                {"name": new.name, "version": new.version or "builtin", "device": new.device}
+            )
+
+        task = loop.create_task(reload())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (tests) or no SIGHUP
+        return False
+    return True

@@ -1,0 +1,170 @@
+"""The JSON bodies of the API (requests, answers, errors), as pydantic models.
+
+Frames travel either as nested arrays ``[time][y][x]`` (``null`` = no data) or, for
+large grids, base64 of little-endian float32 values in C order with their shape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NestedFrames = list[list[list[float | None]]]
+NestedMembers = list[list[list[list[float | None]]]]
+
+
+class EncodedFrames(BaseModel):
+    """Frames as base64 of little-endian float32 in C order (NaN = no data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encoding: Literal["base64"] = "base64"
+    dtype: Literal["float32"] = "float32"
+    byte_order: Literal["little"] = "little"
+    shape: list[int] = Field(
+        min_length=3, max_length=4, description="(time, y, x); (member, time, y, x) for ensembles"
+    )
+    data: str = Field(description="base64 of the values")
+
+
+class NowcastRequest(BaseModel):
+    """The latest radar frames and what to forecast from them."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "frames": [[[0.0, 0.5], [1.2, None]], [[0.1, 0.6], [1.0, 2.0]]],
+                    "units": "mm/h",
+                    "timestamps": ["2024-06-01T12:00:00Z", "2024-06-01T12:05:00Z"],
+                    "steps": 3,
+                }
+            ]
+        },
+    )
+
+    frames: NestedFrames | EncodedFrames = Field(
+        description="past frames, oldest first: nested [time][y][x] (null = no data) or base64 float32"
+    )
+    units: str = Field(
+        default="mm/h",
+        max_length=64,
+        description="'mm/h' (rate), 'mm' (accumulation over the time step) or 'dBZ'",
+    )
+    timestamps: list[datetime] | None = Field(
+        default=None, description="one per frame, regular steps (UTC when no offset is given)"
+    )
+    start_time: datetime | None = Field(
+        default=None, description="time of the first frame, with time_step_minutes"
+    )
+    time_step_minutes: float | None = Field(default=None, gt=0, le=1440)
+    steps: int = Field(ge=1, description="frames to forecast")
+    members: int | None = Field(
+        default=None, ge=1, description="ensemble members, where the model draws them"
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="fixes the ensemble's noise")
+    projection: str = Field(
+        default="", max_length=4096, pattern=r"^[^\x00-\x1f]*$", description="PROJ string of the grid"
+    )
+    xpixelsize: float | None = Field(default=None, gt=0, le=1e7, description="grid spacing in x (metres)")
+    ypixelsize: float | None = Field(default=None, gt=0, le=1e7, description="grid spacing in y (metres)")
+    x: list[float] | None = Field(default=None, description="x of the grid-cell centres")
+    y: list[float] | None = Field(default=None, description="y of the grid-cell centres, in row order")
+    output_encoding: Literal["nested", "base64"] | None = Field(
+        default=None, description="how to send the frames back (default: like the input)"
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str | None
+
+
+class Timings(BaseModel):
+    decode_ms: float
+    queue_ms: float
+    inference_ms: float
+    encode_ms: float
+    total_ms: float
+
+
+class NowcastResponse(BaseModel):
+    """The forecast frames and where they come from."""
+
+    request_id: str
+    model: ModelRef
+    forecast_reference_time: datetime
+    valid_times: list[datetime]
+    time_step_minutes: float
+    units: Literal["mm/h"] = "mm/h"
+    shape: list[int] = Field(description="(steps, y, x), or (members, steps, y, x)")
+    members: int | None
+    frames: NestedFrames | NestedMembers | EncodedFrames
+    projection: str
+    xpixelsize: float
+    ypixelsize: float
+    batch_size: int = Field(description="requests that shared the model call")
+    timings_ms: Timings
+
+
+class ActiveModel(BaseModel):
+    name: str
+    version: str | None
+    kind: Literal["builtin", "trained"]
+    device: str
+    precision: Literal["float32", "float16"]
+    n_input_frames: int
+    supports_members: bool
+    loaded_at: datetime
+    warmup_seconds: float
+    card: dict[str, Any] | None
+
+
+class ModelVersion(BaseModel):
+    version: str
+    card: dict[str, Any] | None
+    error: str | None = None
+
+
+class AvailableModel(BaseModel):
+    name: str
+    kind: Literal["builtin", "trained"]
+    versions: list[ModelVersion]
+    description: dict[str, Any] | None = None
+
+
+class ModelsResponse(BaseModel):
+    active: ActiveModel
+    available: list[AvailableModel]
+
+
+class SwitchModelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="NAME or NAME@VERSION")
+    version: str | None = Field(default=None, max_length=50, description="default: the latest")
+
+
+class SwitchModelResponse(BaseModel):
+    active: ActiveModel
+    previous: ActiveModel | None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    model: str | None = None
+    reason: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+    field: str | None = None
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
