@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
@@ -57,7 +56,6 @@ def training_throughput(model_name: str, steps: int) -> dict[str, float]:
     from nowcast import artifacts
     from nowcast import config as config_io
     from nowcast.gan.config import ExperimentConfig
-    from nowcast.gan.train import train
 
     spec = artifacts.read_json(artifacts.resolve(model_name) / artifacts.CONFIG_FILE)["experiment"]
     cfg = config_io.from_dict(ExperimentConfig, spec)

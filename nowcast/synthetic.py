@@ -59,7 +59,7 @@ def synthetic_sequence(params: SyntheticRain | None = None, *, seed: int = 0,
     frames = np.empty((p.frames, p.ny, p.nx), dtype=np.float32)
     for t in range(p.frames):
         oy, ox = pad - p.velocity[0] * t, pad - p.velocity[1] * t
-        iy, ix = int(round(oy)), int(round(ox))
+        iy, ix = round(oy), round(ox)
         dbr = base_dbr[iy:iy + p.ny, ix:ix + p.nx].copy()
         for c in cells:
             age = (t - c["birth"]) / c["life"]

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,7 +92,7 @@ def test_losses_and_gradients_are_finite(batch):
     assert np.isfinite(list(parts.values())).all() and {"g_lp", "g_gdl", "g_adv"} <= set(parts)
     grads = [p.grad for p in generator.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
-    d_loss, d_parts = discriminator_loss(fake, fake)
+    _d_loss, d_parts = discriminator_loss(fake, fake)
     assert np.isfinite(d_parts["d_loss"])
 
 
@@ -270,3 +269,21 @@ def test_balanced_lp_weights_missed_heavy_rain_more_than_false_alarms():
     assert missed.item() == pytest.approx(10.0 * false_alarm.item())
     with pytest.raises(ValueError, match="same length"):
         LossConfig(rain_weight_thresholds_mmh=(1.0,), rain_weights=())
+
+
+def test_noisy_forecast_of_a_sequence_does_not_depend_on_its_batch(events):
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    cfg = dataclasses.replace(TINY_MODEL, noise_channels=2)
+    torch.manual_seed(0)
+    generator = Generator(cfg)
+    for scale in generator.scales:
+        torch.nn.init.normal_(scale.head.weight, std=0.1)
+    forecaster = GANForecaster(generator, Normalisation(), device="cpu")
+    a = events["syn0"].values[:4][None]
+    b = events["syn1"].values[:4][None]
+    alone = forecaster.predict(a, 3, seed=5)
+    batched = forecaster.predict(np.concatenate([b, a]), 3, seed=5)
+    np.testing.assert_allclose(batched[1], alone[0], rtol=1e-5, atol=1e-5)
+    assert forecaster.batch_invariant

@@ -40,6 +40,8 @@ class GANForecaster(Forecaster):
         self.normalisation = normalisation
         self.n_input_frames = self.model_config.n_input
         self.supports_members = self.model_config.noise_channels > 0
+        # noise is drawn per sequence, so a request's forecast does not depend on its batch
+        self.batch_invariant = True
         # half precision only where the hardware is built for it
         self.half = half and self.device.type == "cuda"
         self.name = label  # type: ignore[misc]
@@ -72,17 +74,22 @@ class GANForecaster(Forecaster):
                 seed: int | None = None) -> np.ndarray:
         past = np.asarray(past, dtype=np.float32)
         if members is not None:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(0 if seed is None else seed)
-            runs = [self._predict(past, steps, generator) for _ in range(members)]
+            noise = self._noise_sources(len(past), seed)
+            runs = [self._predict(past, steps, noise) for _ in range(members)]
             return np.stack(runs, axis=1)
-        generator = None
-        if self.supports_members:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(0 if seed is None else seed)
-        return self._predict(past, steps, generator)
+        noise = self._noise_sources(len(past), seed) if self.supports_members else None
+        return self._predict(past, steps, noise)
 
-    def _predict(self, past: np.ndarray, steps: int, noise: torch.Generator | None) -> np.ndarray:
+    def _noise_sources(self, batch: int, seed: int | None) -> list[torch.Generator]:
+        """One generator per sequence, all seeded alike: each sample's noise is what it gets alone."""
+        sources = []
+        for _ in range(batch):
+            source = torch.Generator(device=self.device)
+            source.manual_seed(0 if seed is None else seed)
+            sources.append(source)
+        return sources
+
+    def _predict(self, past: np.ndarray, steps: int, noise: list[torch.Generator] | None) -> np.ndarray:
         n_in, n_out = self.model_config.n_input, self.model_config.n_output
         valid = np.isfinite(past[:, -1])
         history = past
@@ -98,9 +105,9 @@ class GANForecaster(Forecaster):
         return result
 
     @torch.no_grad()
-    def _forward(self, past: np.ndarray, valid: np.ndarray, noise: torch.Generator | None) -> np.ndarray:
+    def _forward(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None) -> np.ndarray:
         cfg = self.model_config
-        batch, _, ny, nx = past.shape
+        _batch, _, ny, nx = past.shape
         filled = np.where(np.isfinite(past), past, 0.0).astype(np.float32)
         dev = self.device
         past_t = torch.from_numpy(filled).to(dev)

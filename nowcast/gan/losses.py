@@ -83,7 +83,9 @@ def generator_loss(
     return total, parts
 
 
-def discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+def discriminator_loss(
+    real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float]]:
     """D's loss: classify real futures as 1 and generated ones as 0, at every scale."""
     loss = sum(
         F.binary_cross_entropy_with_logits(r, torch.ones_like(r))

@@ -17,6 +17,8 @@ extrapolation, and training learns growth, decay and what motion alone misses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,14 +98,16 @@ class Generator(nn.Module):
         past: torch.Tensor,
         valid: torch.Tensor,
         advected: torch.Tensor | None = None,
-        noise_generator: torch.Generator | None = None,
+        noise_generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> list[torch.Tensor]:
         """Predictions at every scale, coarsest first, each (batch, n_output, 1, y_k, x_k).
 
         ``past``: (batch, n_input, 1, y, x), normalised, no-data filled with 0;
         ``valid``: (batch, 1, 1, y, x), 1 where the last frame has data;
         ``advected``: (batch, n_output, 1, y, x), normalised advected last frame
-        (required when the model is conditioned on advection).
+        (required when the model is conditioned on advection);
+        ``noise_generator``: where noise comes from: one generator for the batch, or one
+        per sample, so that a sample's noise does not depend on what it is batched with.
         """
         cfg = self.config
         if cfg.condition_on_advection and advected is None:
@@ -130,13 +134,20 @@ class Generator(nn.Module):
             if cfg.condition_on_advection:
                 inputs.append(_flat(advected_k))
             if cfg.noise_channels:
-                shape = (past.shape[0], cfg.noise_channels, *size)
-                inputs.append(torch.randn(shape, generator=noise_generator, device=past.device,
-                                          dtype=past.dtype))
+                inputs.append(self._noise(past, size, noise_generator))
             residual = scale(torch.cat(inputs, dim=1))
             previous = prior + residual.unsqueeze(2)
             predictions.append(previous)
         return predictions
+
+
+    def _noise(self, past: torch.Tensor, size: torch.Size,
+               source: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+        shape = (self.config.noise_channels, *size)
+        if isinstance(source, Sequence):
+            return torch.stack([torch.randn(shape, generator=g, device=past.device, dtype=past.dtype)
+                                for g in source])
+        return torch.randn((past.shape[0], *shape), generator=source, device=past.device, dtype=past.dtype)
 
 
 class ScaleDiscriminator(nn.Module):

@@ -247,7 +247,7 @@ def validate(generator: Generator, batches: list[Batch], cfg: ExperimentConfig,
     return scores
 
 
-def _progress(enabled: bool, start: int, total: int):  # noqa: ANN202
+def _progress(enabled: bool, start: int, total: int):
     if not enabled:
         return None
     from tqdm.auto import tqdm
