@@ -22,7 +22,7 @@ from nowcast.io.netcdf import (
     to_netcdf_bytes,
     write_netcdf,
 )
-from nowcast.sequence import make_sequence, validate_sequence
+from nowcast.sequence import VARIABLE_NAME, make_sequence, validate_sequence
 
 PROJECTIONS = [
     "",
@@ -292,3 +292,33 @@ def test_files_without_one_precipitation_variable(tmp_path):
     xr.Dataset({"precip": (("y", "x"), field(1)[0], {"units": "mm h-1"})}).to_netcdf(flat)
     with pytest.raises(SequenceError, match="expected one precipitation variable"):
         read_netcdf(flat)
+
+
+def test_latitude_longitude_grid_from_another_network_round_trips_as_cf(tmp_path):
+    """A lat/lon file with a precipitation flux and 15-min steps, as a service elsewhere writes it."""
+    lat = np.linspace(50.0, 52.0, 9)
+    lon = np.linspace(4.0, 7.0, 12)
+    flux = np.full((3, 9, 12), 2.0 / 3600.0, dtype=np.float32)  # kg m-2 s-1 = 2 mm/h
+    flux[:, 0, :] = np.nan
+    xr.Dataset(
+        {"pr": (("time", "lat", "lon"), flux, {"standard_name": "precipitation_flux", "units": "kg m-2 s-1"})},
+        coords={"time": pd.date_range("2023-07-01T10:00", periods=3, freq="15min"),
+                "lat": ("lat", lat, {"units": "degrees_north", "standard_name": "latitude"}),
+                "lon": ("lon", lon, {"units": "degrees_east", "standard_name": "longitude"})},
+    ).to_netcdf(tmp_path / "in.nc")
+    seq = read_netcdf(tmp_path / "in.nc")
+    assert seq.attrs["projection"].startswith("+proj=longlat")
+    np.testing.assert_allclose(seq.values[:, 1:], 2.0, rtol=1e-5)
+    assert np.isnan(seq.values[:, 0]).all()
+    write_netcdf(seq, tmp_path / "out.nc", forecast_reference_time=seq["time"].values[-1])
+    with xr.open_dataset(tmp_path / "out.nc") as ds:
+        assert ds["x"].attrs["standard_name"] == "longitude" and ds["y"].attrs["units"] == "degrees_north"
+        assert ds["crs"].attrs["grid_mapping_name"] == "latitude_longitude"
+    np.testing.assert_allclose(read_netcdf(tmp_path / "out.nc")["x"].values, lon)
+
+
+def test_unknown_projection_writes_no_grid_mapping(tmp_path):
+    seq = make_sequence(np.ones((2, 4, 5)), pd.date_range("2024-01-01", periods=2, freq="5min"))
+    write_netcdf(seq, tmp_path / "out.nc")
+    with xr.open_dataset(tmp_path / "out.nc") as ds:
+        assert "crs" not in ds.variables and "grid_mapping" not in ds[VARIABLE_NAME].attrs

@@ -103,11 +103,22 @@ def dataset_to_sequence(
     y = np.asarray(da[y_dim].values, dtype=np.float64) if y_dim in da.coords else None
     attrs = {**ds.attrs, **da.attrs}
     projection = _projection_of(ds, da)
+    if not projection and _is_geographic(ds, x_dim, y_dim):
+        projection = "+proj=longlat +datum=WGS84 +no_defs"
     xpix = float(attrs.get("xpixelsize", abs(x[1] - x[0]) if x is not None and len(x) > 1 else 1000.0))
     ypix = float(attrs.get("ypixelsize", abs(y[1] - y[0]) if y is not None and len(y) > 1 else 1000.0))
     keep = {k: attrs[k] for k in ("institution", "source") if k in attrs}
     return make_sequence(rate, times, x=x, y=y, projection=projection,
                          xpixelsize=xpix, ypixelsize=ypix, attrs=keep)
+
+
+def _is_geographic(ds: xr.Dataset, x_dim: str, y_dim: str) -> bool:
+    """Whether the grid axes are longitude and latitude (by units or standard name)."""
+    if x_dim not in ds.coords or y_dim not in ds.coords:
+        return x_dim in ("lon", "longitude") and y_dim in ("lat", "latitude")
+    x_attrs, y_attrs = ds[x_dim].attrs, ds[y_dim].attrs
+    return ((str(x_attrs.get("units", "")).startswith("degree") and str(y_attrs.get("units", "")).startswith("degree"))
+            or (x_attrs.get("standard_name") == "longitude" and y_attrs.get("standard_name") == "latitude"))
 
 
 def _find_variable(ds: xr.Dataset, variable: str | None, source: str) -> str:
@@ -168,12 +179,18 @@ def sequence_to_dataset(
             "grid_mapping": "crs",
         },
     )
+    projection = str(sequence.attrs.get("projection", ""))
+    crs = _pyproj_crs(projection)
+    if crs is not None and crs.is_geographic:
+        y_attrs = {"standard_name": "latitude", "axis": "Y", "units": "degrees_north"}
+        x_attrs = {"standard_name": "longitude", "axis": "X", "units": "degrees_east"}
+    else:
+        y_attrs = {"standard_name": "projection_y_coordinate", "axis": "Y", "units": "m"}
+        x_attrs = {"standard_name": "projection_x_coordinate", "axis": "X", "units": "m"}
     coords: dict[str, Any] = {
         "time": ("time", sequence["time"].values, {"standard_name": "time", "axis": "T"}),
-        "y": ("y", sequence["y"].values, {"standard_name": "projection_y_coordinate", "axis": "Y",
-                                          "units": "m"}),
-        "x": ("x", sequence["x"].values, {"standard_name": "projection_x_coordinate", "axis": "X",
-                                          "units": "m"}),
+        "y": ("y", sequence["y"].values, y_attrs),
+        "x": ("x", sequence["x"].values, x_attrs),
     }
     if "member" in sequence.dims:
         coords["member"] = ("member", np.arange(sequence.sizes["member"], dtype=np.int32),
@@ -184,20 +201,18 @@ def sequence_to_dataset(
         lead = (sequence["time"].values - frt).astype("timedelta64[s]").astype(np.int64) / 60.0
         coords["forecast_period"] = ("time", lead, {"standard_name": "forecast_period", "units": "minutes"})
         var.attrs["coordinates"] = "forecast_reference_time forecast_period"
-    projection = str(sequence.attrs.get("projection", ""))
-    crs_attrs: dict[str, Any] = {"proj4_params": projection}
-    if projection:
-        try:
-            import pyproj
-
-            with warnings.catch_warnings():
-                # e.g. MeteoSwiss' oblique Mercator: the CF attributes are partial, the
-                # PROJ string kept in proj4_params is complete and is what the reader uses
-                warnings.simplefilter("ignore", UserWarning)
-                crs_attrs.update(pyproj.CRS.from_proj4(projection).to_cf())
-        except Exception:
-            logger.warning("projection %r is not understood by pyproj; kept as text only", projection)
-    ds = xr.Dataset({VARIABLE_NAME: var, "crs": xr.Variable((), np.int32(0), crs_attrs)}, coords=coords)
+    data_vars: dict[str, Any] = {VARIABLE_NAME: var}
+    if crs is not None:
+        with warnings.catch_warnings():
+            # e.g. MeteoSwiss' oblique Mercator: the CF attributes are partial, the
+            # PROJ string kept in proj4_params is complete and is what the reader uses
+            warnings.simplefilter("ignore", UserWarning)
+            crs_attrs = {"proj4_params": projection, **crs.to_cf()}
+        data_vars["crs"] = xr.Variable((), np.int32(0), crs_attrs)
+    else:
+        # CF requires a grid_mapping_name on a grid mapping: without a known projection there is none
+        del var.attrs["grid_mapping"]
+    ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs = {
         "Conventions": "CF-1.8",
         "title": "nowcast precipitation" + (" forecast" if forecast_reference_time is not None else ""),
@@ -210,6 +225,19 @@ def sequence_to_dataset(
             ds.attrs[key] = str(sequence.attrs[key])
     ds.attrs.update(attrs or {})
     return ds
+
+
+def _pyproj_crs(projection: str) -> Any:
+    """The pyproj CRS of a PROJ string, or None when it is empty or not understood."""
+    if not projection:
+        return None
+    try:
+        import pyproj
+
+        return pyproj.CRS.from_proj4(projection)
+    except Exception:
+        logger.warning("projection %r is not understood by pyproj; kept as text only", projection)
+        return None
 
 
 def write_netcdf(
