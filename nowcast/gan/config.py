@@ -102,7 +102,6 @@ class DataConfig:
     catalogue: str | None = None
     data_root: str | None = None
     patch_size: int = 96
-    margin: int = 24
     min_wet_fraction: float = 0.05
     augment: bool = True
     val_patches_per_event: int = 8
