@@ -69,15 +69,19 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
-def load(cls: type[T], path: str | Path) -> T:
-    """Load ``cls`` from a ``.toml`` or ``.json`` file."""
+def read_mapping(path: str | Path, *, what: str = "config") -> Any:
+    """The content of a ``.toml`` or ``.json`` file; unreadable or invalid -> ConfigError."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+        raise ConfigError(f"{path}: cannot read {what} ({exc})") from exc
     try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({exc})") from exc
-    return from_dict(cls, data, where=str(path))
+        raise ConfigError(f"{path}: not a valid {'JSON' if path.suffix == '.json' else 'TOML'} file ({exc})") from exc
+
+
+def load(cls: type[T], path: str | Path) -> T:
+    """Load ``cls`` from a ``.toml`` or ``.json`` file."""
+    return from_dict(cls, read_mapping(path), where=str(path))

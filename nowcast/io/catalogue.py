@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from nowcast.config import ConfigError
+from nowcast.config import ConfigError, read_mapping
 from nowcast.errors import InputError, UnknownNameError, UnreadableFileError
 from nowcast.io.importers import quiet_pysteps_io, read_radar_files
 from nowcast.paths import DATA_ROOT_ENV, data_root
@@ -132,17 +132,7 @@ def load_catalogue(path: str | os.PathLike[str] | None = None) -> dict[str, Even
     if path is None:
         text = resources.files("nowcast").joinpath("events.toml").read_text()
         return parse_catalogue(tomllib.loads(text), where="nowcast/events.toml")
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the event catalogue ({exc})") from exc
-    try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "TOML"
-        raise ConfigError(f"{path}: not a valid {kind} file ({exc})") from exc
-    return parse_catalogue(data, where=str(path))
+    return parse_catalogue(read_mapping(path, what="the event catalogue"), where=str(path))
 
 
 def parse_catalogue(data: Mapping[str, Any], *, where: str = "catalogue") -> dict[str, Event]:
