@@ -298,6 +298,82 @@ def test_training_patches_see_the_advection_the_forecaster_computes(events):
     cfg = tiny_experiment()
     samples = EventSamples("syn0", events["syn0"], cfg.model)
     past = events["syn0"].values[2:6]
-    motion = th.from_numpy(estimate_motion(past, cfg.model.motion_downsample))[None]
+    motion = th.from_numpy(estimate_motion(past, cfg.model.motion_downsample,
+                                                method=cfg.model.motion_estimation))[None]
     expected = advect(th.from_numpy(np.nan_to_num(past[-1]))[None], motion, cfg.model.n_output)[0].numpy()
     np.testing.assert_allclose(samples.advected[2].astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_soft_csi_loss_rewards_the_right_rain_area_and_ignores_no_data():
+    from nowcast.gan.losses import soft_csi_loss
+
+    target = torch.zeros(2, 3, 1, 16, 16)
+    target[..., 4:10, 4:10] = 2.0  # one wet block, 36 pixels, every lead time
+    mask = torch.ones_like(target)
+    temperature = 0.01
+    assert soft_csi_loss(target, target, mask, [1.0], temperature).item() == pytest.approx(0.0, abs=1e-4)
+    dry = torch.zeros_like(target)
+    assert soft_csi_loss(dry, target, mask, [1.0], temperature).item() == pytest.approx(1.0, abs=1e-4)
+    shifted = torch.roll(target, 3, dims=-1)  # 18 of 36 pixels hit: CSI 18 / 54
+    assert soft_csi_loss(shifted, target, mask, [1.0], temperature).item() == pytest.approx(1 - 1 / 3, abs=1e-3)
+    masked = mask.clone()
+    masked[..., 10:13] = 0.0  # the shifted block's false alarms fall on no-data
+    assert soft_csi_loss(shifted, target, masked, [1.0], temperature).item() == pytest.approx(1 - 18 / 36, abs=1e-3)
+    # a threshold nothing reaches has no CSI and adds nothing
+    assert soft_csi_loss(shifted, target, mask, [1.0, 5.0], temperature).item() == pytest.approx(1 - 1 / 3, abs=1e-3)
+    pred = shifted.clone().requires_grad_(True)
+    soft_csi_loss(pred, target, mask, [1.0], 0.1).backward()
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+
+
+def test_csi_term_enters_the_generator_loss_when_weighted(batch):
+    torch.manual_seed(0)
+    generator = Generator(TINY_MODEL)
+    predictions = generator(batch.past, batch.valid, batch.advected)
+    plain, parts = generator_loss(predictions, batch.future, batch.future_mask, LossConfig(lambda_adv=0))
+    assert "g_csi" not in parts
+    cfg = LossConfig(lambda_adv=0, lambda_csi=2.0)
+    weighted, parts = generator_loss(predictions, batch.future, batch.future_mask, cfg)
+    assert weighted.item() == pytest.approx(plain.item() + 2.0 * parts["g_csi"], rel=1e-5)
+    with pytest.raises(ValueError, match="csi_temperature_db"):
+        LossConfig(csi_temperature_db=0.0)
+
+
+def test_full_resolution_motion_matches_the_extrapolation_baseline():
+    """Sparse tracking at full resolution + coarse interpolation ≈ pysteps' dense Lucas–Kanade."""
+    from nowcast.forecasters.extrapolation import estimate_motion as baseline_motion
+    from nowcast.gan.advection import estimate_motion
+
+    past = synthetic_sequence(SyntheticRain(ny=96, nx=128, frames=4, no_data_border=3), seed=4).values
+    reference = baseline_motion(past)
+    assert np.abs(reference).mean() > 0.5  # the synthetic rain moves
+    for stride in (1, 4):
+        motion = estimate_motion(past, stride, method="full_resolution")
+        assert motion.shape == reference.shape and motion.dtype == np.float32
+        tolerance = 1e-5 if stride == 1 else 0.05
+        assert np.abs(motion - reference).mean() < tolerance
+    assert not np.any(estimate_motion(np.zeros((4, 32, 32), np.float32), 4, method="full_resolution"))
+    with pytest.raises(ValueError, match="valid: downsampled_frames, full_resolution"):
+        estimate_motion(past, 4, method="optical")
+    with pytest.raises(ValueError, match="unknown motion_estimation"):
+        ModelConfig(motion_estimation="optical")
+
+
+def test_envelope_caps_the_forecast_near_the_advected_rain(batch):
+    """With envelope_db, no pixel exceeds the local advected maximum + envelope_db, at any scale."""
+    cfg = dataclasses.replace(TINY_MODEL, envelope_db=10.0, envelope_radius=2)
+    torch.manual_seed(0)
+    generator = Generator(cfg, scale_db=15.0)
+    for scale in generator.scales:
+        torch.nn.init.constant_(scale.head.bias, 5.0)  # a correction that wants +75 dB everywhere
+    predictions = generator(batch.past, batch.valid, batch.advected)
+    finest = predictions[-1]
+    pooled = torch.nn.functional.max_pool2d(batch.advected.flatten(0, 2)[:, None], 5, stride=1, padding=2)
+    bound = pooled.reshape(finest.shape) + 10.0 / 15.0
+    assert torch.all(finest <= bound + 1e-6)
+    assert torch.isclose(finest, bound).float().mean() > 0.9  # the cap is what holds it
+    unbounded = Generator(TINY_MODEL)
+    unbounded.load_state_dict(generator.state_dict())
+    assert unbounded(batch.past, batch.valid, batch.advected)[-1].max() > finest.max() + 1.0
+    with pytest.raises(ValueError, match="needs condition_on_advection"):
+        ModelConfig(condition_on_advection=False, envelope_db=10.0)

@@ -19,13 +19,16 @@ from nowcast.forecasters.base import Forecaster
 
 logger = logging.getLogger(__name__)
 
+# pixels around no-data and the domain edge where no features are tracked
+LK_BUFFER_MASK = 10
+
 
 def estimate_motion(past: np.ndarray, threshold_mmh: float = 0.1) -> np.ndarray:
     """Lucas–Kanade motion (pixels per step), shape (2, y, x), from (time, y, x) mm/h."""
     from pysteps import motion
 
     dbr = _to_dbr(past, threshold_mmh)
-    return motion.get_method("LK")(dbr, fd_kwargs={"buffer_mask": 10}, verbose=False)
+    return motion.get_method("LK")(dbr, fd_kwargs={"buffer_mask": LK_BUFFER_MASK}, verbose=False)
 
 
 def advect(frame: np.ndarray, velocity: np.ndarray, steps: int) -> np.ndarray:

@@ -23,8 +23,17 @@ class ModelConfig:
     instead of predicting from the past frames alone as in Mathieu et al.
     ``noise_channels``: Gaussian noise maps added to every scale's input, so that the
     same past can give several futures (ensemble members); 0 for the paper's model.
-    ``motion_downsample``: the motion field is estimated on frames downsampled by this
-    factor (speed; motion is smooth at that scale).
+    ``motion_estimation``: ``"full_resolution"`` tracks Lucas–Kanade features on the
+    full-resolution frames as the extrapolation baseline does and interpolates the dense
+    field on a grid ``motion_downsample`` times coarser; ``"downsampled_frames"`` (the
+    first shipped models) runs all of Lucas–Kanade on frames downsampled by
+    ``motion_downsample``. See ``nowcast.gan.advection.estimate_motion``.
+    ``envelope_db``/``envelope_radius``: when ``envelope_db`` > 0 (and the model is
+    conditioned on advection), no forecast pixel may exceed the strongest advected rain
+    within ``envelope_radius`` full-resolution pixels by more than ``envelope_db``.
+    Rain can still grow tenfold (10 dB) and spread next to existing rain, but a model
+    fed a situation unlike its training data cannot invent hundreds of mm/h out of light
+    rain, which an unbounded correction did on a held-out event.
     """
 
     n_input: int = 4
@@ -35,8 +44,22 @@ class ModelConfig:
     condition_on_advection: bool = True
     noise_channels: int = 0
     motion_downsample: int = 4
+    motion_estimation: str = "downsampled_frames"
+    envelope_db: float = 0.0
+    envelope_radius: int = 8
 
     def __post_init__(self) -> None:
+        from nowcast.gan.advection import MOTION_METHODS
+
+        if self.motion_estimation not in MOTION_METHODS:
+            raise ValueError(f"unknown motion_estimation {self.motion_estimation!r}; "
+                             f"valid: {', '.join(MOTION_METHODS)}")
+        if self.motion_downsample < 1:
+            raise ValueError("motion_downsample >= 1")
+        if self.envelope_db < 0 or self.envelope_radius < 0:
+            raise ValueError("envelope_db and envelope_radius must not be negative")
+        if self.envelope_db > 0 and not self.condition_on_advection:
+            raise ValueError("envelope_db needs condition_on_advection: the envelope is the advected rain's")
         if len(self.generator_channels) != len(self.discriminator_channels):
             raise ValueError("generator_channels and discriminator_channels need one entry per scale")
         if not 1 <= len(self.generator_channels) <= 6:
@@ -66,6 +89,13 @@ class LossConfig:
     L_p regresses to a central value of the uncertain future, which in log-rain space
     dries out uncertain rain; the weights make missing heavy rain cost more than a false
     alarm. Empty for the paper's unweighted loss.
+    ``lambda_csi``: weight of a soft critical success index loss at full resolution,
+    1 - CSI per lead time and threshold (``csi_thresholds_mmh``); the forecast's
+    exceedance is made differentiable by a sigmoid ``csi_temperature_db`` wide, the
+    observed one is "above the threshold" as verification counts it (Lagerquist &
+    Ebert-Uphoff 2022 train networks on such score-based losses). Lp is minimised by a central value
+    of the uncertain future, which is not what maximises CSI; this term asks for the
+    forecast that the verification rewards. 0 for the paper's losses.
     """
 
     lambda_adv: float = 0.05
@@ -75,11 +105,14 @@ class LossConfig:
     alpha: float = 1.0
     rain_weight_thresholds_mmh: tuple[float, ...] = ()
     rain_weights: tuple[float, ...] = ()
+    lambda_csi: float = 0.0
+    csi_thresholds_mmh: tuple[float, ...] = (1.0, 4.0, 8.0)
+    csi_temperature_db: float = 1.0
 
     def __post_init__(self) -> None:
         if self.p not in (1, 2):
             raise ValueError("p must be 1 or 2")
-        if min(self.lambda_adv, self.lambda_lp, self.lambda_gdl) < 0:
+        if min(self.lambda_adv, self.lambda_lp, self.lambda_gdl, self.lambda_csi) < 0:
             raise ValueError("loss weights must not be negative")
         if len(self.rain_weight_thresholds_mmh) != len(self.rain_weights):
             raise ValueError("rain_weight_thresholds_mmh and rain_weights need the same length")
@@ -87,6 +120,12 @@ class LossConfig:
             raise ValueError("rain_weight_thresholds_mmh must increase")
         if any(w <= 0 for w in self.rain_weights):
             raise ValueError("rain_weights must be positive")
+        if self.lambda_csi > 0 and not self.csi_thresholds_mmh:
+            raise ValueError("lambda_csi > 0 needs csi_thresholds_mmh")
+        if any(t <= 0 for t in self.csi_thresholds_mmh):
+            raise ValueError("csi_thresholds_mmh must be positive")
+        if self.csi_temperature_db <= 0:
+            raise ValueError("csi_temperature_db must be positive")
 
     @property
     def adversarial(self) -> bool:

@@ -60,7 +60,8 @@ class EventSamples:
         self.advected = np.empty((len(self.starts), model.n_output, *self.rate.shape[1:]), dtype=np.float16)
         for i, start in enumerate(self.starts):
             past = self.rate[start:start + model.n_input]
-            motion = torch.from_numpy(estimate_motion(past, model.motion_downsample))[None]
+            motion = torch.from_numpy(estimate_motion(past, model.motion_downsample,
+                                                            method=model.motion_estimation))[None]
             last = torch.from_numpy(np.nan_to_num(past[-1], nan=0.0))[None]
             self.advected[i] = advect(last, motion, model.n_output)[0].numpy()
         last = self.rate[self.starts + model.n_input - 1]

@@ -53,7 +53,7 @@ class GANForecaster(Forecaster):
         spec = json.loads((folder / "config.json").read_text())
         model_cfg = config_io.from_dict(ModelConfig, spec["model"], where=f"{folder}/config.json:model")
         norm = Normalisation.from_dict(spec["normalisation"])
-        generator = Generator(model_cfg)
+        generator = Generator(model_cfg, scale_db=norm.scale_db)
         state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
         generator.load_state_dict(state)
         card_path = folder / "card.json"
@@ -114,7 +114,7 @@ class GANForecaster(Forecaster):
         valid_t = torch.from_numpy(valid.astype(np.float32)).to(dev)
         advected_z = None
         if cfg.condition_on_advection:
-            motion = np.stack([estimate_motion(p, cfg.motion_downsample) for p in past])
+            motion = np.stack([estimate_motion(p, cfg.motion_downsample, method=cfg.motion_estimation) for p in past])
             advected = advect(past_t[:, -1], torch.from_numpy(motion).to(dev), cfg.n_output)
             advected_z = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
         past_z = self.normalisation.encode(past_t).unsqueeze(2)

@@ -1,7 +1,8 @@
 """Losses of the multi-scale GAN, every one masked to pixels that have data.
 
 G: lambda_adv·L_adv + lambda_lp·L_p + lambda_gdl·L_gdl, summed over scales (Mathieu et
-al., eqs. 2, 6 and 11). D: binary cross-entropy of real vs generated, summed over scales.
+al., eqs. 2, 6 and 11), plus optionally lambda_csi·(1 - soft CSI) at full resolution.
+D: binary cross-entropy of real vs generated, summed over scales.
 """
 
 from __future__ import annotations
@@ -50,6 +51,30 @@ def gdl_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, alpha
     return total / (count + 1e-6)
 
 
+def soft_csi_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, thresholds_z: list[float],
+                  temperature: float) -> torch.Tensor:
+    """Mean over lead times and thresholds of 1 - CSI, with a sigmoid for "forecast ≥ threshold".
+
+    ``pred``/``target``/``mask``: (batch, time, channel, y, x), normalised. Hits, forecasts
+    and observations are summed over the batch before the ratio, as verification adds
+    contingency tables over forecasts; a lead time without observed exceedance in the
+    batch has no CSI and is left out.
+    """
+    terms = []
+    dims = [d for d in range(pred.dim()) if d != 1]
+    mask = mask.expand_as(pred)
+    for z in thresholds_z:
+        forecast = torch.sigmoid((pred - z) / temperature) * mask
+        # strictly above, as verification counts exceedance (pysteps' contingency tables)
+        observed = (target > z).to(pred.dtype) * mask
+        hits = (forecast * observed).sum(dims)
+        n_observed = observed.sum(dims)
+        csi = hits / (forecast.sum(dims) + n_observed - hits + 1e-6)
+        terms.append((1.0 - csi)[n_observed > 0])
+    scores = torch.cat(terms)
+    return scores.mean() if scores.numel() else pred.sum() * 0.0
+
+
 def scale_targets(target: torch.Tensor, mask: torch.Tensor, n_scales: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The target and its mask at every scale, coarsest first."""
     out = []
@@ -75,6 +100,12 @@ def generator_loss(
     gdl = sum(gdl_loss(p, t, m, config.alpha) for p, (t, m) in zip(predictions, targets, strict=True))
     total = config.lambda_lp * lp + config.lambda_gdl * gdl
     parts = {"g_lp": lp.item(), "g_gdl": gdl.item()}
+    if config.lambda_csi > 0:
+        thresholds_z = [float(norm.encode(np.float64(t))) for t in config.csi_thresholds_mmh]
+        finest, (t_fine, m_fine) = predictions[-1], targets[-1]
+        csi = soft_csi_loss(finest, t_fine, m_fine, thresholds_z, config.csi_temperature_db / norm.scale_db)
+        total = total + config.lambda_csi * csi
+        parts["g_csi"] = csi.item()
     if config.adversarial and fake_logits is not None:
         adv = sum(F.binary_cross_entropy_with_logits(f, torch.ones_like(f)) for f in fake_logits)
         total = total + config.lambda_adv * adv

@@ -77,9 +77,11 @@ class ScaleGenerator(nn.Module):
 class Generator(nn.Module):
     """Coarse-to-fine generator: past (+ advection) in, ``n_output`` future frames out per scale."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, scale_db: float = 15.0) -> None:
+        """``scale_db``: dB per normalised unit (the normalisation's), for ``envelope_db``."""
         super().__init__()
         self.config = config
+        self.scale_db = scale_db
         n_in, n_out = config.n_input, config.n_output
         in_channels = n_in + 1 + n_out + config.noise_channels
         if config.condition_on_advection:
@@ -137,8 +139,19 @@ class Generator(nn.Module):
                 inputs.append(self._noise(past, size, noise_generator))
             residual = scale(torch.cat(inputs, dim=1))
             previous = prior + residual.unsqueeze(2)
+            if advected_k is not None and cfg.envelope_db > 0:
+                previous = torch.minimum(previous, self._envelope(advected_k, factor))
             predictions.append(previous)
         return predictions
+
+    def _envelope(self, advected: torch.Tensor, factor: int) -> torch.Tensor:
+        """Upper bound of a scale's forecast: the local maximum of its advection plus ``envelope_db``."""
+        cfg = self.config
+        radius = -(-cfg.envelope_radius // factor)  # ceil: the bound is never tighter at coarse scales
+        batch, frames = advected.shape[:2]
+        flat = advected.reshape(batch * frames, 1, *advected.shape[-2:])
+        local_max = F.max_pool2d(flat, 2 * radius + 1, stride=1, padding=radius) if radius else flat
+        return local_max.reshape(advected.shape) + cfg.envelope_db / self.scale_db
 
 
     def _noise(self, past: torch.Tensor, size: torch.Size,

@@ -101,7 +101,7 @@ def train(
         _atomic_write_text(out / CONFIG, json.dumps(config_io.to_dict(cfg), indent=2) + "\n")
 
     torch.manual_seed(tc.seed)  # identical initial weights on every rank
-    generator = Generator(cfg.model).to(device)
+    generator = Generator(cfg.model, scale_db=cfg.normalisation.scale_db).to(device)
     discriminator = Discriminator(cfg.model).to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr_generator, betas=(0.5, 0.999),
                              weight_decay=tc.weight_decay)
@@ -184,7 +184,8 @@ def train(
         done = step + 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k in ("g_lp", "g_gdl", "g_adv", "d_loss")})
+            shown = ("g_lp", "g_gdl", "g_adv", "g_csi", "d_loss")
+            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k in shown})
         if ctx.is_main and (done % tc.log_every == 0 or done == tc.steps):
             elapsed = time.perf_counter() - t0
             last = {"step": done, **parts, "world_size": ctx.world_size, "samples_per_s": samples / max(elapsed, 1e-9),
@@ -297,6 +298,6 @@ def load_generator(run_dir: str | Path, device: str = "cpu") -> tuple[Generator,
     run = Path(run_dir)
     cfg = config_io.from_dict(ExperimentConfig, json.loads((run / CONFIG).read_text()), where=str(run / CONFIG))
     state = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
-    generator = Generator(cfg.model)
+    generator = Generator(cfg.model, scale_db=cfg.normalisation.scale_db)
     generator.load_state_dict(state["generator"])
     return generator.eval(), cfg, int(state["step"])
