@@ -141,9 +141,10 @@ def test_training_writes_log_checkpoint_and_validation(tmp_path, events):
     assert result["step"] == 6 and result["samples_per_s"] > 0
 
 
-def test_resume_after_kill_gives_the_same_weights(tmp_path, events):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_kill_gives_the_same_weights(tmp_path, events, schedule):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    cfg = tiny_experiment()
+    cfg = tiny_experiment(lr_schedule=schedule)
     train(cfg, full, loader=events.__getitem__, progress=False)
     train(cfg, killed, loader=events.__getitem__, progress=False, stop_after=3)  # killed after step 3 ...
     state = torch.load(killed / CHECKPOINT, weights_only=True)
@@ -377,3 +378,30 @@ def test_envelope_caps_the_forecast_near_the_advected_rain(batch):
     assert unbounded(batch.past, batch.valid, batch.advected)[-1].max() > finest.max() + 1.0
     with pytest.raises(ValueError, match="needs condition_on_advection"):
         ModelConfig(condition_on_advection=False, envelope_db=10.0)
+
+
+def test_cosine_schedule_decays_the_learning_rates_to_zero():
+    cfg = TrainConfig(steps=10, lr_schedule="cosine")
+    assert [round(cfg.lr_factor(s), 6) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
+    assert TrainConfig(steps=10).lr_factor(7) == 1.0
+    with pytest.raises(ValueError, match="valid: constant, cosine"):
+        TrainConfig(lr_schedule="step")
+
+
+SHIPPED_MODELS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+
+
+@pytest.mark.parametrize("name,version", [(n, v) for n in artifacts.list_models(SHIPPED_MODELS)
+                                          for v in artifacts.list_versions(n, SHIPPED_MODELS)])
+def test_every_shipped_model_verifies_and_forecasts_sane_rain(name, version):
+    """Each artifact under models/ passes its checksums and gives finite, non-negative, bounded rain."""
+    forecaster = artifacts.load_forecaster(name, version, models_dir=SHIPPED_MODELS, device="cpu")
+    past = synthetic_sequence(SyntheticRain(ny=72, nx=88, frames=4, no_data_border=3), seed=11)
+    forecast = forecaster.forecast(past, 12).values
+    assert forecast.shape == (12, 72, 88)
+    has_data = np.isfinite(past.values[-1])
+    assert np.array_equal(np.isfinite(forecast), np.broadcast_to(has_data, forecast.shape))  # no-data stays
+    finite = forecast[:, has_data]
+    assert finite.min() >= 0.0
+    # a 4-frame past peaking at this many mm/h cannot justify an order of magnitude more
+    assert finite.max() < 30.0 * float(np.nanmax(past.values)), (name, version, finite.max())

@@ -7,6 +7,7 @@ into every exported artifact, so a model rebuilds itself without outside knowled
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from nowcast.transforms import Normalisation
@@ -149,7 +150,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The optimisation."""
+    """The optimisation.
+
+    ``lr_schedule``: ``"constant"``, or ``"cosine"``: both learning rates follow a half
+    cosine from their value at step 0 to 0 at ``steps``, so that the last weights are not
+    one noisy step of a constant-rate GAN game.
+    """
 
     steps: int = 2000
     batch_size: int = 8
@@ -165,6 +171,22 @@ class TrainConfig:
     amp: bool = True
     device: str = "auto"
     threads: int = 0
+    lr_schedule: str = "constant"
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be at least 1")
+
+    def lr_factor(self, step: int) -> float:
+        """The learning rates' multiplier at ``step`` (0-based)."""
+        if self.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+        return 1.0
+
+
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)

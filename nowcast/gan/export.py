@@ -83,7 +83,17 @@ def _default_description(cfg: Any) -> str:
         losses.append(f"L{cfg.loss.p} (λ={cfg.loss.lambda_lp:g})")
     if cfg.loss.lambda_gdl:
         losses.append(f"gradient difference (λ={cfg.loss.lambda_gdl:g}, α={cfg.loss.alpha:g})")
-    return f"{cfg.name}: {cfg.model.n_scales}-scale generator trained with " + " + ".join(losses)
+    if cfg.loss.lambda_csi:
+        thresholds = "/".join(f"{t:g}" for t in cfg.loss.csi_thresholds_mmh)
+        losses.append(f"soft CSI at {thresholds} mm/h (λ={cfg.loss.lambda_csi:g})")
+    text = f"{cfg.name}: {cfg.model.n_scales}-scale generator trained with " + " + ".join(losses)
+    if cfg.model.condition_on_advection:
+        text += (f"; refines Lucas-Kanade advection (motion: {cfg.model.motion_estimation.replace('_', ' ')}, "
+                 f"factor {cfg.model.motion_downsample})")
+    if cfg.model.envelope_db:
+        text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
+                 f"+ {cfg.model.envelope_db:g} dB")
+    return text
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -147,6 +147,10 @@ def train(
         generator.train()
         discriminator.train()
         torch.manual_seed(tc.seed * 1_000_003 + step * ctx.world_size + ctx.rank)  # noise, dropout-free
+        # set from the step, not kept as scheduler state: a resumed run gets the same rates
+        for optimiser, base_lr in ((opt_g, tc.lr_generator), (opt_d, tc.lr_discriminator)):
+            for group in optimiser.param_groups:
+                group["lr"] = base_lr * tc.lr_factor(step)
         parts: dict[str, float] = {}
         if adversarial:
             for sub in range(tc.discriminator_steps):
