@@ -153,7 +153,6 @@ class Generator(nn.Module):
         local_max = F.max_pool2d(flat, 2 * radius + 1, stride=1, padding=radius) if radius else flat
         return local_max.reshape(advected.shape) + cfg.envelope_db / self.scale_db
 
-
     def _noise(self, past: torch.Tensor, size: torch.Size,
                source: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
         shape = (self.config.noise_channels, *size)
