@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nowcast.errors import UnknownNameError, UnreadableFileError
+from nowcast.errors import InputError, UnknownNameError, UnreadableFileError
 from nowcast.paths import models_dir as default_models_dir
 
 logger = logging.getLogger(__name__)
@@ -128,14 +128,14 @@ def write_artifact(
     state_dict); the rest is JSON and markdown written here.
     """
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
-        raise ValueError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
+        raise InputError(f"model name {name!r}: use letters, digits, '_', '.', '-'")
     root = default_models_dir(models_dir)
     version = version or next_version(name, root)
     if not _VERSION_RE.match(version):
-        raise ValueError(f"version {version!r} must look like v1, v2, ...")
+        raise InputError(f"version {version!r} must look like v1, v2, ...")
     target = root / name / version
     if target.exists():
-        raise FileExistsError(f"{target} exists already; versions are never overwritten")
+        raise InputError(f"{target} exists already; versions are never overwritten")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=target.parent))
     try:

@@ -7,12 +7,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from nowcast import artifacts
+from nowcast import config as config_io
+from nowcast.errors import InputError
 from nowcast.forecasters import get_forecaster
 from nowcast.gan.config import DataConfig, ExperimentConfig, LossConfig, ModelConfig, TrainConfig
 from nowcast.gan.data import SampleSource, load_events
@@ -182,6 +185,12 @@ def test_export_and_load_reproduce_the_same_forecast(tmp_path, events):
     assert np.nanmin(first.values) >= 0
     # no-data where the last input frame had none
     np.testing.assert_array_equal(np.isnan(first.values[0]), np.isnan(past.values[-1]))
+    # a version is never overwritten, and a malformed one is refused by name
+    with pytest.raises(InputError, match="exists already; versions are never overwritten"):
+        export_run(tmp_path / "run", "tiny-gan", version="v1", models_dir=tmp_path / "models")
+    with pytest.raises(InputError, match="version 'v2b' must look like v1, v2"):
+        export_run(tmp_path / "run", "tiny-gan", version="v2b", models_dir=tmp_path / "models")
+    assert artifacts.list_versions("tiny-gan", tmp_path / "models") == ["v1"]
 
 
 def test_forecaster_pads_odd_grids_and_crops_back(events):
@@ -380,6 +389,50 @@ def test_envelope_caps_the_forecast_near_the_advected_rain(batch):
         ModelConfig(condition_on_advection=False, envelope_db=10.0)
 
 
+def test_correction_limits_hold_at_every_scale_and_still_train(batch):
+    """The dead zone zeroes small corrections, the per-step bound grows with lead, gradients pass."""
+    from nowcast.gan.model import downsample
+
+    torch.manual_seed(0)
+    free = Generator(TINY_MODEL, scale_db=15.0)
+    for scale in free.scales:
+        torch.nn.init.normal_(scale.head.weight, std=0.05)
+        torch.nn.init.normal_(scale.head.bias, std=0.5)
+    raw = free(batch.past, batch.valid, batch.advected)[-1] - batch.advected
+    assert raw.abs().max() > 1.0  # corrections of more than 15 dB to limit
+
+    def limited(**limits: float) -> Generator:
+        generator = Generator(dataclasses.replace(TINY_MODEL, **limits), scale_db=15.0)
+        generator.load_state_dict(free.state_dict())
+        return generator
+
+    for prediction, factor in zip(limited(correction_deadzone_db=1000.0)(batch.past, batch.valid, batch.advected),
+                                  free.factors(), strict=True):
+        assert torch.equal(prediction, downsample(batch.advected, factor))  # nothing above the dead zone
+
+    per_step = 0.5
+    predictions = limited(correction_db_per_step=per_step)(batch.past, batch.valid, batch.advected)
+    for prediction, factor in zip(predictions, free.factors(), strict=True):
+        correction = (prediction - downsample(batch.advected, factor)).abs().amax(dim=(0, 2, 3, 4))
+        bound = per_step / 15.0 * torch.arange(1, TINY_MODEL.n_output + 1)
+        assert torch.all(correction <= bound + 1e-6)
+        assert correction[-1] > 0.9 * bound[-1]  # the bound is what holds the last lead
+
+    dead = limited(correction_deadzone_db=3.0)
+    corrected = dead(batch.past, batch.valid, batch.advected)[-1] - batch.advected
+    assert 0 < (corrected == 0).float().mean() < 1
+    assert corrected.abs().max() <= raw.abs().max() - 3.0 / 15.0 + 1e-5
+
+    # zero-initialised heads behind a dead zone still get gradients (straight-through)
+    fresh = Generator(dataclasses.replace(TINY_MODEL, correction_deadzone_db=3.0, correction_db_per_step=0.5))
+    (fresh(batch.past, batch.valid, batch.advected)[-1] - batch.future).abs().mean().backward()
+    assert all(scale.head.weight.grad.abs().sum() > 0 for scale in fresh.scales)
+    with pytest.raises(ValueError, match="need condition_on_advection"):
+        ModelConfig(condition_on_advection=False, correction_db_per_step=1.0)
+    with pytest.raises(ValueError, match="must not be negative"):
+        ModelConfig(correction_deadzone_db=-1.0)
+
+
 def test_cosine_schedule_decays_the_learning_rates_to_zero():
     cfg = TrainConfig(steps=10, lr_schedule="cosine")
     assert [round(cfg.lr_factor(s), 6) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]
@@ -405,3 +458,41 @@ def test_every_shipped_model_verifies_and_forecasts_sane_rain(name, version):
     assert finite.min() >= 0.0
     # a 4-frame past peaking at this many mm/h cannot justify an order of magnitude more
     assert finite.max() < 30.0 * float(np.nanmax(past.values)), (name, version, finite.max())
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.toml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_shipped_config_loads(path):
+    cfg = config_io.load(ExperimentConfig, path)
+    assert cfg.name == path.stem
+
+
+@pytest.mark.parametrize(("model", "twin"), [("default-gan.toml", "lp-only.toml"),
+                                             ("ablation/paper-gan.toml", "ablation/paper-lp.toml")])
+def test_lp_only_twins_differ_only_in_the_adversarial_and_gdl_terms(model, twin):
+    """The sharpness claim compares like with like: same generator, data and optimisation."""
+    gan, lp = (config_io.load(ExperimentConfig, CONFIGS / name) for name in (model, twin))
+    assert gan.loss.lambda_adv > 0 and gan.loss.lambda_gdl > 0
+    assert lp.loss.lambda_adv == 0 and lp.loss.lambda_gdl == 0
+    same_loss = dataclasses.replace(lp.loss, lambda_adv=gan.loss.lambda_adv, lambda_gdl=gan.loss.lambda_gdl)
+    assert dataclasses.replace(lp, name=gan.name, loss=same_loss) == gan
+
+
+def test_correction_limits_left_out_of_training_act_in_eval_mode_only(tmp_path, events, batch):
+    """Limits off in training: the same weights as a model without them, limited once exported."""
+    limited_model = dataclasses.replace(TINY_MODEL, correction_deadzone_db=1000.0, correction_db_per_step=0.5)
+    runs = {}
+    for name, model, in_training in (("free", TINY_MODEL, True), ("after", limited_model, False)):
+        cfg = dataclasses.replace(tiny_experiment(steps=3, correction_limits_in_training=in_training), model=model)
+        train(cfg, tmp_path / name, loader=events.__getitem__, progress=False)
+        runs[name] = torch.load(tmp_path / name / CHECKPOINT, weights_only=True)["generator"]
+    for key, value in runs["free"].items():
+        torch.testing.assert_close(runs["after"][key], value, rtol=0, atol=0)
+    generator = Generator(limited_model)
+    generator.load_state_dict(runs["after"])
+    generator.limits_in_training = False
+    assert not torch.equal(generator.train()(batch.past, batch.valid, batch.advected)[-1], batch.advected)
+    # a dead zone of 1000 dB leaves nothing but the advection in eval mode
+    assert torch.equal(generator.eval()(batch.past, batch.valid, batch.advected)[-1], batch.advected)

@@ -93,6 +93,10 @@ def _default_description(cfg: Any) -> str:
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")
+    if cfg.model.correction_deadzone_db:
+        text += f"; corrections of advection under {cfg.model.correction_deadzone_db:g} dB set to zero"
+    if cfg.model.correction_db_per_step:
+        text += f"; corrections bounded to ±{cfg.model.correction_db_per_step:g} dB per lead step"
     return text
 
 

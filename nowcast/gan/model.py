@@ -82,6 +82,8 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         self.scale_db = scale_db
+        # False: the correction limits act in eval mode only (see TrainConfig)
+        self.limits_in_training = True
         n_in, n_out = config.n_input, config.n_output
         in_channels = n_in + 1 + n_out + config.noise_channels
         if config.condition_on_advection:
@@ -114,6 +116,8 @@ class Generator(nn.Module):
         cfg = self.config
         if cfg.condition_on_advection and advected is None:
             raise ValueError("this generator is conditioned on advection: pass `advected`")
+        limit = ((cfg.correction_deadzone_db > 0 or cfg.correction_db_per_step > 0)
+                 and (self.limits_in_training or not self.training))
         predictions: list[torch.Tensor] = []
         previous: torch.Tensor | None = None
         previous_advected: torch.Tensor | None = None
@@ -139,10 +143,25 @@ class Generator(nn.Module):
                 inputs.append(self._noise(past, size, noise_generator))
             residual = scale(torch.cat(inputs, dim=1))
             previous = prior + residual.unsqueeze(2)
+            if advected_k is not None and limit:
+                previous = advected_k + self._limit_correction(previous - advected_k)
             if advected_k is not None and cfg.envelope_db > 0:
                 previous = torch.minimum(previous, self._envelope(advected_k, factor))
             predictions.append(previous)
         return predictions
+
+    def _limit_correction(self, correction: torch.Tensor) -> torch.Tensor:
+        """``correction_deadzone_db`` and ``correction_db_per_step`` applied to a (batch, time, 1, y, x) correction."""
+        cfg = self.config
+        if cfg.correction_deadzone_db > 0:
+            shrunk = torch.sign(correction) * F.relu(correction.abs() - cfg.correction_deadzone_db / self.scale_db)
+            # straight-through: the dead zone's zero slope would freeze zero-initialised heads
+            correction = correction + (shrunk - correction).detach()
+        if cfg.correction_db_per_step > 0:
+            lead = torch.arange(1, correction.shape[1] + 1, device=correction.device, dtype=correction.dtype)
+            bound = (cfg.correction_db_per_step / self.scale_db) * lead.view(1, -1, 1, 1, 1)
+            correction = bound * torch.tanh(correction / bound)
+        return correction
 
     def _envelope(self, advected: torch.Tensor, factor: int) -> torch.Tensor:
         """Upper bound of a scale's forecast: the local maximum of its advection plus ``envelope_db``."""

@@ -1,0 +1,150 @@
+"""Sweep limits on a trained GAN's correction of advection, scored against its own prior.
+
+    python bench/correction_limits.py --model default-gan@v3 \\
+        --events knmi-20100826,mch-20150515,mch-20170131,fmi-20160928,bom-20201031
+
+For every start time of the events (as ``nowcast evaluate`` picks them), runs the
+generator once and keeps its full-resolution forecast ``z`` and its advection prior
+``a`` (both in the normalised dB space). Each variant then replaces the correction
+``d = z - a`` by a shrunk one: a dead zone of ``D`` dB (``sign(d)·max(|d| - D, 0)``)
+and a smooth bound of ``C`` dB per lead step (``b·tanh(d/b)``, ``b = C·lead``), as
+``ModelConfig.correction_deadzone_db``/``correction_db_per_step`` do. Here they are
+applied to the finest output only, after the fact, so one forward pass serves every
+variant; built into a model they act at every scale, which the evaluate job measures.
+
+Prints, per variant, at each CSI threshold: the lead times where it beats the prior
+(by more than 0.0005), its worst and mean CSI difference from the prior over lead
+times, and the mean error (mm/h) at +60 min and at the last lead. The prior equals
+pySTEPS extrapolation to within 0.0005 CSI for models with full-resolution motion.
+Pick limits on training events; confirm on held-out ones with ``nowcast evaluate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nowcast.evaluate import DEFAULT_STRIDE, MIN_RAIN_MMH, _skip_reason, start_indices
+from nowcast.forecasters import get_forecaster
+from nowcast.gan.advection import advect, estimate_motion
+from nowcast.gan.forecaster import GANForecaster, _pad
+from nowcast.io.catalogue import load_event
+
+THRESHOLDS = (1.0, 4.0, 8.0)
+TIE = 0.0005
+
+
+def limited(prior: torch.Tensor, correction: torch.Tensor, deadzone: float, per_step: float) -> torch.Tensor:
+    """``prior + correction`` with the dead zone and per-step bound (normalised units) applied."""
+    if deadzone > 0:
+        correction = torch.sign(correction) * torch.relu(correction.abs() - deadzone)
+    if per_step > 0:
+        lead = torch.arange(1, correction.shape[0] + 1, dtype=correction.dtype)[:, None, None]
+        bound = per_step * lead
+        correction = bound * torch.tanh(correction / bound)
+    return prior + correction
+
+
+@torch.no_grad()
+def forecast_and_prior(forecaster: GANForecaster, past: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generator's finest forecast and its advection prior, (time, y, x), normalised."""
+    cfg, norm = forecaster.model_config, forecaster.normalisation
+    valid = torch.from_numpy(np.isfinite(past[-1]).astype(np.float32))[None]
+    filled = torch.from_numpy(np.where(np.isfinite(past), past, 0.0).astype(np.float32))[None]
+    motion = estimate_motion(past, cfg.motion_downsample, method=cfg.motion_estimation)
+    advected = advect(filled[:, -1], torch.from_numpy(motion[None]), cfg.n_output)
+    advected_z = norm.encode(advected * valid[:, None]).unsqueeze(2)
+    past_z, valid_z = norm.encode(filled).unsqueeze(2), valid[:, None, None]
+    ny, nx = past.shape[-2:]
+    pad_y, pad_x = (-ny) % cfg.grid_multiple, (-nx) % cfg.grid_multiple
+    z = forecaster.generator(_pad(past_z, pad_y, pad_x), _pad(valid_z, pad_y, pad_x),
+                             _pad(advected_z, pad_y, pad_x))[-1]
+    return z[0, :, 0, :ny, :nx], advected_z[0, :, 0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a registry name, e.g. default-gan@v3")
+    parser.add_argument("--events", required=True, help="comma-separated event ids")
+    parser.add_argument("--deadzones-db", default="0,0.25,0.5,1")
+    parser.add_argument("--per-step-db", default="0,0.25,0.5,1", help="bounds in dB per lead step; 0: none")
+    parser.add_argument("--models-dir", default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    forecaster = get_forecaster(args.model, models_dir=args.models_dir)
+    if not isinstance(forecaster, GANForecaster) or not forecaster.model_config.condition_on_advection:
+        raise SystemExit(f"{args.model} is not a GAN conditioned on advection: it has no correction to limit")
+    forecaster.generator.cpu()
+    scale_db = forecaster.normalisation.scale_db
+    variants = {"model": (0.0, 0.0), "prior": None}
+    for deadzone in map(float, args.deadzones_db.split(",")):
+        for per_step in map(float, args.per_step_db.split(",")):
+            if deadzone or per_step:
+                variants[f"deadzone {deadzone:g} dB, {per_step:g} dB/step"] = (deadzone, per_step)
+    n_out = forecaster.model_config.n_output
+    # (variant, lead minutes, threshold) -> [hits, misses, false alarms]; (variant, lead, "error") -> [sum, n, -]
+    counts: dict[tuple, list] = defaultdict(lambda: [0, 0, 0])
+    for event in args.events.split(","):
+        sequence = load_event(event, on_missing="nan")
+        times = pd.DatetimeIndex(sequence["time"].values)
+        steps_s = np.diff(times.values).astype("timedelta64[s]").astype(np.int64)
+        step_s = int(np.median(steps_s))
+        values = sequence.values
+        used = 0
+        for start in start_indices(len(times), forecaster.n_input_frames, n_out, DEFAULT_STRIDE):
+            stop = start + forecaster.n_input_frames + n_out
+            past, observed = values[start:start + forecaster.n_input_frames], values[stop - n_out:stop]
+            if _skip_reason(past, observed, steps_s[start:stop - 1], step_s, MIN_RAIN_MMH):
+                continue
+            used += 1
+            z, prior = forecast_and_prior(forecaster, past)
+            valid = np.isfinite(past[-1])
+            for name, limits in variants.items():
+                zz = prior if limits is None else limited(prior, z - prior, limits[0] / scale_db,
+                                                          limits[1] / scale_db)
+                rate = np.where(valid, torch.clamp(forecaster.normalisation.decode(zz), min=0).numpy(), np.nan)
+                for k in range(n_out):
+                    lead = round(step_s / 60 * (k + 1), 1)
+                    ok = np.isfinite(observed[k]) & np.isfinite(rate[k])
+                    f, o = rate[k][ok], observed[k][ok]
+                    error = counts[(name, lead, "error")]
+                    error[0] += float(np.sum(f - o))
+                    error[1] += f.size
+                    for threshold in THRESHOLDS:
+                        wet_f, wet_o = f > threshold, o > threshold  # "above", as pysteps counts
+                        cell = counts[(name, lead, threshold)]
+                        cell[0] += int(np.sum(wet_f & wet_o))
+                        cell[1] += int(np.sum(~wet_f & wet_o))
+                        cell[2] += int(np.sum(wet_f & ~wet_o))
+        logging.info("%s: %d start times", event, used)
+
+    leads = sorted({key[1] for key in counts})
+    lead_60 = min(leads, key=lambda lead: abs(lead - 60))
+
+    def csi(name: str, lead: float, threshold: float) -> float:
+        hits, misses, false_alarms = counts[(name, lead, threshold)]
+        total = hits + misses + false_alarms
+        return hits / total if total else float("nan")
+
+    def mean_error(name: str, lead: float) -> float:
+        total, n, _ = counts[(name, lead, "error")]
+        return total / n if n else float("nan")
+
+    header = " ".join(f"{'wins>' + format(t, 'g'):>8} {'worst':>7} {'mean':>7}" for t in THRESHOLDS)
+    print(f"{len(leads)} lead times; CSI difference from the prior (advection)")
+    print(f"{'variant':<34} {header}  {'ME+' + format(lead_60, 'g'):>7} {'ME+' + format(leads[-1], 'g'):>7}")
+    for name in variants:
+        cells = []
+        for threshold in THRESHOLDS:
+            diffs = [csi(name, lead, threshold) - csi("prior", lead, threshold) for lead in leads]
+            cells.append(f"{sum(d > TIE for d in diffs):>8d} {min(diffs):+7.4f} {np.nanmean(diffs):+7.4f}")
+        print(f"{name:<34} {' '.join(cells)}  {mean_error(name, lead_60):+7.3f} {mean_error(name, leads[-1]):+7.3f}")
+
+
+if __name__ == "__main__":
+    main()
