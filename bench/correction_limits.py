@@ -29,42 +29,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nowcast.evaluate import DEFAULT_STRIDE, MIN_RAIN_MMH, _skip_reason, start_indices
+from nowcast.evaluate import DEFAULT_STRIDE, MIN_RAIN_MMH, skip_reason, start_indices
 from nowcast.forecasters import get_forecaster
-from nowcast.gan.advection import advect, estimate_motion
-from nowcast.gan.forecaster import GANForecaster, _pad
+from nowcast.gan.forecaster import GANForecaster
+from nowcast.gan.model import limit_correction
 from nowcast.io.catalogue import load_event
 
 THRESHOLDS = (1.0, 4.0, 8.0)
 TIE = 0.0005
-
-
-def limited(prior: torch.Tensor, correction: torch.Tensor, deadzone: float, per_step: float) -> torch.Tensor:
-    """``prior + correction`` with the dead zone and per-step bound (normalised units) applied."""
-    if deadzone > 0:
-        correction = torch.sign(correction) * torch.relu(correction.abs() - deadzone)
-    if per_step > 0:
-        lead = torch.arange(1, correction.shape[0] + 1, dtype=correction.dtype)[:, None, None]
-        bound = per_step * lead
-        correction = bound * torch.tanh(correction / bound)
-    return prior + correction
-
-
-@torch.no_grad()
-def forecast_and_prior(forecaster: GANForecaster, past: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """The generator's finest forecast and its advection prior, (time, y, x), normalised."""
-    cfg, norm = forecaster.model_config, forecaster.normalisation
-    valid = torch.from_numpy(np.isfinite(past[-1]).astype(np.float32))[None]
-    filled = torch.from_numpy(np.where(np.isfinite(past), past, 0.0).astype(np.float32))[None]
-    motion = estimate_motion(past, cfg.motion_downsample, method=cfg.motion_estimation)
-    advected = advect(filled[:, -1], torch.from_numpy(motion[None]), cfg.n_output)
-    advected_z = norm.encode(advected * valid[:, None]).unsqueeze(2)
-    past_z, valid_z = norm.encode(filled).unsqueeze(2), valid[:, None, None]
-    ny, nx = past.shape[-2:]
-    pad_y, pad_x = (-ny) % cfg.grid_multiple, (-nx) % cfg.grid_multiple
-    z = forecaster.generator(_pad(past_z, pad_y, pad_x), _pad(valid_z, pad_y, pad_x),
-                             _pad(advected_z, pad_y, pad_x))[-1]
-    return z[0, :, 0, :ny, :nx], advected_z[0, :, 0]
 
 
 def main() -> None:
@@ -79,7 +51,6 @@ def main() -> None:
     forecaster = get_forecaster(args.model, models_dir=args.models_dir)
     if not isinstance(forecaster, GANForecaster) or not forecaster.model_config.condition_on_advection:
         raise SystemExit(f"{args.model} is not a GAN conditioned on advection: it has no correction to limit")
-    forecaster.generator.cpu()
     scale_db = forecaster.normalisation.scale_db
     variants = {"model": (0.0, 0.0), "prior": None}
     for deadzone in map(float, args.deadzones_db.split(",")):
@@ -99,15 +70,16 @@ def main() -> None:
         for start in start_indices(len(times), forecaster.n_input_frames, n_out, DEFAULT_STRIDE):
             stop = start + forecaster.n_input_frames + n_out
             past, observed = values[start:start + forecaster.n_input_frames], values[stop - n_out:stop]
-            if _skip_reason(past, observed, steps_s[start:stop - 1], step_s, MIN_RAIN_MMH):
+            if skip_reason(past, observed, steps_s[start:stop - 1], step_s, MIN_RAIN_MMH):
                 continue
             used += 1
-            z, prior = forecast_and_prior(forecaster, past)
             valid = np.isfinite(past[-1])
+            z, prior = forecaster.forward_normalised(past[None], valid[None])
             for name, limits in variants.items():
-                zz = prior if limits is None else limited(prior, z - prior, limits[0] / scale_db,
-                                                          limits[1] / scale_db)
-                rate = np.where(valid, torch.clamp(forecaster.normalisation.decode(zz), min=0).numpy(), np.nan)
+                zz = prior if limits is None else prior + limit_correction(z - prior, limits[0] / scale_db,
+                                                                           limits[1] / scale_db)
+                rate = torch.clamp(forecaster.normalisation.decode(zz[0]), min=0).cpu().numpy()
+                rate = np.where(valid, rate, np.nan)
                 for k in range(n_out):
                     lead = round(step_s / 60 * (k + 1), 1)
                     ok = np.isfinite(observed[k]) & np.isfinite(rate[k])

@@ -219,7 +219,7 @@ def _evaluate_event(
     for start in starts:
         window = slice(start, start + n_input + steps)
         reference = times[start + n_input - 1]
-        reason = _skip_reason(values[start:start + n_input], values[start + n_input:window.stop],
+        reason = skip_reason(values[start:start + n_input], values[start + n_input:window.stop],
                               steps_s[start:window.stop - 1], step_s, min_rain_mmh)
         if reason is not None:
             logger.info("event %s, start %s: skipped (%s)", event_id, reference, reason)
@@ -253,7 +253,7 @@ def _evaluate_event(
     return result
 
 
-def _skip_reason(past: np.ndarray, future: np.ndarray, window_steps_s: np.ndarray, step_s: int,
+def skip_reason(past: np.ndarray, future: np.ndarray, window_steps_s: np.ndarray, step_s: int,
                  min_rain_mmh: float) -> str | None:
     if np.any(window_steps_s != step_s):
         return SKIP_TIME_GAP

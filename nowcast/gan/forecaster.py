@@ -104,8 +104,22 @@ class GANForecaster(Forecaster):
         result = np.concatenate(chunks, axis=1)[:, :steps]
         return result
 
-    @torch.no_grad()
     def _forward(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None) -> np.ndarray:
+        z, _ = self.forward_normalised(past, valid, noise)
+        rate = torch.clamp(self.normalisation.decode(z), min=0.0)
+        valid_t = torch.from_numpy(valid).to(rate.device)
+        rate = torch.where(valid_t[:, None], rate, torch.full_like(rate, math.nan))
+        return rate.cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def forward_normalised(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None = None,
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One pass of ``n_output`` frames: the forecast and its advection prior, normalised.
+
+        ``past``: (batch, n_input, y, x) in mm/h, NaN for no data; ``valid``: (batch, y, x),
+        True where the last frame has data. Returns (batch, n_output, y, x) tensors; the
+        prior is None for a model not conditioned on advection.
+        """
         cfg = self.model_config
         _batch, _, ny, nx = past.shape
         filled = np.where(np.isfinite(past), past, 0.0).astype(np.float32)
@@ -121,15 +135,13 @@ class GANForecaster(Forecaster):
         valid_z = valid_t[:, None, None]
         multiple = cfg.grid_multiple
         pad_y, pad_x = (-ny) % multiple, (-nx) % multiple
+        prior = advected_z[:, :, 0] if advected_z is not None else None
         if pad_y or pad_x:
             past_z, valid_z = _pad(past_z, pad_y, pad_x), _pad(valid_z, pad_y, pad_x)
             advected_z = _pad(advected_z, pad_y, pad_x) if advected_z is not None else None
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
             z = self.generator(past_z, valid_z, advected_z, noise_generator=noise)[-1]
-        z = z.float()[:, :, 0, :ny, :nx]
-        rate = torch.clamp(self.normalisation.decode(z), min=0.0)
-        rate = torch.where(valid_t[:, None] > 0, rate, torch.full_like(rate, math.nan))
-        return rate.cpu().numpy().astype(np.float32)
+        return z.float()[:, :, 0, :ny, :nx], prior
 
 
 def _pad(x: torch.Tensor, pad_y: int, pad_x: int) -> torch.Tensor:

@@ -54,6 +54,24 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, t * c, h, w)
 
 
+def limit_correction(correction: torch.Tensor, deadzone: float, per_step: float) -> torch.Tensor:
+    """A (batch, time, ...) correction of advection with a dead zone and a per-lead bound.
+
+    Both in normalised units (0 turns either off): magnitudes under ``deadzone`` become 0
+    and larger ones shrink by it; the result is bounded smoothly to ±``per_step`` × lead,
+    lead = 1 for the first frame. See ``ModelConfig.correction_deadzone_db``.
+    """
+    if deadzone > 0:
+        shrunk = torch.sign(correction) * F.relu(correction.abs() - deadzone)
+        # straight-through: the dead zone's zero slope would freeze zero-initialised heads
+        correction = correction + (shrunk - correction).detach()
+    if per_step > 0:
+        lead = torch.arange(1, correction.shape[1] + 1, device=correction.device, dtype=correction.dtype)
+        bound = per_step * lead.view(1, -1, *([1] * (correction.dim() - 2)))
+        correction = bound * torch.tanh(correction / bound)
+    return correction
+
+
 class ScaleGenerator(nn.Module):
     """One scale's refinement network: a plain stack of convolutions, fully convolutional."""
 
@@ -151,17 +169,9 @@ class Generator(nn.Module):
         return predictions
 
     def _limit_correction(self, correction: torch.Tensor) -> torch.Tensor:
-        """``correction_deadzone_db`` and ``correction_db_per_step`` applied to a (batch, time, 1, y, x) correction."""
         cfg = self.config
-        if cfg.correction_deadzone_db > 0:
-            shrunk = torch.sign(correction) * F.relu(correction.abs() - cfg.correction_deadzone_db / self.scale_db)
-            # straight-through: the dead zone's zero slope would freeze zero-initialised heads
-            correction = correction + (shrunk - correction).detach()
-        if cfg.correction_db_per_step > 0:
-            lead = torch.arange(1, correction.shape[1] + 1, device=correction.device, dtype=correction.dtype)
-            bound = (cfg.correction_db_per_step / self.scale_db) * lead.view(1, -1, 1, 1, 1)
-            correction = bound * torch.tanh(correction / bound)
-        return correction
+        return limit_correction(correction, cfg.correction_deadzone_db / self.scale_db,
+                                cfg.correction_db_per_step / self.scale_db)
 
     def _envelope(self, advected: torch.Tensor, factor: int) -> torch.Tensor:
         """Upper bound of a scale's forecast: the local maximum of its advection plus ``envelope_db``."""
