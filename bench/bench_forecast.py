@@ -57,7 +57,8 @@ def training_throughput(model_name: str, steps: int) -> dict[str, float]:
     from nowcast import config as config_io
     from nowcast.gan.config import ExperimentConfig
 
-    spec = artifacts.read_json(artifacts.resolve(model_name) / artifacts.CONFIG_FILE)["experiment"]
+    name, _, version = model_name.partition("@")  # NAME or NAME@VERSION, as the registry takes it
+    spec = artifacts.read_json(artifacts.resolve(name, version or None) / artifacts.CONFIG_FILE)["experiment"]
     cfg = config_io.from_dict(ExperimentConfig, spec)
     cfg = dataclasses.replace(
         cfg,

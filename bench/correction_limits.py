@@ -14,7 +14,8 @@ variant; built into a model they act at every scale, which the evaluate job meas
 
 Prints, per variant, at each CSI threshold: the lead times where it beats the prior
 (by more than 0.0005), its worst and mean CSI difference from the prior over lead
-times, and the mean error (mm/h) at +60 min and at the last lead. The prior equals
+times, and the mean error (mm/h) at +60 min and at the last lead; with ``--per-lead``,
+every variant's difference at every lead time as well. The prior equals
 pySTEPS extrapolation to within 0.0005 CSI for models with full-resolution motion.
 Pick limits on training events; confirm on held-out ones with ``nowcast evaluate``.
 """
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--deadzones-db", default="0,0.25,0.5,1")
     parser.add_argument("--per-step-db", default="0,0.25,0.5,1", help="bounds in dB per lead step; 0: none")
     parser.add_argument("--models-dir", default=None)
+    parser.add_argument("--per-lead", action="store_true",
+                        help="also print every variant's CSI difference from the prior at every lead time")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     forecaster = get_forecaster(args.model, models_dir=args.models_dir)
@@ -116,6 +119,13 @@ def main() -> None:
             diffs = [csi(name, lead, threshold) - csi("prior", lead, threshold) for lead in leads]
             cells.append(f"{sum(d > TIE for d in diffs):>8d} {min(diffs):+7.4f} {np.nanmean(diffs):+7.4f}")
         print(f"{name:<34} {' '.join(cells)}  {mean_error(name, lead_60):+7.3f} {mean_error(name, leads[-1]):+7.3f}")
+    if args.per_lead:
+        for name in variants:
+            print(f"\n{name}: CSI difference from the prior per lead time (min) at " +
+                  ", ".join(f"{t:g}" for t in THRESHOLDS) + " mm/h")
+            for lead in leads:
+                diffs = [csi(name, lead, t) - csi("prior", lead, t) for t in THRESHOLDS]
+                print(f"{lead:>6g} " + " ".join(f"{d:+8.4f}" for d in diffs))
 
 
 if __name__ == "__main__":

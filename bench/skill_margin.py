@@ -40,7 +40,7 @@ def main() -> None:
             diff = m - b
             wins, ties, losses = (wins + (diff > args.tie), ties + (abs(diff) <= args.tie),
                                   losses + (diff < -args.tie))
-            print(f"  {float(lead):5.0f} {model[lead]['n_forecasts']:3d}  {b:.3f}  {m:.3f}  {diff:+.3f}")
+            print(f"  {float(lead):5.0f} {model[lead]['n_forecasts']:3d}  {b:.4f}  {m:.4f}  {diff:+.4f}")
         print(f"  wins {wins}, ties {ties}, losses {losses} of {len(leads)} lead times")
     print("\nspectrum ratio (forecast / observed power)")
     for method, scores in overall.items():

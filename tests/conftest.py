@@ -23,3 +23,20 @@ def real_data_root() -> Path:
 def small_sequence():
     """16 frames of 48x56 synthetic rain at 5-min steps, with a no-data border."""
     return synthetic_sequence(SyntheticRain(ny=48, nx=56, frames=16, no_data_border=2), seed=1)
+
+
+@pytest.fixture()
+def tiny_train_config(tmp_path):
+    """Writes a two-step training config on one synthetic event; ``[model]`` lines can be added."""
+
+    def write(name: str, *model_lines: str) -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text("\n".join([
+            f'name = "{name}"', "[model]", "n_input = 4", "n_output = 3", "generator_channels = [4, 4]",
+            "discriminator_channels = [4, 4]", "generator_layers = 2", *model_lines,
+            "[data]", 'train_events = ["synthetic:1"]', "patch_size = 32",
+            "[train]", "steps = 2", "batch_size = 2", "log_every = 1", "val_every = 100", "checkpoint_every = 1",
+        ]) + "\n")
+        return path
+
+    return write

@@ -226,3 +226,12 @@ def test_evaluate_end_to_end_on_a_small_archive(tmp_path, monkeypatch):
     assert report["config"]["events"] == ["synthetic"]
     assert report["events"]["synthetic"]["n_start_times"] == 3  # 18 frames, 10 per window, every 4
     assert report["overall"]["scores"]["persistence"]["leads"]["30"]["n_forecasts"] == 3
+
+
+def test_train_job_runs_with_its_progress_bar(tmp_path, tiny_train_config):
+    """`nowcast train` as a person runs it (progress bar on) trains and logs on a synthetic event."""
+    config = tiny_train_config("tiny", 'correction_frame = "lagrangian"')
+    result = run("train", "--config", str(config), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["g_lp"]) for r in records)

@@ -233,28 +233,8 @@ def test_corrupt_artifact_is_refused(tmp_path, events):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_training_step(tmp_path):
-    config = tmp_path / "ddp.toml"
-    config.write_text(
-        """
-name = "ddp"
-[model]
-n_input = 4
-n_output = 3
-generator_channels = [4, 4]
-discriminator_channels = [4, 4]
-generator_layers = 2
-[data]
-train_events = ["synthetic:1"]
-patch_size = 32
-[train]
-steps = 2
-batch_size = 2
-log_every = 1
-val_every = 100
-checkpoint_every = 1
-"""
-    )
+def test_two_process_ddp_training_step(tmp_path, tiny_train_config):
+    config = tiny_train_config("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "nowcast.cli", "train", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]
@@ -300,18 +280,121 @@ def test_noisy_forecast_of_a_sequence_does_not_depend_on_its_batch(events):
 
 def test_training_patches_see_the_advection_the_forecaster_computes(events):
     """Advection over the whole grid, then cut: no dry inflow from a patch's own edges."""
-    import torch as th
-
     from nowcast.gan.advection import advect, estimate_motion
     from nowcast.gan.data import EventSamples
 
     cfg = tiny_experiment()
     samples = EventSamples("syn0", events["syn0"], cfg.model)
     past = events["syn0"].values[2:6]
-    motion = th.from_numpy(estimate_motion(past, cfg.model.motion_downsample,
-                                                method=cfg.model.motion_estimation))[None]
-    expected = advect(th.from_numpy(np.nan_to_num(past[-1]))[None], motion, cfg.model.n_output)[0].numpy()
-    np.testing.assert_allclose(samples.advected[2].astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+    motion = torch.from_numpy(estimate_motion(past, cfg.model.motion_downsample,
+                                              method=cfg.model.motion_estimation))[None]
+    expected = advect(torch.from_numpy(np.nan_to_num(past[-1]))[None], motion, cfg.model.n_output)[0].numpy()
+    advected, displacement, moved_past = samples.moved(2, 10, 20, 30, 40)
+    np.testing.assert_allclose(advected, expected[:, 10:40, 20:60], rtol=1e-5, atol=1e-5)
+    assert displacement.shape == (cfg.model.n_output, 2, 30, 40) and moved_past.shape == (4, 30, 40)
+    np.testing.assert_allclose(moved_past[-1], np.nan_to_num(past[-1])[10:40, 20:60], rtol=1e-5, atol=1e-5)
+
+
+def _translated(shift: tuple[int, int], frames: int = 8, size: int = 48) -> np.ndarray:
+    """A rain field moving ``shift`` = (dy, dx) whole pixels per step, (frames, size, size) mm/h."""
+    field = synthetic_sequence(SyntheticRain(ny=size, nx=size, frames=1), seed=5).values[0]
+    return np.stack([np.roll(field, (shift[0] * t, shift[1] * t), axis=(0, 1)) for t in range(frames)])
+
+
+def test_lagrangian_past_lines_the_past_up_with_the_last_frame():
+    """With the true motion, every past frame moved along it equals the last one away from the edges."""
+    from nowcast.gan.advection import lagrangian_past, pixel_grid, trajectories
+
+    frames = torch.from_numpy(_translated((1, 2))[:4])[None]
+    velocity = torch.zeros(1, 2, 48, 48)
+    velocity[:, 0], velocity[:, 1] = 2.0, 1.0  # (x, y) pixels per step
+    points = pixel_grid(1, 48, 48)
+    displacement = trajectories(velocity, 3, points)
+    torch.testing.assert_close(displacement[0, 2, :, 5, 5], torch.tensor([-6.0, -3.0]))
+    moved = lagrangian_past(frames, displacement, points)[0]
+    inner = (slice(None), slice(8, -8), slice(8, -8))
+    torch.testing.assert_close(moved[inner], frames[0, -1:].expand(4, -1, -1)[inner], rtol=0, atol=1e-5)
+    assert not torch.allclose(frames[0][inner], frames[0, -1:].expand(4, -1, -1)[inner])  # they moved
+
+
+@pytest.mark.parametrize("k,flip", [(1, False), (2, True), (3, False), (0, True)])
+def test_augmented_displacements_still_point_at_the_source(k, flip):
+    """Rotating and flipping a crop turns its trajectory vectors with it."""
+    from nowcast.gan.advection import along, pixel_grid, trajectories
+    from nowcast.gan.data import Crop
+
+    size = 40
+    rain = torch.from_numpy(_translated((0, 0), frames=1, size=size))
+    velocity = torch.zeros(1, 2, size, size)
+    velocity[:, 0], velocity[:, 1] = 1.5, -0.75
+    points = pixel_grid(1, size, size)
+    displacement = trajectories(velocity, 3, points)
+    advected = along(rain, displacement, points)
+    crop = Crop(np.zeros((5, size, size), np.float32), advected[0].numpy(), displacement[0].numpy(),
+                rain.numpy().repeat(4, 0))
+    turned = crop.augmented(k, flip)
+    again = along(torch.from_numpy(turned.lagrangian_past[-1:]), torch.from_numpy(turned.displacement)[None],
+                  points)[0].numpy()
+    inner = (slice(None), slice(6, -6), slice(6, -6))
+    np.testing.assert_allclose(again[inner], turned.advected[inner], atol=1e-4)
+
+
+LAGRANGIAN_MODEL = dataclasses.replace(TINY_MODEL, correction_frame="lagrangian")
+
+
+def test_lagrangian_generator_starts_as_advection_and_moves_its_correction(batch):
+    generator = Generator(LAGRANGIAN_MODEL)
+    predictions = generator(batch.past, batch.valid, **batch.conditioning())
+    assert [tuple(p.shape) for p in predictions] == [(3, 5, 1, 8, 8), (3, 5, 1, 16, 16), (3, 5, 1, 32, 32)]
+    assert torch.allclose(predictions[-1], batch.advected, atol=1e-6)  # zero heads: extrapolation
+    with pytest.raises(ValueError, match="displacement"):
+        generator(batch.past, batch.valid, batch.advected)
+    for scale in generator.scales:  # a correction of +0.1 for every parcel, at the finest scale only
+        torch.nn.init.zeros_(scale.head.bias)
+    torch.nn.init.constant_(generator.scales[-1].head.bias, 0.1)
+    correction = (generator(batch.past, batch.valid, **batch.conditioning())[-1] - batch.advected)
+    # the correction lands where the advection carries a parcel that had data at the last frame
+    from nowcast.gan.advection import warp
+
+    source_valid = warp(batch.valid.expand_as(batch.advected), batch.displacement) > 0.999
+    torch.testing.assert_close(correction[source_valid], torch.full_like(correction[source_valid], 0.1))
+    assert torch.all(correction[~source_valid].abs() < 0.1)
+    assert (~source_valid).any() and source_valid.any()
+    with pytest.raises(ValueError, match="needs condition_on_advection"):
+        ModelConfig(condition_on_advection=False, correction_frame="lagrangian")
+    with pytest.raises(ValueError, match="valid: eulerian, lagrangian"):
+        ModelConfig(correction_frame="moving")
+
+
+def test_lagrangian_model_trains_exports_and_forecasts(tmp_path, events):
+    """Losses fall on a fixed batch; a tiny trained model reproduces its forecast after export."""
+    cfg = dataclasses.replace(tiny_experiment(steps=2), model=dataclasses.replace(
+        LAGRANGIAN_MODEL, correction_deadzone_db=0.5, correction_db_per_step=0.5, envelope_db=10.0))
+    source = SampleSource(load_events(["syn0"], cfg.model, cfg.data, events.__getitem__), cfg.data,
+                          cfg.model, cfg.normalisation, seed=0)
+    fixed = source.batch(3, step=0)
+    torch.manual_seed(0)
+    generator = Generator(LAGRANGIAN_MODEL)
+    opt = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss, _ = generator_loss(generator(fixed.past, fixed.valid, **fixed.conditioning()), fixed.future,
+                                 fixed.future_mask, LossConfig(lambda_adv=0.0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    # slower than the Eulerian model: a correction per parcel cannot move rain, only grow or decay it
+    assert losses[-1] < 0.9 * losses[0]
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    export_run(tmp_path / "run", "tiny-lagrangian", models_dir=tmp_path / "models")
+    forecaster = get_forecaster("tiny-lagrangian", models_dir=tmp_path / "models")
+    past = events["syn2"].isel(time=slice(0, 6), y=slice(0, 37), x=slice(0, 29))  # padded to 40 x 32
+    first = forecaster.forecast(past, 7)
+    assert first.shape == (7, 37, 29) and np.nanmin(first.values) >= 0
+    np.testing.assert_array_equal(np.isnan(first.values[0]), np.isnan(past.values[-1]))
+    again = get_forecaster("tiny-lagrangian@v1", models_dir=tmp_path / "models").forecast(past, 7)
+    np.testing.assert_array_equal(first.values, again.values)
 
 
 def test_soft_csi_loss_rewards_the_right_rain_area_and_ignores_no_data():
@@ -470,7 +553,9 @@ def test_every_shipped_config_loads(path):
 
 
 @pytest.mark.parametrize(("model", "twin"), [("default-gan.toml", "lp-only.toml"),
-                                             ("ablation/paper-gan.toml", "ablation/paper-lp.toml")])
+                                             ("ablation/paper-gan.toml", "ablation/paper-lp.toml"),
+                                             ("ablation/lagrangian-gan.toml", "ablation/lagrangian-lp.toml"),
+                                             ("ablation/lagrangian-gan-adv05.toml", "ablation/lagrangian-lp.toml")])
 def test_lp_only_twins_differ_only_in_the_adversarial_and_gdl_terms(model, twin):
     """The sharpness claim compares like with like: same generator, data and optimisation."""
     gan, lp = (config_io.load(ExperimentConfig, CONFIGS / name) for name in (model, twin))

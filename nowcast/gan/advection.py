@@ -105,33 +105,96 @@ def _motion_full_resolution(past: np.ndarray, stride: int, threshold_mmh: float)
     return np.nan_to_num(up[0].numpy()).astype(np.float32)
 
 
+def pixel_grid(batch: int, ny: int, nx: int, *, origin: tuple[int, int] = (0, 0),
+               device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Pixel coordinates (batch, 2, ny, nx) as (x, y), offset by ``origin`` = (y0, x0)."""
+    ys = torch.arange(ny, device=device, dtype=dtype) + origin[0]
+    xs = torch.arange(nx, device=device, dtype=dtype) + origin[1]
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_x, grid_y])[None].expand(batch, -1, -1, -1)
+
+
+def sample(field: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of ``field`` (batch, channel, Y, X) at pixel ``coords`` (batch, 2, y, x) as (x, y).
+
+    What lies outside the field is 0.
+    """
+    ny, nx = field.shape[-2:]
+    scale = torch.tensor([2.0 / max(nx - 1, 1), 2.0 / max(ny - 1, 1)], device=field.device, dtype=coords.dtype)
+    norm = (coords * scale[None, :, None, None] - 1.0).permute(0, 2, 3, 1)
+    return F.grid_sample(field, norm, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def trajectories(velocity: torch.Tensor, steps: int, points: torch.Tensor | None = None) -> torch.Tensor:
+    """Back-trajectories through ``velocity`` (batch, 2, Y, X): (batch, steps, 2, y, x) displacements.
+
+    Entry ``[:, n]`` is where the rain arriving at each point after n + 1 steps comes from,
+    relative to the point, in pixels (x, y). ``points`` (batch, 2, y, x): pixel coordinates
+    on the velocity's grid to start from (default: every pixel of it), so that a patch's
+    trajectories can run through the motion of the whole grid. Backward semi-Lagrangian
+    with the midpoint rule, traced one step at a time.
+    """
+    velocity = velocity.to(points.dtype if points is not None else velocity.dtype)
+    if points is None:
+        batch, _, ny, nx = velocity.shape
+        points = pixel_grid(batch, ny, nx, device=velocity.device, dtype=velocity.dtype)
+    displacement = torch.zeros_like(points)
+    out = []
+    for _ in range(steps):
+        # midpoint rule: the velocity half a step back along the trajectory
+        here = sample(velocity, points + displacement)
+        displacement = displacement - sample(velocity, points + displacement - 0.5 * here)
+        out.append(displacement)
+    return torch.stack(out, dim=1)
+
+
 def advect(frame: torch.Tensor, velocity: torch.Tensor, steps: int) -> torch.Tensor:
     """Advect ``frame`` (batch, y, x) along ``velocity`` (batch, 2, y, x) for ``steps`` steps.
 
     Backward semi-Lagrangian: the value at x after t steps is the frame's value at the
-    end of the back-trajectory from x, traced one step at a time through the motion
-    field. Returns (batch, steps, y, x); what comes from outside the grid is 0.
+    end of the back-trajectory from x (see :func:`trajectories`), one interpolation per
+    lead time. Returns (batch, steps, y, x); what comes from outside the grid is 0.
     """
     batch, ny, nx = frame.shape
-    dtype = frame.dtype
-    ys = torch.arange(ny, device=frame.device, dtype=dtype)
-    xs = torch.arange(nx, device=frame.device, dtype=dtype)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    base = torch.stack([grid_x, grid_y])[None].expand(batch, -1, -1, -1)  # (b, 2, y, x) as (x, y)
-    scale = torch.tensor([2.0 / max(nx - 1, 1), 2.0 / max(ny - 1, 1)], device=frame.device, dtype=dtype)
-    velocity = velocity.to(dtype)
+    points = pixel_grid(batch, ny, nx, device=frame.device, dtype=frame.dtype)
+    return along(frame, trajectories(velocity.to(frame.dtype), steps, points), points)
 
-    def sample(field: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        norm = (coords * scale[None, :, None, None] - 1.0).permute(0, 2, 3, 1)
-        return F.grid_sample(field, norm, mode="bilinear", padding_mode="zeros", align_corners=True)
 
-    displacement = torch.zeros_like(base)
+def along(frame: torch.Tensor, displacement: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``frame`` (batch, Y, X) at the ends of back-trajectories: (batch, steps, y, x).
+
+    ``displacement`` (batch, steps, 2, y, x) from :func:`trajectories` started at ``points``.
+    """
     image = frame[:, None]
-    out = []
-    for _ in range(steps):
-        # midpoint rule: the velocity half a step back along the trajectory
-        here = sample(velocity, base + displacement)
-        displacement = displacement - sample(velocity, base + displacement - 0.5 * here)
-        out.append(sample(image, base + displacement)[:, 0])
-    return torch.stack(out, dim=1)
+    return torch.stack([sample(image, points + displacement[:, n])[:, 0] for n in range(displacement.shape[1])],
+                       dim=1)
 
+
+def lagrangian_past(past: torch.Tensor, displacement: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Past frames (batch, t, Y, X) moved along the motion to where their rain is at the last one.
+
+    Frame t-1-j, advected j steps, lines up with the last frame: the returned (batch, t, y, x)
+    holds, at each point, the rain of the same air parcel in every past frame (the
+    Lagrangian frame of reference, as in L-CNN, Ritvanen et al. 2023). The last frame is
+    the last past frame itself at ``points``. ``displacement`` needs t - 1 steps or more.
+    """
+    n_past = past.shape[1]
+    if displacement.shape[1] < n_past - 1:
+        raise ValueError(f"{n_past} past frames need {n_past - 1} steps of trajectories, got {displacement.shape[1]}")
+    frames = []
+    for age in range(n_past - 1, 0, -1):
+        frames.append(sample(past[:, -1 - age:past.shape[1] - age], points + displacement[:, age - 1])[:, 0])
+    frames.append(sample(past[:, -1:], points)[:, 0])
+    return torch.stack(frames, dim=1)
+
+
+def warp(field: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """(batch, time, channel, y, x) fields at the ends of their lead's back-trajectories on the same grid.
+
+    ``displacement``: (batch, time, 2, y, x). Carries a field defined in the Lagrangian
+    frame of the last observation to where its air is at each lead time.
+    """
+    b, t, c, h, w = field.shape
+    points = pixel_grid(b * t, h, w, device=field.device, dtype=field.dtype)
+    moved = sample(field.reshape(b * t, c, h, w), points + displacement.reshape(b * t, 2, h, w).to(field.dtype))
+    return moved.reshape(b, t, c, h, w)

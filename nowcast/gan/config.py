@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 from nowcast.transforms import Normalisation
 
+CORRECTION_FRAMES = ("eulerian", "lagrangian")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -43,6 +45,15 @@ class ModelConfig:
     start learning). ``correction_db_per_step`` bounds the correction smoothly to ±that many
     dB times the lead (in steps): the first frames of a nowcast are where advection is
     hardest to beat, and growth and decay build up with time. 0 turns either off.
+    ``correction_frame`` (conditioned models only): where the generator works.
+    ``"eulerian"`` (v1–v5): on the grid, from the past frames as observed, correcting the
+    advected frames where they are. ``"lagrangian"``: in the frame of reference that moves
+    with the rain (L-CNN, Ritvanen et al. 2023): the past frames are first moved along the
+    motion to where their air is at the last observation, so that every pixel of the input
+    follows one air parcel through time and growth and decay are differences in place; the
+    generator predicts the correction of each parcel's last rain rate per lead time, and
+    that correction is carried along the back-trajectories onto the advected forecast. A
+    parcel without data at the last observation gets no correction.
     """
 
     n_input: int = 4
@@ -58,9 +69,16 @@ class ModelConfig:
     envelope_radius: int = 8
     correction_deadzone_db: float = 0.0
     correction_db_per_step: float = 0.0
+    correction_frame: str = "eulerian"
 
     def __post_init__(self) -> None:
         from nowcast.gan.advection import MOTION_METHODS
+
+        if self.correction_frame not in CORRECTION_FRAMES:
+            raise ValueError(f"unknown correction_frame {self.correction_frame!r}; "
+                             f"valid: {', '.join(CORRECTION_FRAMES)}")
+        if self.correction_frame == "lagrangian" and not self.condition_on_advection:
+            raise ValueError("correction_frame 'lagrangian' needs condition_on_advection: it moves with the advection")
 
         if self.motion_estimation not in MOTION_METHODS:
             raise ValueError(f"unknown motion_estimation {self.motion_estimation!r}; "
@@ -84,6 +102,15 @@ class ModelConfig:
             raise ValueError("n_input >= 2 and n_output >= 1")
         if self.generator_layers < 2:
             raise ValueError("generator_layers >= 2")
+
+    @property
+    def lagrangian(self) -> bool:
+        return self.correction_frame == "lagrangian"
+
+    @property
+    def trajectory_steps(self) -> int:
+        """Steps of back-trajectories the model needs: its lead times, and the past frames' ages."""
+        return max(self.n_output, self.n_input - 1)
 
     @property
     def n_scales(self) -> int:

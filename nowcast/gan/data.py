@@ -1,11 +1,13 @@
 """Training and validation samples cut from whole radar events.
 
-Events are loaded once; for every start time the last past frame is advected over the
-whole grid, with motion from the same Lucas–Kanade the forecaster uses, exactly as at
-inference. (Advecting a cut-out patch instead would bring dry air in from the patch's
-edges, and the model would learn to paint rain into it.) Every batch is then a pure
-function of ``(seed, step, rank, substep)``: a resumed run sees exactly the batches an
-uninterrupted one would, and data-parallel ranks see different ones.
+Events are loaded once, and the motion of every start time is estimated on the whole
+grid with the same Lucas–Kanade the forecaster uses. A patch's back-trajectories are
+traced through that whole-grid motion and its advected frames (and, for the Lagrangian
+frame, its past frames moved to the last observation) are read from the whole grid,
+exactly as at inference. (Advecting a cut-out patch instead would bring dry air in from
+the patch's edges, and the model would learn to paint rain into it.) Every batch is then
+a pure function of ``(seed, step, rank, substep)``: a resumed run sees exactly the
+batches an uninterrupted one would, and data-parallel ranks see different ones.
 
 Patches are biased towards rain (rejection sampling on the wet fraction of the last
 past frame) and randomly flipped and rotated by 90°.
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from nowcast.gan.advection import advect, estimate_motion
+from nowcast.gan.advection import along, estimate_motion, lagrangian_past, pixel_grid, trajectories
 from nowcast.gan.config import DataConfig, ModelConfig
 from nowcast.transforms import Normalisation
 
@@ -37,33 +39,40 @@ class Batch:
     future: torch.Tensor  # (b, n_output, 1, y, x), no-data filled with 0
     future_mask: torch.Tensor  # (b, n_output, 1, y, x), 1 where observed and valid
     advected: torch.Tensor  # (b, n_output, 1, y, x), advected last frame
+    displacement: torch.Tensor  # (b, n_output, 2, y, x), back-trajectories in pixels (x, y)
+    lagrangian_past: torch.Tensor  # (b, n_input, 1, y, x), past moved to the last frame, no-data as 0
+
+    FIELDS = ("past", "valid", "future", "future_mask", "advected", "displacement", "lagrangian_past")
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(getattr(self, f).to(device) for f in ("past", "valid", "future", "future_mask", "advected")))
+        return Batch(*(getattr(self, f).to(device) for f in self.FIELDS))
+
+    def conditioning(self) -> dict[str, torch.Tensor]:
+        """The generator's inputs besides ``past`` and ``valid``, as keyword arguments."""
+        return {"advected": self.advected, "displacement": self.displacement,
+                "lagrangian_past": self.lagrangian_past}
 
     def __len__(self) -> int:
         return self.past.shape[0]
 
 
 class EventSamples:
-    """One event's frames (mm/h) and, per start time, the advected last frame."""
+    """One event's frames (mm/h) and, per start time, the motion of its past frames."""
 
     def __init__(self, name: str, sequence: xr.DataArray, model: ModelConfig) -> None:
         self.name = name
+        self.model = model
         self.rate = sequence.values.astype(np.float32)
+        self.filled = np.nan_to_num(self.rate, nan=0.0)
         n_frames = self.rate.shape[0]
         window = model.n_input + model.n_output
         self.starts = np.arange(0, n_frames - window + 1)
         if len(self.starts) == 0:
             raise ValueError(f"event {name}: {n_frames} frames, fewer than {window} needed for one sample")
-        # float16 halves the memory of the largest array the job holds; rain rates lose < 0.1 %
-        self.advected = np.empty((len(self.starts), model.n_output, *self.rate.shape[1:]), dtype=np.float16)
+        self.motion = np.empty((len(self.starts), 2, *self.rate.shape[1:]), dtype=np.float32)
         for i, start in enumerate(self.starts):
-            past = self.rate[start:start + model.n_input]
-            motion = torch.from_numpy(estimate_motion(past, model.motion_downsample,
-                                                            method=model.motion_estimation))[None]
-            last = torch.from_numpy(np.nan_to_num(past[-1], nan=0.0))[None]
-            self.advected[i] = advect(last, motion, model.n_output)[0].numpy()
+            self.motion[i] = estimate_motion(self.rate[start:start + model.n_input], model.motion_downsample,
+                                             method=model.motion_estimation)
         last = self.rate[self.starts + model.n_input - 1]
         self.wet_fraction = np.nanmean(last >= 1.0, axis=(1, 2))
         logger.info("event %s: %d frames, %d start times, grid %s", name, n_frames, len(self.starts),
@@ -72,6 +81,21 @@ class EventSamples:
     @property
     def shape(self) -> tuple[int, int]:
         return self.rate.shape[1], self.rate.shape[2]
+
+    def moved(self, index: int, y0: int, x0: int, ny: int, nx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A patch's (advected last frame, back-trajectories, past moved to the last frame), mm/h.
+
+        Traced and read on the whole grid: (n_output, ny, nx), (n_output, 2, ny, nx), (n_input, ny, nx).
+        """
+        m = self.model
+        start = self.starts[index]
+        points = pixel_grid(1, ny, nx, origin=(y0, x0))
+        velocity = torch.from_numpy(self.motion[index])[None]
+        displacement = trajectories(velocity, m.trajectory_steps, points)
+        past = torch.from_numpy(self.filled[start:start + m.n_input])[None]
+        advected = along(past[:, -1], displacement[:, :m.n_output], points)
+        moved_past = lagrangian_past(past, displacement, points)
+        return advected[0].numpy(), displacement[0, :m.n_output].numpy(), moved_past[0].numpy()
 
 
 class SampleSource:
@@ -97,7 +121,7 @@ class SampleSource:
         crops = [self._crop(rng) for _ in range(batch_size)]
         return self.assemble(crops, rng if self.data.augment else None)
 
-    def _crop(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _crop(self, rng: np.random.Generator) -> Crop:
         cfg, m = self.data, self.model
         event = self.events[rng.choice(len(self.events), p=self.event_weights)]
         # prefer rainy start times and rainy places, without ever excluding dry ones
@@ -119,33 +143,42 @@ class SampleSource:
                 break
         _, y0, x0 = best
         window = frames[:, y0:y0 + size, x0:x0 + size]
-        advected = event.advected[index][:, y0:y0 + size, x0:x0 + size].astype(np.float32)
-        return window, advected
+        return Crop(window, *event.moved(index, y0, x0, size, size))
 
-    def assemble(self, crops: list[tuple[np.ndarray, np.ndarray]],
-                 rng: np.random.Generator | None) -> Batch:
-        """Augment and normalise a list of (frames, advected) crops."""
-        frames = np.stack([c[0] for c in crops])  # (b, t, y, x) mm/h
-        advected = np.stack([c[1] for c in crops])
-        return make_batch(frames, advected, self.model, self.normalisation, rng)
+    def assemble(self, crops: list[Crop], rng: np.random.Generator | None) -> Batch:
+        """Augment and normalise a list of crops."""
+        return make_batch(crops, self.model, self.normalisation, rng)
 
 
-def make_batch(frames: np.ndarray, advected: np.ndarray, model: ModelConfig, normalisation: Normalisation,
+@dataclass
+class Crop:
+    """One sample in mm/h: frames (n_input + n_output, y, x) as observed, NaN = no data, and what
+    advection makes of them: ``advected`` (n_output, y, x), ``displacement`` (n_output, 2, y, x)
+    in pixels (x, y), ``lagrangian_past`` (n_input, y, x)."""
+
+    frames: np.ndarray
+    advected: np.ndarray
+    displacement: np.ndarray
+    lagrangian_past: np.ndarray
+
+    def augmented(self, k: int, flip: bool) -> Crop:
+        """Rotated k times by 90° and optionally flipped along x, displacement vectors with it."""
+        return Crop(_augment(self.frames, k, flip), _augment(self.advected, k, flip),
+                    _augment_vectors(self.displacement, k, flip), _augment(self.lagrangian_past, k, flip))
+
+
+def make_batch(crops: Sequence[Crop], model: ModelConfig, normalisation: Normalisation,
                rng: np.random.Generator | None = None) -> Batch:
-    """Tensors from (b, n_input+n_output, y, x) frames and (b, n_output, y, x) advection, mm/h."""
+    """Tensors from crops, each randomly rotated and flipped when ``rng`` is given."""
     if rng is not None:
-        frames, advected = frames.copy(), advected.copy()
-        for i in range(frames.shape[0]):
-            k = int(rng.integers(4))
-            flip = bool(rng.integers(2))
-            frames[i] = _augment(frames[i], k, flip)
-            advected[i] = _augment(advected[i], k, flip)
+        crops = [c.augmented(int(rng.integers(4)), bool(rng.integers(2))) for c in crops]
+    frames = np.stack([c.frames for c in crops])
     n_in = model.n_input
     past, future = frames[:, :n_in], frames[:, n_in:]
     valid = np.isfinite(past[:, -1:])
     future_mask = np.isfinite(future) & valid
     # advected rain outside the radar's range is unknown, not dry
-    advected = np.where(valid, advected, np.nan)
+    advected = np.where(valid, np.stack([c.advected for c in crops]), np.nan)
 
     def encode(x: np.ndarray) -> torch.Tensor:
         z = np.nan_to_num(normalisation.encode(x), nan=0.0)
@@ -157,6 +190,8 @@ def make_batch(frames: np.ndarray, advected: np.ndarray, model: ModelConfig, nor
         future=encode(future),
         future_mask=torch.from_numpy(future_mask.astype(np.float32)).unsqueeze(2),
         advected=encode(advected),
+        displacement=torch.from_numpy(np.stack([c.displacement for c in crops]).astype(np.float32)),
+        lagrangian_past=encode(np.stack([c.lagrangian_past for c in crops])),
     )
 
 
@@ -165,6 +200,19 @@ def _augment(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
     if flip:
         x = x[..., ::-1]
     return np.ascontiguousarray(x)
+
+
+def _augment_vectors(vectors: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """:func:`_augment` of a (..., 2, y, x) field of (x, y) vectors: positions and directions turn."""
+    vectors = _augment(vectors, k, flip).copy()
+    vx, vy = vectors[..., 0, :, :].copy(), vectors[..., 1, :, :].copy()
+    for _ in range(k % 4):
+        # np.rot90 sends pixel (row r, column c) to (nx - 1 - c, r): x becomes y, y becomes -x
+        vx, vy = vy, -vx
+    if flip:
+        vx = -vx
+    vectors[..., 0, :, :], vectors[..., 1, :, :] = vx, vy
+    return vectors
 
 
 def validation_batches(events: Sequence[EventSamples], data: DataConfig, model: ModelConfig,

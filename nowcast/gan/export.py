@@ -90,6 +90,8 @@ def _default_description(cfg: Any) -> str:
     if cfg.model.condition_on_advection:
         text += (f"; refines Lucas-Kanade advection (motion: {cfg.model.motion_estimation.replace('_', ' ')}, "
                  f"factor {cfg.model.motion_downsample})")
+        if cfg.model.lagrangian:
+            text += "; works in the Lagrangian frame (past moved with the rain, corrections carried along it)"
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from nowcast import config as config_io
 from nowcast.forecasters.base import Forecaster
-from nowcast.gan.advection import advect, estimate_motion
+from nowcast.gan.advection import along, estimate_motion, lagrangian_past, pixel_grid, trajectories
 from nowcast.gan.config import ModelConfig
 from nowcast.gan.model import Generator
 from nowcast.transforms import Normalisation
@@ -126,21 +126,29 @@ class GANForecaster(Forecaster):
         dev = self.device
         past_t = torch.from_numpy(filled).to(dev)
         valid_t = torch.from_numpy(valid.astype(np.float32)).to(dev)
-        advected_z = None
+        conditioning: dict[str, torch.Tensor] = {}
         if cfg.condition_on_advection:
             motion = np.stack([estimate_motion(p, cfg.motion_downsample, method=cfg.motion_estimation) for p in past])
-            advected = advect(past_t[:, -1], torch.from_numpy(motion).to(dev), cfg.n_output)
-            advected_z = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
+            points = pixel_grid(len(past), ny, nx, device=dev)
+            steps = cfg.trajectory_steps if cfg.lagrangian else cfg.n_output
+            displacement = trajectories(torch.from_numpy(motion).to(dev), steps, points)
+            advected = along(past_t[:, -1], displacement[:, :cfg.n_output], points)
+            conditioning["advected"] = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
+            if cfg.lagrangian:
+                conditioning["displacement"] = displacement[:, :cfg.n_output]
+                moved = lagrangian_past(past_t, displacement, points)
+                conditioning["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
         past_z = self.normalisation.encode(past_t).unsqueeze(2)
         valid_z = valid_t[:, None, None]
         multiple = cfg.grid_multiple
         pad_y, pad_x = (-ny) % multiple, (-nx) % multiple
-        prior = advected_z[:, :, 0] if advected_z is not None else None
+        prior = conditioning["advected"][:, :, 0] if cfg.condition_on_advection else None
         if pad_y or pad_x:
+            # padded pixels hold no data: a trajectory from there brings no correction
             past_z, valid_z = _pad(past_z, pad_y, pad_x), _pad(valid_z, pad_y, pad_x)
-            advected_z = _pad(advected_z, pad_y, pad_x) if advected_z is not None else None
+            conditioning = {k: _pad(v, pad_y, pad_x) for k, v in conditioning.items()}
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
-            z = self.generator(past_z, valid_z, advected_z, noise_generator=noise)[-1]
+            z = self.generator(past_z, valid_z, noise_generator=noise, **conditioning)[-1]
         return z.float()[:, :, 0, :ny, :nx], prior
 
 

@@ -13,6 +13,12 @@ Conditioned on advection, scale k also sees the advected last frame at its resol
 and its prior is that advection plus the upsampled correction the coarser scale made to
 its own advection: an untrained generator (zero-initialised heads) is then exactly the
 extrapolation, and training learns growth, decay and what motion alone misses.
+
+With ``correction_frame = "lagrangian"`` the scales work in the frame that moves with
+the rain: their input is the past frames moved to where their air is at the last
+observation, their output the correction of each parcel's last rain rate per lead time,
+and that correction is carried along the back-trajectories onto the advected frames
+before any loss or discriminator sees it (see ``ModelConfig.correction_frame``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nowcast.gan.advection import warp
 from nowcast.gan.config import ModelConfig
 
 
@@ -104,7 +111,7 @@ class Generator(nn.Module):
         self.limits_in_training = True
         n_in, n_out = config.n_input, config.n_output
         in_channels = n_in + 1 + n_out + config.noise_channels
-        if config.condition_on_advection:
+        if config.condition_on_advection and not config.lagrangian:
             in_channels += n_out
         self.scales = nn.ModuleList(
             ScaleGenerator(in_channels, width, config.generator_layers, n_out)
@@ -121,6 +128,9 @@ class Generator(nn.Module):
         valid: torch.Tensor,
         advected: torch.Tensor | None = None,
         noise_generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        *,
+        displacement: torch.Tensor | None = None,
+        lagrangian_past: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Predictions at every scale, coarsest first, each (batch, n_output, 1, y_k, x_k).
 
@@ -129,19 +139,30 @@ class Generator(nn.Module):
         ``advected``: (batch, n_output, 1, y, x), normalised advected last frame
         (required when the model is conditioned on advection);
         ``noise_generator``: where noise comes from: one generator for the batch, or one
-        per sample, so that a sample's noise does not depend on what it is batched with.
+        per sample, so that a sample's noise does not depend on what it is batched with;
+        ``displacement``: (batch, n_output, 2, y, x), the back-trajectories of the advection
+        in pixels (x, y), and ``lagrangian_past``: (batch, n_input, 1, y, x), the past moved
+        to the last observation (normalised): both required in the Lagrangian frame.
         """
         cfg = self.config
         if cfg.condition_on_advection and advected is None:
             raise ValueError("this generator is conditioned on advection: pass `advected`")
+        if cfg.lagrangian and (displacement is None or lagrangian_past is None):
+            raise ValueError("this generator works in the Lagrangian frame: pass `displacement` and `lagrangian_past`")
         limit = ((cfg.correction_deadzone_db > 0 or cfg.correction_db_per_step > 0)
                  and (self.limits_in_training or not self.training))
         predictions: list[torch.Tensor] = []
         previous: torch.Tensor | None = None
         previous_advected: torch.Tensor | None = None
         for factor, scale in zip(self.factors(), self.scales, strict=True):
-            past_k = downsample(past, factor)
             valid_k = downsample_mask(valid, factor)
+            if cfg.lagrangian:
+                prediction, previous = self._lagrangian_scale(
+                    scale, factor, valid_k, downsample(lagrangian_past, factor), downsample(advected, factor),
+                    downsample(displacement, factor) / factor, previous, limit, noise_generator)
+                predictions.append(prediction)
+                continue
+            past_k = downsample(past, factor)
             size = past_k.shape[-2:]
             advected_k = downsample(advected, factor) if cfg.condition_on_advection else None
             if advected_k is not None:
@@ -168,6 +189,32 @@ class Generator(nn.Module):
             predictions.append(previous)
         return predictions
 
+    def _lagrangian_scale(self, scale: ScaleGenerator, factor: int, valid_k: torch.Tensor,
+                          past_k: torch.Tensor, advected_k: torch.Tensor, displacement_k: torch.Tensor,
+                          coarser: torch.Tensor | None, limit: bool,
+                          noise_generator: torch.Generator | Sequence[torch.Generator] | None,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One scale in the Lagrangian frame: (its forecast on the grid, its correction per parcel).
+
+        ``coarser``: the coarser scale's correction per parcel, or None at the coarsest.
+        """
+        cfg = self.config
+        size = past_k.shape[-2:]
+        last = past_k[:, -1:]
+        correction = upsample(coarser, size) if coarser is not None else torch.zeros_like(advected_k)
+        inputs = [_flat(past_k), _flat(valid_k), _flat(last + correction)]
+        if cfg.noise_channels:
+            inputs.append(self._noise(past_k, size, noise_generator))
+        correction = correction + scale(torch.cat(inputs, dim=1)).unsqueeze(2)
+        if limit:
+            correction = self._limit_correction(correction)
+        # a parcel with no data at the last observation has no rain to correct
+        source_valid = warp(valid_k.expand_as(correction), displacement_k) > 0.999
+        prediction = advected_k + warp(correction, displacement_k) * source_valid
+        if cfg.envelope_db > 0:
+            prediction = torch.minimum(prediction, self._envelope(advected_k, factor))
+        return prediction, correction
+
     def _limit_correction(self, correction: torch.Tensor) -> torch.Tensor:
         cfg = self.config
         return limit_correction(correction, cfg.correction_deadzone_db / self.scale_db,
@@ -179,7 +226,11 @@ class Generator(nn.Module):
         radius = -(-cfg.envelope_radius // factor)  # ceil: the bound is never tighter at coarse scales
         batch, frames = advected.shape[:2]
         flat = advected.reshape(batch * frames, 1, *advected.shape[-2:])
-        local_max = F.max_pool2d(flat, 2 * radius + 1, stride=1, padding=radius) if radius else flat
+        local_max = flat
+        if radius:
+            # a square maximum is a maximum along x then along y: the same values, far fewer comparisons
+            local_max = F.max_pool2d(local_max, (1, 2 * radius + 1), stride=1, padding=(0, radius))
+            local_max = F.max_pool2d(local_max, (2 * radius + 1, 1), stride=1, padding=(radius, 0))
         return local_max.reshape(advected.shape) + cfg.envelope_db / self.scale_db
 
     def _noise(self, past: torch.Tensor, size: torch.Size,

@@ -157,7 +157,7 @@ def train(
             for sub in range(tc.discriminator_steps):
                 b = source.batch(tc.batch_size, step, ctx.rank, substep=sub + 1).to(device)
                 with torch.no_grad(), autocast():
-                    fake = [p.detach() for p in g_model(b.past, b.valid, b.advected)]
+                    fake = [p.detach() for p in g_model(b.past, b.valid, **b.conditioning())]
                 real = _scale_targets(b, cfg.model.n_scales)
                 with autocast():
                     # one call on real and fake together: one DDP forward per backward
@@ -172,7 +172,7 @@ def train(
                 parts.update(d_parts)
         b = source.batch(tc.batch_size, step, ctx.rank, substep=0).to(device)
         with autocast():
-            predictions = g_model(b.past, b.valid, b.advected)
+            predictions = g_model(b.past, b.valid, **b.conditioning())
             fake_logits = None
             if adversarial:
                 discriminator.requires_grad_(False)
@@ -188,9 +188,7 @@ def train(
         samples += tc.batch_size * ctx.world_size * (1 + (tc.discriminator_steps if adversarial else 0))
         done = step + 1
         if bar is not None:
-            bar.update(1)
-            shown = ("g_lp", "g_gdl", "g_adv", "g_csi", "d_loss")
-            bar.set_postfix({k: f"{v:.3f}" for k, v in parts.items() if k in shown})
+            bar.advance(parts)
         if ctx.is_main and (done % tc.log_every == 0 or done == tc.steps):
             elapsed = time.perf_counter() - t0
             last = {"step": done, **parts, "world_size": ctx.world_size, "samples_per_s": samples / max(elapsed, 1e-9),
@@ -224,7 +222,7 @@ def validate(generator: Generator, batches: list[Batch], cfg: ExperimentConfig,
     counts: dict[str, np.ndarray] = {}
     for b in batches:
         b = b.to(device)
-        pred = generator(b.past, b.valid, b.advected)[-1]
+        pred = generator(b.past, b.valid, **b.conditioning())[-1]
         mask = b.future_mask.bool()
         fields = {
             "gan": norm.decode(pred),
@@ -246,19 +244,37 @@ def validate(generator: Generator, batches: list[Batch], cfg: ExperimentConfig,
     lp = []
     for b in batches:
         b = b.to(device)
-        pred = generator(b.past, b.valid, b.advected)[-1]
+        pred = generator(b.past, b.valid, **b.conditioning())[-1]
         err = ((pred - b.future).abs() * b.future_mask).sum() / b.future_mask.sum().clamp(min=1)
         lp.append(float(err))
     scores["val_l1"] = float(np.mean(lp))
     return scores
 
 
-def _progress(enabled: bool, start: int, total: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+class _ProgressBar:
+    """The training job's progress bar (rich, on stderr), with the latest losses beside it."""
 
-    return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+    SHOWN = ("g_lp", "g_gdl", "g_adv", "g_csi", "d_loss")
+
+    def __init__(self, start: int, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[losses]}"), console=Console(stderr=True))
+        self.task = self.progress.add_task("train", total=total, completed=start, losses="")
+        self.progress.start()
+
+    def advance(self, parts: dict[str, float]) -> None:
+        losses = " ".join(f"{k}={parts[k]:.3f}" for k in self.SHOWN if k in parts)
+        self.progress.update(self.task, advance=1, losses=losses)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _progress(enabled: bool, start: int, total: int) -> _ProgressBar | None:
+    return _ProgressBar(start, total) if enabled else None
 
 
 def _save_checkpoint(path: Path, step: int, generator: Generator, discriminator: Discriminator,
