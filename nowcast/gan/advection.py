@@ -181,9 +181,8 @@ def lagrangian_past(past: torch.Tensor, displacement: torch.Tensor, points: torc
     n_past = past.shape[1]
     if displacement.shape[1] < n_past - 1:
         raise ValueError(f"{n_past} past frames need {n_past - 1} steps of trajectories, got {displacement.shape[1]}")
-    frames = []
-    for age in range(n_past - 1, 0, -1):
-        frames.append(sample(past[:, -1 - age:past.shape[1] - age], points + displacement[:, age - 1])[:, 0])
+    frames = [sample(past[:, n_past - 1 - age, None], points + displacement[:, age - 1])[:, 0]
+              for age in range(n_past - 1, 0, -1)]
     frames.append(sample(past[:, -1:], points)[:, 0])
     return torch.stack(frames, dim=1)
 

@@ -204,15 +204,14 @@ def _augment(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
 
 def _augment_vectors(vectors: np.ndarray, k: int, flip: bool) -> np.ndarray:
     """:func:`_augment` of a (..., 2, y, x) field of (x, y) vectors: positions and directions turn."""
-    vectors = _augment(vectors, k, flip).copy()
-    vx, vy = vectors[..., 0, :, :].copy(), vectors[..., 1, :, :].copy()
+    vectors = _augment(vectors, k, flip)
+    vx, vy = vectors[..., 0, :, :], vectors[..., 1, :, :]
     for _ in range(k % 4):
         # np.rot90 sends pixel (row r, column c) to (nx - 1 - c, r): x becomes y, y becomes -x
         vx, vy = vy, -vx
     if flip:
         vx = -vx
-    vectors[..., 0, :, :], vectors[..., 1, :, :] = vx, vy
-    return vectors
+    return np.stack([vx, vy], axis=-3)
 
 
 def validation_batches(events: Sequence[EventSamples], data: DataConfig, model: ModelConfig,
