@@ -3,8 +3,13 @@
     python bench/skill_margin.py runs/eval-heldout/scores.json --model default-gan --baseline extrapolation
 
 Prints, for each threshold, the CSI of both at every lead time, the difference, and
-how many lead times the model wins, ties (within ``--tie``) or loses; then the spectrum
-ratio (forecast power / observed power) at 8–64 km at +30 and +60 min for every method.
+how many lead times the model wins, ties (within ``--tie``) or loses; with the 90 %
+interval of the difference from a paired bootstrap over start times
+(``nowcast.bootstrap``, ``--bootstrap`` resamples, 0 for none)
+and the fraction of resamples where the model is not ahead. Then the spectrum ratio
+(forecast power / observed power) at 8–64 km at +30 and +60 min for every method, plain
+and with the forecast matched to the observed distribution; with ``--twin NAME``, the
+model's ratio minus that method's, with intervals from the same bootstrap.
 Exit status 0 always: this reports, the reader judges.
 """
 
@@ -16,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nowcast.bootstrap import csi_difference_interval, spectrum_ratio_difference_interval
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -23,16 +30,22 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--baseline", default="extrapolation")
     parser.add_argument("--tie", type=float, default=0.0005, help="|difference| at most this counts as a tie")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="resamples of the start times (0: none)")
+    parser.add_argument("--twin", help="also: the model's spectrum ratio minus this method's, with intervals")
     args = parser.parse_args()
-    overall = json.loads(args.scores.read_text())["overall"]["scores"]
+    report = json.loads(args.scores.read_text())
+    overall = report["overall"]["scores"]
     for name in (args.model, args.baseline):
         if name not in overall:
             raise SystemExit(f"{name!r} is not in {args.scores}; methods there: {', '.join(overall)}")
     model, base = overall[args.model]["leads"], overall[args.baseline]["leads"]
     leads = sorted(set(model) & set(base), key=float)
     thresholds = sorted(model[leads[0]]["categorical"], key=float)
+    intervals = (csi_difference_interval(report, args.model, args.baseline, n_resamples=args.bootstrap)
+                 if args.bootstrap else {})
     for threshold in thresholds:
-        print(f"\nCSI > {threshold} mm/h: lead, n, {args.baseline}, {args.model}, difference")
+        print(f"\nCSI > {threshold} mm/h: lead, n, {args.baseline}, {args.model}, difference"
+              + (", 90 % interval, P(not ahead)" if intervals else ""))
         wins = ties = losses = 0
         for lead in leads:
             b = base[lead]["categorical"][threshold]["CSI"]
@@ -40,16 +53,32 @@ def main() -> None:
             diff = m - b
             wins, ties, losses = (wins + (diff > args.tie), ties + (abs(diff) <= args.tie),
                                   losses + (diff < -args.tie))
-            print(f"  {float(lead):5.0f} {model[lead]['n_forecasts']:3d}  {b:.4f}  {m:.4f}  {diff:+.4f}")
+            line = f"  {float(lead):5.0f} {model[lead]['n_forecasts']:3d}  {b:.4f}  {m:.4f}  {diff:+.4f}"
+            if intervals:
+                ci = intervals[lead][threshold]
+                line += f"  [{ci['low']:+.4f}, {ci['high']:+.4f}]  {ci['p_not_ahead']:.3f}"
+            print(line)
         print(f"  wins {wins}, ties {ties}, losses {losses} of {len(leads)} lead times")
-    print("\nspectrum ratio (forecast / observed power)")
-    for method, scores in overall.items():
-        for lead, spectrum in sorted(scores.get("spectrum", {}).items(), key=lambda kv: float(kv[0])):
-            wavelengths = np.asarray(spectrum["wavelength_km"])
-            ratio = np.asarray(spectrum["forecast_power"]) / np.asarray(spectrum["observed_power"])
-            picked = {km: float(np.interp(np.log(km), np.log(wavelengths), ratio)) for km in (8, 16, 32, 64)}
-            text = " ".join(f"{km} km {r:.2f}" for km, r in picked.items())
-            print(f"  {method:>15} +{float(lead):.0f} min: {text}")
+    for kind, title in (("spectrum", "spectrum ratio (forecast / observed power)"),
+                        ("spectrum_matched", "spectrum ratio, forecast matched to the observed distribution")):
+        print(f"\n{title}")
+        for method, scores in overall.items():
+            for lead, spectrum in sorted(scores.get(kind, {}).items(), key=lambda kv: float(kv[0])):
+                wavelengths = np.asarray(spectrum["wavelength_km"])
+                ratio = np.asarray(spectrum["forecast_power"]) / np.asarray(spectrum["observed_power"])
+                picked = {km: float(np.interp(np.log(km), np.log(wavelengths), ratio)) for km in (8, 16, 32, 64)}
+                text = " ".join(f"{km} km {r:.2f}" for km, r in picked.items())
+                print(f"  {method:>15} +{float(lead):.0f} min: {text}")
+    if args.twin and args.bootstrap:
+        for matched in (False, True):
+            intervals = spectrum_ratio_difference_interval(report, args.model, args.twin, matched=matched,
+                                                           n_resamples=args.bootstrap)
+            print(f"\nspectrum ratio{', matched,' if matched else ''} {args.model} minus {args.twin}: "
+                  "difference [90 % interval] P(not more power)")
+            for lead, by_wavelength in sorted(intervals.items(), key=lambda kv: float(kv[0])):
+                text = "  ".join(f"{w} km {ci['difference']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}] "
+                                 f"{ci['p_not_ahead']:.2f}" for w, ci in by_wavelength.items())
+                print(f"  +{float(lead):.0f} min: {text}")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,7 @@ class _EventResult:
     n_evaluated: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     skipped_start_times: list[dict[str, str]] = field(default_factory=list)
+    start_time_sums: list[dict[str, Any]] = field(default_factory=list)
     scores: dict[str, Scores] = field(default_factory=dict)
     case: _Case | None = None
     x_km: np.ndarray | None = None
@@ -235,8 +236,11 @@ def _evaluate_event(
             forecasts[name] = forecaster.forecast(past, steps).values
             forecast_seconds[name].append(time.perf_counter() - tic)
             bar.advance(task)
+        before = {name: _totals(result.scores[name]) for name in forecasters}
         accumulate(result.scores, observed, forecasts, lead_minutes=lead_minutes,
                    pixel_size_km=result.pixel_size_km)
+        result.start_time_sums.append(
+            {"time": reference.isoformat(), **_added(before, result.scores, settings)})
         result.n_evaluated += 1
         wet = int(sum(np.count_nonzero(observed[i] >= settings.thresholds_mmh[0]) for i in map_lead_index))
         if result.case is None or wet > result.case.wet_pixels:
@@ -251,6 +255,37 @@ def _evaluate_event(
                 result.n_evaluated, skipped,
                 f" ({', '.join(f'{n} {r}' for r, n in result.skipped.items())})" if skipped else "")
     return result
+
+
+def _totals(scores: Scores) -> dict[str, Any]:
+    return {"categorical": scores.contingency_counts(), "spectrum": scores.spectrum_totals(),
+            "spectrum_matched": scores.spectrum_totals(matched=True)}
+
+
+def _added(before: dict[str, dict[str, Any]], scores: dict[str, Scores], settings: ScoreSettings) -> dict[str, Any]:
+    """What one start time added to each method's sums, for resampling (:mod:`nowcast.bootstrap`).
+
+    ``categorical``: method -> lead -> threshold -> [hits, misses, false alarms];
+    ``spectrum`` and ``spectrum_matched``: method -> lead -> [observed, forecast] power at
+    the ratio wavelengths (0 where the grid does not resolve one).
+    """
+    wavelengths = np.asarray(settings.spectrum_wavelengths_km)
+    ratio_index = [int(np.argmin(np.abs(wavelengths - w))) for w in settings.spectrum_ratio_wavelengths_km]
+    added: dict[str, Any] = {"categorical": {}, "spectrum": {}, "spectrum_matched": {}}
+    for name, prior in before.items():
+        after = _totals(scores[name])
+        for lead, by_threshold in after["categorical"].items():
+            for thr, counts in by_threshold.items():
+                old = prior["categorical"].get(lead, {}).get(thr, (0, 0, 0))
+                added["categorical"].setdefault(name, {}).setdefault(key(lead), {})[key(thr)] = [
+                    a - b for a, b in zip(counts, old, strict=True)]
+        for kind in ("spectrum", "spectrum_matched"):
+            for lead, (observed, forecast) in after[kind].items():
+                old_observed, old_forecast = prior[kind].get(lead, (0.0, 0.0))
+                added[kind].setdefault(name, {})[key(lead)] = [
+                    [float(v) for v in (observed - old_observed)[ratio_index]],
+                    [float(v) for v in (forecast - old_forecast)[ratio_index]]]
+    return added
 
 
 def skip_reason(past: np.ndarray, future: np.ndarray, window_steps_s: np.ndarray, step_s: int,
@@ -320,6 +355,8 @@ def _report(methods: list[str], results: list[_EventResult], overall: dict[str, 
                 "n_evaluated": r.n_evaluated,
                 "skipped": dict(r.skipped),
                 "skipped_start_times": r.skipped_start_times,
+                # what every evaluated start time added to the sums, for nowcast.bootstrap
+                "start_times": r.start_time_sums,
                 "map_case": r.case.reference_time.isoformat() if r.case else None,
                 "scores": {name: r.scores[name].to_dict() for name in methods},
             }
@@ -452,11 +489,21 @@ def _score_tables(scores: dict[str, Any], methods: list[str], config: dict[str, 
     lines += [f"{heading} Power spectrum: forecast / observed power", "",
               "Mean radially averaged power spectra of forecast and observation (no data set to 0 in "
               "both), ratio at each wavelength; below 1 means smoother than observed.", ""]
+    lines += _spectrum_table(scores, methods, config, "spectrum")
+    lines += ["", f"{heading} Power spectrum of the forecast matched to the observed distribution", "",
+              "The same ratio with every forecast's values replaced by the observed values of the same "
+              "rank (pysteps' nonparam_match_empirical_cdf), so that too much or too little rain does "
+              "not count as texture: below 1 means smoother than observed.", ""]
+    lines += _spectrum_table(scores, methods, config, "spectrum_matched")
+    return lines
+
+
+def _spectrum_table(scores: dict[str, Any], methods: list[str], config: dict[str, Any], kind: str) -> list[str]:
     wavelengths = [key(w) for w in config["spectrum_ratio_wavelengths_km"]]
-    lines += ["| method | lead (min) | n | " + " | ".join(f"{w} km" for w in wavelengths) + " |",
-              "|---|---:|---:|" + "---:|" * len(wavelengths)]
+    lines = ["| method | lead (min) | n | " + " | ".join(f"{w} km" for w in wavelengths) + " |",
+             "|---|---:|---:|" + "---:|" * len(wavelengths)]
     for method in methods:
-        for lead, spectrum in scores[method]["spectrum"].items():
+        for lead, spectrum in scores[method].get(kind, {}).items():
             ratios = [_fmt(spectrum["power_ratio"].get(w)) for w in wavelengths]
             lines.append(f"| {method} | {lead} | {spectrum['n_forecasts']} | " + " | ".join(ratios) + " |")
     return lines

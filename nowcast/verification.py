@@ -18,7 +18,13 @@ alike (the contingency tables are summed, never the CSI values averaged):
   forecast to observed power at 8, 16, 32 and 64 km: a blurry forecast has a ratio
   well below 1 at the small scales. Power is summed over forecasts before the ratio
   is taken, so forecasts with more rain weigh more; wavelengths a grid does not
-  resolve (below two pixels, beyond its size) are left out for that grid.
+  resolve (below two pixels, beyond its size) are left out for that grid;
+* the same spectrum of the forecast *matched to the observed distribution* (pysteps'
+  ``nonparam_match_empirical_cdf``: every valid pixel keeps its rank in the forecast
+  but takes the observed value of that rank, dry stays dry): a texture measure that
+  intensity bias does not drive. A forecast with too much rain has more power at every
+  scale; matched, what is left is where its rain is, so a blurry forecast still shows
+  too little small-scale power and one that only over-forecasts no longer shows too much.
 
 No data is never rain-free. pysteps' categorical accumulator counts a NaN observation
 as "no event" (``NaN > thr`` is false), which would turn every pixel outside radar
@@ -239,6 +245,7 @@ class Scores:
         self.settings = settings or ScoreSettings()
         self.leads: dict[float, LeadScores] = {}
         self.spectra: dict[float, SpectrumSums] = {}
+        self.matched_spectra: dict[float, SpectrumSums] = {}
 
     def lead(self, lead_minutes: float) -> LeadScores:
         lead_minutes = float(lead_minutes)
@@ -246,11 +253,13 @@ class Scores:
             self.leads[lead_minutes] = LeadScores(self.settings)
         return self.leads[lead_minutes]
 
-    def spectrum(self, lead_minutes: float) -> SpectrumSums:
+    def spectrum(self, lead_minutes: float, *, matched: bool = False) -> SpectrumSums:
+        """The spectrum sums at a lead time; ``matched``: of the distribution-matched forecasts."""
+        spectra = self.matched_spectra if matched else self.spectra
         lead_minutes = float(lead_minutes)
-        if lead_minutes not in self.spectra:
-            self.spectra[lead_minutes] = SpectrumSums(len(self.settings.spectrum_wavelengths_km))
-        return self.spectra[lead_minutes]
+        if lead_minutes not in spectra:
+            spectra[lead_minutes] = SpectrumSums(len(self.settings.spectrum_wavelengths_km))
+        return spectra[lead_minutes]
 
     def merge(self, other: Scores) -> Scores:
         """Add ``other``'s sums to these (same settings); returns self."""
@@ -260,14 +269,31 @@ class Scores:
             self.lead(lead_minutes).merge(lead_scores)
         for lead_minutes, sums in other.spectra.items():
             self.spectrum(lead_minutes).merge(sums)
+        for lead_minutes, sums in other.matched_spectra.items():
+            self.spectrum(lead_minutes, matched=True).merge(sums)
         return self
+
+    def contingency_counts(self) -> dict[float, dict[float, tuple[int, int, int]]]:
+        """(hits, misses, false alarms) per lead time and threshold, so far.
+
+        Differences of two snapshots are one forecast's tables: what a bootstrap over
+        start times resamples (:mod:`nowcast.bootstrap`).
+        """
+        return {lead: {thr: (int(t["hits"]), int(t["misses"]), int(t["false_alarms"]))
+                       for thr, t in scores.contingency.items()}
+                for lead, scores in self.leads.items()}
+
+    def spectrum_totals(self, *, matched: bool = False) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+        """Summed (observed, forecast) power per lead time, so far (copies)."""
+        spectra = self.matched_spectra if matched else self.spectra
+        return {lead: (sums.observed.copy(), sums.forecast.copy()) for lead, sums in spectra.items()}
 
     def csi(self, threshold: float) -> dict[float, float]:
         """CSI per lead time (minutes) at ``threshold`` mm/h."""
         return {lead: scores.categorical(threshold)["CSI"] for lead, scores in sorted(self.leads.items())}
 
-    def spectrum_dict(self, lead_minutes: float) -> dict[str, Any]:
-        sums = self.spectra[lead_minutes]
+    def spectrum_dict(self, lead_minutes: float, *, matched: bool = False) -> dict[str, Any]:
+        sums = (self.matched_spectra if matched else self.spectra)[lead_minutes]
         observed, forecast = sums.mean_power()
         wavelengths = np.asarray(self.settings.spectrum_wavelengths_km)
         ratio = {}
@@ -289,6 +315,8 @@ class Scores:
         return _nan_to_none({
             "leads": {key(lead): scores.to_dict(lead) for lead, scores in sorted(self.leads.items())},
             "spectrum": {key(lead): self.spectrum_dict(lead) for lead in sorted(self.spectra)},
+            "spectrum_matched": {key(lead): self.spectrum_dict(lead, matched=True)
+                                 for lead in sorted(self.matched_spectra)},
         })
 
 
@@ -330,6 +358,18 @@ def spectrum_on_grid(field: np.ndarray, pixel_size_km: float,
     out = np.interp(target, log_wl, power[::-1])
     out[(target < log_wl[0] - 1e-9) | (target > log_wl[-1] + 1e-9)] = np.nan
     return out
+
+
+def matched_to_observed(forecast: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """``forecast``'s values replaced by ``observed``'s of the same rank (same size, NaN-free).
+
+    pysteps' ``nonparam_match_empirical_cdf``: the forecast's driest values stay dry, and
+    where the forecast is wet over a smaller area than the observation, the observation's
+    weakest rain becomes dry so that the areas agree.
+    """
+    from pysteps.postprocessing.probmatching import nonparam_match_empirical_cdf
+
+    return nonparam_match_empirical_cdf(forecast, observed)
 
 
 def accumulate(
@@ -393,6 +433,10 @@ def accumulate(
             if obs_spectrum is not None:
                 fc_spectrum = spectrum_on_grid(fc_zeroed, pixel_size_km, settings.spectrum_wavelengths_km)
                 scores[name].spectrum(lead).add(obs_spectrum, fc_spectrum)
+                matched = np.zeros_like(fc_zeroed)
+                matched[valid] = matched_to_observed(fc_valid, obs_valid)
+                matched_spectrum = spectrum_on_grid(matched, pixel_size_km, settings.spectrum_wavelengths_km)
+                scores[name].spectrum(lead, matched=True).add(obs_spectrum, matched_spectrum)
 
 
 def lead_minutes_of(forecast: xr.DataArray, reference_time: Any | None = None) -> list[float]:

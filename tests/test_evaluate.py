@@ -58,6 +58,25 @@ def test_evaluation_writes_every_file(baseline_run):
     assert json.loads((out / SCORES_JSON).read_text()) == report
 
 
+def test_start_time_tables_add_up_to_the_event_tables(baseline_run):
+    report, _ = baseline_run
+    for event in report["events"].values():
+        assert len(event["start_times"]) == event["n_evaluated"]
+        for method, scores in event["scores"].items():
+            for lead, lead_scores in scores["leads"].items():
+                for thr, table in lead_scores["categorical"].items():
+                    summed = np.sum([st["categorical"][method][lead][thr] for st in event["start_times"]], axis=0)
+                    assert summed.tolist() == [table["hits"], table["misses"], table["false_alarms"]]
+            for kind in ("spectrum", "spectrum_matched"):
+                for lead, spectrum in scores[kind].items():
+                    observed, forecast = np.sum([st[kind][method][lead] for st in event["start_times"]], axis=0)
+                    ratio = forecast / observed
+                    assert ratio == pytest.approx([spectrum["power_ratio"][w] for w in ("8", "16", "32", "64")])
+    # tables differ between start times: each is one forecast's, not a running total
+    east = report["events"]["east"]["start_times"]
+    assert east[0]["categorical"]["persistence"]["5"]["1"] != east[1]["categorical"]["persistence"]["5"]["1"]
+
+
 def test_scores_json_structure(baseline_run):
     report, _ = baseline_run
     assert report["config"]["methods"] == ["persistence", "extrapolation"]
@@ -118,6 +137,7 @@ def test_markdown_tables(baseline_run):
     assert text == render_markdown(report)
     for heading in ("### CSI, rain rate > 1 mm/h", "### CSI, rain rate > 8 mm/h",
                     "### FSS, rain rate ≥ 4 mm/h", "### Mean absolute error (mm/h)", "### Power spectrum",
+                    "### Power spectrum of the forecast matched to the observed distribution",
                     "### east", "### west"):
         assert heading in text
     assert "| lead (min) | n | persistence | extrapolation |" in text

@@ -22,7 +22,7 @@ from nowcast.gan.data import SampleSource, load_events
 from nowcast.gan.export import export_run
 from nowcast.gan.losses import discriminator_loss, gdl_loss, generator_loss, lp_loss
 from nowcast.gan.model import Discriminator, Generator
-from nowcast.gan.train import CHECKPOINT, METRICS, train
+from nowcast.gan.train import CHECKPOINT, METRICS, load_generator, train
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
 
 TINY_MODEL = ModelConfig(n_input=4, n_output=5, generator_channels=(8, 8, 6), discriminator_channels=(4, 4, 4),
@@ -144,10 +144,10 @@ def test_training_writes_log_checkpoint_and_validation(tmp_path, events):
     assert result["step"] == 6 and result["samples_per_s"] > 0
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_resume_after_kill_gives_the_same_weights(tmp_path, events, schedule):
+@pytest.mark.parametrize(("schedule", "ema_decay"), [("constant", 0.0), ("cosine", 0.0), ("cosine", 0.9)])
+def test_resume_after_kill_gives_the_same_weights(tmp_path, events, schedule, ema_decay):
     full, killed = tmp_path / "full", tmp_path / "killed"
-    cfg = tiny_experiment(lr_schedule=schedule)
+    cfg = tiny_experiment(lr_schedule=schedule, ema_decay=ema_decay)
     train(cfg, full, loader=events.__getitem__, progress=False)
     train(cfg, killed, loader=events.__getitem__, progress=False, stop_after=3)  # killed after step 3 ...
     state = torch.load(killed / CHECKPOINT, weights_only=True)
@@ -160,7 +160,30 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, events, schedule):
         assert torch.equal(a["generator"][key], b["generator"][key]), key
     for key in a["discriminator"]:
         assert torch.equal(a["discriminator"][key], b["discriminator"][key]), key
+    assert ("generator_ema" in a) == (ema_decay > 0)
+    for key in a.get("generator_ema", {}):
+        assert torch.equal(a["generator_ema"][key], b["generator_ema"][key]), key
     assert (full / METRICS).read_text().count("\n") == (killed / METRICS).read_text().count("\n")
+
+
+def test_weight_average_is_what_a_run_serves(tmp_path, events):
+    cfg = tiny_experiment(ema_decay=0.5)
+    train(cfg, tmp_path, loader=events.__getitem__, progress=False)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert int(state["generator_ema"]["n_averaged"]) == cfg.train.steps
+    served, _, _ = load_generator(tmp_path)
+    last = Generator(cfg.model, scale_db=cfg.normalisation.scale_db)
+    last.load_state_dict(state["generator"])
+    differing = 0
+    for name, weight in served.state_dict().items():
+        assert torch.equal(weight, state["generator_ema"][f"module.{name}"]), name
+        differing += not torch.equal(weight, last.state_dict()[name])
+    assert differing > 0  # the average is not the last step's weights
+
+
+def test_weight_average_decay_must_be_below_one():
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_a_new_run_refuses_to_overwrite_an_old_one(tmp_path, events):
@@ -563,6 +586,13 @@ def test_lp_only_twins_differ_only_in_the_adversarial_and_gdl_terms(model, twin)
     assert lp.loss.lambda_adv == 0 and lp.loss.lambda_gdl == 0
     same_loss = dataclasses.replace(lp.loss, lambda_adv=gan.loss.lambda_adv, lambda_gdl=gan.loss.lambda_gdl)
     assert dataclasses.replace(lp, name=gan.name, loss=same_loss) == gan
+
+
+def test_the_weight_average_ablation_differs_from_the_default_in_that_alone():
+    default, ema = (config_io.load(ExperimentConfig, CONFIGS / name)
+                    for name in ("default-gan.toml", "ablation/default-gan-ema.toml"))
+    assert ema.train.ema_decay > 0 == default.train.ema_decay
+    assert dataclasses.replace(ema, name=default.name, train=dataclasses.replace(ema.train, ema_decay=0.0)) == default
 
 
 def test_correction_limits_left_out_of_training_act_in_eval_mode_only(tmp_path, events, batch):

@@ -12,10 +12,12 @@ from scipy.ndimage import gaussian_filter
 
 from nowcast.errors import SequenceError
 from nowcast.sequence import make_sequence
+from nowcast.synthetic import SyntheticRain, synthetic_sequence
 from nowcast.verification import (
     Scores,
     ScoreSettings,
     accumulate,
+    matched_to_observed,
     radial_spectrum,
     scale_in_pixels,
     spectrum_on_grid,
@@ -187,6 +189,28 @@ def test_spectrum_ratio_shows_scaling_and_smoothing():
     assert smooth["power_ratio"]["32"] > smooth["power_ratio"]["16"] > smooth["power_ratio"]["8"]
 
 
+def test_matched_spectrum_ignores_intensity_bias_but_not_blur():
+    observed = synthetic_sequence(SyntheticRain(ny=128, nx=128, frames=1), seed=1).values[0].astype(np.float64)
+    settings = ScoreSettings(spectrum_leads_minutes=(5.0,))
+    doubled = score_one(2.0 * observed, observed, settings=settings).to_dict()
+    for plain, matched in zip(doubled["spectrum"]["5"]["power_ratio"].values(),
+                              doubled["spectrum_matched"]["5"]["power_ratio"].values(), strict=True):
+        assert plain == pytest.approx(4.0)
+        assert matched == pytest.approx(1.0)  # same ranks: matched, it is the observed field
+    blurred = score_one(gaussian_filter(observed, 3.0), observed, settings=settings).to_dict()
+    ratio = blurred["spectrum_matched"]["5"]["power_ratio"]
+    assert ratio["8"] < 0.5 and ratio["8"] < ratio["16"] < ratio["32"]
+
+
+def test_matched_to_observed_keeps_ranks_and_dry_pixels():
+    forecast = np.array([0.0, 0.0, 3.0, 1.0, 2.0, 0.5])
+    observed = np.array([10.0, 0.0, 0.0, 4.0, 6.0, 0.0])
+    matched = matched_to_observed(forecast, observed)
+    # four wet forecast pixels, three wet observed: the weakest forecast rain becomes dry
+    np.testing.assert_array_equal(matched, [0.0, 0.0, 10.0, 4.0, 6.0, 0.0])
+    assert not np.shares_memory(matched, forecast)
+
+
 def test_spectrum_on_grid_is_nan_beyond_what_the_grid_resolves():
     field = np.random.default_rng(3).random((32, 32))
     # 32 pixels of 1 km resolve wavelengths from 32/15 km to 32 km
@@ -212,6 +236,7 @@ def test_merged_scores_equal_scores_accumulated_together():
     assert a["leads"]["10"]["fss"]["1"]["4"]["fss"] == pytest.approx(b["leads"]["10"]["fss"]["1"]["4"]["fss"])
     assert a["leads"]["5"]["mae"] == pytest.approx(b["leads"]["5"]["mae"])
     assert a["spectrum"]["10"]["power_ratio"] == pytest.approx(b["spectrum"]["10"]["power_ratio"])
+    assert a["spectrum_matched"]["10"]["power_ratio"] == pytest.approx(b["spectrum_matched"]["10"]["power_ratio"])
     # merging did not change the parts
     assert parts[0].to_dict()["leads"]["5"]["n_forecasts"] == 1
 

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import xarray as xr
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nowcast import config as config_io
 from nowcast.gan.config import ExperimentConfig
@@ -107,6 +108,7 @@ def train(
     opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr_generator, betas=(0.5, 0.999),
                              weight_decay=tc.weight_decay)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr_discriminator, betas=(0.5, 0.999))
+    ema = _weight_average(generator, tc.ema_decay)
     start_step = 0
     checkpoint_path = out / CHECKPOINT
     if resume and checkpoint_path.is_file():
@@ -115,6 +117,8 @@ def train(
         discriminator.load_state_dict(state["discriminator"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        if ema is not None:
+            ema.load_state_dict(state["generator_ema"])
         start_step = int(state["step"])
         logger.info("resumed from %s at step %d", checkpoint_path, start_step)
         if ctx.is_main:
@@ -184,6 +188,8 @@ def train(
         discriminator.requires_grad_(True)
         nn.utils.clip_grad_norm_(generator.parameters(), tc.grad_clip)
         opt_g.step()
+        if ema is not None:
+            ema.update_parameters(generator)
         parts.update(g_parts)
         samples += tc.batch_size * ctx.world_size * (1 + (tc.discriminator_steps if adversarial else 0))
         done = step + 1
@@ -194,10 +200,10 @@ def train(
             last = {"step": done, **parts, "world_size": ctx.world_size, "samples_per_s": samples / max(elapsed, 1e-9),
                     "time": time.time()}
             if done % tc.val_every == 0 or done == tc.steps:
-                last.update(validate(generator, val_batches, cfg, device))
+                last.update(validate(_served(generator, ema), val_batches, cfg, device))
             _append_metrics(out / METRICS, last)
         if ctx.is_main and (done % tc.checkpoint_every == 0 or done == tc.steps):
-            _save_checkpoint(checkpoint_path, done, generator, discriminator, opt_g, opt_d)
+            _save_checkpoint(checkpoint_path, done, generator, discriminator, opt_g, opt_d, ema)
     if bar is not None:
         bar.close()
     if ctx.enabled:
@@ -277,11 +283,28 @@ def _progress(enabled: bool, start: int, total: int) -> _ProgressBar | None:
     return _ProgressBar(start, total) if enabled else None
 
 
+def _weight_average(generator: Generator, decay: float) -> AveragedModel | None:
+    """The moving average of G's weights (buffers too), or None when ``decay`` is 0."""
+    if decay <= 0:
+        return None
+    return AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _served(generator: Generator, ema: AveragedModel | None) -> Generator:
+    """The weights that validation and export use: the average when there is one."""
+    return generator if ema is None else ema.module
+
+
 def _save_checkpoint(path: Path, step: int, generator: Generator, discriminator: Discriminator,
-                     opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> None:
+                     opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
+                     ema: AveragedModel | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"step": step, "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
-                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}, tmp)
+    state = {"step": step, "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}
+    if ema is not None:
+        # the whole AveragedModel (with its count of updates), so a resumed run averages on exactly
+        state["generator_ema"] = ema.state_dict()
+    torch.save(state, tmp)
     os.replace(tmp, path)
 
 
@@ -315,10 +338,18 @@ def _check_same_config(out: Path, cfg: ExperimentConfig, resume: bool) -> None:
 
 
 def load_generator(run_dir: str | Path, device: str = "cpu") -> tuple[Generator, ExperimentConfig, int]:
-    """The generator of a run's last checkpoint, its config and its step."""
+    """The generator of a run's last checkpoint, its config and its step.
+
+    With ``ema_decay`` on, that is the moving average of the weights, not the last step's.
+    """
     run = Path(run_dir)
     cfg = config_io.from_dict(ExperimentConfig, json.loads((run / CONFIG).read_text()), where=str(run / CONFIG))
     state = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
     generator = Generator(cfg.model, scale_db=cfg.normalisation.scale_db)
-    generator.load_state_dict(state["generator"])
+    if "generator_ema" in state:
+        averaged = state["generator_ema"]  # an AveragedModel's: "module.<name>" and "n_averaged"
+        generator.load_state_dict({k.removeprefix("module."): v for k, v in averaged.items()
+                                   if k.startswith("module.")})
+    else:
+        generator.load_state_dict(state["generator"])
     return generator.eval(), cfg, int(state["step"])
