@@ -578,7 +578,8 @@ def test_every_shipped_config_loads(path):
 @pytest.mark.parametrize(("model", "twin"), [("default-gan.toml", "lp-only.toml"),
                                              ("ablation/paper-gan.toml", "ablation/paper-lp.toml"),
                                              ("ablation/lagrangian-gan.toml", "ablation/lagrangian-lp.toml"),
-                                             ("ablation/lagrangian-gan-adv05.toml", "ablation/lagrangian-lp.toml")])
+                                             ("ablation/lagrangian-gan-adv05.toml", "ablation/lagrangian-lp.toml"),
+                                             ("ablation/default-gan-csi2.toml", "ablation/lp-only-csi2.toml")])
 def test_lp_only_twins_differ_only_in_the_adversarial_and_gdl_terms(model, twin):
     """The sharpness claim compares like with like: same generator, data and optimisation."""
     gan, lp = (config_io.load(ExperimentConfig, CONFIGS / name) for name in (model, twin))
