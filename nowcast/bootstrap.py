@@ -46,20 +46,12 @@ def spectrum_ratio_difference_interval(report: dict[str, Any], model: str, other
     "ahead" means more power than ``other``.
     """
     kind = "spectrum_matched" if matched else "spectrum"
-    wavelengths = [f"{w:g}" for w in report["config"]["spectrum_ratio_wavelengths_km"]]
-    samples = _samples(report, kind, model, other)  # (lead, "") -> start, method, observed/forecast, wavelength
-    split = {}
-    for (lead, _), events in samples.items():
-        for i, wavelength in enumerate(wavelengths):
-            split[(lead, wavelength)] = [counts[..., i] for counts in events]
-    return _intervals(split, _power_ratio, n_resamples=n_resamples, level=level, seed=seed)
+    return _intervals(_samples(report, kind, model, other), _power_ratio, n_resamples=n_resamples, level=level,
+                      seed=seed)
 
 
 def _samples(report: dict[str, Any], kind: str, model: str, other: str) -> dict[tuple[str, str], list[np.ndarray]]:
-    """Per (lead, threshold) one array per event: (start time, method, ...) of the added sums.
-
-    The spectra have no threshold: their key is (lead, "").
-    """
+    """Per (lead, threshold or wavelength) one array per event: (start time, method, sums)."""
     samples: dict[tuple[str, str], list[np.ndarray]] = {}
     for event_id, event in report["events"].items():
         records = event.get("start_times")
@@ -72,24 +64,13 @@ def _samples(report: dict[str, Any], kind: str, model: str, other: str) -> dict[
         for name in (model, other):
             if name not in methods:
                 raise InputError(f"method {name!r} is not in the report; methods there: {', '.join(methods)}")
-        for lead_key in _keys(records[0][kind][model]):
-            rows = [[_entry(r[kind][name], lead_key) for name in (model, other)] for r in records]
-            if any(v is None for row in rows for v in row):
-                continue  # a lead some start time left out: not pooled here
-            samples.setdefault(lead_key, []).append(np.asarray(rows, dtype=np.float64))
+        for lead, by_key in methods[model].items():
+            for sub in by_key:
+                rows = [[r[kind][name].get(lead, {}).get(sub) for name in (model, other)] for r in records]
+                if any(v is None for row in rows for v in row):
+                    continue  # a lead some start time left out: not pooled here
+                samples.setdefault((lead, sub), []).append(np.asarray(rows, dtype=np.float64))
     return samples
-
-
-def _keys(by_lead: dict[str, Any]) -> list[tuple[str, str]]:
-    """(lead, threshold) of a method's categorical sums, (lead, "") of its spectra."""
-    return [(lead, sub) for lead, entry in by_lead.items()
-            for sub in (entry if isinstance(entry, dict) else [""])]
-
-
-def _entry(by_lead: dict[str, Any], lead_key: tuple[str, str]) -> Any:
-    lead, sub = lead_key
-    entry = by_lead.get(lead)
-    return entry.get(sub) if sub and entry is not None else entry
 
 
 def _intervals(samples: dict[tuple[str, str], list[np.ndarray]], statistic: Statistic, *, n_resamples: int,

@@ -217,6 +217,7 @@ def _evaluate_event(
     planned = next(t.total for t in bar.tasks if t.id == task) or 0
     bar.update(task, description=event_id, total=planned + len(starts) * len(forecasters))
     values = sequence.values
+    totals: dict[str, dict[str, Any]] = {name: _totals(result.scores[name]) for name in forecasters}
     for start in starts:
         window = slice(start, start + n_input + steps)
         reference = times[start + n_input - 1]
@@ -236,11 +237,11 @@ def _evaluate_event(
             forecasts[name] = forecaster.forecast(past, steps).values
             forecast_seconds[name].append(time.perf_counter() - tic)
             bar.advance(task)
-        before = {name: _totals(result.scores[name]) for name in forecasters}
         accumulate(result.scores, observed, forecasts, lead_minutes=lead_minutes,
                    pixel_size_km=result.pixel_size_km)
-        result.start_time_sums.append(
-            {"time": reference.isoformat(), **_added(before, result.scores, settings)})
+        after = {name: _totals(result.scores[name]) for name in forecasters}
+        result.start_time_sums.append({"time": reference.isoformat(), **_added(totals, after, settings)})
+        totals = after
         result.n_evaluated += 1
         wet = int(sum(np.count_nonzero(observed[i] >= settings.thresholds_mmh[0]) for i in map_lead_index))
         if result.case is None or wet > result.case.wet_pixels:
@@ -262,29 +263,29 @@ def _totals(scores: Scores) -> dict[str, Any]:
             "spectrum_matched": scores.spectrum_totals(matched=True)}
 
 
-def _added(before: dict[str, dict[str, Any]], scores: dict[str, Scores], settings: ScoreSettings) -> dict[str, Any]:
+def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
+           settings: ScoreSettings) -> dict[str, Any]:
     """What one start time added to each method's sums, for resampling (:mod:`nowcast.bootstrap`).
 
     ``categorical``: method -> lead -> threshold -> [hits, misses, false alarms];
-    ``spectrum`` and ``spectrum_matched``: method -> lead -> [observed, forecast] power at
-    the ratio wavelengths (0 where the grid does not resolve one).
+    ``spectrum`` and ``spectrum_matched``: method -> lead -> ratio wavelength -> [observed,
+    forecast] power (0 where the grid does not resolve the wavelength).
     """
-    wavelengths = np.asarray(settings.spectrum_wavelengths_km)
-    ratio_index = [int(np.argmin(np.abs(wavelengths - w))) for w in settings.spectrum_ratio_wavelengths_km]
+    ratio_index = settings.ratio_wavelength_indices()
     added: dict[str, Any] = {"categorical": {}, "spectrum": {}, "spectrum_matched": {}}
-    for name, prior in before.items():
-        after = _totals(scores[name])
-        for lead, by_threshold in after["categorical"].items():
+    for name, now in after.items():
+        prior = before[name]
+        for lead, by_threshold in now["categorical"].items():
             for thr, counts in by_threshold.items():
                 old = prior["categorical"].get(lead, {}).get(thr, (0, 0, 0))
                 added["categorical"].setdefault(name, {}).setdefault(key(lead), {})[key(thr)] = [
                     a - b for a, b in zip(counts, old, strict=True)]
         for kind in ("spectrum", "spectrum_matched"):
-            for lead, (observed, forecast) in after[kind].items():
+            for lead, (observed, forecast) in now[kind].items():
                 old_observed, old_forecast = prior[kind].get(lead, (0.0, 0.0))
-                added[kind].setdefault(name, {})[key(lead)] = [
-                    [float(v) for v in (observed - old_observed)[ratio_index]],
-                    [float(v) for v in (forecast - old_forecast)[ratio_index]]]
+                added_observed, added_forecast = observed - old_observed, forecast - old_forecast
+                added[kind].setdefault(name, {})[key(lead)] = {
+                    key(w): [float(added_observed[i]), float(added_forecast[i])] for w, i in ratio_index.items()}
     return added
 
 

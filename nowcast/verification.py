@@ -84,6 +84,11 @@ class ScoreSettings:
     spectrum_wavelengths_km: tuple[float, ...] = SPECTRUM_WAVELENGTHS_KM
     spectrum_ratio_wavelengths_km: tuple[float, ...] = SPECTRUM_RATIO_WAVELENGTHS_KM
 
+    def ratio_wavelength_indices(self) -> dict[float, int]:
+        """Each ratio wavelength's index on the spectrum's wavelength grid (the nearest)."""
+        wavelengths = np.asarray(self.spectrum_wavelengths_km)
+        return {w: int(np.argmin(np.abs(wavelengths - w))) for w in self.spectrum_ratio_wavelengths_km}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "thresholds_mmh": list(self.thresholds_mmh),
@@ -297,8 +302,7 @@ class Scores:
         observed, forecast = sums.mean_power()
         wavelengths = np.asarray(self.settings.spectrum_wavelengths_km)
         ratio = {}
-        for wavelength in self.settings.spectrum_ratio_wavelengths_km:
-            i = int(np.argmin(np.abs(wavelengths - wavelength)))
+        for wavelength, i in self.settings.ratio_wavelength_indices().items():
             with np.errstate(invalid="ignore", divide="ignore"):
                 ratio[key(wavelength)] = _json_float(forecast[i] / observed[i])
         return {

@@ -346,10 +346,10 @@ def load_generator(run_dir: str | Path, device: str = "cpu") -> tuple[Generator,
     cfg = config_io.from_dict(ExperimentConfig, json.loads((run / CONFIG).read_text()), where=str(run / CONFIG))
     state = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
     generator = Generator(cfg.model, scale_db=cfg.normalisation.scale_db)
-    if "generator_ema" in state:
-        averaged = state["generator_ema"]  # an AveragedModel's: "module.<name>" and "n_averaged"
-        generator.load_state_dict({k.removeprefix("module."): v for k, v in averaged.items()
-                                   if k.startswith("module.")})
-    else:
+    ema = _weight_average(generator, cfg.train.ema_decay)
+    if ema is None:
         generator.load_state_dict(state["generator"])
+    else:
+        ema.load_state_dict(state["generator_ema"])
+        generator = ema.module
     return generator.eval(), cfg, int(state["step"])
