@@ -38,6 +38,8 @@ CARD_FILE = "card.json"
 CARD_MARKDOWN = "README.md"
 CHECKSUMS_FILE = "SHA256SUMS"
 _VERSION_RE = re.compile(r"^v(\d+)$")
+#: A model name is one folder of the registry, never a path out of it.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def list_models(models_dir: str | Path | None = None) -> list[str]:
@@ -49,7 +51,9 @@ def list_models(models_dir: str | Path | None = None) -> list[str]:
 
 
 def list_versions(name: str, models_dir: str | Path | None = None) -> list[str]:
-    """Versions of ``name``, oldest first."""
+    """Versions of ``name``, oldest first (none for a name that is not a plain folder name)."""
+    if not _NAME_RE.match(name):
+        return []
     folder = default_models_dir(models_dir) / name
     if not folder.is_dir():
         return []

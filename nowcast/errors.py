@@ -33,3 +33,11 @@ class UnknownNameError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class UnsafeFileError(UnreadableFileError):
+    """A file that would make the reader open other files (external storage, links, virtual datasets)."""
+
+
+class FileTooLargeError(UnsafeFileError):
+    """A file that declares more data, chunks or objects than the reader's limits allow."""

@@ -9,7 +9,9 @@ rate in mm/h with dims ``(time, y, x)``:
 * ``attrs`` carry the georeferencing: ``projection`` (a PROJ string, may be empty when
   unknown), ``xpixelsize`` and ``ypixelsize`` (projection units), ``institution`` and
   ``source`` where known;
-* no-data (outside radar range, missing scans) is NaN, never zero.
+* no-data (outside radar range, missing scans) is NaN, never zero;
+* rates lie between 0 and :data:`MAX_RAIN_RATE_MMH` (forecasters refuse anything above:
+  no radar composite measures more, and a model fed more can overflow).
 
 Models work on tensors laid out ``(batch, time, channel, y, x)``; the conversion lives
 in :mod:`nowcast.transforms`.
@@ -30,6 +32,9 @@ VARIABLE_NAME = "precipitation_rate"
 UNITS = "mm/h"
 DIMS = ("time", "y", "x")
 GEO_ATTRS = ("projection", "xpixelsize", "ypixelsize", "institution", "source")
+#: The highest rain rate a sequence may hold. The heaviest rain ever gauged, over a
+#: minute, is near 2000 mm/h; 5-minute radar composites peak at a few hundred.
+MAX_RAIN_RATE_MMH = 1000.0
 
 
 def make_sequence(
@@ -103,7 +108,9 @@ def time_step(sequence: xr.DataArray) -> pd.Timedelta:
     return pd.Timedelta(seconds=int(steps[0]))
 
 
-def validate_sequence(sequence: xr.DataArray, *, min_frames: int = 1) -> xr.DataArray:
+def validate_sequence(
+    sequence: xr.DataArray, *, min_frames: int = 1, max_rate_mmh: float = MAX_RAIN_RATE_MMH
+) -> xr.DataArray:
     """Check that ``sequence`` is in the product's form and fit to forecast from.
 
     Returns it unchanged; raises :class:`SequenceError` naming the first problem.
@@ -131,7 +138,20 @@ def validate_sequence(sequence: xr.DataArray, *, min_frames: int = 1) -> xr.Data
         raise SequenceError(f"all-NaN frame(s) at {stamps}: no radar data to forecast from")
     if (values[finite] < 0).any():
         raise SequenceError("rain rates must not be negative")
+    check_rate_bound(values, max_rate_mmh)
     return sequence
+
+
+def check_rate_bound(rate: np.ndarray, max_rate_mmh: float = MAX_RAIN_RATE_MMH) -> None:
+    """Refuse rates above ``max_rate_mmh`` (time, y, x), naming the first one."""
+    with np.errstate(invalid="ignore"):
+        above = rate > max_rate_mmh
+    if above.any():
+        t, r, c = (int(i) for i in np.argwhere(above)[0])
+        raise SequenceError(
+            f"rain rate {float(rate[t, r, c]):.4g} mm/h in frame {t} at row {r}, column {c} is above "
+            f"the physical bound of {max_rate_mmh:g} mm/h"
+        )
 
 
 def future_times(sequence: xr.DataArray, steps: int) -> pd.DatetimeIndex:

@@ -11,30 +11,50 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal, TypeVar
 
+import msgspec
 import numpy as np
 import pandas as pd
 import xarray as xr
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from nowcast.errors import InputError
+from nowcast.errors import FileTooLargeError, InputError, SequenceError
 from nowcast.io.netcdf import read_netcdf_bytes, to_netcdf_bytes
-from nowcast.sequence import make_sequence, time_step, validate_sequence
+from nowcast.io.safety import ReadLimits
+from nowcast.sequence import check_rate_bound, make_sequence, time_step, validate_sequence
 from nowcast.transforms import to_mmh
 from service.core.config import Settings
-from service.core.errors import TooLargeInputError
+from service.core.errors import ServiceError, TooLargeInputError
 from service.inference.models import LoadedModel
-from service.schemas import EncodedFrames, NowcastRequest
+from service.nested import encode_nested, parse_nested
+from service.schemas import EncodedFrames, NowcastOptions, SwitchModelRequest
 
 JSON_TYPE = "application/json"
 NETCDF_TYPE = "application/x-netcdf"
 NETCDF_TYPES = (NETCDF_TYPE, "application/netcdf", "application/x-netcdf4")
 Encoding = Literal["nested", "base64"]
+ModelT = TypeVar("ModelT", bound=BaseModel)
+#: ``reserve(nbytes, what)``: hold ``nbytes`` of the request memory budget from now on.
+Reserve = Callable[[int, str], None]
+
+# Memory a request holds while it is decoded and answered (measured with tracemalloc and the
+# server's resident memory, bench/hostile_input.py): a JSON body up to 6 times its size (a
+# dense "0,0,..." array: the text, its numbers and their float32 values and rain rates); a
+# netCDF body 3 times its size (ours, the netCDF library's in-memory copy) and then 16 bytes
+# per declared value; an answer 4 bytes per forecast value plus the pieces being encoded,
+# and 8 more for netCDF (the file written in memory).
+JSON_DECODE_FACTOR = 6
+NETCDF_DECODE_FACTOR = 3
+NETCDF_BYTES_PER_VALUE = 16
+ANSWER_BYTES_PER_VALUE = 6
+NETCDF_ANSWER_BYTES_PER_VALUE = 8
+DECODE_OVERHEAD_BYTES = 4 * 1024 * 1024
 
 # pandas' nanosecond timestamps cover 1677-09-21 .. 2262-04-11; stay well inside.
 _EARLIEST = pd.Timestamp("1700-01-01")
@@ -57,18 +77,13 @@ class ForecastQuery:
 
 def parse_json_request(body: bytes, settings: Settings) -> ForecastQuery:
     """Decode a JSON body (:class:`~service.schemas.NowcastRequest`) into a query."""
-    try:
-        request = NowcastRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
-        ) from None
-    if isinstance(request.frames, EncodedFrames):
-        values = _decode_base64_frames(request.frames, settings)
-        default_encoding: Encoding = "base64"
-    else:
-        values = _nested_frames(request.frames, settings)
-        default_encoding = "nested"
+    fields = _json_fields(body)
+    frames_text = fields.pop("frames", None)
+    request = _validated(NowcastOptions, _json_object(fields), ("body",))
+    if frames_text is None:
+        raise RequestValidationError([{"loc": ("body", "frames"), "msg": "Field required", "type": "missing"}])
+    values, default_encoding = _frames(bytes(frames_text), settings)
+    del frames_text
     n_t, n_y, n_x = values.shape
     times = _frame_times(request, n_t)
     step_minutes = (times[1] - times[0]).total_seconds() / 60.0 if n_t > 1 else request.time_step_minutes
@@ -77,7 +92,8 @@ def parse_json_request(body: bytes, settings: Settings) -> ForecastQuery:
             rate = to_mmh(values, request.units, accumulation_minutes=step_minutes)
     except InputError as exc:
         raise InputError(f"units: {exc}", field="units") from exc
-    _check_rates(rate, "frames")
+    del values
+    _check_rates(rate, "frames", settings.max_rain_rate_mmh)
     x = _grid_axis(request.x, n_x, "x")
     y = _grid_axis(request.y, n_y, "y")
     sequence = make_sequence(
@@ -101,30 +117,121 @@ def parse_json_request(body: bytes, settings: Settings) -> ForecastQuery:
     )
 
 
+_FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def _json_fields(body: bytes) -> dict[str, msgspec.Raw]:
+    """The body's top-level fields, each as its JSON text; the whole body is checked to be JSON."""
+    try:
+        return _FIELDS.decode(body)
+    except msgspec.ValidationError:
+        problem = {"loc": ("body",), "msg": "Input should be a JSON object", "type": "model_type"}
+    except msgspec.DecodeError as exc:
+        problem = {"loc": ("body",), "msg": f"Invalid JSON: {exc}", "type": "json_invalid"}
+    except RecursionError:
+        problem = {"loc": ("body",), "msg": "Invalid JSON: nested too deeply", "type": "json_invalid"}
+    raise RequestValidationError([problem])
+
+
+def _json_object(fields: dict[str, msgspec.Raw]) -> bytes:
+    return b"{" + b",".join(msgspec.json.encode(key) + b":" + bytes(text) for key, text in fields.items()) + b"}"
+
+
+def _validated(model: type[ModelT], text: bytes, loc: tuple[str, ...]) -> ModelT:
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": (*loc, *e["loc"])} for e in exc.errors(include_url=False, include_input=False)]
+        ) from None
+
+
+def _frames(text: bytes, settings: Settings) -> tuple[np.ndarray, Encoding]:
+    """The frames of a JSON body: nested arrays or a base64 object."""
+    if text.startswith(b"{"):
+        return _decode_base64_frames(_validated(EncodedFrames, text, ("body", "frames")), settings), "base64"
+    if text.startswith(b"["):
+        values = parse_nested(text)
+        _check_grid(*values.shape, settings)
+        return values, "nested"
+    raise InputError(
+        "frames: expected nested arrays [time][y][x] of numbers, or an object with base64 data", field="frames"
+    )
+
+
+def parse_switch_request(body: bytes) -> SwitchModelRequest:
+    """Decode the admin call's body (:class:`~service.schemas.SwitchModelRequest`)."""
+    return _validated(SwitchModelRequest, body, ("body",))
+
+
 def parse_netcdf_request(
-    body: bytes, settings: Settings, *, steps: int | None, members: int | None, seed: int | None
+    body: bytes,
+    settings: Settings,
+    *,
+    steps: int | None,
+    members: int | None,
+    seed: int | None,
+    reserve: Reserve | None = None,
 ) -> ForecastQuery:
-    """Decode a CF-netCDF body (steps, members, seed come from the query string)."""
+    """Decode a CF-netCDF body (steps, members, seed come from the query string).
+
+    The body is checked before any of its data is read (nothing stored outside it, the
+    grid within the limits); ``reserve(nbytes, what)`` is asked for the memory the
+    declared grid needs before it is read.
+    """
     if steps is None:
         raise InputError(
             "steps: give the number of frames to forecast as the query parameter ?steps=N", field="steps"
         )
+
+    def check_shape(n_t: int, n_y: int, n_x: int) -> None:
+        _check_grid(n_t, n_y, n_x, settings)
+        if reserve is not None:
+            needed = decode_estimate(NETCDF_TYPE, len(body)) + n_t * n_y * n_x * NETCDF_BYTES_PER_VALUE
+            reserve(needed, f"a netCDF body of {n_t}x{n_y}x{n_x} values")
+
     try:
-        sequence = read_netcdf_bytes(body)
+        sequence = read_netcdf_bytes(body, limits=read_limits(settings), check_shape=check_shape, name="body")
+    except FileTooLargeError as exc:
+        raise TooLargeInputError(str(exc), field="body") from exc
+    except (TooLargeInputError, ServiceError):
+        raise
     except InputError as exc:
-        # the reader names its temporary file; the client knows it as the request body
-        message = re.sub(r"^[^\s']*input\.nc:\s*", "", str(exc))
-        message = re.sub(r"[^\s']*input\.nc", "body", message)
-        raise InputError(f"body: {message}", field="body") from exc
+        message = str(exc)
+        raise InputError(message if message.startswith("body") else f"body: {message}", field="body") from exc
     except Exception as exc:  # a readable file the CF reader cannot interpret is still the client's file
         raise InputError(
             f"body: the netCDF file could not be interpreted ({type(exc).__name__}: {exc})", field="body"
         ) from exc
-    _check_grid(sequence.sizes["time"], sequence.sizes["y"], sequence.sizes["x"], settings)
     if sequence.sizes["time"] < 2:
         raise InputError("body: a single frame has no time step; send at least two frames", field="body")
-    _check_rates(sequence.values, "body")
+    _check_rates(sequence.values, "body", settings.max_rain_rate_mmh)
     return ForecastQuery(sequence=sequence, steps=steps, members=members, seed=seed, output_encoding="nested")
+
+
+def read_limits(settings: Settings) -> ReadLimits:
+    """What a netCDF body may declare: no variable larger than the largest grid the service takes."""
+    largest = settings.max_input_frames * settings.max_grid_pixels * 8
+    return ReadLimits(
+        max_variable_bytes=largest,
+        max_chunk_bytes=min(largest, ReadLimits().max_chunk_bytes),
+        max_objects=1_000,
+        max_attributes=10_000,
+    )
+
+
+def decode_estimate(body_type: str, body_bytes: int) -> int:
+    """Memory to reserve for reading and decoding a body of ``body_bytes`` before it arrives."""
+    factor = JSON_DECODE_FACTOR if body_type == JSON_TYPE else NETCDF_DECODE_FACTOR
+    return DECODE_OVERHEAD_BYTES + factor * body_bytes
+
+
+def answer_estimate(query: ForecastQuery, *, netcdf_answer: bool) -> int:
+    """Memory a query holds from decoding to the end of its answer: its frames, the forecast, the encoding."""
+    past = query.sequence.nbytes
+    values = (query.members or 1) * query.steps * query.sequence.sizes["y"] * query.sequence.sizes["x"]
+    per_value = ANSWER_BYTES_PER_VALUE + (NETCDF_ANSWER_BYTES_PER_VALUE if netcdf_answer else 0)
+    return DECODE_OVERHEAD_BYTES + 2 * past + per_value * values
 
 
 def check_query(
@@ -166,7 +273,7 @@ def check_query(
             f"frames: {model.label} needs at least {needed} past frames; got {n_t}", field="frames"
         )
     try:
-        validate_sequence(query.sequence, min_frames=needed)
+        validate_sequence(query.sequence, min_frames=needed, max_rate_mmh=settings.max_rain_rate_mmh)
     except InputError as exc:
         raise InputError(f"frames: {exc}", field="frames") from exc
     if n_t == 1 and not query.sequence.attrs.get("time_step_minutes"):
@@ -194,31 +301,9 @@ def _decode_base64_frames(frames: EncodedFrames, settings: Settings) -> np.ndarr
             f"frames.data: holds {len(raw)} bytes; shape {n_t}x{n_y}x{n_x} of float32 needs {expected}",
             field="frames.data",
         )
-    return np.frombuffer(raw, dtype="<f4").reshape(n_t, n_y, n_x).astype(np.float32)
-
-
-def _nested_frames(frames: list[list[list[float | None]]], settings: Settings) -> np.ndarray:
-    if not frames:
-        raise InputError("frames: no frames given", field="frames")
-    n_y = len(frames[0])
-    n_x = len(frames[0][0]) if n_y else 0
-    _check_grid(len(frames), n_y, n_x, settings)
-    for t, frame in enumerate(frames):
-        if len(frame) != n_y:
-            raise InputError(
-                f"frames[{t}]: has {len(frame)} rows; frames[0] has {n_y} (mismatched frame shapes)",
-                field=f"frames[{t}]",
-            )
-        for r, row in enumerate(frame):
-            if len(row) != n_x:
-                raise InputError(
-                    f"frames[{t}][{r}]: has {len(row)} columns; frames[0] has {n_x} "
-                    "(mismatched frame shapes)",
-                    field=f"frames[{t}][{r}]",
-                )
-    with np.errstate(over="ignore", invalid="ignore"):
-        # null becomes NaN (no data) in the float conversion
-        return np.array(frames, dtype=np.float64).astype(np.float32)
+    values = np.frombuffer(raw, dtype="<f4").reshape(n_t, n_y, n_x).astype(np.float32)
+    del raw
+    return values
 
 
 def _check_grid(n_t: int, n_y: int, n_x: int, settings: Settings) -> None:
@@ -238,7 +323,7 @@ def _check_grid(n_t: int, n_y: int, n_x: int, settings: Settings) -> None:
         )
 
 
-def _check_rates(rate: np.ndarray, field: str) -> None:
+def _check_rates(rate: np.ndarray, field: str, max_rate_mmh: float) -> None:
     infinite = np.isinf(rate)
     if infinite.any():
         t, r, c = (int(i) for i in np.argwhere(infinite)[0])
@@ -255,9 +340,13 @@ def _check_rates(rate: np.ndarray, field: str) -> None:
             f"{field}: negative rain rate {float(rate[t, r, c]):g} mm/h in frame {t} at row {r}, column {c}",
             field=field,
         )
+    try:
+        check_rate_bound(rate, max_rate_mmh)
+    except SequenceError as exc:
+        raise InputError(f"{field}: {exc} (configurable: NOWCAST_MAX_RAIN_RATE_MMH)", field=field) from exc
 
 
-def _frame_times(request: NowcastRequest, n_t: int) -> pd.DatetimeIndex:
+def _frame_times(request: NowcastOptions, n_t: int) -> pd.DatetimeIndex:
     if request.timestamps is not None and request.start_time is not None:
         raise InputError(
             "timestamps: give either timestamps or start_time with time_step_minutes, not both",
@@ -359,62 +448,51 @@ def json_answer(
     request_id: str,
     batch_size: int,
     timings_ms: dict[str, float],
-) -> bytes:
+    started: float,
+) -> Iterator[bytes]:
+    """The JSON answer as chunks of text, a frame at a time (a long forecast is never held as one text).
+
+    ``timings_ms`` are the request's timings so far; ``encode_ms`` and ``total_ms`` (from
+    ``started``, a ``time.perf_counter()`` value) are added at the end, so the timings
+    come after the frames.
+    """
+    encoding_started = time.perf_counter()
     values = np.ascontiguousarray(forecast.values, dtype="<f4")
-    encoded: bytes | None = None
-    if query.output_encoding == "base64":
-        # Spliced into the JSON text below: base64 needs no escaping, and json.dumps of megabytes of
-        # text costs more than the forecast itself for a fast model.
-        encoded = base64.b64encode(values.data)
-        frames: Any = {
-            "encoding": "base64",
-            "dtype": "float32",
-            "byte_order": "little",
-            "shape": list(values.shape),
-            "data": _DATA_PLACEHOLDER,
-        }
-    else:
-        frames = _nested(values)
     times = pd.DatetimeIndex(forecast["time"].values)
-    step = (
-        (times[1] - times[0])
-        if len(times) > 1
-        else times[0] - pd.Timestamp(forecast.attrs["forecast_reference_time"])
-    )
-    payload = {
+    reference = pd.Timestamp(forecast.attrs["forecast_reference_time"])
+    step = (times[1] - times[0]) if len(times) > 1 else times[0] - reference
+    head = {
         "request_id": request_id,
         "model": {"name": model.name, "version": model.version},
-        "forecast_reference_time": _iso(pd.Timestamp(forecast.attrs["forecast_reference_time"])),
+        "forecast_reference_time": _iso(reference),
         "valid_times": [_iso(t) for t in times],
         "time_step_minutes": step.total_seconds() / 60.0,
         "units": "mm/h",
         "shape": list(values.shape),
         "members": query.members,
-        "frames": frames,
         "projection": str(forecast.attrs.get("projection", "")),
         "xpixelsize": float(forecast.attrs.get("xpixelsize", 1000.0)),
         "ypixelsize": float(forecast.attrs.get("ypixelsize", 1000.0)),
         "batch_size": batch_size,
-        "timings_ms": {k: round(v, 3) for k, v in timings_ms.items()},
     }
-    text = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode()
-    if encoded is None:
-        return text
-    head, tail = text.split(f'"{_DATA_PLACEHOLDER}"'.encode(), 1)
-    return b"".join((head, b'"', encoded, b'"', tail))
+    yield json.dumps(head, separators=(",", ":"), allow_nan=False).encode()[:-1] + b',"frames":'
+    if query.output_encoding == "base64":
+        yield from _base64_frames(values)
+    else:
+        yield from encode_nested(values)
+    finished = time.perf_counter()
+    timings = {**timings_ms, "encode_ms": (finished - encoding_started) * 1e3, "total_ms": (finished - started) * 1e3}
+    yield b',"timings_ms":' + json.dumps({k: round(v, 3) for k, v in timings.items()}).encode() + b"}"
 
 
-_DATA_PLACEHOLDER = "@@frames@@"
-
-
-def _nested(values: np.ndarray) -> list[Any]:
-    missing = np.isnan(values)
-    if not missing.any():
-        return values.tolist()
-    # JSON has no NaN: no-data goes out as null
-    as_objects = values.astype(object)
-    as_objects[missing] = None
-    return as_objects.tolist()
+def _base64_frames(values: np.ndarray, chunk_bytes: int = 3 * 2**20) -> Iterator[bytes]:
+    """The base64 frames object, its data encoded in pieces (a multiple of 3 bytes each, so they join)."""
+    described = {"encoding": "base64", "dtype": "float32", "byte_order": "little", "shape": list(values.shape)}
+    yield json.dumps(described, separators=(",", ":")).encode()[:-1] + b',"data":"'
+    raw = memoryview(values).cast("B")
+    for start in range(0, len(raw), chunk_bytes):
+        yield base64.b64encode(raw[start:start + chunk_bytes])
+    yield b'"}'
 
 
 def _iso(stamp: pd.Timestamp) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -16,11 +17,14 @@ from nowcast import __version__ as nowcast_version
 from service.api.main import api_router, root_router
 from service.core.config import Settings
 from service.core.errors import install_error_handlers
+from service.core.memory import MemoryBudget
 from service.core.metrics import ServiceMetrics
-from service.core.middleware import RequestContextMiddleware
+from service.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.inference.batching import MicroBatcher
 from service.inference.models import ModelManager
-from service.schemas import NowcastRequest
+from service.schemas import NowcastRequest, SwitchModelRequest
+
+NOWCASTS_PATH = "/v1/nowcasts"
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +46,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     batcher = MicroBatcher(
         window_s=settings.batch_window_ms / 1e3,
         max_batch=settings.max_batch,
+        max_pixels=settings.max_batch_pixels,
         max_queue=settings.queue_size,
         threads=settings.inference_threads,
         metrics=metrics,
     )
     metrics.watch_device(lambda: models.active.device if models.ready else None)
+    memory = MemoryBudget(
+        settings.request_memory_bytes,
+        retry_after_s=settings.retry_after_s,
+        on_refusal=lambda: metrics.rejected.labels("memory").inc(),
+    )
     background_tasks: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
@@ -55,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             import torch
 
             torch.set_num_threads(settings.torch_threads)
+        codec_pool = ThreadPoolExecutor(max_workers=settings.codec_threads, thread_name_prefix="nowcast-codec")
+        app.state.codec_pool = codec_pool
         loaded = await models.start()
         metrics.model_info.info(
             {"name": loaded.name, "version": loaded.version or "builtin", "device": loaded.device}
@@ -72,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             await batcher.stop()
             models.stop()
+            codec_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="nowcast",
@@ -79,21 +92,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version=nowcast_version,
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs else None,
+        redoc_url="/redoc" if settings.docs else None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.models = models
     app.state.batcher = batcher
+    app.state.memory = memory
+    # the last added runs first: request ids are set before a body limit answers
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: _body_limit(settings, path))
     app.add_middleware(RequestContextMiddleware, metrics=metrics, route_paths=lambda: _route_paths(app))
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(root_router)
     app.include_router(api_router)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus the JSON request body, which the route reads itself (JSON or netCDF)."""
+def _body_limit(settings: Settings, path: str) -> int:
+    return settings.max_body_bytes if path == NOWCASTS_PATH else settings.max_admin_body_bytes
+
+
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The generated schema plus the request bodies the routes read themselves (after their keys are
+    checked); the API-key scheme only where the service asks for keys."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title,
@@ -103,11 +127,31 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             routes=app.routes,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        request_schema = NowcastRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(request_schema.pop("$defs", {}))
-        components["NowcastRequest"] = request_schema
+        for model in (NowcastRequest, SwitchModelRequest):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        _declare_keys_where_asked(schema, settings)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+def _declare_keys_where_asked(schema: dict[str, Any], settings: Settings) -> None:
+    """The API-key scheme on the operations that ask for a key with these settings, and nowhere else."""
+    asked = False
+    for path, operations in schema.get("paths", {}).items():
+        if path.startswith("/v1/admin/"):
+            needs_key = bool(settings.admin_keys)
+        elif path.startswith("/v1/"):
+            needs_key = bool(settings.api_keys)
+        else:
+            needs_key = path == "/metrics" and settings.metrics_need_key and bool(settings.api_keys)
+        for operation in operations.values():
+            if not needs_key:
+                operation.pop("security", None)
+            asked = asked or needs_key
+    if not asked:
+        schema.get("components", {}).pop("securitySchemes", None)
 
 
 def _route_paths(app: FastAPI) -> set[str]:

@@ -2,6 +2,9 @@
 
 Frames travel either as nested arrays ``[time][y][x]`` (``null`` = no data) or, for
 large grids, base64 of little-endian float32 values in C order with their shape.
+Requests are validated strictly: numbers must be JSON numbers (``"1.5"`` and ``true``
+are refused), and nested frames are read by :mod:`service.nested`, not by pydantic, so
+that a large grid does not become a Python object per value.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ NestedMembers = list[list[list[list[float | None]]]]
 class EncodedFrames(BaseModel):
     """Frames as base64 of little-endian float32 in C order (NaN = no data)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     encoding: Literal["base64"] = "base64"
     dtype: Literal["float32"] = "float32"
@@ -29,26 +32,14 @@ class EncodedFrames(BaseModel):
     data: str = Field(description="base64 of the values")
 
 
-class NowcastRequest(BaseModel):
-    """The latest radar frames and what to forecast from them."""
+_EXAMPLE_FRAME = [[0.0, 0.5], [1.2, None]]
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "frames": [[[0.0, 0.5], [1.2, None]], [[0.1, 0.6], [1.0, 2.0]]],
-                    "units": "mm/h",
-                    "timestamps": ["2024-06-01T12:00:00Z", "2024-06-01T12:05:00Z"],
-                    "steps": 3,
-                }
-            ]
-        },
-    )
 
-    frames: NestedFrames | EncodedFrames = Field(
-        description="past frames, oldest first: nested [time][y][x] (null = no data) or base64 float32"
-    )
+class NowcastOptions(BaseModel):
+    """Everything a JSON request holds besides its frames."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     units: str = Field(
         default="mm/h",
         max_length=64,
@@ -75,6 +66,34 @@ class NowcastRequest(BaseModel):
     y: list[float] | None = Field(default=None, description="y of the grid-cell centres, in row order")
     output_encoding: Literal["nested", "base64"] | None = Field(
         default=None, description="how to send the frames back (default: like the input)"
+    )
+
+
+class NowcastRequest(NowcastOptions):
+    """The latest radar frames and what to forecast from them."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "frames": [_EXAMPLE_FRAME] * 4,
+                    "units": "mm/h",
+                    "timestamps": [
+                        "2024-06-01T12:00:00Z",
+                        "2024-06-01T12:05:00Z",
+                        "2024-06-01T12:10:00Z",
+                        "2024-06-01T12:15:00Z",
+                    ],
+                    "steps": 3,
+                }
+            ]
+        },
+    )
+
+    frames: NestedFrames | EncodedFrames = Field(
+        description="past frames, oldest first: nested [time][y][x] (null = no data) or base64 float32"
     )
 
 
@@ -142,7 +161,7 @@ class ModelsResponse(BaseModel):
 
 
 class SwitchModelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=200, description="NAME or NAME@VERSION")
     version: str | None = Field(default=None, max_length=50, description="default: the latest")

@@ -142,11 +142,24 @@ def with_values(update) -> xr.DataArray:
         (with_values(lambda v: v.__setitem__((1, 0, 0), np.inf)), "infinite"),
         (with_values(lambda v: v.__setitem__(1, np.nan)), r"all-NaN frame\(s\) at 2024-06-01 12:05:00"),
         (with_values(lambda v: v.__setitem__((2, 1, 1), -0.5)), "must not be negative"),
+        (
+            with_values(lambda v: v.__setitem__((2, 1, 3), 3e38)),
+            r"rain rate 3e\+38 mm/h in frame 2 at row 1, column 3 is above the physical bound of 1000 mm/h",
+        ),
     ],
 )
 def test_validate_names_the_problem(sequence, message):
     with pytest.raises(SequenceError, match=message):
         validate_sequence(sequence)
+
+
+def test_the_rate_bound_is_inclusive_and_can_be_raised():
+    at_bound = with_values(lambda v: v.__setitem__((0, 0, 0), 1000.0))
+    assert validate_sequence(at_bound) is at_bound
+    above = with_values(lambda v: v.__setitem__((0, 0, 0), 1500.0))
+    with pytest.raises(SequenceError, match="physical bound"):
+        validate_sequence(above)
+    assert validate_sequence(above, max_rate_mmh=2000.0) is above
 
 
 def test_too_few_frames():

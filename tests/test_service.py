@@ -443,11 +443,20 @@ def test_bad_input_is_refused_with_the_field_named(fake_models: type[FakeBatched
             assert (payload["field"] or "") == field, (case_id, payload)
             assert words in payload["detail"], (case_id, payload["detail"])
             assert payload["request_id"] == answer.headers["x-request-id"], case_id
-        for token in ("1e39", "Infinity"):  # 1e39 overflows float32
+        for token, words in [
+            ("1e39", "infinite"),  # overflows float32
+            ("3e38", "above the physical bound of 1000 mm/h"),
+            ("1000.5", "above the physical bound"),
+            ("Infinity", "Invalid JSON"),  # not JSON
+            ("NaN", "Invalid JSON"),
+            ('"1.5"', 'found "1.5"'),  # numbers only, strictly
+            ("true", "found true"),
+            ("[1.0]", "frames[0]"),
+        ]:
             body = json.dumps(json_body(seq)).replace("[[[null", f"[[[{token}", 1)
             answer = client.post("/v1/nowcasts", content=body, headers={"Content-Type": "application/json"})
-            assert answer.status_code == 422, answer.text
-            assert "infinite" in answer.json()["detail"]
+            assert answer.status_code == 422, (token, answer.text)
+            assert words in answer.json()["detail"], (token, answer.json())
         # no bad request left the service unready or unable to forecast
         assert client.get("/readyz").status_code == 200
         assert client.post("/v1/nowcasts", json=json_body(seq)).status_code == 200

@@ -2,8 +2,8 @@
 
 ``predict`` takes a batch of past sequences in mm/h, estimates motion (when the model
 is conditioned on advection), normalises, pads the grid to what the scales need, runs
-one batched forward pass, crops, and returns mm/h, never negative, NaN where the last
-frame had no data. Longer horizons than the model's ``n_output`` are reached by feeding
+one batched forward pass, crops, and returns mm/h between 0 and ``MAX_RAIN_RATE_MMH``,
+NaN where the last frame had no data. Longer horizons than the model's ``n_output`` are reached by feeding
 predictions back as the past.
 """
 
@@ -24,6 +24,7 @@ from nowcast.forecasters.base import Forecaster
 from nowcast.gan.advection import along, estimate_motion, lagrangian_past, pixel_grid, trajectories
 from nowcast.gan.config import ModelConfig
 from nowcast.gan.model import Generator
+from nowcast.sequence import MAX_RAIN_RATE_MMH
 from nowcast.transforms import Normalisation
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ class GANForecaster(Forecaster):
 
     def _forward(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None) -> np.ndarray:
         z, _ = self.forward_normalised(past, valid, noise)
-        rate = torch.clamp(self.normalisation.decode(z), min=0.0)
+        # bounded like the input, so that a forecast (and what is fed back for longer horizons) stays finite
+        rate = torch.clamp(self.normalisation.decode(z), min=0.0, max=MAX_RAIN_RATE_MMH)
         valid_t = torch.from_numpy(valid).to(rate.device)
         rate = torch.where(valid_t[:, None], rate, torch.full_like(rate, math.nan))
         return rate.cpu().numpy().astype(np.float32)

@@ -28,6 +28,10 @@ and turned into rain rate in mm/h from the file's own metadata:
 * ``.nc`` files that are not Rainfields go to the CF-netCDF reader
   :func:`nowcast.io.netcdf.read_netcdf`.
 
+Every HDF5 file (KNMI, ODIM, Rainfields, netCDF-4) is checked by
+:func:`nowcast.io.safety.check_hdf5` before any importer reads it: a file that keeps data
+in other files or declares more than the read limits is refused.
+
 No-data stays NaN, never zero. The georeferencing is kept: ``projection`` (PROJ
 string), ``xpixelsize``/``ypixelsize`` and ``x1``/``x2``/``y1``/``y2`` (grid edges, in
 metres for projected grids) plus ``yorigin`` in ``attrs``, and the cell centres as the
@@ -60,6 +64,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import InputError, SequenceError, UnitsError, UnknownNameError, UnreadableFileError
+from nowcast.io.safety import check_hdf5, is_hdf5
 from nowcast.sequence import make_sequence, time_step
 from nowcast.transforms import dbz_to_mmh, to_mmh
 
@@ -225,6 +230,9 @@ def _read_one(path: Path, importer: str | None, timestamp: Any | None, range_mas
               importer_kwargs: Mapping[str, Any]) -> _Frames:
     if not path.is_file():
         raise UnreadableFileError(f"{path}: no such file")
+    if is_hdf5(path):
+        # before any reader (ours, pysteps', h5py's) is asked for data: nothing stored in other files
+        check_hdf5(path)
     name = importer or guess_importer(path)
     if name == NETCDF_READER:
         frames = _read_cf_netcdf(path, timestamp)

@@ -2,7 +2,10 @@
 
 Reading accepts any CF-style file with one precipitation variable on (time, y, x) in
 a rate (mm/h and friends), an accumulation over the time step (mm) or reflectivity
-(dBZ), and returns the product's sequence form (:mod:`nowcast.sequence`).
+(dBZ), and returns the product's sequence form (:mod:`nowcast.sequence`). A file is
+checked before any of its data is read (:mod:`nowcast.io.safety`), and of its data only
+the rain variable and its coordinates are read; bytes (request bodies) are read in
+memory, never written to disk.
 
 Writing produces CF-1.8 files: ``precipitation_rate`` with standard_name
 ``lwe_precipitation_rate`` in ``mm h-1``, a ``forecast_reference_time`` scalar
@@ -17,14 +20,17 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import netCDF4
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from nowcast.errors import SequenceError, UnitsError, UnreadableFileError
+from nowcast.errors import InputError, SequenceError, UnitsError, UnreadableFileError
+from nowcast.io.safety import DEFAULT_LIMITS, ReadLimits, check_hdf5, is_hdf5
 from nowcast.sequence import VARIABLE_NAME, make_sequence, time_step
 from nowcast.transforms import to_mmh
 
@@ -45,23 +51,93 @@ _X_NAMES = ("x", "projection_x_coordinate", "lon", "longitude")
 _Y_NAMES = ("y", "projection_y_coordinate", "lat", "latitude")
 
 
-def read_netcdf(path: str | os.PathLike[str], variable: str | None = None) -> xr.DataArray:
-    """Read a CF-netCDF radar file into the sequence form (mm/h, NaN for no data)."""
+ShapeCheck = Callable[[int, int, int], None]
+
+
+def read_netcdf(
+    path: str | os.PathLike[str],
+    variable: str | None = None,
+    *,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    check_shape: ShapeCheck | None = None,
+) -> xr.DataArray:
+    """Read a CF-netCDF radar file into the sequence form (mm/h, NaN for no data).
+
+    The file is checked before any data is read (:func:`nowcast.io.safety.check_hdf5`:
+    nothing stored in other files, declared sizes within ``limits``); ``check_shape`` is
+    called with the rain variable's (time, y, x) sizes before its values are read, so a
+    caller can refuse a grid before it is in memory.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UnreadableFileError(f"{path}: no such file")
+    if not path.is_file():
+        raise UnreadableFileError(f"{path}: not a regular file")
+    if is_hdf5(path):
+        check_hdf5(path, limits=limits)
     try:
-        with xr.open_dataset(path, engine="netcdf4", mask_and_scale=True, decode_times=True) as ds:
-            ds = ds.load()
+        handle = netCDF4.Dataset(path, "r")
     except Exception as exc:  # netCDF4 raises OSError, RuntimeError, ValueError...
         raise UnreadableFileError(f"{path}: not a readable netCDF file ({exc})") from exc
-    return dataset_to_sequence(ds, variable=variable, source=str(path))
+    return _read_open_file(handle, str(path), variable, limits, check_shape)
+
+
+def read_netcdf_bytes(
+    data: bytes,
+    variable: str | None = None,
+    *,
+    limits: ReadLimits = DEFAULT_LIMITS,
+    check_shape: ShapeCheck | None = None,
+    name: str = "file",
+) -> xr.DataArray:
+    """Read a CF-netCDF file held in memory (an HTTP request body), checked like :func:`read_netcdf`.
+
+    Nothing is written to disk: the bytes are opened in memory, and messages call them ``name``.
+    """
+    if is_hdf5(data):
+        check_hdf5(data, limits=limits, name=name)
+    try:
+        handle = netCDF4.Dataset(name, "r", memory=bytes(data))
+    except Exception as exc:
+        raise UnreadableFileError(f"{name}: not a readable netCDF file ({exc})") from exc
+    return _read_open_file(handle, name, variable, limits, check_shape)
+
+
+def _read_open_file(
+    handle: netCDF4.Dataset, source: str, variable: str | None, limits: ReadLimits, check_shape: ShapeCheck | None
+) -> xr.DataArray:
+    """Check every variable's declared size, then read the rain variable and its coordinates only."""
+    try:
+        for name, declared in _declared_variables(handle):
+            limits.check_declared(source, name, declared.shape, getattr(declared.dtype, "itemsize", 8))
+        try:
+            ds = xr.open_dataset(
+                xr.backends.NetCDF4DataStore(handle), mask_and_scale=True, decode_times=True
+            )
+        except Exception as exc:
+            raise UnreadableFileError(f"{source}: not a readable netCDF file ({exc})") from exc
+        return dataset_to_sequence(ds, variable=variable, source=source, check_shape=check_shape)
+    except InputError:
+        raise
+    except Exception as exc:  # the netCDF library reports a broken file as RuntimeError, OSError, ...
+        raise UnreadableFileError(
+            f"{source}: the netCDF file could not be read ({type(exc).__name__}: {exc})"
+        ) from exc
+    finally:
+        handle.close()
+
+
+def _declared_variables(group: netCDF4.Group, prefix: str = "") -> Iterator[tuple[str, netCDF4.Variable]]:
+    for name, declared in group.variables.items():
+        yield prefix + name, declared
+    for name, child in group.groups.items():
+        yield from _declared_variables(child, f"{prefix}{name}/")
 
 
 def dataset_to_sequence(
-    ds: xr.Dataset, *, variable: str | None = None, source: str = "dataset"
+    ds: xr.Dataset, *, variable: str | None = None, source: str = "dataset", check_shape: ShapeCheck | None = None
 ) -> xr.DataArray:
-    """The sequence held in an opened CF dataset."""
+    """The sequence held in an opened CF dataset; only the rain variable's values are read."""
     var = _find_variable(ds, variable, source)
     da = ds[var]
     time_dim = next(
@@ -87,6 +163,10 @@ def dataset_to_sequence(
     times = pd.DatetimeIndex(da[time_dim].values) if time_dim in da.coords else None
     if times is None or not np.issubdtype(np.asarray(da[time_dim].values).dtype, np.datetime64):
         raise SequenceError(f"{source}: time coordinate {time_dim!r} is missing or not a date")
+    if not np.issubdtype(da.dtype, np.number) or np.issubdtype(da.dtype, np.complexfloating):
+        raise SequenceError(f"{source}: variable {var!r} holds {da.dtype} values, not numbers")
+    if check_shape is not None:
+        check_shape(da.sizes[time_dim], da.sizes[y_dim], da.sizes[x_dim])
 
     units = str(da.attrs.get("units", "")).strip()
     if not units:
@@ -97,7 +177,7 @@ def dataset_to_sequence(
         minutes = time_step(tmp).total_seconds() / 60.0
     elif "accumulation_minutes" in da.attrs:
         minutes = float(da.attrs["accumulation_minutes"])
-    rate = to_mmh(da.values.astype(np.float32), units, accumulation_minutes=minutes)
+    rate = to_mmh(np.asarray(da.values, dtype=np.float32), units, accumulation_minutes=minutes)
 
     x = np.asarray(da[x_dim].values, dtype=np.float64) if x_dim in da.coords else None
     y = np.asarray(da[y_dim].values, dtype=np.float64) if y_dim in da.coords else None
@@ -276,11 +356,3 @@ def to_netcdf_bytes(sequence: xr.DataArray, **kwargs: Any) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         out = write_netcdf(sequence, Path(tmp) / "forecast.nc", **kwargs)
         return out.read_bytes()
-
-
-def read_netcdf_bytes(data: bytes, variable: str | None = None) -> xr.DataArray:
-    """Read a CF-netCDF file held in memory (for HTTP request bodies)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "input.nc"
-        path.write_bytes(data)
-        return read_netcdf(path, variable=variable)

@@ -8,8 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from nowcast.errors import InputError
 from service.core.config import Settings
 from service.core.errors import ForbiddenError, NotReadyError, UnauthorizedError, request_id_of
+from service.core.memory import MemoryBudget
 from service.core.metrics import ServiceMetrics
 from service.inference.batching import MicroBatcher
 from service.inference.models import LoadedModel, ModelManager
@@ -40,11 +42,16 @@ def get_request_id(request: Request) -> str:
     return request_id_of(request) or "-"
 
 
+def get_memory(request: Request) -> MemoryBudget:
+    return request.app.state.memory
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelManager, Depends(get_models)]
 BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+MemoryDep = Annotated[MemoryBudget, Depends(get_memory)]
 ApiKeyHeaderDep = Annotated[str | None, Security(api_key_header)]
 
 
@@ -82,3 +89,17 @@ def _matches(key: str, keys: list[str]) -> bool:
     # compare_digest against every key, so timing does not reveal which one nearly matched
     given = key.encode()
     return any([hmac.compare_digest(given, candidate.encode()) for candidate in keys])
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body; its size is bounded by :class:`~service.core.middleware.BodyLimitMiddleware`."""
+    chunks = [chunk async for chunk in request.stream()]
+    if not any(chunks):
+        raise InputError("body: empty request body", field="body")
+    return b"".join(chunks)
+
+
+def declared_length(request: Request) -> int | None:
+    """The body's size as Content-Length declares it, or None (chunked)."""
+    value = request.headers.get("content-length", "")
+    return int(value) if value.isdigit() else None

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nowcast.paths import models_dir as default_models_dir
+from nowcast.sequence import MAX_RAIN_RATE_MMH
 
 # The trained model a deployment serves when NOWCAST_MODEL is not set; without it in the
 # registry the service falls back to the pySTEPS extrapolation baseline.
@@ -67,9 +68,19 @@ class Settings(BaseSettings):
     admin_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="keys for admin calls; empty: admin calls disabled"
     )
+    docs: bool = Field(default=True, description="serve /docs, /redoc and /openapi.json (open to anyone)")
+    metrics_need_key: bool = Field(
+        default=False, description="/metrics asks for an API key like the /v1 calls (default: open to scrapers)"
+    )
 
     # --- limits ----------------------------------------------------------------------------------------
-    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="body of POST /v1/nowcasts")
+    max_admin_body_bytes: int = Field(
+        default=16 * 1024, ge=256, description="body of every other route (admin calls; the rest take none)"
+    )
+    max_rain_rate_mmh: float = Field(
+        default=MAX_RAIN_RATE_MMH, gt=0.0, le=1e5, description="input rates above this are refused (422)"
+    )
     max_grid_side: int = Field(default=2048, ge=2)
     max_grid_pixels: int = Field(default=1024 * 1024, ge=4)
     max_input_frames: int = Field(default=24, ge=1)
@@ -77,6 +88,21 @@ class Settings(BaseSettings):
     max_members: int = Field(default=16, ge=1)
     max_output_values: int = Field(
         default=50_000_000, ge=1, description="members x steps x pixels of one answer"
+    )
+
+    # --- memory ----------------------------------------------------------------------------------------
+    request_memory_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=16 * 1024 * 1024,
+        description="memory for bodies being read and decoded and answers being encoded, over all requests; "
+        "a request that does not fit gets 503 + Retry-After before its body is read",
+    )
+    codec_threads: int = Field(default=2, ge=1, le=64, description="threads decoding bodies and encoding answers")
+    max_batch_pixels: int = Field(
+        default=1024 * 1024,
+        ge=4,
+        description="pixels of all requests in one model call (bounds the model's working memory); a larger "
+        "grid runs alone",
     )
 
     # --- batching and queueing ----------------------------------------------------------------------

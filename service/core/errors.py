@@ -63,6 +63,12 @@ class NotReadyError(ServiceError):
     status_code = 503
 
 
+class ServiceBusyError(ServiceError):
+    """Not enough memory or queue room for the request now; the client should retry."""
+
+    status_code = 503
+
+
 class TooLargeInputError(InputError):
     """Input over a configured size limit (answered 413)."""
 

@@ -3,7 +3,9 @@
 Requests wait in a bounded queue. A dispatcher takes the oldest one as soon as an
 inference thread is free, waits at most ``window`` (counted from that request's
 arrival) for others with the same key (model, grid shape, steps, members) to join, and
-runs up to ``max_batch`` of them as one ``predict`` call in a worker thread, so the
+runs up to ``max_batch`` of them, and no more than ``max_pixels`` pixels in all (the
+model's working memory grows with them; a larger grid runs alone), as one ``predict``
+call in a worker thread, so the
 event loop keeps answering while the model runs. While the model is busy the queue
 fills up, so the next batch is as large as the load makes it: batching costs a lone
 request at most the window.
@@ -72,10 +74,18 @@ class MicroBatcher:
     """Queue, group and run forecast requests; see the module docstring."""
 
     def __init__(
-        self, *, window_s: float, max_batch: int, max_queue: int, threads: int, metrics: ServiceMetrics
+        self,
+        *,
+        window_s: float,
+        max_batch: int,
+        max_queue: int,
+        threads: int,
+        metrics: ServiceMetrics,
+        max_pixels: int | None = None,
     ) -> None:
         self._window_s = window_s
         self._max_batch = max_batch
+        self._max_pixels = max_pixels
         self._max_queue = max_queue
         self._threads = threads
         self._metrics = metrics
@@ -179,7 +189,8 @@ class MicroBatcher:
             if self._pending:
                 first = self._pending[0]
                 deadline = first.enqueued + self._window_s
-                while sum(job.key == first.key for job in self._pending) < self._max_batch:
+                limit = self._batch_limit(first)
+                while sum(job.key == first.key for job in self._pending) < limit:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -188,9 +199,7 @@ class MicroBatcher:
                         await asyncio.wait_for(self._arrived.wait(), remaining)
                     except TimeoutError:
                         break
-                batch = [job for job in self._pending if job.key == first.key and not job.future.done()][
-                    : self._max_batch
-                ]
+                batch = [job for job in self._pending if job.key == first.key and not job.future.done()][:limit]
                 if batch:
                     taken = set(map(id, batch))
                     self._pending = [job for job in self._pending if id(job) not in taken]
@@ -198,6 +207,13 @@ class MicroBatcher:
                 continue
             self._arrived.clear()
             await self._arrived.wait()
+
+    def _batch_limit(self, job: _Job) -> int:
+        """How many requests like ``job`` one model call takes."""
+        if self._max_pixels is None:
+            return self._max_batch
+        pixels = int(job.past.shape[-2] * job.past.shape[-1])
+        return max(1, min(self._max_batch, self._max_pixels // pixels))
 
     async def _run(self, batch: list[_Job]) -> None:
         assert self._free_threads is not None and self._executor is not None

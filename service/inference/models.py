@@ -97,9 +97,10 @@ def load_model(settings: Settings, name: str, version: str | None = None) -> Loa
             )
         forecaster = get_forecaster(name, models_dir=models_dir, device=device)
     else:
-        versions = artifacts.list_versions(name, models_dir)
-        if not versions:
+        # only names the registry lists: the same 404 for a missing model and for a path outside it
+        if name not in artifacts.list_models(models_dir):
             raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(available(models_dir))}")
+        versions = artifacts.list_versions(name, models_dir)
         version = version or versions[-1]
         if version not in versions:
             raise ModelNotFoundError(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import MetricsDep, ModelsDep, require_admin_key
-from service.schemas import ActiveModel, ErrorResponse, SwitchModelRequest, SwitchModelResponse
+from service import codec
+from service.api.deps import MetricsDep, ModelsDep, read_body, require_admin_key
+from service.schemas import ActiveModel, ErrorResponse, SwitchModelResponse
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
 
@@ -15,19 +17,26 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
     response_model=SwitchModelResponse,
     summary="Load a model version, warm it up, then make it active",
     description="Requests already queued or running finish on the previous model; the new one takes "
-    "the requests that arrive after the switch. Nothing changes when loading fails.",
+    "the requests that arrive after the switch. Nothing changes when loading fails. The body "
+    "(`SwitchModelRequest`) is read only after the admin key is checked.",
     responses={
-        400: {"model": ErrorResponse, "description": "body is not JSON text"},
         401: {"model": ErrorResponse},
         403: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
+        404: {"model": ErrorResponse, "description": "not a model of the registry, or no such version"},
+        413: {"model": ErrorResponse, "description": "body over NOWCAST_MAX_ADMIN_BODY_BYTES"},
         422: {"model": ErrorResponse},
     },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {codec.JSON_TYPE: {"schema": {"$ref": "#/components/schemas/SwitchModelRequest"}}},
+        }
+    },
 )
-async def switch_active_model(
-    body: SwitchModelRequest, models: ModelsDep, metrics: MetricsDep
-) -> SwitchModelResponse:
-    new, previous = await models.switch(body.name, body.version)
+async def switch_active_model(request: Request, models: ModelsDep, metrics: MetricsDep) -> SwitchModelResponse:
+    body = await read_body(request)
+    switch = await run_in_threadpool(codec.parse_switch_request, body)
+    new, previous = await models.switch(switch.name, switch.version)
     metrics.model_switches.inc()
     metrics.model_info.info({"name": new.name, "version": new.version or "builtin", "device": new.device})
     return SwitchModelResponse(

@@ -1,12 +1,13 @@
-"""Liveness, readiness and Prometheus metrics (no API key: orchestrators call these)."""
+"""Liveness, readiness and Prometheus metrics (no API key: orchestrators call these; /metrics can ask
+for one with ``NOWCAST_METRICS_NEED_KEY``)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from service.api.deps import BatcherDep, MetricsDep, ModelsDep
-from service.schemas import HealthResponse, ReadyResponse
+from service.api.deps import ApiKeyHeaderDep, BatcherDep, MetricsDep, ModelsDep, SettingsDep, require_api_key
+from service.schemas import ErrorResponse, HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["operations"])
 
@@ -38,8 +39,13 @@ async def readyz(models: ModelsDep, batcher: BatcherDep) -> ReadyResponse | JSON
     "/metrics",
     summary="Prometheus metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        401: {"model": ErrorResponse, "description": "missing or invalid API key (with NOWCAST_METRICS_NEED_KEY)"},
+    },
 )
-async def metrics(metrics: MetricsDep) -> Response:
+async def metrics(metrics: MetricsDep, settings: SettingsDep, key: ApiKeyHeaderDep) -> Response:
+    if settings.metrics_need_key:
+        require_api_key(settings, key)
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)

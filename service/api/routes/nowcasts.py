@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from nowcast.errors import InputError
 from service import codec
-from service.api.deps import ActiveModelDep, BatcherDep, RequestIdDep, SettingsDep
-from service.core.errors import NotAcceptableError, PayloadTooLargeError, UnsupportedMediaTypeError
-from service.inference.batching import RequestTimeoutError
+from service.api.deps import (
+    ActiveModelDep,
+    BatcherDep,
+    MemoryDep,
+    MetricsDep,
+    RequestIdDep,
+    SettingsDep,
+    declared_length,
+    read_body,
+)
+from service.core.config import Settings
+from service.core.errors import NotAcceptableError, UnsupportedMediaTypeError
+from service.core.memory import Reservation
+from service.inference.batching import MicroBatcher, QueueFullError, RequestTimeoutError
+from service.inference.models import LoadedModel
 from service.schemas import ErrorResponse, NowcastResponse
+
+T = TypeVar("T")
 
 router = APIRouter(tags=["nowcasts"])
 
@@ -25,7 +43,7 @@ _ERRORS = {
         (413, "body, grid, frame count or answer size over the configured limits"),
         (415, "body is neither JSON nor netCDF"),
         (422, "bad input; `field` names the part of the request at fault"),
-        (503, "queue full or request timed out; retry after `Retry-After` seconds"),
+        (503, "queue full, memory for requests full, or request timed out; retry after `Retry-After` seconds"),
     ]
 }
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -64,6 +82,8 @@ async def create_nowcast(
     settings: SettingsDep,
     model: ActiveModelDep,
     batcher: BatcherDep,
+    memory: MemoryDep,
+    metrics: MetricsDep,
     request_id: RequestIdDep,
     steps: Annotated[int | None, Query(ge=1, description="frames to forecast (netCDF bodies)")] = None,
     members: Annotated[int | None, Query(ge=1, description="ensemble members (netCDF bodies)")] = None,
@@ -74,54 +94,100 @@ async def create_nowcast(
     started = time.perf_counter()
     body_type = _body_type(request.headers.get("content-type"))
     netcdf_answer = _wants_netcdf(request.headers.get("accept"))
-    body = await _read_body(request, settings.max_body_bytes)
-    if body_type == codec.JSON_TYPE:
-        if steps is not None or members is not None or seed is not None:
-            raise InputError(
-                "steps: with a JSON body, give steps, members and seed in the body, not in the query string",
-                field="steps",
-            )
-        query = await run_in_threadpool(codec.parse_json_request, body, settings)
-    else:
-        query = await run_in_threadpool(
-            codec.parse_netcdf_request, body, settings, steps=steps, members=members, seed=seed
+    if body_type == codec.JSON_TYPE and (steps is not None or members is not None or seed is not None):
+        raise InputError(
+            "steps: with a JSON body, give steps, members and seed in the body, not in the query string",
+            field="steps",
         )
-    past = codec.check_query(query, model, settings, netcdf_answer=netcdf_answer)
-    decoded = time.perf_counter()
-
-    remaining = settings.request_timeout_s - (decoded - started)
+    # Refusals that cost nothing come before a byte of the body is read.
+    if batcher.depth >= settings.queue_size:
+        metrics.rejected.labels("queue_full").inc()
+        raise QueueFullError(f"{batcher.depth} requests are already waiting")
+    length = declared_length(request) or settings.max_body_bytes
+    reservation = memory.reserve(codec.decode_estimate(body_type, length), f"a body of {length} bytes")
+    # given back by RequestContextMiddleware once the answer is sent (or when a decode it gave up on ends)
+    request.state.memory = reservation
+    job = _Job(request, settings, model, batcher, reservation, request_id, body_type, netcdf_answer, started)
     try:
-        result = await batcher.submit(
-            model, past, query.steps, members=query.members, seed=query.seed, timeout_s=max(remaining, 0.001)
-        )
-    except RequestTimeoutError:
+        async with asyncio.timeout(settings.request_timeout_s):
+            return await job.run(steps=steps, members=members, seed=seed)
+    except TimeoutError:
+        metrics.rejected.labels("timeout").inc()
         raise RequestTimeoutError(
             f"no forecast within the request timeout of {settings.request_timeout_s:g} s"
         ) from None
-    predicted = time.perf_counter()
 
-    forecast = await run_in_threadpool(codec.forecast_sequence, query, result.model, result.frames)
-    headers = {"X-Nowcast-Model": result.model.label, "X-Nowcast-Batch-Size": str(result.batch_size)}
-    if netcdf_answer:
-        content = await run_in_threadpool(codec.netcdf_answer, forecast, result.model, request_id)
-        return Response(content, media_type=codec.NETCDF_TYPE, headers=headers)
-    timings = {
-        "decode_ms": (decoded - started) * 1e3,
-        "queue_ms": result.queue_s * 1e3,
-        "inference_ms": result.inference_s * 1e3,
-        "encode_ms": (time.perf_counter() - predicted) * 1e3,
-        "total_ms": (time.perf_counter() - started) * 1e3,
-    }
-    content = await run_in_threadpool(
-        codec.json_answer,
-        query,
-        forecast,
-        result.model,
-        request_id=request_id,
-        batch_size=result.batch_size,
-        timings_ms=timings,
-    )
-    return Response(content, media_type=codec.JSON_TYPE, headers=headers)
+
+@dataclass
+class _Job:
+    """One forecast request, from its body to its answer, as named phases."""
+
+    request: Request
+    settings: Settings
+    model: LoadedModel
+    batcher: MicroBatcher
+    reservation: Reservation
+    request_id: str
+    body_type: str
+    netcdf_answer: bool
+    started: float
+
+    async def run(self, *, steps: int | None, members: int | None, seed: int | None) -> Response:
+        query = await self.decode(steps=steps, members=members, seed=seed)
+        past = await self.in_pool(codec.check_query, query, self.model, self.settings, netcdf_answer=self.netcdf_answer)
+        self.reservation.resize(
+            codec.answer_estimate(query, netcdf_answer=self.netcdf_answer), "this request's forecast"
+        )
+        decoded = time.perf_counter()
+        result = await self.batcher.submit(
+            self.model,
+            past,
+            query.steps,
+            members=query.members,
+            seed=query.seed,
+            timeout_s=max(self.settings.request_timeout_s - (decoded - self.started), 0.001),
+        )
+        del past
+        forecast = await self.in_pool(codec.forecast_sequence, query, result.model, result.frames)
+        headers = {"X-Nowcast-Model": result.model.label, "X-Nowcast-Batch-Size": str(result.batch_size)}
+        if self.netcdf_answer:
+            content = await self.in_pool(codec.netcdf_answer, forecast, result.model, self.request_id)
+            return Response(content, media_type=codec.NETCDF_TYPE, headers=headers)
+        timings = {
+            "decode_ms": (decoded - self.started) * 1e3,
+            "queue_ms": result.queue_s * 1e3,
+            "inference_ms": result.inference_s * 1e3,
+        }
+        chunks = codec.json_answer(
+            query,
+            forecast,
+            result.model,
+            request_id=self.request_id,
+            batch_size=result.batch_size,
+            timings_ms=timings,
+            started=self.started,
+        )
+        return StreamingResponse(chunks, media_type=codec.JSON_TYPE, headers=headers)
+
+    async def decode(self, *, steps: int | None, members: int | None, seed: int | None) -> codec.ForecastQuery:
+        body = await read_body(self.request)
+        if self.body_type == codec.JSON_TYPE:
+            return await self.in_pool(codec.parse_json_request, body, self.settings)
+        return await self.in_pool(
+            codec.parse_netcdf_request,
+            body,
+            self.settings,
+            steps=steps,
+            members=members,
+            seed=seed,
+            reserve=self.reservation.resize,
+        )
+
+    async def in_pool(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Blocking work in the codec threads, its memory reserved until it ends."""
+        return await self.reservation.run(
+            self.request.app.state.codec_pool, functools.partial(function, *args, **kwargs)
+        )
 
 
 def _body_type(content_type: str | None) -> str:
@@ -151,21 +217,3 @@ def _wants_netcdf(accept: str | None) -> bool:
         f"{codec.JSON_TYPE} or {codec.NETCDF_TYPE}",
         field="Accept",
     )
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(
-            f"body of {declared} bytes is over this service's limit of {limit} bytes", field="body"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"body is over this service's limit of {limit} bytes", field="body")
-        chunks.append(chunk)
-    if not size:
-        raise InputError("body: empty request body", field="body")
-    return b"".join(chunks)
