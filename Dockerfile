@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 #
-# The nowcast forecast service: `nowcast serve` on port 8080, models/ baked in.
+# The nowcast forecast service: `python -m service` on port 8080, models/ baked in.
 #
 #   CPU (default):  docker build -t nowcast .
 #   GPU:            docker build -t nowcast:cuda \
@@ -71,4 +71,4 @@ USER 10001:10001
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-m", "service.healthcheck"]
-CMD ["nowcast", "serve", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8080"]

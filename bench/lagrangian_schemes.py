@@ -28,8 +28,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from nowcast.gan.advection import along, estimate_motion, lagrangian_past, pixel_grid, trajectories
+from nowcast.gan.advection import along, lagrangian_past, pixel_grid, trajectories
 from nowcast.io.catalogue import load_event
+from nowcast.motion import lucas_kanade_coarse
 
 THRESHOLDS = (1.0, 4.0, 8.0)
 MOTION_DOWNSAMPLE = 4
@@ -42,7 +43,7 @@ def _dbr(rate: np.ndarray) -> np.ndarray:
 def schemes(past: np.ndarray, steps: int, trends: list[float], means: list[int]) -> dict[str, np.ndarray]:
     """Forecasts (steps, y, x) in mm/h of every scheme from (time, y, x) past frames."""
     filled = torch.from_numpy(np.nan_to_num(past))[None]
-    motion = torch.from_numpy(estimate_motion(past, MOTION_DOWNSAMPLE, method="full_resolution"))[None]
+    motion = torch.from_numpy(lucas_kanade_coarse(past, MOTION_DOWNSAMPLE))[None]
     points = pixel_grid(1, *past.shape[1:])
     displacement = trajectories(motion, max(steps, past.shape[0] - 1), points)
     moved = lagrangian_past(filled, displacement, points)[0].numpy()

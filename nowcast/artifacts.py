@@ -101,14 +101,11 @@ def verify(folder: Path) -> None:
             raise UnreadableFileError(f"{folder}: checksum mismatch for {filename} (corrupt artifact)")
 
 
-def load_forecaster(name: str, version: str | None = None, *, models_dir: str | Path | None = None,
-                    device: str | None = None):  # -> nowcast.gan.forecaster.GANForecaster
-    """Load a trained model from the registry as a forecaster."""
-    from nowcast.gan.forecaster import GANForecaster
-
+def verified_folder(name: str, version: str | None = None, models_dir: str | Path | None = None) -> Path:
+    """The folder of ``name`` at ``version``, its files checked against ``SHA256SUMS``."""
     folder = resolve(name, version, models_dir)
     verify(folder)
-    return GANForecaster.from_artifact(folder, device=device)
+    return folder
 
 
 def next_version(name: str, models_dir: str | Path | None = None) -> str:

@@ -1,28 +1,26 @@
-"""The ``nowcast`` command line.
+"""The ``nowcast`` command line: the batch jobs of the library.
 
     nowcast forecast INPUT... --model NAME --steps N --output OUT.nc
     nowcast evaluate --methods persistence,extrapolation --events all --out DIR
+    nowcast train --config configs/default-gan.toml --out runs/default-gan
+    nowcast export runs/default-gan --name default-gan --evaluation runs/eval/scores.json
+    nowcast demo --out demo-output
     nowcast models
+
+(The web service is not a command of the library: ``python -m service``.)
 
 Every problem the user can cause (a missing or unreadable file, an unknown model or
 event, too few frames...) ends the command with a one-line message on stderr naming
-the problem and exit code 2, and leaves no half-written output behind.
-
-To add a command, define it in this module or in a module imported at its end (as
-:mod:`nowcast.cli_jobs` is, for train, export, demo and serve)::
-
-    @app.command()
-    @user_errors
-    def train(config: Path = typer.Option(...)) -> None:
-        ...
-
-``@user_errors`` turns :class:`InputError` and :class:`UnknownNameError` into that
-message and exit code; logging is already set up by the app's callback.
+the problem and exit code 2, and leaves no half-written output behind. A command is a
+function here decorated with ``@app.command()`` and ``@user_errors``, which turns
+:class:`InputError` and :class:`UnknownNameError` into that message and exit code;
+logging is already set up by the app's callback.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -230,13 +228,72 @@ def models(
     Console().print(table)
 
 
-# Commands defined in other modules register themselves on ``app`` when imported.
-from nowcast import cli_jobs  # noqa: E402, F401  (train, export, demo, serve)
+@app.command()
+@user_errors
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="Experiment config (TOML or JSON); unknown keys "
+                                                            "are an error."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoint.pt, metrics.jsonl, config.json."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a multi-scale GAN on real events (the same command runs data-parallel under torchrun)."""
+    from nowcast import config as config_io
+    from nowcast.gan.config import ExperimentConfig
+    from nowcast.gan.train import train as run_training
 
-if __name__ == "__main__":
-    # Run as ``python -m nowcast.cli`` (e.g. under torchrun): this file is then
-    # ``__main__``, and the commands above were registered on the app of the module
-    # ``nowcast.cli`` that cli_jobs imported, so run that one.
-    from nowcast.cli import app as registered_app
+    experiment = config_io.load(ExperimentConfig, config)
+    result = run_training(experiment, out, resume=resume, progress=progress)
+    if result:
+        typer.echo(json.dumps(result))
 
-    registered_app()
+
+@app.command()
+@user_errors
+def export(
+    run: Path = typer.Argument(..., help="A training run folder (from `nowcast train`)."),
+    name: str = typer.Option(..., "--name", help="Model name in the registry, e.g. default-gan."),
+    version: str | None = typer.Option(None, "--version", help="v1, v2, ... (default: the next one)."),
+    evaluation: Path | None = typer.Option(None, "--evaluation",
+                                           help="scores.json of `nowcast evaluate` to put in the model card."),
+    description: str = typer.Option("", "--description", help="One line for the model card."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/)."),
+) -> None:
+    """Write a run's generator into the versioned model registry with its model card."""
+    from nowcast.errors import UnreadableFileError
+    from nowcast.gan.export import export_run
+    from nowcast.gan.train import CHECKPOINT
+
+    if not (run / CHECKPOINT).is_file():
+        raise UnreadableFileError(f"{run}: no {CHECKPOINT}; is it a `nowcast train` run folder?")
+    if evaluation is not None and not evaluation.is_file():
+        raise UnreadableFileError(f"{evaluation}: no such file")
+    folder = export_run(run, name, version=version, models_dir=models_dir, evaluation=evaluation,
+                        description=description)
+    typer.echo(str(folder))
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for input.nc, forecast.nc, maps.png."),
+    model: str = typer.Option("default-gan", "--model", help="The model to run (NAME or NAME@VERSION)."),
+    steps: int = typer.Option(12, "--steps", min=1, help="Frames to forecast."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/)."),
+) -> None:
+    """The main job on the embedded default: the shipped model on a held-out real case."""
+    from nowcast.demo import run_demo
+
+    result = run_demo(out, model=model, models_dir=models_dir, steps=steps)
+    typer.echo(f"case: {result['case']}, grid {result['grid'][0]}x{result['grid'][1]}")
+    typer.echo("CSI at 1 / 4 mm/h at +30 and +60 min:")
+    for name, scores in result["methods"].items():
+        c1, c4 = scores["csi_1mmh"], scores["csi_4mmh"]
+        typer.echo(f"  {name:<16} +30: {c1.get('30', float('nan')):.3f} / {c4.get('30', float('nan')):.3f}"
+                   f"   +60: {c1.get('60', float('nan')):.3f} / {c4.get('60', float('nan')):.3f}")
+    for path in result["files"]:
+        typer.echo(path)
+
+
+if __name__ == "__main__":  # python -m nowcast.cli (e.g. under torchrun)
+    app()

@@ -8,7 +8,7 @@ rate in mm/h with dims ``(time, y, x)``:
   the national composites); ``y`` follows the row order of the data;
 * ``attrs`` carry the georeferencing: ``projection`` (a PROJ string, may be empty when
   unknown), ``xpixelsize`` and ``ypixelsize`` (projection units), ``institution`` and
-  ``source`` where known;
+  ``source`` where known; a single frame may carry its ``time_step_minutes``;
 * no-data (outside radar range, missing scans) is NaN, never zero;
 * rates lie between 0 and :data:`MAX_RAIN_RATE_MMH` (forecasters refuse anything above:
   no radar composite measures more, and a model fed more can overflow).
@@ -93,10 +93,19 @@ def make_sequence(
 
 
 def time_step(sequence: xr.DataArray) -> pd.Timedelta:
-    """The sequence's regular time step; raises if the steps are irregular."""
+    """The sequence's regular time step; raises if the steps are irregular.
+
+    A single frame has the step its ``time_step_minutes`` attribute gives, if any.
+    """
     times = pd.DatetimeIndex(sequence["time"].values)
     if len(times) < 2:
-        raise SequenceError("a single frame has no time step")
+        minutes = float(sequence.attrs.get("time_step_minutes") or 0.0)
+        if minutes > 0:
+            return pd.Timedelta(minutes=minutes)
+        raise SequenceError(
+            "a single frame has no time step: give two frames or more, or its time step (time_step_minutes)",
+            field="time_step_minutes",
+        )
     steps = np.diff(times.values).astype("timedelta64[s]").astype(np.int64)
     if np.any(steps <= 0):
         raise SequenceError("timestamps must be strictly increasing")

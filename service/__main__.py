@@ -1,4 +1,8 @@
-"""``python -m service [--host H] [--port P] [--workers N] [--model NAME]``: the same as ``nowcast serve``."""
+"""``python -m service [--host H] [--port P] [--workers N] [--model NAME]``: run the forecast service.
+
+The one way to start it (the Docker image's CMD too); every option also comes from its
+``NOWCAST_*`` variable.
+"""
 
 from __future__ import annotations
 

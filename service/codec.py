@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from nowcast.errors import FileTooLargeError, InputError, SequenceError
 from nowcast.io.netcdf import read_netcdf_bytes, to_netcdf_bytes
 from nowcast.io.safety import ReadLimits
-from nowcast.sequence import check_rate_bound, make_sequence, time_step, validate_sequence
+from nowcast.sequence import check_rate_bound, make_sequence, time_step
 from nowcast.transforms import to_mmh
 from service.core.config import Settings
 from service.core.errors import ServiceError, TooLargeInputError
@@ -203,8 +203,6 @@ def parse_netcdf_request(
         raise InputError(
             f"body: the netCDF file could not be interpreted ({type(exc).__name__}: {exc})", field="body"
         ) from exc
-    if sequence.sizes["time"] < 2:
-        raise InputError("body: a single frame has no time step; send at least two frames", field="body")
     _check_rates(sequence.values, "body", settings.max_rain_rate_mmh)
     return ForecastQuery(sequence=sequence, steps=steps, members=members, seed=seed, output_encoding="nested")
 
@@ -234,20 +232,13 @@ def answer_estimate(query: ForecastQuery, *, netcdf_answer: bool) -> int:
     return DECODE_OVERHEAD_BYTES + 2 * past + per_value * values
 
 
-def check_query(
-    query: ForecastQuery, model: LoadedModel, settings: Settings, *, netcdf_answer: bool
-) -> np.ndarray:
-    """Check ``query`` against the model and the limits; return the frames the model uses."""
-    forecaster = model.forecaster
+def check_limits(query: ForecastQuery, settings: Settings, *, netcdf_answer: bool) -> None:
+    """The service's own limits on a decoded query (what the forecaster checks, it checks itself)."""
     if query.steps > settings.max_steps:
         raise InputError(
             f"steps: {query.steps} is more than this service's limit of {settings.max_steps}", field="steps"
         )
     if query.members is not None:
-        if not forecaster.supports_members:
-            raise InputError(
-                f"members: {model.label} gives one forecast, not ensemble members", field="members"
-            )
         if query.members > settings.max_members:
             raise InputError(
                 f"members: {query.members} is more than this service's limit of {settings.max_members}",
@@ -259,7 +250,7 @@ def check_query(
                 "accept application/json",
                 field="members",
             )
-    n_t, n_y, n_x = query.sequence.shape
+    _, n_y, n_x = query.sequence.shape
     values = (query.members or 1) * query.steps * n_y * n_x
     if values > settings.max_output_values:
         raise TooLargeInputError(
@@ -267,20 +258,6 @@ def check_query(
             f"values is more than this service's limit of {settings.max_output_values}",
             field="steps",
         )
-    needed = forecaster.n_input_frames
-    if n_t < needed:
-        raise InputError(
-            f"frames: {model.label} needs at least {needed} past frames; got {n_t}", field="frames"
-        )
-    try:
-        validate_sequence(query.sequence, min_frames=needed, max_rate_mmh=settings.max_rain_rate_mmh)
-    except InputError as exc:
-        raise InputError(f"frames: {exc}", field="frames") from exc
-    if n_t == 1 and not query.sequence.attrs.get("time_step_minutes"):
-        raise InputError(
-            "time_step_minutes: one frame has no time step; give time_step_minutes", field="time_step_minutes"
-        )
-    return np.ascontiguousarray(query.sequence.values[-needed:], dtype=np.float32)
 
 
 def _decode_base64_frames(frames: EncodedFrames, settings: Settings) -> np.ndarray:
@@ -418,18 +395,6 @@ def _spacing(axis: np.ndarray | None, default: float) -> float:
 
 
 # --- answers ---------------------------------------------------------------------------------------------
-
-
-def forecast_sequence(query: ForecastQuery, model: LoadedModel, frames: np.ndarray) -> xr.DataArray:
-    """The forecast in the product's sequence form, exactly as ``Forecaster.forecast`` builds it."""
-    past = query.sequence
-    if past.sizes["time"] > 1:
-        step = time_step(past)
-    else:
-        step = pd.Timedelta(minutes=float(past.attrs["time_step_minutes"]))
-    last = pd.Timestamp(past["time"].values[-1])
-    times = pd.DatetimeIndex([last + step * (i + 1) for i in range(query.steps)])
-    return model.forecaster.wrap(past, frames, times, members=query.members)
 
 
 def netcdf_answer(forecast: xr.DataArray, model: LoadedModel, request_id: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Run the service under uvicorn: what ``nowcast serve`` and ``python -m service`` call."""
+"""Run the service under uvicorn: what ``python -m service`` calls."""
 
 from __future__ import annotations
 

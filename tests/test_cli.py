@@ -78,8 +78,7 @@ class _TwoFutures(Forecaster):
 
 
 def test_forecast_members_are_written_as_realizations(past_file, tmp_path, monkeypatch):
-    forecasters._load_builtins()
-    monkeypatch.setitem(forecasters._BUILTIN, "two-futures", lambda: _TwoFutures())
+    monkeypatch.setitem(forecasters.METHODS, "two-futures", lambda: _TwoFutures())
     out = tmp_path / "ensemble.nc"
     result = run("forecast", str(past_file), "-m", "two-futures", "-n", "2", "--members", "3", "-o", str(out))
     assert result.exit_code == 0, result.output
@@ -124,7 +123,7 @@ def test_too_few_frames(past, tmp_path):
     short = write_netcdf(past.isel(time=slice(0, 2)), tmp_path / "short.nc")
     out = tmp_path / "f.nc"
     result = run("forecast", str(short), "-m", "extrapolation", "-o", str(out))
-    expect_user_error(result, "too few frames: need at least 4, got 2", out)
+    expect_user_error(result, "extrapolation needs at least 4 past frames; got 2", out)
 
 
 def test_irregular_time_steps(past, tmp_path):
@@ -148,7 +147,7 @@ def test_all_nan_frame(past, tmp_path):
 def test_members_from_a_deterministic_model(past_file, tmp_path):
     out = tmp_path / "f.nc"
     result = run("forecast", str(past_file), "-m", "persistence", "--members", "2", "-o", str(out))
-    expect_user_error(result, "persistence does not produce ensemble members", out)
+    expect_user_error(result, "persistence gives one forecast, not ensemble members", out)
 
 
 def test_output_that_is_a_folder(past_file, tmp_path):
@@ -230,7 +229,7 @@ def test_evaluate_end_to_end_on_a_small_archive(tmp_path, monkeypatch):
 
 def test_train_job_runs_with_its_progress_bar(tmp_path, tiny_train_config):
     """`nowcast train` as a person runs it (progress bar on) trains and logs on a synthetic event."""
-    config = tiny_train_config("tiny", 'correction_frame = "lagrangian"')
+    config = tiny_train_config("tiny")
     result = run("train", "--config", str(config), "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

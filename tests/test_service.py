@@ -74,9 +74,9 @@ class FakeBatched(Forecaster):
 def fake_models(monkeypatch: pytest.MonkeyPatch) -> type[FakeBatched]:
     """Register the fakes in the forecaster registry for this test only."""
     FakeBatched.batch_sizes = []
-    monkeypatch.setitem(forecasters._BUILTIN, "test-batched", lambda **kw: FakeBatched(**kw))
-    monkeypatch.setitem(forecasters._BUILTIN, "test-slow", lambda: FakeBatched(delay_s=0.15))
-    monkeypatch.setitem(forecasters._BUILTIN, "test-slow-other", lambda: FakeBatched(delay_s=0.05, gain=0.5))
+    monkeypatch.setitem(forecasters.METHODS, "test-batched", lambda **kw: FakeBatched(**kw))
+    monkeypatch.setitem(forecasters.METHODS, "test-slow", lambda: FakeBatched(delay_s=0.15))
+    monkeypatch.setitem(forecasters.METHODS, "test-slow-other", lambda: FakeBatched(delay_s=0.05, gain=0.5))
     return FakeBatched
 
 
@@ -661,7 +661,7 @@ def test_failed_switches_leave_the_active_model(tmp_path: Path) -> None:
         corrupt = client.put("/v1/admin/active-model", json={"name": "broken"}, headers=admin)
         active = client.get("/v1/models").json()["active"]["name"]
         still_serving = client.post("/v1/nowcasts", json=json_body(sequence()))
-    assert unknown.status_code == 404 and "available: " in unknown.json()["detail"]
+    assert unknown.status_code == 404 and "valid names are: " in unknown.json()["detail"]
     assert versioned_builtin.status_code == 422 and versioned_builtin.json()["field"] == "version"
     assert missing_version.status_code == 404 and "versions: v1" in missing_version.json()["detail"]
     assert corrupt.status_code >= 400
@@ -764,7 +764,7 @@ class FakeEnsemble(Forecaster):
 
 def test_models_that_draw_noise_run_each_request_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     FakeEnsemble.batch_sizes = []
-    monkeypatch.setitem(forecasters._BUILTIN, "test-ensemble", FakeEnsemble)
+    monkeypatch.setitem(forecasters.METHODS, "test-ensemble", FakeEnsemble)
     seq = sequence()
     body = json_body(seq, steps=2, members=3, seed=7)
     with running(model="test-ensemble", batch_window_ms=100) as client, ThreadPoolExecutor(4) as pool:
@@ -794,6 +794,9 @@ def _write_tiny_gan(models_dir: Path, seed: int) -> None:
         discriminator_channels=(4, 4),
         generator_layers=2,
         condition_on_advection=False,
+        envelope_db=0.0,
+        correction_deadzone_db=0.0,
+        correction_db_per_step=0.0,
     )
     torch.manual_seed(seed)
     generator = Generator(model)
@@ -868,6 +871,7 @@ class FakeHalf(Forecaster):
     name = "test-half"
     n_input_frames = 2
     device = "cuda:0"
+    supports_half = True
 
     def __init__(self, half_error: float) -> None:
         self.half = False

@@ -143,7 +143,7 @@ def test_a_model_outside_the_registry_is_as_unknown_as_a_missing_one(tmp_path: P
 
 
 def test_a_full_queue_or_memory_budget_refuses_before_reading_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(forecasters._BUILTIN, "test-slow", lambda: FakeBatched(delay_s=0.15))
+    monkeypatch.setitem(forecasters.METHODS, "test-slow", lambda: FakeBatched(delay_s=0.15))
     seq = sequence()
     with running(model="test-slow", max_batch=1, queue_size=1) as client:
         busy = [threading.Thread(target=client.post, args=("/v1/nowcasts",), kwargs={"json": json_body(seq)})
@@ -252,7 +252,7 @@ def test_docs_and_metrics_can_be_closed() -> None:
 
 
 def test_a_model_call_takes_no_more_pixels_than_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(forecasters._BUILTIN, "test-slow", lambda: FakeBatched(delay_s=0.15))
+    monkeypatch.setitem(forecasters.METHODS, "test-slow", lambda: FakeBatched(delay_s=0.15))
     FakeBatched.batch_sizes = []
     sequences = [sequence(seed=s) for s in range(8)]  # 12x14 = 168 pixels each
     limits = {"batch_window_ms": 100, "max_batch": 8, "max_batch_pixels": 3 * 168}

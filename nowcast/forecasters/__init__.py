@@ -1,64 +1,105 @@
-"""Forecasters, picked by name from a registry (after pysteps' ``get_method``).
+"""Forecasters, picked by name from one table (after pySTEPS' ``nowcasts.interface``).
 
 ``get_forecaster("persistence")`` and ``get_forecaster("extrapolation")`` give the
-baselines; any other name is looked up in the model registry (``models/NAME/VERSION``,
-see :mod:`nowcast.artifacts`), with an optional ``NAME@VERSION``. An unknown name raises
-an error that lists the valid names.
+baselines of :data:`METHODS`; any other name is a trained model of the registry
+(``models/NAME/VERSION``, see :mod:`nowcast.artifacts`), given as ``NAME`` (its latest
+version) or ``NAME@VERSION``. An unknown name is an error that lists the valid ones. The
+command line, the evaluation job and the service all resolve names here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nowcast.errors import UnknownNameError
-from nowcast.forecasters.base import Forecaster
+from nowcast import artifacts
+from nowcast.errors import InputError, UnknownNameError
+from nowcast.forecasters.base import Forecaster, PreparedForecast
+from nowcast.forecasters.extrapolation import Extrapolation
+from nowcast.forecasters.persistence import Persistence
 
-_BUILTIN: dict[str, Callable[..., Forecaster]] = {}
+#: The methods that need no training, by name; each builds its forecaster from keyword options.
+METHODS: dict[str, Callable[..., Forecaster]] = {
+    "persistence": Persistence,
+    "extrapolation": Extrapolation,
+}
 
 
-def register(name: str) -> Callable[[Callable[..., Forecaster]], Callable[..., Forecaster]]:
-    """Register a forecaster factory under ``name``."""
+@dataclass(frozen=True)
+class ForecasterName:
+    """A resolved name: a method of :data:`METHODS` (no version) or a trained model at a version."""
 
-    def decorator(factory: Callable[..., Forecaster]) -> Callable[..., Forecaster]:
-        _BUILTIN[name] = factory
-        return factory
+    name: str
+    version: str | None = None
 
-    return decorator
+    @property
+    def trained(self) -> bool:
+        return self.version is not None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}@{self.version}" if self.version else self.name
 
 
 def builtin_names() -> list[str]:
-    _load_builtins()
-    return sorted(_BUILTIN)
+    """The methods that need no training."""
+    return sorted(METHODS)
 
 
 def available(models_dir: str | Path | None = None) -> list[str]:
-    """Every name ``get_forecaster`` accepts: baselines and trained models."""
-    from nowcast import artifacts
-
-    return builtin_names() + sorted(artifacts.list_models(models_dir))
+    """Every name ``get_forecaster`` accepts: the methods and the trained models."""
+    return builtin_names() + artifacts.list_models(models_dir)
 
 
-def get_forecaster(name: str, *, models_dir: str | Path | None = None, device: str | None = None,
-                   **kwargs: Any) -> Forecaster:
-    """The forecaster called ``name`` (``NAME`` or ``NAME@VERSION`` for a trained model)."""
-    _load_builtins()
-    if name in _BUILTIN:
-        return _BUILTIN[name](**kwargs)
-    from nowcast import artifacts
+def resolve(name: str, version: str | None = None, *, models_dir: str | Path | None = None) -> ForecasterName:
+    """``NAME``, ``NAME@VERSION`` or (``NAME``, ``version``) as a name this table holds.
 
-    model_name, _, version = name.partition("@")
-    if model_name in artifacts.list_models(models_dir):
-        return artifacts.load_forecaster(model_name, version or None, models_dir=models_dir, device=device)
-    raise UnknownNameError(
-        f"unknown forecaster {name!r}; valid names are: {', '.join(available(models_dir))}"
-    )
+    A trained model without a version is its latest one. Unknown names and versions raise
+    :class:`UnknownNameError` listing the valid ones; a version for a method, or two
+    versions that disagree, :class:`InputError` naming the field ``version``.
+    """
+    base, _, inline = name.partition("@")
+    if inline and version and inline != version:
+        raise InputError(f"model {name!r} names version {inline!r} but version {version!r} was asked", field="version")
+    version = inline or version or None
+    if base in METHODS:
+        if version is not None:
+            raise InputError(f"{base!r} is a built-in method and has no versions (asked for {version!r})",
+                             field="version")
+        return ForecasterName(base)
+    if base not in artifacts.list_models(models_dir):
+        raise UnknownNameError(f"unknown forecaster {base!r}; valid names are: {', '.join(available(models_dir))}")
+    versions = artifacts.list_versions(base, models_dir)
+    if version is None:
+        return ForecasterName(base, versions[-1])
+    if version not in versions:
+        raise UnknownNameError(f"model {base!r} has no version {version!r}; versions: {', '.join(versions)}")
+    return ForecasterName(base, version)
 
 
-def _load_builtins() -> None:
-    # Imported here so that registering does not pull pysteps into every import.
-    from nowcast.forecasters import extrapolation, persistence  # noqa: F401
+def get_forecaster(name: str, version: str | None = None, *, models_dir: str | Path | None = None,
+                   device: str | None = None, **options: Any) -> Forecaster:
+    """The forecaster called ``name`` (see :func:`resolve`); ``options`` go to a method's constructor."""
+    resolved = resolve(name, version, models_dir=models_dir)
+    if not resolved.trained:
+        return METHODS[resolved.name](**options)
+    if options:
+        raise InputError(f"trained model {resolved.label} takes no options; got {sorted(options)}")
+    from nowcast.gan.forecaster import GANForecaster  # torch is imported only for trained models
+
+    folder = artifacts.verified_folder(resolved.name, resolved.version, models_dir)
+    return GANForecaster.from_artifact(folder, device=device)
 
 
-__all__ = ["Forecaster", "available", "builtin_names", "get_forecaster", "register"]
+__all__ = [
+    "METHODS",
+    "Forecaster",
+    "ForecasterName",
+    "PreparedForecast",
+    "available",
+    "builtin_names",
+    "get_forecaster",
+    "resolve",
+]

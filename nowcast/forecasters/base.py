@@ -5,15 +5,19 @@ A forecaster takes the past radar sequence (the product's xarray form, see
 the same grid, with valid times following the input's time step and the input's
 last time as ``forecast_reference_time`` attribute.
 
-Subclasses implement :meth:`Forecaster.predict`, which works on plain arrays of rain
-rate so that a service can stack several requests into one call; the xarray wrapping,
-validation and metadata live here once.
+Forecasting is three steps, so that a service can stack several requests into one model
+call between the first and the last: :meth:`Forecaster.prepare` checks the request and
+keeps the frames the method uses (the one preparation step the command line, the
+evaluation job and the service share); :meth:`Forecaster.predict`, which subclasses
+implement, works on plain arrays of rain rate; :meth:`Forecaster.finish` puts the frames
+on the input's grid. :meth:`Forecaster.forecast` runs all three.
 """
 
 from __future__ import annotations
 
 import abc
 import logging
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,9 +25,21 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import SequenceError
-from nowcast.sequence import future_times, like, validate_sequence
+from nowcast.sequence import MAX_RAIN_RATE_MMH, future_times, like, validate_sequence
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedForecast:
+    """A checked request: the frames the method uses and where its answer goes."""
+
+    past: np.ndarray  # (n_input_frames, y, x) float32 mm/h, NaN = no data
+    valid_times: pd.DatetimeIndex
+    source: xr.DataArray  # the past sequence: grid, georeferencing, reference time
+    steps: int
+    members: int | None = None
+    seed: int | None = None
 
 
 class Forecaster(abc.ABC):
@@ -37,6 +53,19 @@ class Forecaster(abc.ABC):
     name: ClassVar[str] = "forecaster"
     n_input_frames: int = 2
     supports_members: bool = False
+    #: where the method runs ("cpu", "cuda", ...)
+    device: Any = "cpu"
+    #: methods with a float16 path set this, and the service turns ``half`` on where it is safe
+    supports_half: bool = False
+    half: bool = False
+
+    @property
+    def batch_invariant(self) -> bool:
+        """Whether a sequence's forecast does not depend on the others in its batch.
+
+        A deterministic method is; one that draws noise declares it (its noise drawn per sequence).
+        """
+        return not self.supports_members
 
     @abc.abstractmethod
     def predict(self, past: np.ndarray, steps: int, *, members: int | None = None,
@@ -55,10 +84,47 @@ class Forecaster(abc.ABC):
         return {"name": self.name, "n_input_frames": self.n_input_frames,
                 "supports_members": self.supports_members}
 
-    def check_past(self, past: xr.DataArray) -> xr.DataArray:
-        """Validate a past sequence and keep the frames the method uses."""
-        validate_sequence(past, min_frames=self.n_input_frames)
-        return past.isel(time=slice(-self.n_input_frames, None))
+    def warmup(self, ny: int = 128, nx: int = 128) -> None:
+        """Run once on dry input, so that the first real forecast pays no start-up cost."""
+        self.predict(np.zeros((1, self.n_input_frames, ny, nx), dtype=np.float32), 1)
+
+    def prepare(self, past: xr.DataArray, steps: int, *, members: int | None = None, seed: int | None = None,
+                max_rate_mmh: float = MAX_RAIN_RATE_MMH) -> PreparedForecast:
+        """Check a request and keep what :meth:`predict` needs.
+
+        Errors name the part at fault in their ``field``: ``steps``, ``members``, ``frames``
+        or ``time_step_minutes`` (a single frame whose sequence does not say its time step).
+        """
+        if steps < 1:
+            raise SequenceError(f"steps must be at least 1, got {steps}", field="steps")
+        if members is not None:
+            if not self.supports_members:
+                raise SequenceError(f"{self.name} gives one forecast, not ensemble members", field="members")
+            if members < 1:
+                raise SequenceError(f"members must be at least 1, got {members}", field="members")
+        if past.sizes.get("time", 0) < self.n_input_frames:
+            raise SequenceError(f"{self.name} needs at least {self.n_input_frames} past frames; "
+                                f"got {past.sizes.get('time', 0)}", field="frames")
+        try:
+            validate_sequence(past, min_frames=self.n_input_frames, max_rate_mmh=max_rate_mmh)
+        except SequenceError as exc:
+            raise SequenceError(str(exc), field=exc.field or "frames") from exc
+        used = np.ascontiguousarray(past.values[-self.n_input_frames:], dtype=np.float32)
+        return PreparedForecast(used, future_times(past, steps), past, steps, members, seed)
+
+    def finish(self, prepared: PreparedForecast, frames: np.ndarray) -> xr.DataArray:
+        """Predicted frames, (steps, y, x) or (members, steps, y, x), in the sequence form on the input's grid."""
+        source = prepared.source
+        reference = pd.Timestamp(source["time"].values[-1])
+        if prepared.members is None:
+            result = like(source, frames, prepared.valid_times)
+        else:
+            stacked = [like(source, frames[m], prepared.valid_times) for m in range(frames.shape[0])]
+            result = xr.concat(stacked, dim="member").assign_coords(member=np.arange(frames.shape[0]))
+            result.attrs = stacked[0].attrs
+        result.attrs["forecast_reference_time"] = str(reference)
+        result.attrs["forecast_method"] = self.name
+        return result
 
     def forecast(self, past: xr.DataArray, steps: int, *, members: int | None = None,
                  seed: int | None = None) -> xr.DataArray:
@@ -67,28 +133,6 @@ class Forecaster(abc.ABC):
         Returns the sequence form (time, y, x), or (member, time, y, x) when
         ``members`` is given.
         """
-        if steps < 1:
-            raise SequenceError(f"steps must be at least 1, got {steps}")
-        if members is not None:
-            if not self.supports_members:
-                raise SequenceError(f"{self.name} does not produce ensemble members")
-            if members < 1:
-                raise SequenceError(f"members must be at least 1, got {members}")
-        used = self.check_past(past)
-        times = future_times(past, steps)
-        out = self.predict(used.values[np.newaxis].astype(np.float32), steps, members=members, seed=seed)[0]
-        return self.wrap(past, out, times, members=members)
-
-    def wrap(self, past: xr.DataArray, frames: np.ndarray, times: pd.DatetimeIndex,
-             *, members: int | None = None) -> xr.DataArray:
-        """Put predicted frames into the sequence form on ``past``'s grid."""
-        reference = pd.Timestamp(past["time"].values[-1])
-        if members is None:
-            result = like(past, frames, times)
-        else:
-            stacked = [like(past, frames[m], times) for m in range(frames.shape[0])]
-            result = xr.concat(stacked, dim="member").assign_coords(member=np.arange(frames.shape[0]))
-            result.attrs = stacked[0].attrs
-        result.attrs["forecast_reference_time"] = str(reference)
-        result.attrs["forecast_method"] = self.name
-        return result
+        prepared = self.prepare(past, steps, members=members, seed=seed)
+        frames = self.predict(prepared.past[np.newaxis], steps, members=members, seed=seed)[0]
+        return self.finish(prepared, frames)

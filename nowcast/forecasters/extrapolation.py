@@ -14,21 +14,10 @@ import logging
 
 import numpy as np
 
-from nowcast.forecasters import register
 from nowcast.forecasters.base import Forecaster
+from nowcast.motion import lucas_kanade
 
 logger = logging.getLogger(__name__)
-
-# pixels around no-data and the domain edge where no features are tracked
-LK_BUFFER_MASK = 10
-
-
-def estimate_motion(past: np.ndarray, threshold_mmh: float = 0.1) -> np.ndarray:
-    """Lucas–Kanade motion (pixels per step), shape (2, y, x), from (time, y, x) mm/h."""
-    from pysteps import motion
-
-    dbr = _to_dbr(past, threshold_mmh)
-    return motion.get_method("LK")(dbr, fd_kwargs={"buffer_mask": LK_BUFFER_MASK}, verbose=False)
 
 
 def advect(frame: np.ndarray, velocity: np.ndarray, steps: int) -> np.ndarray:
@@ -40,13 +29,6 @@ def advect(frame: np.ndarray, velocity: np.ndarray, steps: int) -> np.ndarray:
     out = extrapolation.get_method("semilagrangian")(filled, velocity, steps, outval=np.nan)
     out = np.where(np.isfinite(frame)[np.newaxis], out, np.nan)
     return np.where(np.isnan(out), np.nan, np.maximum(out, 0.0)).astype(np.float32)
-
-
-def _to_dbr(rate: np.ndarray, threshold_mmh: float) -> np.ndarray:
-    dry = 10.0 * np.log10(threshold_mmh) - 5.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dbr = np.where(rate >= threshold_mmh, 10.0 * np.log10(np.maximum(rate, threshold_mmh)), dry)
-    return np.where(np.isfinite(rate), dbr, dry).astype(np.float64)
 
 
 class Extrapolation(Forecaster):
@@ -62,11 +44,6 @@ class Extrapolation(Forecaster):
                 seed: int | None = None) -> np.ndarray:
         out = np.empty((past.shape[0], steps, *past.shape[2:]), dtype=np.float32)
         for i, sequence in enumerate(past):
-            velocity = estimate_motion(sequence, self.threshold_mmh)
+            velocity = lucas_kanade(sequence, self.threshold_mmh)
             out[i] = advect(sequence[-1], velocity, steps)
         return out
-
-
-@register("extrapolation")
-def _make(**kwargs: int | float) -> Extrapolation:
-    return Extrapolation(**kwargs)  # type: ignore[arg-type]

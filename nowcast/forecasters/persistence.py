@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from nowcast.forecasters import register
 from nowcast.forecasters.base import Forecaster
 
 
@@ -16,10 +15,3 @@ class Persistence(Forecaster):
                 seed: int | None = None) -> np.ndarray:
         last = past[:, -1:]
         return np.repeat(last, steps, axis=1).astype(np.float32)
-
-
-@register("persistence")
-def _make(**kwargs: object) -> Persistence:
-    if kwargs:
-        raise TypeError(f"persistence takes no options; got {sorted(kwargs)}")
-    return Persistence()

@@ -1,9 +1,10 @@
-"""Motion and advection for conditioning the GAN on extrapolation.
+"""Back-trajectories and advection for conditioning the GAN on extrapolation.
 
-Motion comes from pysteps' Lucas–Kanade, as in the extrapolation baseline, but on
-frames downsampled by a small factor: motion fields are smooth, and this keeps the GAN
-faster than the baseline it refines. Advection is a backward semi-Lagrangian scheme in
-torch (``grid_sample``), so it runs batched on the model's device.
+Motion comes from :func:`nowcast.motion.lucas_kanade_coarse` (the extrapolation
+baseline's Lucas–Kanade, its dense field interpolated on a coarser grid). Advection is
+a backward semi-Lagrangian scheme in torch (``grid_sample``), so it runs batched on the
+model's device, and the same back-trajectories move the past frames into the frame of
+reference that moves with the rain (:func:`lagrangian_past`).
 
 Motion fields follow pysteps' convention: ``(2, y, x)`` with ``[0]`` the x and ``[1]``
 the y displacement, in pixels per time step.
@@ -11,98 +12,8 @@ the y displacement, in pixels per time step.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-MOTION_METHODS = ("downsampled_frames", "full_resolution")
-
-
-def estimate_motion(past: np.ndarray, downsample: int = 4, threshold_mmh: float = 0.1,
-                    method: str = "downsampled_frames") -> np.ndarray:
-    """Lucas–Kanade motion of (time, y, x) mm/h frames, in full-resolution pixels per step.
-
-    ``method``:
-    - ``"full_resolution"``: features are found and tracked on the full-resolution frames
-      exactly as the extrapolation baseline does (pysteps, ``buffer_mask`` 10); only the
-      dense field is interpolated from the tracked vectors on a grid ``downsample`` times
-      coarser and then upsampled. That interpolation is what makes pysteps' dense
-      Lucas–Kanade slow (inverse-distance weights of 20 vectors at every pixel), and its
-      field is smooth, so the result matches the baseline's motion to about 0.01 px/step.
-    - ``"downsampled_frames"``: everything runs on frames averaged over ``downsample``²
-      blocks (the first shipped models; faster, but its motion differs more).
-
-    Returns float32 (2, y, x). Frames without enough rain to track give zero motion.
-    """
-    if method not in MOTION_METHODS:
-        raise ValueError(f"unknown motion method {method!r}; valid: {', '.join(MOTION_METHODS)}")
-    if method == "full_resolution":
-        return _motion_full_resolution(past, downsample, threshold_mmh)
-    return _motion_downsampled_frames(past, downsample, threshold_mmh)
-
-
-def _motion_downsampled_frames(past: np.ndarray, downsample: int, threshold_mmh: float) -> np.ndarray:
-    from pysteps import motion
-
-    from nowcast.forecasters.extrapolation import _to_dbr
-
-    frames = np.where(np.isfinite(past), past, 0.0).astype(np.float32)
-    n_t, ny, nx = frames.shape
-    if downsample > 1:
-        cy, cx = ny // downsample, nx // downsample
-        frames = frames[:, : cy * downsample, : cx * downsample]
-        frames = frames.reshape(n_t, cy, downsample, cx, downsample).mean(axis=(2, 4))
-    dbr = _to_dbr(frames, threshold_mmh)
-    try:
-        velocity = motion.get_method("LK")(dbr, fd_kwargs={"buffer_mask": 5}, verbose=False)
-    except Exception:  # LK fails on fields with nothing to track; no motion is the honest answer
-        velocity = np.zeros((2, *dbr.shape[1:]))
-    velocity = np.nan_to_num(np.asarray(velocity, dtype=np.float32)) * downsample
-    if downsample > 1:
-        up = F.interpolate(torch.from_numpy(velocity)[None], size=(ny, nx), mode="bilinear",
-                           align_corners=False)
-        velocity = up[0].numpy()
-    return velocity.astype(np.float32)
-
-
-# pysteps' dense_lucaskanade defaults, which the extrapolation baseline uses
-_DECLUSTER_SCALE = 20
-_IDW_DIST_OFFSET = 0.5
-
-
-def _motion_full_resolution(past: np.ndarray, stride: int, threshold_mmh: float) -> np.ndarray:
-    from pysteps.motion.lucaskanade import dense_lucaskanade
-    from pysteps.utils.cleansing import decluster
-    from pysteps.utils.interpolate import idwinterp2d
-
-    from nowcast.forecasters.extrapolation import LK_BUFFER_MASK, _to_dbr
-
-    dbr = _to_dbr(past, threshold_mmh)
-    ny, nx = dbr.shape[1:]
-    try:
-        xy, uv = dense_lucaskanade(dbr, fd_kwargs={"buffer_mask": LK_BUFFER_MASK}, dense=False, verbose=False)
-        if xy.shape[0] > 0:
-            xy, uv = decluster(xy, uv, _DECLUSTER_SCALE, 1, False)
-    except Exception:  # LK fails on fields with nothing to track; no motion is the honest answer
-        xy = np.empty((0, 2))
-    if xy.shape[0] == 0:
-        return np.zeros((2, ny, nx), dtype=np.float32)
-    stride = max(int(stride), 1)
-    xs = np.arange(0, nx, stride, dtype=np.float64)
-    ys = np.arange(0, ny, stride, dtype=np.float64)
-    # pysteps divides distances by the grid spacing before adding the offset; scaling the
-    # offset keeps the weights of the full-resolution field at the coarse points
-    coarse = idwinterp2d(xy, uv, xs, ys, dist_offset=_IDW_DIST_OFFSET / stride)
-    coarse = np.asarray(coarse, dtype=np.float32).reshape(2, len(ys), len(xs))
-    if stride == 1:
-        return np.nan_to_num(coarse)
-    # coarse point (i, j) sits on full-resolution pixel (i·stride, j·stride)
-    grid_y = torch.arange(ny, dtype=torch.float32) / stride / max(len(ys) - 1, 1) * 2 - 1
-    grid_x = torch.arange(nx, dtype=torch.float32) / stride / max(len(xs) - 1, 1) * 2 - 1
-    gy, gx = torch.meshgrid(grid_y, grid_x, indexing="ij")
-    up = F.grid_sample(torch.from_numpy(coarse)[None], torch.stack([gx, gy], dim=-1)[None],
-                       mode="bilinear", padding_mode="border", align_corners=True)
-    return np.nan_to_num(up[0].numpy()).astype(np.float32)
 
 
 def pixel_grid(batch: int, ny: int, nx: int, *, origin: tuple[int, int] = (0, 0),

@@ -3,34 +3,39 @@
 ``ExperimentConfig`` is what ``nowcast train --config FILE`` reads (TOML or JSON,
 unknown keys rejected); ``ModelConfig`` and ``Normalisation`` travel with the weights
 into every exported artifact, so a model rebuilds itself without outside knowledge.
+The defaults are the recipe of the shipped ``default-gan`` (``configs/default-gan.toml``
+spells it out, and a test keeps the two equal).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
+from nowcast.config import ConfigError
 from nowcast.transforms import Normalisation
-
-CORRECTION_FRAMES = ("eulerian", "lagrangian")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The generator and discriminators.
+    """The generator and discriminators; the defaults build the shipped ``default-gan``.
 
     ``generator_channels``/``discriminator_channels``: width per scale, coarsest first;
     their length is the number of scales K (scale k works at 1/2^(K-1-k) resolution).
-    ``condition_on_advection``: feed the semi-Lagrangian advection of the last frame
-    (Lucas–Kanade motion, as the extrapolation baseline) to every scale and refine it,
-    instead of predicting from the past frames alone as in Mathieu et al.
+    ``condition_on_advection``: refine the semi-Lagrangian advection of the last frame
+    (Lucas–Kanade motion, as the extrapolation baseline) in the frame of reference that
+    moves with the rain (L-CNN, Ritvanen et al. 2023): the past frames are first moved
+    along the motion to where their air is at the last observation, so that every pixel
+    of the input follows one air parcel through time and growth and decay are differences
+    in place; the generator predicts the correction of each parcel's last rain rate per
+    lead time, and that correction is carried along the back-trajectories onto the
+    advected forecast (a parcel without data at the last observation gets none). False:
+    predict from the past frames alone, as in Mathieu et al.
     ``noise_channels``: Gaussian noise maps added to every scale's input, so that the
     same past can give several futures (ensemble members); 0 for the paper's model.
-    ``motion_estimation``: ``"full_resolution"`` tracks Lucas–Kanade features on the
-    full-resolution frames as the extrapolation baseline does and interpolates the dense
-    field on a grid ``motion_downsample`` times coarser; ``"downsampled_frames"`` (the
-    first shipped models) runs all of Lucas–Kanade on frames downsampled by
-    ``motion_downsample``. See ``nowcast.gan.advection.estimate_motion``.
+    ``motion_downsample``: the dense motion field is interpolated on a grid this many
+    times coarser than the frames (:func:`nowcast.motion.lucas_kanade_coarse`).
     ``envelope_db``/``envelope_radius``: when ``envelope_db`` > 0 (and the model is
     conditioned on advection), no forecast pixel may exceed the strongest advected rain
     within ``envelope_radius`` full-resolution pixels by more than ``envelope_db``.
@@ -45,15 +50,6 @@ class ModelConfig:
     start learning). ``correction_db_per_step`` bounds the correction smoothly to ±that many
     dB times the lead (in steps): the first frames of a nowcast are where advection is
     hardest to beat, and growth and decay build up with time. 0 turns either off.
-    ``correction_frame`` (conditioned models only): where the generator works.
-    ``"eulerian"`` (v1–v5): on the grid, from the past frames as observed, correcting the
-    advected frames where they are. ``"lagrangian"``: in the frame of reference that moves
-    with the rain (L-CNN, Ritvanen et al. 2023): the past frames are first moved along the
-    motion to where their air is at the last observation, so that every pixel of the input
-    follows one air parcel through time and growth and decay are differences in place; the
-    generator predicts the correction of each parcel's last rain rate per lead time, and
-    that correction is carried along the back-trajectories onto the advected forecast. A
-    parcel without data at the last observation gets no correction.
     """
 
     n_input: int = 4
@@ -64,25 +60,12 @@ class ModelConfig:
     condition_on_advection: bool = True
     noise_channels: int = 0
     motion_downsample: int = 4
-    motion_estimation: str = "downsampled_frames"
-    envelope_db: float = 0.0
+    envelope_db: float = 10.0
     envelope_radius: int = 8
-    correction_deadzone_db: float = 0.0
-    correction_db_per_step: float = 0.0
-    correction_frame: str = "eulerian"
+    correction_deadzone_db: float = 0.5
+    correction_db_per_step: float = 0.5
 
     def __post_init__(self) -> None:
-        from nowcast.gan.advection import MOTION_METHODS
-
-        if self.correction_frame not in CORRECTION_FRAMES:
-            raise ValueError(f"unknown correction_frame {self.correction_frame!r}; "
-                             f"valid: {', '.join(CORRECTION_FRAMES)}")
-        if self.correction_frame == "lagrangian" and not self.condition_on_advection:
-            raise ValueError("correction_frame 'lagrangian' needs condition_on_advection: it moves with the advection")
-
-        if self.motion_estimation not in MOTION_METHODS:
-            raise ValueError(f"unknown motion_estimation {self.motion_estimation!r}; "
-                             f"valid: {', '.join(MOTION_METHODS)}")
         if self.motion_downsample < 1:
             raise ValueError("motion_downsample >= 1")
         if self.envelope_db < 0 or self.envelope_radius < 0:
@@ -93,7 +76,7 @@ class ModelConfig:
             raise ValueError("correction_deadzone_db and correction_db_per_step must not be negative")
         if (self.correction_deadzone_db > 0 or self.correction_db_per_step > 0) and not self.condition_on_advection:
             raise ValueError("correction_deadzone_db and correction_db_per_step need condition_on_advection: "
-                             "they limit the correction of the advection")
+                             "they limit the correction of the advection (set them to 0)")
         if len(self.generator_channels) != len(self.discriminator_channels):
             raise ValueError("generator_channels and discriminator_channels need one entry per scale")
         if not 1 <= len(self.generator_channels) <= 6:
@@ -102,10 +85,6 @@ class ModelConfig:
             raise ValueError("n_input >= 2 and n_output >= 1")
         if self.generator_layers < 2:
             raise ValueError("generator_layers >= 2")
-
-    @property
-    def lagrangian(self) -> bool:
-        return self.correction_frame == "lagrangian"
 
     @property
     def trajectory_steps(self) -> int:
@@ -120,6 +99,36 @@ class ModelConfig:
     def grid_multiple(self) -> int:
         """Grid sides are padded to a multiple of this."""
         return 2 ** (self.n_scales - 1)
+
+
+#: Keys of models written by earlier versions, with the one value this version still builds.
+_SETTLED_MODEL_KEYS = {"correction_frame": "lagrangian", "motion_estimation": "full_resolution"}
+
+
+def upgrade_model_config(data: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """A model config as earlier versions wrote it, in today's keys.
+
+    ``correction_frame`` and ``motion_estimation`` are gone: every conditioned model works
+    in the Lagrangian frame with full-resolution motion. A model that needs the Eulerian
+    generator or downsampled-frames motion (default-gan v1-v5, lp-only v1-v4) cannot be
+    built any more; its numbers are in docs/gan-experiments.md.
+    """
+    upgraded = dict(data)
+    for key, settled in _SETTLED_MODEL_KEYS.items():
+        value = upgraded.pop(key, settled)
+        if value != settled and upgraded.get("condition_on_advection", True):
+            raise ConfigError(
+                f"{where}: {key} = {value!r} was removed (only {settled!r} is built); this model comes from an "
+                "earlier version, see docs/gan-experiments.md"
+            )
+    return upgraded
+
+
+def upgrade_experiment_config(data: dict[str, Any], *, where: str) -> dict[str, Any]:
+    """An experiment config (a run's or an artifact's ``config.json``) in today's keys."""
+    if not isinstance(data.get("model"), dict):
+        return data
+    return {**data, "model": upgrade_model_config(data["model"], where=f"{where}:model")}
 
 
 @dataclass(frozen=True)
@@ -141,14 +150,14 @@ class LossConfig:
     forecast that the verification rewards. 0 for the paper's losses.
     """
 
-    lambda_adv: float = 0.05
+    lambda_adv: float = 0.5
     lambda_lp: float = 1.0
     lambda_gdl: float = 1.0
     p: int = 1
     alpha: float = 1.0
     rain_weight_thresholds_mmh: tuple[float, ...] = ()
     rain_weights: tuple[float, ...] = ()
-    lambda_csi: float = 0.0
+    lambda_csi: float = 6.0
     csi_thresholds_mmh: tuple[float, ...] = (1.0, 4.0, 8.0)
     csi_temperature_db: float = 1.0
 
@@ -179,8 +188,8 @@ class LossConfig:
 class DataConfig:
     """Which events feed training and validation, and how samples are cut."""
 
-    train_events: tuple[str, ...] = ()
-    val_events: tuple[str, ...] = ()
+    train_events: tuple[str, ...] = ("knmi-20100826", "mch-20150515", "mch-20170131", "fmi-20160928", "bom-20201031")
+    val_events: tuple[str, ...] = ("mch-20160711", "fmi-20170509", "bom-20180616")
     catalogue: str | None = None
     data_root: str | None = None
     patch_size: int = 96
@@ -208,22 +217,22 @@ class TrainConfig:
     100 steps of the GAN game (Yazıcı et al., ICLR 2019).
     """
 
-    steps: int = 2000
+    steps: int = 1000
     batch_size: int = 8
-    lr_generator: float = 2e-4
-    lr_discriminator: float = 4e-4
+    lr_generator: float = 1e-4
+    lr_discriminator: float = 2e-4
     discriminator_steps: int = 1
     weight_decay: float = 0.0
     grad_clip: float = 5.0
     seed: int = 0
-    log_every: int = 20
-    val_every: int = 250
+    log_every: int = 25
+    val_every: int = 100
     checkpoint_every: int = 100
     amp: bool = True
     device: str = "auto"
-    threads: int = 0
-    lr_schedule: str = "constant"
-    correction_limits_in_training: bool = True
+    threads: int = 1
+    lr_schedule: str = "cosine"
+    correction_limits_in_training: bool = False
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -246,7 +255,9 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = "gan"
+    """A training job: by default, the one that made the shipped ``default-gan``."""
+
+    name: str = "default-gan"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from nowcast.gan.advection import along, estimate_motion, lagrangian_past, pixel_grid, trajectories
+from nowcast.gan.advection import along, lagrangian_past, pixel_grid, trajectories
 from nowcast.gan.config import DataConfig, ModelConfig
+from nowcast.motion import lucas_kanade_coarse
 from nowcast.transforms import Normalisation
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,7 @@ class EventSamples:
             raise ValueError(f"event {name}: {n_frames} frames, fewer than {window} needed for one sample")
         self.motion = np.empty((len(self.starts), 2, *self.rate.shape[1:]), dtype=np.float32)
         for i, start in enumerate(self.starts):
-            self.motion[i] = estimate_motion(self.rate[start:start + model.n_input], model.motion_downsample,
-                                             method=model.motion_estimation)
+            self.motion[i] = lucas_kanade_coarse(self.rate[start:start + model.n_input], model.motion_downsample)
         last = self.rate[self.starts + model.n_input - 1]
         self.wet_fraction = np.nanmean(last >= 1.0, axis=(1, 2))
         logger.info("event %s: %d frames, %d start times, grid %s", name, n_frames, len(self.starts),

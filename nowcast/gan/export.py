@@ -88,10 +88,8 @@ def _default_description(cfg: Any) -> str:
         losses.append(f"soft CSI at {thresholds} mm/h (λ={cfg.loss.lambda_csi:g})")
     text = f"{cfg.name}: {cfg.model.n_scales}-scale generator trained with " + " + ".join(losses)
     if cfg.model.condition_on_advection:
-        text += (f"; refines Lucas-Kanade advection (motion: {cfg.model.motion_estimation.replace('_', ' ')}, "
-                 f"factor {cfg.model.motion_downsample})")
-        if cfg.model.lagrangian:
-            text += "; works in the Lagrangian frame (past moved with the rain, corrections carried along it)"
+        text += (f"; refines Lucas-Kanade advection (dense motion interpolated every {cfg.model.motion_downsample} px) "
+                 "in the Lagrangian frame (past moved with the rain, corrections carried along it)")
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")

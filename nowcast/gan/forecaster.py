@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from nowcast import config as config_io
 from nowcast.forecasters.base import Forecaster
-from nowcast.gan.advection import along, estimate_motion, lagrangian_past, pixel_grid, trajectories
-from nowcast.gan.config import ModelConfig
+from nowcast.gan.advection import along, lagrangian_past, pixel_grid, trajectories
+from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
+from nowcast.motion import lucas_kanade_coarse
 from nowcast.sequence import MAX_RAIN_RATE_MMH
 from nowcast.transforms import Normalisation
 
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 class GANForecaster(Forecaster):
     name = "gan"
+    supports_half = True
+    # noise is drawn per sequence, so a request's forecast does not depend on its batch
+    batch_invariant = True  # type: ignore[assignment]
 
     def __init__(self, generator: Generator, normalisation: Normalisation, *, device: str | None = None,
                  half: bool = False, label: str = "gan", card: dict[str, Any] | None = None) -> None:
@@ -41,8 +45,6 @@ class GANForecaster(Forecaster):
         self.normalisation = normalisation
         self.n_input_frames = self.model_config.n_input
         self.supports_members = self.model_config.noise_channels > 0
-        # noise is drawn per sequence, so a request's forecast does not depend on its batch
-        self.batch_invariant = True
         # half precision only where the hardware is built for it
         self.half = half and self.device.type == "cuda"
         self.name = label  # type: ignore[misc]
@@ -52,7 +54,8 @@ class GANForecaster(Forecaster):
     def from_artifact(cls, folder: str | Path, *, device: str | None = None, half: bool = False) -> GANForecaster:
         folder = Path(folder)
         spec = json.loads((folder / "config.json").read_text())
-        model_cfg = config_io.from_dict(ModelConfig, spec["model"], where=f"{folder}/config.json:model")
+        where = f"{folder}/config.json:model"
+        model_cfg = config_io.from_dict(ModelConfig, upgrade_model_config(spec["model"], where=where), where=where)
         norm = Normalisation.from_dict(spec["normalisation"])
         generator = Generator(model_cfg, scale_db=norm.scale_db)
         state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
@@ -66,10 +69,6 @@ class GANForecaster(Forecaster):
         return {**super().describe(), "device": str(self.device), "half": self.half,
                 "n_output": self.model_config.n_output,
                 "condition_on_advection": self.model_config.condition_on_advection}
-
-    def warmup(self, ny: int = 128, nx: int = 128) -> None:
-        """One forward pass on dry input, so the first request pays no start-up cost."""
-        self.predict(np.zeros((1, self.n_input_frames, ny, nx), dtype=np.float32), 1)
 
     def predict(self, past: np.ndarray, steps: int, *, members: int | None = None,
                 seed: int | None = None) -> np.ndarray:
@@ -130,16 +129,14 @@ class GANForecaster(Forecaster):
         valid_t = torch.from_numpy(valid.astype(np.float32)).to(dev)
         conditioning: dict[str, torch.Tensor] = {}
         if cfg.condition_on_advection:
-            motion = np.stack([estimate_motion(p, cfg.motion_downsample, method=cfg.motion_estimation) for p in past])
+            motion = np.stack([lucas_kanade_coarse(p, cfg.motion_downsample) for p in past])
             points = pixel_grid(len(past), ny, nx, device=dev)
-            steps = cfg.trajectory_steps if cfg.lagrangian else cfg.n_output
-            displacement = trajectories(torch.from_numpy(motion).to(dev), steps, points)
+            displacement = trajectories(torch.from_numpy(motion).to(dev), cfg.trajectory_steps, points)
             advected = along(past_t[:, -1], displacement[:, :cfg.n_output], points)
             conditioning["advected"] = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
-            if cfg.lagrangian:
-                conditioning["displacement"] = displacement[:, :cfg.n_output]
-                moved = lagrangian_past(past_t, displacement, points)
-                conditioning["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
+            conditioning["displacement"] = displacement[:, :cfg.n_output]
+            moved = lagrangian_past(past_t, displacement, points)
+            conditioning["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
         past_z = self.normalisation.encode(past_t).unsqueeze(2)
         valid_z = valid_t[:, None, None]
         multiple = cfg.grid_multiple

@@ -4,21 +4,20 @@ Tensors are laid out ``(batch, time, channel, y, x)`` everywhere in this package
 has one channel. Fields are in the normalised space of :mod:`nowcast.transforms` (dry =
 0), with no-data filled with 0 and carried as a separate validity mask.
 
-Scale k of K works at 1/2^(K-1-k) of the full resolution, coarsest first. It sees the
-past frames at its resolution, the validity mask, the upsampled prediction of scale k-1
-(at the coarsest scale: the last frame repeated), optionally noise, and predicts a
-correction of that upsampled prediction, so each scale refines the one before.
+Scale k of K works at 1/2^(K-1-k) of the full resolution, coarsest first, and refines
+what the coarser scale predicted.
 
-Conditioned on advection, scale k also sees the advected last frame at its resolution,
-and its prior is that advection plus the upsampled correction the coarser scale made to
-its own advection: an untrained generator (zero-initialised heads) is then exactly the
-extrapolation, and training learns growth, decay and what motion alone misses.
+Conditioned on advection (the shipped models), the scales work in the frame that moves
+with the rain: their input is the past frames moved to where their air is at the last
+observation, their output the correction of each parcel's last rain rate per lead time
+(the coarser scale's correction, upsampled, plus their own), and that correction is
+carried along the back-trajectories onto the advected frames before any loss or
+discriminator sees it. An untrained generator (zero-initialised heads) is exactly the
+extrapolation; training learns growth, decay and what motion alone misses.
 
-With ``correction_frame = "lagrangian"`` the scales work in the frame that moves with
-the rain: their input is the past frames moved to where their air is at the last
-observation, their output the correction of each parcel's last rain rate per lead time,
-and that correction is carried along the back-trajectories onto the advected frames
-before any loss or discriminator sees it (see ``ModelConfig.correction_frame``).
+Without advection (the paper's model), scale k sees the past frames, the validity mask,
+the upsampled prediction of scale k-1 (at the coarsest scale: the last frame repeated)
+and optionally noise, and predicts a correction of that upsampled prediction.
 """
 
 from __future__ import annotations
@@ -111,8 +110,6 @@ class Generator(nn.Module):
         self.limits_in_training = True
         n_in, n_out = config.n_input, config.n_output
         in_channels = n_in + 1 + n_out + config.noise_channels
-        if config.condition_on_advection and not config.lagrangian:
-            in_channels += n_out
         self.scales = nn.ModuleList(
             ScaleGenerator(in_channels, width, config.generator_layers, n_out)
             for width in config.generator_channels
@@ -142,52 +139,41 @@ class Generator(nn.Module):
         per sample, so that a sample's noise does not depend on what it is batched with;
         ``displacement``: (batch, n_output, 2, y, x), the back-trajectories of the advection
         in pixels (x, y), and ``lagrangian_past``: (batch, n_input, 1, y, x), the past moved
-        to the last observation (normalised): both required in the Lagrangian frame.
+        to the last observation (normalised): both required with ``advected``.
         """
         cfg = self.config
-        if cfg.condition_on_advection and advected is None:
-            raise ValueError("this generator is conditioned on advection: pass `advected`")
-        if cfg.lagrangian and (displacement is None or lagrangian_past is None):
-            raise ValueError("this generator works in the Lagrangian frame: pass `displacement` and `lagrangian_past`")
+        if cfg.condition_on_advection and (advected is None or displacement is None or lagrangian_past is None):
+            raise ValueError("this generator is conditioned on advection: pass `advected`, `displacement` and "
+                             "`lagrangian_past`")
         limit = ((cfg.correction_deadzone_db > 0 or cfg.correction_db_per_step > 0)
                  and (self.limits_in_training or not self.training))
         predictions: list[torch.Tensor] = []
         previous: torch.Tensor | None = None
-        previous_advected: torch.Tensor | None = None
         for factor, scale in zip(self.factors(), self.scales, strict=True):
             valid_k = downsample_mask(valid, factor)
-            if cfg.lagrangian:
+            if cfg.condition_on_advection:
                 prediction, previous = self._lagrangian_scale(
                     scale, factor, valid_k, downsample(lagrangian_past, factor), downsample(advected, factor),
                     downsample(displacement, factor) / factor, previous, limit, noise_generator)
-                predictions.append(prediction)
-                continue
-            past_k = downsample(past, factor)
-            size = past_k.shape[-2:]
-            advected_k = downsample(advected, factor) if cfg.condition_on_advection else None
-            if advected_k is not None:
-                # the coarser scale's correction of advection, upsampled, on this scale's advection
-                prior = advected_k
-                if previous is not None:
-                    prior = advected_k + upsample(previous - previous_advected, size)
-                previous_advected = advected_k
-            elif previous is not None:
-                prior = upsample(previous, size)
             else:
-                prior = past_k[:, -1:].expand(-1, cfg.n_output, -1, -1, -1)
-            inputs = [_flat(past_k), _flat(valid_k), _flat(prior)]
-            if cfg.condition_on_advection:
-                inputs.append(_flat(advected_k))
-            if cfg.noise_channels:
-                inputs.append(self._noise(past, size, noise_generator))
-            residual = scale(torch.cat(inputs, dim=1))
-            previous = prior + residual.unsqueeze(2)
-            if advected_k is not None and limit:
-                previous = advected_k + self._limit_correction(previous - advected_k)
-            if advected_k is not None and cfg.envelope_db > 0:
-                previous = torch.minimum(previous, self._envelope(advected_k, factor))
-            predictions.append(previous)
+                prediction = previous = self._plain_scale(
+                    scale, downsample(past, factor), valid_k, previous, noise_generator)
+            predictions.append(prediction)
         return predictions
+
+    def _plain_scale(self, scale: ScaleGenerator, past_k: torch.Tensor, valid_k: torch.Tensor,
+                     coarser: torch.Tensor | None,
+                     noise_generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+        """One scale of the paper's model: the coarser prediction (or the last frame) plus a correction."""
+        size = past_k.shape[-2:]
+        if coarser is not None:
+            prior = upsample(coarser, size)
+        else:
+            prior = past_k[:, -1:].expand(-1, self.config.n_output, -1, -1, -1)
+        inputs = [_flat(past_k), _flat(valid_k), _flat(prior)]
+        if self.config.noise_channels:
+            inputs.append(self._noise(past_k, size, noise_generator))
+        return prior + scale(torch.cat(inputs, dim=1)).unsqueeze(2)
 
     def _lagrangian_scale(self, scale: ScaleGenerator, factor: int, valid_k: torch.Tensor,
                           past_k: torch.Tensor, advected_k: torch.Tensor, displacement_k: torch.Tensor,

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nowcast import config as config_io
-from nowcast.gan.config import ExperimentConfig
+from nowcast.gan.config import ExperimentConfig, upgrade_experiment_config
 from nowcast.gan.data import Batch, SampleSource, load_events, validation_batches
 from nowcast.gan.losses import discriminator_loss, generator_loss
 from nowcast.gan.model import Discriminator, Generator
@@ -343,7 +343,8 @@ def load_generator(run_dir: str | Path, device: str = "cpu") -> tuple[Generator,
     With ``ema_decay`` on, that is the moving average of the weights, not the last step's.
     """
     run = Path(run_dir)
-    cfg = config_io.from_dict(ExperimentConfig, json.loads((run / CONFIG).read_text()), where=str(run / CONFIG))
+    saved = upgrade_experiment_config(json.loads((run / CONFIG).read_text()), where=str(run / CONFIG))
+    cfg = config_io.from_dict(ExperimentConfig, saved, where=str(run / CONFIG))
     state = torch.load(run / CHECKPOINT, map_location=device, weights_only=True)
     generator = Generator(cfg.model, scale_db=cfg.normalisation.scale_db)
     ema = _weight_average(generator, cfg.train.ema_decay)

@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nowcast.errors import InputError, UnknownNameError
-from service.inference.batching import BatcherStoppedError, QueueFullError, RequestTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +63,30 @@ class NotReadyError(ServiceError):
 
 
 class ServiceBusyError(ServiceError):
-    """Not enough memory or queue room for the request now; the client should retry."""
+    """The service cannot take the request now (memory, queue, time, shutdown); the client should retry.
+
+    Answered 503 with ``Retry-After``, the configured seconds unless the error brings its own.
+    """
 
     status_code = 503
+
+
+class QueueFullError(ServiceBusyError):
+    """The queue holds as many requests as it may."""
+
+    def __str__(self) -> str:
+        return f"the service is busy ({super().__str__()})"
+
+
+class RequestTimeoutError(ServiceBusyError):
+    """The forecast was not ready within the request timeout."""
+
+    def __str__(self) -> str:
+        return f"the service is busy: {super().__str__()}; retry later"
+
+
+class BatcherStoppedError(ServiceBusyError):
+    """The service is shutting down."""
 
 
 class TooLargeInputError(InputError):
@@ -97,7 +117,10 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     async def on_service_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return _answer(request, exc.status_code, str(exc), exc.field, exc.headers)
+        headers = exc.headers
+        if isinstance(exc, ServiceBusyError):
+            headers = {**retry, **(headers or {})}
+        return _answer(request, exc.status_code, str(exc), exc.field, headers)
 
     async def on_input_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, InputError)
@@ -106,17 +129,6 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     async def on_unknown_name(request: Request, exc: Exception) -> JSONResponse:
         return _answer(request, 404, str(exc), "name")
-
-    async def on_queue_full(request: Request, exc: Exception) -> JSONResponse:
-        return _answer(
-            request, 503, f"the service is busy ({exc}); retry in {retry_after_s} s", headers=retry
-        )
-
-    async def on_timeout(request: Request, exc: Exception) -> JSONResponse:
-        return _answer(request, 503, f"the service is busy: {exc}; retry later", headers=retry)
-
-    async def on_stopped(request: Request, exc: Exception) -> JSONResponse:
-        return _answer(request, 503, str(exc), headers=retry)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -137,9 +149,6 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(InputError, on_input_error)
     app.add_exception_handler(UnknownNameError, on_unknown_name)
-    app.add_exception_handler(QueueFullError, on_queue_full)
-    app.add_exception_handler(RequestTimeoutError, on_timeout)
-    app.add_exception_handler(BatcherStoppedError, on_stopped)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
 

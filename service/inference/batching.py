@@ -28,23 +28,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nowcast.forecasters import Forecaster
+from service.core.errors import BatcherStoppedError, QueueFullError, RequestTimeoutError
 from service.core.metrics import ServiceMetrics
 from service.inference.models import LoadedModel
 
 logger = logging.getLogger(__name__)
-
-
-class QueueFullError(Exception):
-    """The queue holds as many requests as it may; the client should retry later."""
-
-
-class RequestTimeoutError(Exception):
-    """The forecast was not ready within the request timeout."""
-
-
-class BatcherStoppedError(Exception):
-    """The service is shutting down."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +131,7 @@ class MicroBatcher:
             self._metrics.rejected.labels("queue_full").inc()
             raise QueueFullError(f"{len(self._pending)} requests are already waiting")
         # A unique object in the key keeps the job alone in its batch (see module docstring).
-        alone: Hashable = None if batch_invariant(model.forecaster) else object()
+        alone: Hashable = None if model.forecaster.batch_invariant else object()
         key = (model.generation, past.shape, steps, members, seed, alone)
         job = _Job(
             key=key,
@@ -248,11 +236,6 @@ class MicroBatcher:
                         inference_s=inference_s,
                     )
                 )
-
-
-def batch_invariant(forecaster: Forecaster) -> bool:
-    """Whether ``forecaster`` answers each sequence of a batch as it would answer it alone."""
-    return bool(getattr(forecaster, "batch_invariant", not forecaster.supports_members))
 
 
 def _predict_batch(batch: list[_Job]) -> list[np.ndarray | Exception]:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from nowcast import artifacts
-from nowcast.errors import InputError, UnknownNameError, UnreadableFileError
-from nowcast.forecasters import Forecaster, available, builtin_names, get_forecaster
+from nowcast.errors import UnreadableFileError
+from nowcast.forecasters import Forecaster, get_forecaster, resolve
 from service.core.config import DEFAULT_TRAINED_MODEL, FALLBACK_MODEL, Settings
 
 logger = logging.getLogger(__name__)
@@ -61,10 +61,6 @@ class LoadedModel:
         }
 
 
-class ModelNotFoundError(UnknownNameError):
-    """A model name or version the registry does not hold."""
-
-
 def default_model_name(settings: Settings) -> str:
     if settings.model:
         return settings.model
@@ -73,53 +69,31 @@ def default_model_name(settings: Settings) -> str:
     return FALLBACK_MODEL
 
 
-def split_name(name: str, version: str | None) -> tuple[str, str | None]:
-    """``NAME@VERSION`` or (``NAME``, ``version``) -> (name, version); both forms must agree."""
-    base, _, inline_version = name.partition("@")
-    if inline_version and version and inline_version != version:
-        raise InputError(
-            f"model {name!r} names version {inline_version!r} but version {version!r} was asked",
-            field="version",
-        )
-    return base, (inline_version or version or None)
-
-
 def load_model(settings: Settings, name: str, version: str | None = None) -> LoadedModel:
-    """Load and warm up ``name`` (blocking: call it from a worker thread)."""
-    name, version = split_name(name, version)
+    """Load and warm up ``name`` (blocking: call it from a worker thread).
+
+    Names are resolved by the library's one table (:func:`nowcast.forecasters.resolve`):
+    anything that is not a method or a model of the registry is the same 404.
+    """
     models_dir = settings.resolved_models_dir()
-    device = settings.resolved_device()
+    resolved = resolve(name, version, models_dir=models_dir)
+    forecaster = get_forecaster(resolved.name, resolved.version, models_dir=models_dir,
+                                device=settings.resolved_device())
     card: dict[str, Any] | None = None
-    if name in builtin_names():
-        if version is not None:
-            raise InputError(
-                f"{name!r} is a built-in method and has no versions (asked for {version!r})", field="version"
-            )
-        forecaster = get_forecaster(name, models_dir=models_dir, device=device)
-    else:
-        # only names the registry lists: the same 404 for a missing model and for a path outside it
-        if name not in artifacts.list_models(models_dir):
-            raise ModelNotFoundError(f"unknown model {name!r}; available: {', '.join(available(models_dir))}")
-        versions = artifacts.list_versions(name, models_dir)
-        version = version or versions[-1]
-        if version not in versions:
-            raise ModelNotFoundError(
-                f"model {name!r} has no version {version!r}; versions: {', '.join(versions)}"
-            )
-        forecaster = get_forecaster(f"{name}@{version}", models_dir=models_dir, device=device)
+    if resolved.trained:
         try:
-            card = artifacts.card(name, version, models_dir)
+            card = artifacts.card(resolved.name, resolved.version, models_dir)
         except UnreadableFileError as exc:
-            logger.warning("model card of %s@%s unreadable: %s", name, version, exc)
+            logger.warning("model card of %s unreadable: %s", resolved.label, exc)
     started = time.perf_counter()
     precision = choose_precision(forecaster, settings.half_precision, settings.half_tolerance_mmh)
-    warm_up(forecaster, settings.warmup_grid)
+    forecaster.warmup(settings.warmup_grid, settings.warmup_grid)
     warmup_s = time.perf_counter() - started
     loaded = LoadedModel(
-        name=name,
-        version=version,
+        name=resolved.name,
+        version=resolved.version,
         forecaster=forecaster,
-        device=str(getattr(forecaster, "device", device)),
+        device=str(forecaster.device),
         card=card,
         warmup_s=warmup_s,
         precision=precision,
@@ -131,46 +105,32 @@ def load_model(settings: Settings, name: str, version: str | None = None) -> Loa
 def choose_precision(forecaster: Forecaster, mode: str, tolerance_mmh: float) -> str:
     """Run a CUDA model in half precision where that keeps its forecast within tolerance.
 
-    Applies to forecasters with a ``half`` switch (the GAN) on a CUDA device. ``auto``
+    Applies to forecasters that support it (the GAN) on a CUDA device. ``auto``
     forecasts a synthetic sequence both ways and keeps half precision only when no pixel
     moves by more than ``tolerance_mmh`` + 1% of its rate; ``on`` and ``off`` force it.
     """
-    has_switch = hasattr(forecaster, "half")
-    on_cuda = str(getattr(forecaster, "device", "")).startswith("cuda")
-    if not has_switch or not on_cuda or mode == "off":
-        if has_switch:
-            forecaster.half = False  # type: ignore[attr-defined]
+    forecaster.half = False
+    if not forecaster.supports_half or not str(forecaster.device).startswith("cuda") or mode == "off":
         return "float32"
     if mode == "on":
-        forecaster.half = True  # type: ignore[attr-defined]
+        forecaster.half = True
         return "float16"
     from nowcast.synthetic import SyntheticRain, synthetic_sequence
 
     frames = max(forecaster.n_input_frames, 2)
     past = synthetic_sequence(SyntheticRain(ny=128, nx=128, frames=frames), seed=0).values
     past = past[np.newaxis, -forecaster.n_input_frames :]
-    forecaster.half = False  # type: ignore[attr-defined]
     full = forecaster.predict(past, 6)
-    forecaster.half = True  # type: ignore[attr-defined]
+    forecaster.half = True
     half = forecaster.predict(past, 6)
     with np.errstate(invalid="ignore"):
         excess = np.abs(half - full) - (tolerance_mmh + 0.01 * np.abs(full))
     worst = float(np.nanmax(excess)) if np.isfinite(excess).any() else 0.0
     if worst > 0:
-        forecaster.half = False  # type: ignore[attr-defined]
+        forecaster.half = False
         logger.info("half precision moves the forecast %.3g mm/h beyond tolerance: keeping float32", worst)
         return "float32"
     return "float16"
-
-
-def warm_up(forecaster: Forecaster, grid: int) -> None:
-    """Run the model once so that the first request does not pay for lazy initialisation."""
-    warmup = getattr(forecaster, "warmup", None)
-    if callable(warmup):
-        warmup(grid, grid)
-        return
-    past = np.zeros((1, forecaster.n_input_frames, grid, grid), dtype=np.float32)
-    forecaster.predict(past, 1)
 
 
 class ModelManager:

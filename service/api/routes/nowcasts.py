@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from nowcast.errors import InputError
+from nowcast.forecasters import PreparedForecast
 from service import codec
 from service.api.deps import (
     ActiveModelDep,
@@ -25,9 +26,9 @@ from service.api.deps import (
     read_body,
 )
 from service.core.config import Settings
-from service.core.errors import NotAcceptableError, UnsupportedMediaTypeError
+from service.core.errors import NotAcceptableError, QueueFullError, RequestTimeoutError, UnsupportedMediaTypeError
 from service.core.memory import Reservation
-from service.inference.batching import MicroBatcher, QueueFullError, RequestTimeoutError
+from service.inference.batching import MicroBatcher
 from service.inference.models import LoadedModel
 from service.schemas import ErrorResponse, NowcastResponse
 
@@ -111,8 +112,9 @@ async def create_nowcast(
     try:
         async with asyncio.timeout(settings.request_timeout_s):
             return await job.run(steps=steps, members=members, seed=seed)
-    except TimeoutError:
-        metrics.rejected.labels("timeout").inc()
+    except (TimeoutError, RequestTimeoutError) as exc:
+        if isinstance(exc, TimeoutError):  # the batcher counts its own
+            metrics.rejected.labels("timeout").inc()
         raise RequestTimeoutError(
             f"no forecast within the request timeout of {settings.request_timeout_s:g} s"
         ) from None
@@ -134,21 +136,21 @@ class _Job:
 
     async def run(self, *, steps: int | None, members: int | None, seed: int | None) -> Response:
         query = await self.decode(steps=steps, members=members, seed=seed)
-        past = await self.in_pool(codec.check_query, query, self.model, self.settings, netcdf_answer=self.netcdf_answer)
+        codec.check_limits(query, self.settings, netcdf_answer=self.netcdf_answer)
+        prepared = await self.in_pool(self.prepare, query)
         self.reservation.resize(
             codec.answer_estimate(query, netcdf_answer=self.netcdf_answer), "this request's forecast"
         )
         decoded = time.perf_counter()
         result = await self.batcher.submit(
             self.model,
-            past,
+            prepared.past,
             query.steps,
             members=query.members,
             seed=query.seed,
             timeout_s=max(self.settings.request_timeout_s - (decoded - self.started), 0.001),
         )
-        del past
-        forecast = await self.in_pool(codec.forecast_sequence, query, result.model, result.frames)
+        forecast = await self.in_pool(result.model.forecaster.finish, prepared, result.frames)
         headers = {"X-Nowcast-Model": result.model.label, "X-Nowcast-Batch-Size": str(result.batch_size)}
         if self.netcdf_answer:
             content = await self.in_pool(codec.netcdf_answer, forecast, result.model, self.request_id)
@@ -182,6 +184,17 @@ class _Job:
             seed=seed,
             reserve=self.reservation.resize,
         )
+
+    def prepare(self, query: codec.ForecastQuery) -> PreparedForecast:
+        """The forecaster's one preparation step, its errors named as the request's fields."""
+        try:
+            return self.model.forecaster.prepare(
+                query.sequence, query.steps, members=query.members, seed=query.seed,
+                max_rate_mmh=self.settings.max_rain_rate_mmh,
+            )
+        except InputError as exc:
+            field = exc.field or "frames"
+            raise InputError(f"{field}: {exc}", field=field) from exc
 
     async def in_pool(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Blocking work in the codec threads, its memory reserved until it ends."""
