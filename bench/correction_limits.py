@@ -35,6 +35,7 @@ from nowcast.forecasters import get_forecaster
 from nowcast.gan.forecaster import GANForecaster
 from nowcast.gan.model import limit_correction
 from nowcast.io.catalogue import load_event
+from nowcast.verification import Contingency
 
 THRESHOLDS = (1.0, 4.0, 8.0)
 TIE = 0.0005
@@ -61,8 +62,9 @@ def main() -> None:
             if deadzone or per_step:
                 variants[f"deadzone {deadzone:g} dB, {per_step:g} dB/step"] = (deadzone, per_step)
     n_out = forecaster.model_config.n_output
-    # (variant, lead minutes, threshold) -> [hits, misses, false alarms]; (variant, lead, "error") -> [sum, n, -]
-    counts: dict[tuple, list] = defaultdict(lambda: [0, 0, 0])
+    # (variant, lead minutes, threshold) -> contingency table; (variant, lead) -> [error sum, n]
+    tables: dict[tuple[str, float, float], Contingency] = {}
+    errors: dict[tuple[str, float], list[float]] = defaultdict(lambda: [0.0, 0])
     for event in args.events.split(","):
         sequence = load_event(event, on_missing="nan")
         times = pd.DatetimeIndex(sequence["time"].values)
@@ -87,27 +89,21 @@ def main() -> None:
                     lead = round(step_s / 60 * (k + 1), 1)
                     ok = np.isfinite(observed[k]) & np.isfinite(rate[k])
                     f, o = rate[k][ok], observed[k][ok]
-                    error = counts[(name, lead, "error")]
+                    error = errors[(name, lead)]
                     error[0] += float(np.sum(f - o))
                     error[1] += f.size
                     for threshold in THRESHOLDS:
-                        wet_f, wet_o = f > threshold, o > threshold  # "above", as pysteps counts
-                        cell = counts[(name, lead, threshold)]
-                        cell[0] += int(np.sum(wet_f & wet_o))
-                        cell[1] += int(np.sum(~wet_f & wet_o))
-                        cell[2] += int(np.sum(wet_f & ~wet_o))
+                        tables.setdefault((name, lead, threshold), Contingency(threshold)).add(f, o)
         logging.info("%s: %d start times", event, used)
 
-    leads = sorted({key[1] for key in counts})
+    leads = sorted({key[1] for key in errors})
     lead_60 = min(leads, key=lambda lead: abs(lead - 60))
 
     def csi(name: str, lead: float, threshold: float) -> float:
-        hits, misses, false_alarms = counts[(name, lead, threshold)]
-        total = hits + misses + false_alarms
-        return hits / total if total else float("nan")
+        return tables[(name, lead, threshold)].csi
 
     def mean_error(name: str, lead: float) -> float:
-        total, n, _ = counts[(name, lead, "error")]
+        total, n = errors[(name, lead)]
         return total / n if n else float("nan")
 
     header = " ".join(f"{'wins>' + format(t, 'g'):>8} {'worst':>7} {'mean':>7}" for t in THRESHOLDS)

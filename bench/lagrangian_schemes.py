@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections import defaultdict
 
 import numpy as np
 import torch
@@ -31,6 +30,7 @@ import torch
 from nowcast.gan.advection import along, lagrangian_past, pixel_grid, trajectories
 from nowcast.io.catalogue import load_event
 from nowcast.motion import lucas_kanade_coarse
+from nowcast.verification import Contingency
 
 THRESHOLDS = (1.0, 4.0, 8.0)
 MOTION_DOWNSAMPLE = 4
@@ -75,8 +75,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     trends = [float(k) for k in args.trends.split(",") if k]
     means = [int(n) for n in args.means.split(",") if n]
-    # (scheme, lead step, threshold) -> [hits, misses, false alarms]
-    counts: dict[tuple[str, int, float], np.ndarray] = defaultdict(lambda: np.zeros(3, dtype=np.int64))
+    # (scheme, lead step, threshold) -> contingency table
+    tables: dict[tuple[str, int, float], Contingency] = {}
     for event in args.events.split(","):
         values = load_event(event, on_missing="nan").values.astype(np.float32)
         used = 0
@@ -90,17 +90,13 @@ def main() -> None:
                 for i in range(args.steps):
                     f, o = forecast[i][valid[i]], observed[i][valid[i]]
                     for threshold in THRESHOLDS:
-                        wet_f, wet_o = f > threshold, o > threshold  # "above", as pysteps counts
-                        counts[(name, i + 1, threshold)] += [np.sum(wet_f & wet_o), np.sum(~wet_f & wet_o),
-                                                             np.sum(wet_f & ~wet_o)]
+                        tables.setdefault((name, i + 1, threshold), Contingency(threshold)).add(f, o)
         logging.info("%s: %d start times", event, used)
 
-    names = list(dict.fromkeys(key[0] for key in counts))
+    names = list(dict.fromkeys(key[0] for key in tables))
 
     def csi(name: str, lead: int, threshold: float) -> float:
-        hits, misses, false_alarms = counts[(name, lead, threshold)]
-        total = hits + misses + false_alarms
-        return hits / total if total else float("nan")
+        return tables[(name, lead, threshold)].csi
 
     for threshold in THRESHOLDS:
         print(f"\nCSI > {threshold:g} mm/h: advection, and each scheme's difference from it")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from nowcast.errors import InputError
+from nowcast.verification import csi
 
 Statistic = Callable[[np.ndarray], np.ndarray]
 
@@ -97,9 +98,7 @@ def _intervals(samples: dict[tuple[str, str], list[np.ndarray]], statistic: Stat
 
 
 def _csi(tables: np.ndarray) -> np.ndarray:
-    hits, misses, false_alarms = np.moveaxis(tables, -1, 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return hits / (hits + misses + false_alarms)
+    return csi(*np.moveaxis(tables, -1, 0))
 
 
 def _power_ratio(power: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ import xarray as xr
 
 from nowcast.errors import InputError, SequenceError
 from nowcast.forecasters import Forecaster, get_forecaster
+from nowcast.report import render_markdown
 from nowcast.sequence import DIMS, UNITS
 from nowcast.verification import Scores, ScoreSettings, accumulate, key, pixel_size_km
 
@@ -117,8 +118,45 @@ def evaluate(
     Returns the content of ``scores.json``. Lead times are ``steps`` times the event's
     time step, so with 12 steps a 10-min event is scored up to +120 min.
     """
-    methods = list(dict.fromkeys(methods))
-    events = list(dict.fromkeys(events))
+    methods, events = list(dict.fromkeys(methods)), list(dict.fromkeys(events))
+    out_dir = Path(out_dir)
+    _check_arguments(methods, events, n_input=n_input, steps=steps, stride=stride, out_dir=out_dir)
+    settings = settings or ScoreSettings()
+    forecasters = _forecasters(methods, n_input, models_dir)
+    if loader is None:
+        from nowcast.io.catalogue import load_event
+
+        loader = functools.partial(load_event, on_missing="nan")
+    started, started_at = time.perf_counter(), datetime.now(UTC)
+
+    # every event, one start time after another, every method on the same past frames
+    forecast_seconds: dict[str, list[float]] = {name: [] for name in methods}
+    results: list[_EventResult] = []
+    with _progress_bar(progress, console) as bar:
+        task = bar.add_task("evaluating", total=None)
+        for event_id in events:
+            bar.update(task, description=f"loading {event_id}")
+            results.append(_evaluate_event(
+                event_id, loader(event_id), forecasters, n_input=n_input, steps=steps, stride=stride,
+                settings=settings, min_rain_mmh=min_rain_mmh, forecast_seconds=forecast_seconds,
+                bar=bar, task=task,
+            ))
+
+    # the report: the events' sums added up, then the files
+    overall = {name: Scores(settings) for name in methods}
+    for result in results:
+        for name in methods:
+            overall[name].merge(result.scores[name])
+    report = _report(methods, results, overall, forecast_seconds, settings=settings, n_input=n_input,
+                     steps=steps, stride=stride, min_rain_mmh=min_rain_mmh, started_at=started_at,
+                     runtime=time.perf_counter() - started)
+    _write_outputs(out_dir, report, results, methods, settings)
+    logger.info("evaluation done in %.0f s; wrote %s", time.perf_counter() - started, out_dir)
+    return report
+
+
+def _check_arguments(methods: list[str], events: list[str], *, n_input: int, steps: int, stride: int,
+                     out_dir: Path) -> None:
     if not methods:
         raise InputError("no forecast method given")
     if not events:
@@ -126,51 +164,52 @@ def evaluate(
     for name, value in (("n_input", n_input), ("steps", steps), ("stride", stride)):
         if value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
-    settings = settings or ScoreSettings()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+
+
+def _forecasters(methods: list[str], n_input: int,
+                 models_dir: str | os.PathLike[str] | None) -> dict[str, Forecaster]:
     forecasters = {name: get_forecaster(name, models_dir=models_dir) for name in methods}
     for name, forecaster in forecasters.items():
         if forecaster.n_input_frames > n_input:
             raise InputError(f"{name} needs {forecaster.n_input_frames} past frames; n_input is {n_input}")
-    if loader is None:
-        from nowcast.io.catalogue import load_event
-
-        loader = functools.partial(load_event, on_missing="nan")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: exists and is not a folder")
-
-    started = time.perf_counter()
-    started_at = datetime.now(UTC)
-    forecast_seconds: dict[str, list[float]] = {name: [] for name in methods}
-    results: list[_EventResult] = []
-    with _progress_bar(progress, console) as bar:
-        task = bar.add_task("evaluating", total=None)
-        for event_id in events:
-            bar.update(task, description=f"loading {event_id}")
-            sequence = loader(event_id)
-            results.append(_evaluate_event(
-                event_id, sequence, forecasters, n_input=n_input, steps=steps, stride=stride,
-                settings=settings, min_rain_mmh=min_rain_mmh, forecast_seconds=forecast_seconds,
-                bar=bar, task=task,
-            ))
-            del sequence
-
-    overall = {name: Scores(settings) for name in methods}
-    for result in results:
-        for name in methods:
-            overall[name].merge(result.scores[name])
-    runtime = time.perf_counter() - started
-    report = _report(methods, results, overall, forecast_seconds, settings=settings, n_input=n_input,
-                     steps=steps, stride=stride, min_rain_mmh=min_rain_mmh, started_at=started_at,
-                     runtime=runtime)
-    _write_outputs(out_dir, report, results, methods, settings)
-    logger.info("evaluation done in %.0f s; wrote %s", time.perf_counter() - started, out_dir)
-    return report
+    return forecasters
 
 
 def start_indices(n_frames: int, n_input: int, steps: int, stride: int) -> list[int]:
     """Index of the first past frame of every start time that has past and future frames."""
     return list(range(0, n_frames - n_input - steps + 1, stride))
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """An event's times: its regular step, the forecast's lead times and the leads drawn on the maps."""
+
+    times: pd.DatetimeIndex
+    steps_s: np.ndarray  # seconds between consecutive frames
+    step_s: int
+    lead_minutes: list[float]
+    map_leads: list[float]
+    map_lead_index: list[int]
+
+    @classmethod
+    def of(cls, event_id: str, sequence: xr.DataArray, steps: int, settings: ScoreSettings) -> _Clock:
+        if not isinstance(sequence, xr.DataArray) or tuple(sequence.dims) != DIMS:
+            raise SequenceError(f"event {event_id}: loader must return a (time, y, x) DataArray")
+        if sequence.attrs.get("units") != UNITS:
+            raise SequenceError(f"event {event_id}: units must be {UNITS!r}, got {sequence.attrs.get('units')!r}")
+        times = pd.DatetimeIndex(sequence["time"].values)
+        if len(times) < 2:
+            raise SequenceError(f"event {event_id}: a single frame has no time step")
+        steps_s = np.diff(times.values).astype("timedelta64[s]").astype(np.int64)
+        step_s = int(np.median(steps_s))
+        if step_s <= 0:
+            raise SequenceError(f"event {event_id}: timestamps are not increasing")
+        lead_minutes = [step_s / 60.0 * (k + 1) for k in range(steps)]
+        map_leads = [lead for lead in lead_minutes if lead in settings.spectrum_leads_minutes] or sorted(
+            {lead_minutes[(steps - 1) // 2], lead_minutes[-1]})
+        return cls(times, steps_s, step_s, lead_minutes, map_leads, [lead_minutes.index(m) for m in map_leads])
 
 
 def _evaluate_event(
@@ -187,75 +226,73 @@ def _evaluate_event(
     bar: Any,
     task: Any,
 ) -> _EventResult:
-    if not isinstance(sequence, xr.DataArray) or tuple(sequence.dims) != DIMS:
-        raise SequenceError(f"event {event_id}: loader must return a (time, y, x) DataArray")
-    if sequence.attrs.get("units") != UNITS:
-        raise SequenceError(f"event {event_id}: units must be {UNITS!r}, got {sequence.attrs.get('units')!r}")
-    times = pd.DatetimeIndex(sequence["time"].values)
-    if len(times) < 2:
-        raise SequenceError(f"event {event_id}: a single frame has no time step")
-    steps_s = np.diff(times.values).astype("timedelta64[s]").astype(np.int64)
-    step_s = int(np.median(steps_s))
-    if step_s <= 0:
-        raise SequenceError(f"event {event_id}: timestamps are not increasing")
-    step_minutes = step_s / 60.0
-    lead_minutes = [step_minutes * (k + 1) for k in range(steps)]
-    map_leads = [lead for lead in lead_minutes if lead in settings.spectrum_leads_minutes] or sorted(
-        {lead_minutes[(steps - 1) // 2], lead_minutes[-1]})
-    map_lead_index = [lead_minutes.index(lead) for lead in map_leads]
+    clock = _Clock.of(event_id, sequence, steps, settings)
     result = _EventResult(
-        event_id=event_id, n_frames=len(times), time_step_minutes=step_minutes,
+        event_id=event_id, n_frames=len(clock.times), time_step_minutes=clock.step_s / 60.0,
         shape=(sequence.sizes["y"], sequence.sizes["x"]), pixel_size_km=pixel_size_km(sequence),
         scores={name: Scores(settings) for name in forecasters},
         x_km=sequence["x"].values / 1000.0, y_km=sequence["y"].values / 1000.0,
     )
-    starts = start_indices(len(times), n_input, steps, stride)
+    starts = start_indices(len(clock.times), n_input, steps, stride)
     result.n_start_times = len(starts)
     if not starts:
         logger.warning("event %s: %d frames are too few for %d past and %d future frames",
-                       event_id, len(times), n_input, steps)
+                       event_id, len(clock.times), n_input, steps)
     planned = next(t.total for t in bar.tasks if t.id == task) or 0
     bar.update(task, description=event_id, total=planned + len(starts) * len(forecasters))
     values = sequence.values
-    totals: dict[str, dict[str, Any]] = {name: _totals(result.scores[name]) for name in forecasters}
+    totals = {name: _totals(result.scores[name]) for name in forecasters}
     for start in starts:
-        window = slice(start, start + n_input + steps)
-        reference = times[start + n_input - 1]
-        reason = skip_reason(values[start:start + n_input], values[start + n_input:window.stop],
-                              steps_s[start:window.stop - 1], step_s, min_rain_mmh)
+        stop = start + n_input + steps
+        reference = clock.times[start + n_input - 1]
+        reason = skip_reason(values[start:start + n_input], values[start + n_input:stop],
+                             clock.steps_s[start:stop - 1], clock.step_s, min_rain_mmh)
         if reason is not None:
             logger.info("event %s, start %s: skipped (%s)", event_id, reference, reason)
             result.skipped[reason] += 1
             result.skipped_start_times.append({"time": reference.isoformat(), "reason": reason})
             bar.advance(task, len(forecasters))
             continue
-        past = sequence.isel(time=slice(start, start + n_input))
-        observed = values[start + n_input:window.stop]
-        forecasts = {}
-        for name, forecaster in forecasters.items():
-            tic = time.perf_counter()
-            forecasts[name] = forecaster.forecast(past, steps).values
-            forecast_seconds[name].append(time.perf_counter() - tic)
-            bar.advance(task)
-        accumulate(result.scores, observed, forecasts, lead_minutes=lead_minutes,
+        past, observed = sequence.isel(time=slice(start, start + n_input)), values[start + n_input:stop]
+        forecasts = _forecast_all(forecasters, past, steps, forecast_seconds, bar, task)
+        accumulate(result.scores, observed, forecasts, lead_minutes=clock.lead_minutes,
                    pixel_size_km=result.pixel_size_km)
         after = {name: _totals(result.scores[name]) for name in forecasters}
         result.start_time_sums.append({"time": reference.isoformat(), **_added(totals, after, settings)})
         totals = after
         result.n_evaluated += 1
-        wet = int(sum(np.count_nonzero(observed[i] >= settings.thresholds_mmh[0]) for i in map_lead_index))
-        if result.case is None or wet > result.case.wet_pixels:
-            pairs = list(zip(map_leads, map_lead_index, strict=True))
-            result.case = _Case(
-                reference_time=reference, wet_pixels=wet,
-                observed={lead: observed[i].copy() for lead, i in pairs},
-                forecasts={name: {lead: fc[i].copy() for lead, i in pairs} for name, fc in forecasts.items()},
-            )
+        _keep_map_case(result, clock, reference, observed, forecasts, settings)
     skipped = sum(result.skipped.values())
     logger.info("event %s: %d start times, %d evaluated, %d skipped%s", event_id, result.n_start_times,
                 result.n_evaluated, skipped,
                 f" ({', '.join(f'{n} {r}' for r, n in result.skipped.items())})" if skipped else "")
     return result
+
+
+def _forecast_all(forecasters: dict[str, Forecaster], past: xr.DataArray, steps: int,
+                  forecast_seconds: dict[str, list[float]], bar: Any, task: Any) -> dict[str, np.ndarray]:
+    """Every method's forecast from the same past, timed."""
+    forecasts = {}
+    for name, forecaster in forecasters.items():
+        tic = time.perf_counter()
+        forecasts[name] = forecaster.forecast(past, steps).values
+        forecast_seconds[name].append(time.perf_counter() - tic)
+        bar.advance(task)
+    return forecasts
+
+
+def _keep_map_case(result: _EventResult, clock: _Clock, reference: pd.Timestamp, observed: np.ndarray,
+                   forecasts: dict[str, np.ndarray], settings: ScoreSettings) -> None:
+    """Keep the fields of the start time with the most observed rain at the map leads."""
+    wet = int(sum(np.count_nonzero(observed[i] >= settings.thresholds_mmh[0]) for i in clock.map_lead_index))
+    if result.case is not None and wet <= result.case.wet_pixels:
+        return
+    pairs = list(zip(clock.map_leads, clock.map_lead_index, strict=True))
+    result.case = _Case(
+        reference_time=reference, wet_pixels=wet,
+        observed={lead: observed[i].copy() for lead, i in pairs},
+        forecasts={name: {lead: fc[i].copy() for lead, i in pairs} for name, fc in forecasts.items()},
+    )
 
 
 def _totals(scores: Scores) -> dict[str, Any]:
@@ -407,143 +444,3 @@ def _write_outputs(out_dir: Path, report: dict[str, Any], results: list[_EventRe
 
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-# --- markdown -----------------------------------------------------------------------
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    """The markdown report of an evaluation (from the content of ``scores.json``)."""
-    config = report["config"]
-    methods = config["methods"]
-    lines = [
-        "# Evaluation",
-        "",
-        f"Methods: {', '.join(methods)}. Events: {', '.join(config['events'])}.",
-        f"{config['n_input']} past frames, {config['steps']} forecast frames, a start time every "
-        f"{config['stride']} frames; started {report['started']}, ran {report['runtime_seconds']:.0f} s.",
-        f"Start times: {report['overall']['n_start_times']}, evaluated {report['overall']['n_evaluated']}"
-        + _skipped_text(report["overall"]["skipped"]) + ".",
-        "",
-        "Contingency tables and FSS sums are added over all forecasts before the scores are "
-        "computed; pixels without observation or forecast are left out (never counted as dry). "
-        "Lead times are in minutes, so events with different time steps add to different rows "
-        "(a 10-min event to 10, 20, … min); `n` is the number of forecasts verified at that lead. "
-        "The best value of each row is in bold.",
-        "",
-        "## Forecast time",
-        "",
-        "| method | forecasts | mean s per forecast |",
-        "|---|---:|---:|",
-    ]
-    for name, timing in report["timing"].items():
-        mean = timing["mean_seconds_per_forecast"]
-        lines.append(f"| {name} | {timing['n_forecasts']} | {'–' if mean is None else f'{mean:.3f}'} |")
-    lines += ["", "## All events", ""]
-    lines += _score_tables(report["overall"]["scores"], methods, config, heading="###")
-    lines += ["", "## Per event", ""]
-    for event_id, event in report["events"].items():
-        lines += [
-            f"### {event_id}",
-            "",
-            f"{event['n_frames']} frames every {event['time_step_minutes']:g} min on "
-            f"{event['grid']['ny']}×{event['grid']['nx']} pixels of {event['grid']['pixel_size_km']:g} km; "
-            f"{event['n_start_times']} start times, {event['n_evaluated']} evaluated"
-            + _skipped_text(event["skipped"]) + ".",
-            "",
-        ]
-        if event["n_evaluated"]:
-            lines += _csi_table(event["scores"], methods, config["thresholds_mmh"])
-            lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _skipped_text(skipped: dict[str, int]) -> str:
-    if not skipped:
-        return ""
-    return " (skipped: " + ", ".join(f"{n} with {reason}" for reason, n in skipped.items()) + ")"
-
-
-def _score_tables(scores: dict[str, Any], methods: list[str], config: dict[str, Any],
-                  heading: str) -> list[str]:
-    if not any(scores[m]["leads"] for m in methods):
-        return ["No start time could be evaluated."]
-    lines: list[str] = []
-    for threshold in config["thresholds_mmh"]:
-        lines += [f"{heading} CSI, rain rate > {threshold:g} mm/h", ""]
-        csi = {m: (lambda lead, t=threshold: lead["categorical"][key(t)]["CSI"]) for m in methods}
-        lines += _lead_table(scores, methods, csi, best=max)
-        lines.append("")
-    for threshold in config["fss_thresholds_mmh"]:
-        lines += [f"{heading} FSS, rain rate ≥ {threshold:g} mm/h", ""]
-        columns = {
-            f"{m} {scale:g} km": (lambda lead, t=threshold, s=scale: lead["fss"][key(t)][key(s)]["fss"])
-            for scale in config["fss_scales_km"] for m in methods
-        }
-        owners = {f"{m} {scale:g} km": m for scale in config["fss_scales_km"] for m in methods}
-        lines += _lead_table(scores, methods, columns, owners=owners, best=max,
-                             groups=[[f"{m} {s:g} km" for m in methods] for s in config["fss_scales_km"]])
-        lines.append("")
-    lines += [f"{heading} Mean absolute error (mm/h)", ""]
-    lines += _lead_table(scores, methods, {m: (lambda lead: lead["mae"]) for m in methods}, best=min)
-    lines.append("")
-    lines += [f"{heading} Power spectrum: forecast / observed power", "",
-              "Mean radially averaged power spectra of forecast and observation (no data set to 0 in "
-              "both), ratio at each wavelength; below 1 means smoother than observed.", ""]
-    lines += _spectrum_table(scores, methods, config, "spectrum")
-    lines += ["", f"{heading} Power spectrum of the forecast matched to the observed distribution", "",
-              "The same ratio with every forecast's values replaced by the observed values of the same "
-              "rank (pysteps' nonparam_match_empirical_cdf), so that too much or too little rain does "
-              "not count as texture: below 1 means smoother than observed.", ""]
-    lines += _spectrum_table(scores, methods, config, "spectrum_matched")
-    return lines
-
-
-def _spectrum_table(scores: dict[str, Any], methods: list[str], config: dict[str, Any], kind: str) -> list[str]:
-    wavelengths = [key(w) for w in config["spectrum_ratio_wavelengths_km"]]
-    lines = ["| method | lead (min) | n | " + " | ".join(f"{w} km" for w in wavelengths) + " |",
-             "|---|---:|---:|" + "---:|" * len(wavelengths)]
-    for method in methods:
-        for lead, spectrum in scores[method].get(kind, {}).items():
-            ratios = [_fmt(spectrum["power_ratio"].get(w)) for w in wavelengths]
-            lines.append(f"| {method} | {lead} | {spectrum['n_forecasts']} | " + " | ".join(ratios) + " |")
-    return lines
-
-
-def _csi_table(scores: dict[str, Any], methods: list[str], thresholds: list[float]) -> list[str]:
-    columns = {f"{m} >{t:g}": (lambda lead, t=t: lead["categorical"][key(t)]["CSI"])
-               for t in thresholds for m in methods}
-    owners = {f"{m} >{t:g}": m for t in thresholds for m in methods}
-    table = _lead_table(scores, methods, columns, owners=owners, best=max,
-                        groups=[[f"{m} >{t:g}" for m in methods] for t in thresholds])
-    return ["CSI at each threshold (mm/h):", "", *table]
-
-
-def _lead_table(scores: dict[str, Any], methods: list[str], columns: dict[str, Callable[[dict], Any]], *,
-                best: Callable[..., float], owners: dict[str, str] | None = None,
-                groups: list[list[str]] | None = None) -> list[str]:
-    """Rows: lead times; columns: one value per method (or per method and setting)."""
-    owners = owners or {m: m for m in methods}
-    groups = groups or [list(columns)]
-    leads = sorted({lead for m in methods for lead in scores[m]["leads"]}, key=float)
-    lines = ["| lead (min) | n | " + " | ".join(columns) + " |", "|---:|---:|" + "---:|" * len(columns)]
-    for lead in leads:
-        values: dict[str, float | None] = {}
-        n = 0
-        for column, getter in columns.items():
-            lead_scores = scores[owners[column]]["leads"].get(lead)
-            values[column] = getter(lead_scores) if lead_scores else None
-            n = max(n, lead_scores["n_forecasts"] if lead_scores else 0)
-        bold = set()
-        for group in groups:
-            finite = [values[c] for c in group if values[c] is not None]
-            if len(finite) > 1 and len(set(finite)) > 1:
-                target = best(finite)
-                bold |= {c for c in group if values[c] == target}
-        cells = [f"**{_fmt(values[c])}**" if c in bold else _fmt(values[c]) for c in columns]
-        lines.append(f"| {lead} | {n} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"

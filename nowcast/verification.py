@@ -109,13 +109,59 @@ def key(value: float) -> str:
     return f"{value:g}"
 
 
-def _new_contingency(threshold: float) -> dict[str, Any]:
-    from pysteps.verification import det_cat_fct_init
+class Contingency:
+    """The contingency table at one threshold, summed over forecasts: the one place CSI is counted.
 
-    table = det_cat_fct_init(threshold)
-    for count in ("hits", "misses", "false_alarms", "correct_negatives"):
-        table[count] = np.int64(0)
-    return table
+    pySTEPS' ``det_cat_fct_*`` (an event is ``rate > threshold``) on the pixels where both
+    fields are finite. The evaluation, the training's validation and the benchmarks all
+    count with this.
+    """
+
+    COUNTS = ("hits", "misses", "false_alarms", "correct_negatives")
+
+    def __init__(self, threshold: float) -> None:
+        from pysteps.verification import det_cat_fct_init
+
+        self.threshold = threshold
+        self.table = det_cat_fct_init(threshold)
+        for count in self.COUNTS:
+            self.table[count] = np.int64(0)
+
+    def add(self, forecast: np.ndarray, observed: np.ndarray) -> None:
+        """Count one forecast of ``observed`` (same shape, mm/h; non-finite pixels of either are left out)."""
+        from pysteps.verification import det_cat_fct_accum
+
+        forecast, observed = np.asarray(forecast), np.asarray(observed)
+        valid = np.isfinite(forecast) & np.isfinite(observed)
+        det_cat_fct_accum(self.table, forecast[valid], observed[valid])
+
+    def merge(self, other: Contingency) -> None:
+        for count in self.COUNTS:
+            self.table[count] = self.table[count] + other.table[count]
+
+    def counts(self) -> tuple[int, int, int]:
+        """(hits, misses, false alarms)."""
+        return int(self.table["hits"]), int(self.table["misses"]), int(self.table["false_alarms"])
+
+    @property
+    def csi(self) -> float:
+        return float(csi(*self.counts()))
+
+    def scores(self) -> dict[str, Any]:
+        """The four counts and CSI, POD, FAR (NaN where undefined)."""
+        from pysteps.verification import det_cat_fct_compute
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios = det_cat_fct_compute(self.table, list(CATEGORICAL_SCORES))
+        return {**{count: int(self.table[count]) for count in self.COUNTS},
+                **{name: float(ratios[name]) for name in CATEGORICAL_SCORES}}
+
+
+def csi(hits: Any, misses: Any, false_alarms: Any) -> Any:
+    """CSI = hits / (hits + misses + false alarms), NaN without any event; works on arrays of counts."""
+    hits = np.asarray(hits, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return hits / (hits + np.asarray(misses, dtype=np.float64) + np.asarray(false_alarms, dtype=np.float64))
 
 
 def _new_continuous() -> dict[str, Any]:
@@ -163,7 +209,7 @@ class LeadScores:
     def __init__(self, settings: ScoreSettings) -> None:
         self.settings = settings
         self.n_forecasts = 0
-        self.contingency = {thr: _new_contingency(thr) for thr in settings.thresholds_mmh}
+        self.contingency = {thr: Contingency(thr) for thr in settings.thresholds_mmh}
         # pysteps FSS objects; their "scale" holds km (the pixel window differs per grid)
         from pysteps.verification import fss_init
 
@@ -176,8 +222,7 @@ class LeadScores:
 
         self.n_forecasts += other.n_forecasts
         for thr, table in self.contingency.items():
-            for count in ("hits", "misses", "false_alarms", "correct_negatives"):
-                table[count] = table[count] + other.contingency[thr][count]
+            table.merge(other.contingency[thr])
         for fss_key in self.fss:
             self.fss[fss_key] = fss_merge(self.fss[fss_key], other.fss[fss_key])
         if other.continuous["n"] is not None:
@@ -188,18 +233,7 @@ class LeadScores:
                 self.continuous = det_cont_fct_merge(self.continuous, other.continuous)
 
     def categorical(self, threshold: float) -> dict[str, Any]:
-        from pysteps.verification import det_cat_fct_compute
-
-        table = self.contingency[threshold]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratios = det_cat_fct_compute(table, list(CATEGORICAL_SCORES))
-        return {
-            "hits": int(table["hits"]),
-            "misses": int(table["misses"]),
-            "false_alarms": int(table["false_alarms"]),
-            "correct_negatives": int(table["correct_negatives"]),
-            **{name: float(ratios[name]) for name in CATEGORICAL_SCORES},
-        }
+        return self.contingency[threshold].scores()
 
     def fractions_skill(self, threshold: float, scale_km: float) -> float:
         from pysteps.verification import fss_compute
@@ -284,8 +318,7 @@ class Scores:
         Differences of two snapshots are one forecast's tables: what a bootstrap over
         start times resamples (:mod:`nowcast.bootstrap`).
         """
-        return {lead: {thr: (int(t["hits"]), int(t["misses"]), int(t["false_alarms"]))
-                       for thr, t in scores.contingency.items()}
+        return {lead: {thr: table.counts() for thr, table in scores.contingency.items()}
                 for lead, scores in self.leads.items()}
 
     def spectrum_totals(self, *, matched: bool = False) -> dict[float, tuple[np.ndarray, np.ndarray]]:
@@ -392,7 +425,7 @@ def accumulate(
     where the observation and every forecast are finite; a lead time with no such pixel
     is left out (and not counted as a forecast).
     """
-    from pysteps.verification import det_cat_fct_accum, det_cont_fct_accum
+    from pysteps.verification import det_cont_fct_accum
 
     observed = np.asarray(observed)
     if observed.ndim != 3 or len(lead_minutes) != observed.shape[0]:
@@ -428,7 +461,7 @@ def accumulate(
             lead_scores.n_forecasts += 1
             fc_valid = fc[valid]
             for table in lead_scores.contingency.values():
-                det_cat_fct_accum(table, fc_valid, obs_valid)
+                table.add(fc_valid, obs_valid)
             det_cont_fct_accum(lead_scores.continuous, fc_valid, obs_valid)
             fc_zeroed = np.where(valid, fc, 0.0)
             for (thr, scale), obs_fraction in obs_fractions.items():

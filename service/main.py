@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; ``settings`` default to the ``NOWCAST_*`` environment."""
     settings = settings or Settings()
     metrics = ServiceMetrics()
-    models = ModelManager(settings)
+    models = ModelManager(settings, metrics)
     batcher = MicroBatcher(
         window_s=settings.batch_window_ms / 1e3,
         max_batch=settings.max_batch,
@@ -52,46 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
     metrics.watch_device(lambda: models.active.device if models.ready else None)
-    memory = MemoryBudget(
-        settings.request_memory_bytes,
-        retry_after_s=settings.retry_after_s,
-        on_refusal=lambda: metrics.rejected.labels("memory").inc(),
-    )
-    background_tasks: set[asyncio.Task[None]] = set()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads is not None:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
-        codec_pool = ThreadPoolExecutor(max_workers=settings.codec_threads, thread_name_prefix="nowcast-codec")
-        app.state.codec_pool = codec_pool
-        loaded = await models.start()
-        metrics.model_info.info(
-            {"name": loaded.name, "version": loaded.version or "builtin", "device": loaded.device}
-        )
-        await batcher.start()
-        reload_on_hangup = _install_reload_signal(models, metrics, background_tasks)
-        metrics.ready.set(1)
-        logger.info("serving %s on %s", loaded.label, loaded.device)
-        try:
-            yield
-        finally:
-            metrics.ready.set(0)
-            if reload_on_hangup:
-                with suppress(Exception):
-                    asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            await batcher.stop()
-            models.stop()
-            codec_pool.shutdown(wait=False, cancel_futures=True)
-
     app = FastAPI(
         title="nowcast",
         summary="Precipitation nowcasting service",
         description=DESCRIPTION,
         version=nowcast_version,
-        lifespan=lifespan,
+        lifespan=_lifespan,
         docs_url="/docs" if settings.docs else None,
         redoc_url="/redoc" if settings.docs else None,
         openapi_url="/openapi.json" if settings.docs else None,
@@ -100,7 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.models = models
     app.state.batcher = batcher
-    app.state.memory = memory
+    app.state.memory = MemoryBudget(
+        settings.request_memory_bytes,
+        retry_after_s=settings.retry_after_s,
+        on_refusal=lambda: metrics.rejected.labels("memory").inc(),
+    )
     # the last added runs first: request ids are set before a body limit answers
     app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: _body_limit(settings, path))
     app.add_middleware(RequestContextMiddleware, metrics=metrics, route_paths=lambda: _route_paths(app))
@@ -109,6 +79,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load and warm up the model, start the batcher and the codec threads; stop them at the end."""
+    settings: Settings = app.state.settings
+    models: ModelManager = app.state.models
+    batcher: MicroBatcher = app.state.batcher
+    if settings.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    codec_pool = ThreadPoolExecutor(max_workers=settings.codec_threads, thread_name_prefix="nowcast-codec")
+    app.state.codec_pool = codec_pool
+    loaded = await models.start()
+    await batcher.start()
+    background: set[asyncio.Task[None]] = set()
+    reload_on_hangup = _install_reload_signal(models, background)
+    app.state.metrics.ready.set(1)
+    logger.info("serving %s on %s", loaded.label, loaded.device)
+    try:
+        yield
+    finally:
+        app.state.metrics.ready.set(0)
+        if reload_on_hangup:
+            with suppress(Exception):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await batcher.stop()
+        models.stop()
+        codec_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _body_limit(settings: Settings, path: str) -> int:
@@ -159,9 +159,7 @@ def _route_paths(app: FastAPI) -> set[str]:
     return documented | {path for path in (app.docs_url, app.redoc_url, app.openapi_url) if path}
 
 
-def _install_reload_signal(
-    models: ModelManager, metrics: ServiceMetrics, background: set[asyncio.Task[None]]
-) -> bool:
+def _install_reload_signal(models: ModelManager, background: set[asyncio.Task[None]]) -> bool:
     """SIGHUP reloads the active model at its latest version (e.g. after exporting a new one)."""
     loop = asyncio.get_running_loop()
 
@@ -169,14 +167,9 @@ def _install_reload_signal(
         async def reload() -> None:
             name = models.active.name
             try:
-                new, _ = await models.switch(name)
+                await models.switch(name)
             except Exception:
                 logger.exception("reload of %s on SIGHUP failed; the active model is unchanged", name)
-                return
-            metrics.model_switches.inc()
-            metrics.model_info.info(
-                {"name": new.name, "version": new.version or "builtin", "device": new.device}
-            )
 
         task = loop.create_task(reload())
         background.add(task)

@@ -34,7 +34,7 @@ def tiny_train_config(tmp_path):
         path.write_text("\n".join([
             f'name = "{name}"', "[model]", "n_input = 4", "n_output = 3", "generator_channels = [4, 4]",
             "discriminator_channels = [4, 4]", "generator_layers = 2", *model_lines,
-            "[data]", 'train_events = ["synthetic:1"]', "patch_size = 32",
+            "[data]", 'event_source = "synthetic"', 'train_events = ["1"]', "val_events = []", "patch_size = 32",
             "[train]", "steps = 2", "batch_size = 2", "log_every = 1", "val_every = 100", "checkpoint_every = 1",
         ]) + "\n")
         return path

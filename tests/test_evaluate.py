@@ -18,9 +18,9 @@ from nowcast.evaluate import (
     SKIP_EMPTY_PAST,
     SPECTRUM_PLOT,
     evaluate,
-    render_markdown,
     start_indices,
 )
+from nowcast.report import render_markdown
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

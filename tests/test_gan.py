@@ -219,6 +219,35 @@ def test_export_and_load_reproduce_the_same_forecast(tmp_path, events):
     assert artifacts.list_versions("tiny-gan", tmp_path / "models") == ["v1"]
 
 
+def test_the_card_keeps_the_model_and_the_baselines_scores(tmp_path, events):
+    """An export with an evaluation keeps that model's and the baselines' numbers, and no one else's."""
+    from nowcast.evaluate import evaluate
+
+    cfg = tiny_experiment(steps=2)
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    models = tmp_path / "models"
+    export_run(tmp_path / "run", "tiny-gan", models_dir=models)
+    export_run(tmp_path / "run", "other-gan", models_dir=models)
+    evaluate(["persistence", "extrapolation", "tiny-gan", "other-gan"], ["syn2"], steps=3, stride=4,
+             loader=events.__getitem__, out_dir=tmp_path / "eval", progress=False, models_dir=models)
+    scores = tmp_path / "eval" / "scores.json"
+    folder = export_run(tmp_path / "run", "tiny-gan", models_dir=models, evaluation=scores)
+    card = json.loads((folder / "card.json").read_text())
+    evaluation = card["evaluation"]
+    assert evaluation["method"] == "tiny-gan"
+    assert sorted(evaluation["scores"]) == ["extrapolation", "persistence", "tiny-gan"]
+    assert evaluation["events"] == ["syn2"] and evaluation["n_evaluated"] > 0
+    report = json.loads((tmp_path / "eval" / "scores.json").read_text())
+    lead = next(iter(report["overall"]["scores"]["tiny-gan"]["leads"]))
+    assert (evaluation["scores"]["tiny-gan"]["leads"][lead]["categorical"]
+            == report["overall"]["scores"]["tiny-gan"]["leads"][lead]["categorical"])
+    text = (folder / "README.md").read_text()
+    assert "| lead (min) | n | tiny-gan | persistence | extrapolation |" in text and "other-gan" not in text
+    with pytest.raises(InputError, match="has no scores of 'unscored'"):
+        export_run(tmp_path / "run", "unscored", models_dir=models, evaluation=scores)
+    assert not artifacts.list_versions("unscored", models)
+
+
 def test_forecaster_pads_odd_grids_and_crops_back(events):
     from nowcast.gan.forecaster import GANForecaster
     from nowcast.transforms import Normalisation

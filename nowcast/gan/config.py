@@ -102,6 +102,7 @@ class ModelConfig:
 
 
 #: Keys of models written by earlier versions, with the one value this version still builds.
+EVENT_SOURCES = ("catalogue", "synthetic")
 _SETTLED_MODEL_KEYS = {"correction_frame": "lagrangian", "motion_estimation": "full_resolution"}
 
 
@@ -186,10 +187,15 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which events feed training and validation, and how samples are cut."""
+    """Which events feed training and validation, and how samples are cut.
+
+    ``event_source``: ``"catalogue"`` (real events by catalogue id, the default) or
+    ``"synthetic"`` (generated events named by their seed, for smoke tests).
+    """
 
     train_events: tuple[str, ...] = ("knmi-20100826", "mch-20150515", "mch-20170131", "fmi-20160928", "bom-20201031")
     val_events: tuple[str, ...] = ("mch-20160711", "fmi-20170509", "bom-20180616")
+    event_source: str = "catalogue"
     catalogue: str | None = None
     data_root: str | None = None
     patch_size: int = 96
@@ -197,6 +203,10 @@ class DataConfig:
     augment: bool = True
     val_patches_per_event: int = 8
     val_patch_size: int = 192
+
+    def __post_init__(self) -> None:
+        if self.event_source not in EVENT_SOURCES:
+            raise ValueError(f"unknown event_source {self.event_source!r}; valid: {', '.join(EVENT_SOURCES)}")
 
 
 @dataclass(frozen=True)

@@ -230,29 +230,39 @@ def validation_batches(events: Sequence[EventSamples], data: DataConfig, model: 
 
 def load_events(names: Sequence[str], model: ModelConfig, data: DataConfig,
                 loader: Callable[[str], xr.DataArray] | None = None) -> list[EventSamples]:
-    """Load named events from the catalogue (or through ``loader``) and estimate their motion."""
+    """Load named events (from ``data.event_source``, or through ``loader``) and estimate their motion."""
     if loader is None:
-        loader = _catalogue_loader(data)
-
+        loader = EVENT_SOURCES[data.event_source](data)
     return [EventSamples(name, loader(name), model) for name in names]
 
 
-SYNTHETIC_PREFIX = "synthetic:"
-
-
 def _catalogue_loader(data: DataConfig) -> Callable[[str], xr.DataArray]:
-    """Events by catalogue id; ``synthetic:SEED`` names a generated event (no files needed)."""
+    """Real events by catalogue id (the packaged catalogue, or ``data.catalogue``)."""
+    from nowcast.io.catalogue import get_event, load_catalogue, load_event
 
     def loader(name: str) -> xr.DataArray:
-        if name.startswith(SYNTHETIC_PREFIX):
-            from nowcast.synthetic import SyntheticRain, synthetic_sequence
-
-            size = data.patch_size + 16
-            seed = int(name[len(SYNTHETIC_PREFIX):])
-            return synthetic_sequence(SyntheticRain(ny=size, nx=size, frames=24), seed=seed)
-        from nowcast.io.catalogue import get_event, load_catalogue, load_event
-
         event = load_catalogue(data.catalogue)[name] if data.catalogue else get_event(name)
         return load_event(event, root=data.data_root)
 
     return loader
+
+
+def _synthetic_loader(data: DataConfig) -> Callable[[str], xr.DataArray]:
+    """Generated events, named by their seed: smoke tests and the DDP check need no files."""
+    from nowcast.config import ConfigError
+    from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+    def loader(name: str) -> xr.DataArray:
+        if not name.isdigit():
+            raise ConfigError(f"synthetic event {name!r}: name synthetic events by their seed, e.g. \"1\"")
+        size = data.patch_size + 16
+        return synthetic_sequence(SyntheticRain(ny=size, nx=size, frames=24), seed=int(name))
+
+    return loader
+
+
+#: Where training events come from (``DataConfig.event_source``).
+EVENT_SOURCES: dict[str, Callable[[DataConfig], Callable[[str], xr.DataArray]]] = {
+    "catalogue": _catalogue_loader,
+    "synthetic": _synthetic_loader,
+}

@@ -12,7 +12,9 @@ import torch
 
 from nowcast import artifacts
 from nowcast import config as config_io
+from nowcast.errors import InputError
 from nowcast.gan.train import METRICS, load_generator
+from nowcast.report import card_evaluation, card_tables
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ def export_run(
     generator, cfg, step = load_generator(run)
     metrics = _read_metrics(run / METRICS)
     validation = next((m for m in reversed(metrics) if any(k.startswith("val_") for k in m)), {})
-    eval_summary = _evaluation_summary(Path(evaluation)) if evaluation else None
+    eval_summary = _evaluation_summary(Path(evaluation), name) if evaluation else None
     n_params = sum(p.numel() for p in generator.parameters())
     card: dict[str, Any] = {
         "description": description or _default_description(cfg),
@@ -68,7 +70,7 @@ def export_run(
         config=spec,
         weights_writer=lambda path: torch.save(generator.state_dict(), path),
         card_data=card,
-        card_markdown=card_markdown(name, card, Path(evaluation) if evaluation else None),
+        card_markdown=card_markdown(name, card),
         models_dir=models_dir,
         version=version,
     )
@@ -106,12 +108,16 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _evaluation_summary(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    return {"source": path.name, "scores": data.get("overall", data)}
+def _evaluation_summary(path: Path, name: str) -> dict[str, Any]:
+    """The model's and the baselines' scores from a ``nowcast evaluate`` report that scored ``name``."""
+    report = json.loads(path.read_text())
+    try:
+        return card_evaluation(report, name, source=path.name)
+    except KeyError as exc:
+        raise InputError(f"{path}: {exc.args[0]}; evaluate the model under the name it is exported as") from exc
 
 
-def card_markdown(name: str, card: dict[str, Any], evaluation: Path | None) -> str:
+def card_markdown(name: str, card: dict[str, Any]) -> str:
     tr = card["training"]
     lines = [
         f"# Model card: {name} {card.get('version', '')}".rstrip(),
@@ -127,10 +133,9 @@ def card_markdown(name: str, card: dict[str, Any], evaluation: Path | None) -> s
         f"- Loss weights: {tr['loss']}",
         "",
     ]
-    if evaluation is not None:
-        table = evaluation.with_suffix(".md")
-        if table.is_file():
-            lines += ["## Evaluation on the held-out events", "", table.read_text(), ""]
+    if card.get("evaluation"):
+        lines += ["## Evaluation on the held-out events, against the baselines", "",
+                  card_tables(card["evaluation"]), ""]
     val = card.get("validation_during_training") or {}
     if val:
         lines += ["## Last validation during training (held-out patches, all leads)", ""]

@@ -36,12 +36,14 @@ from nowcast.gan.config import ExperimentConfig, upgrade_experiment_config
 from nowcast.gan.data import Batch, SampleSource, load_events, validation_batches
 from nowcast.gan.losses import discriminator_loss, generator_loss
 from nowcast.gan.model import Discriminator, Generator
+from nowcast.verification import Contingency
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
+VALIDATION_THRESHOLDS_MMH = (1.0, 4.0)
 
 
 @dataclass
@@ -91,6 +93,48 @@ def train(
     """
     out = Path(out_dir)
     tc = cfg.train
+    # the processes, the device and the run folder
+    ctx, device = _start(cfg, out, resume)
+    # the models and their optimisers, restored from the checkpoint when resuming
+    run = _Models.build(cfg, device, ctx, out / CHECKPOINT, resume)
+    # the data: training batches drawn from the seed and the step; held-out patches to validate on
+    logger.info("loading training events %s", ", ".join(cfg.data.train_events))
+    source = SampleSource(load_events(cfg.data.train_events, cfg.model, cfg.data, loader), cfg.data, cfg.model,
+                          cfg.normalisation, tc.seed)
+    val_batches: list[Batch] = []
+    if ctx.is_main and cfg.data.val_events:
+        val_events = load_events(cfg.data.val_events, cfg.model, cfg.data, loader)
+        val_batches = validation_batches(val_events, cfg.data, cfg.model, cfg.normalisation, tc.seed)
+
+    # the loop: k discriminator steps, one generator step; logs, validation and checkpoints on rank 0
+    last: dict[str, Any] = {}
+    bar = _progress(progress and ctx.is_main, run.start_step, tc.steps)
+    t0, samples = time.perf_counter(), 0
+    end_step = tc.steps if stop_after is None else min(tc.steps, run.start_step + stop_after)
+    for step in range(run.start_step, end_step):
+        parts = run.step(step, source, ctx)
+        samples += tc.batch_size * ctx.world_size * (1 + (tc.discriminator_steps if cfg.loss.adversarial else 0))
+        done = step + 1
+        if bar is not None:
+            bar.advance(parts)
+        if ctx.is_main and (done % tc.log_every == 0 or done == tc.steps):
+            elapsed = time.perf_counter() - t0
+            last = {"step": done, **parts, "world_size": ctx.world_size, "samples_per_s": samples / max(elapsed, 1e-9),
+                    "time": time.time()}
+            if done % tc.val_every == 0 or done == tc.steps:
+                last.update(validate(_served(run.generator, run.ema), val_batches, cfg, device))
+            _append_metrics(out / METRICS, last)
+        if ctx.is_main and (done % tc.checkpoint_every == 0 or done == tc.steps):
+            run.save(out / CHECKPOINT, done)
+    if bar is not None:
+        bar.close()
+    if ctx.enabled:
+        dist.barrier()
+    return last
+
+
+def _start(cfg: ExperimentConfig, out: Path, resume: bool) -> tuple[DistributedContext, torch.device]:
+    tc = cfg.train
     device_type = "cuda" if tc.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     ctx = init_distributed(device_type)
     device = pick_device(tc.device, ctx.local_rank)
@@ -100,115 +144,121 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         _check_same_config(out, cfg, resume)
         _atomic_write_text(out / CONFIG, json.dumps(config_io.to_dict(cfg), indent=2) + "\n")
+    return ctx, device
 
-    torch.manual_seed(tc.seed)  # identical initial weights on every rank
-    generator = Generator(cfg.model, scale_db=cfg.normalisation.scale_db).to(device)
-    generator.limits_in_training = tc.correction_limits_in_training
-    discriminator = Discriminator(cfg.model).to(device)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr_generator, betas=(0.5, 0.999),
-                             weight_decay=tc.weight_decay)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr_discriminator, betas=(0.5, 0.999))
-    ema = _weight_average(generator, tc.ema_decay)
-    start_step = 0
-    checkpoint_path = out / CHECKPOINT
-    if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        generator.load_state_dict(state["generator"])
-        discriminator.load_state_dict(state["discriminator"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        if ema is not None:
-            ema.load_state_dict(state["generator_ema"])
-        start_step = int(state["step"])
-        logger.info("resumed from %s at step %d", checkpoint_path, start_step)
+
+@dataclass
+class _Models:
+    """G and D, their optimisers, G's weight average, and their data-parallel wrappers."""
+
+    cfg: ExperimentConfig
+    device: torch.device
+    generator: Generator
+    discriminator: Discriminator
+    g_model: nn.Module
+    d_model: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    ema: AveragedModel | None
+    start_step: int = 0
+
+    @classmethod
+    def build(cls, cfg: ExperimentConfig, device: torch.device, ctx: DistributedContext, checkpoint: Path,
+              resume: bool) -> _Models:
+        tc = cfg.train
+        torch.manual_seed(tc.seed)  # identical initial weights on every rank
+        generator = Generator(cfg.model, scale_db=cfg.normalisation.scale_db).to(device)
+        generator.limits_in_training = tc.correction_limits_in_training
+        discriminator = Discriminator(cfg.model).to(device)
+        opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr_generator, betas=(0.5, 0.999),
+                                 weight_decay=tc.weight_decay)
+        opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr_discriminator, betas=(0.5, 0.999))
+        models = cls(cfg, device, generator, discriminator, generator, discriminator, opt_g, opt_d,
+                     _weight_average(generator, tc.ema_decay))
+        if resume and checkpoint.is_file():
+            models.restore(checkpoint, ctx)
+        elif resume:
+            logger.warning("no checkpoint in %s: starting from scratch", checkpoint.parent)
+        if ctx.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            models.g_model = DistributedDataParallel(generator, device_ids=ids)
+            models.d_model = DistributedDataParallel(discriminator, device_ids=ids)
+        return models
+
+    def restore(self, checkpoint: Path, ctx: DistributedContext) -> None:
+        state = torch.load(checkpoint, map_location=self.device, weights_only=True)
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["generator_ema"])
+        self.start_step = int(state["step"])
+        logger.info("resumed from %s at step %d", checkpoint, self.start_step)
         if ctx.is_main:
-            _truncate_metrics(out / METRICS, start_step)
-    elif resume:
-        logger.warning("no checkpoint in %s: starting from scratch", out)
+            _truncate_metrics(checkpoint.parent / METRICS, self.start_step)
 
-    g_model: nn.Module = generator
-    d_model: nn.Module = discriminator
-    if ctx.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        g_model = DistributedDataParallel(generator, device_ids=ids)
-        d_model = DistributedDataParallel(discriminator, device_ids=ids)
+    def save(self, path: Path, step: int) -> None:
+        _save_checkpoint(path, step, self.generator, self.discriminator, self.opt_g, self.opt_d, self.ema)
 
-    logger.info("loading training events %s", ", ".join(cfg.data.train_events))
-    train_events = load_events(cfg.data.train_events, cfg.model, cfg.data, loader)
-    source = SampleSource(train_events, cfg.data, cfg.model, cfg.normalisation, tc.seed)
-    val_batches: list[Batch] = []
-    if ctx.is_main and cfg.data.val_events:
-        val_events = load_events(cfg.data.val_events, cfg.model, cfg.data, loader)
-        val_batches = validation_batches(val_events, cfg.data, cfg.model, cfg.normalisation, tc.seed)
-
-    use_amp = tc.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
-    adversarial = cfg.loss.adversarial
-    last: dict[str, Any] = {}
-    bar = _progress(progress and ctx.is_main, start_step, tc.steps)
-    t0, samples = time.perf_counter(), 0
-    end_step = tc.steps if stop_after is None else min(tc.steps, start_step + stop_after)
-    for step in range(start_step, end_step):
-        generator.train()
-        discriminator.train()
+    def step(self, step: int, source: SampleSource, ctx: DistributedContext) -> dict[str, float]:
+        """One training step: the learning rates for it, D's updates, then G's; the loss parts."""
+        tc = self.cfg.train
+        self.generator.train()
+        self.discriminator.train()
         torch.manual_seed(tc.seed * 1_000_003 + step * ctx.world_size + ctx.rank)  # noise, dropout-free
         # set from the step, not kept as scheduler state: a resumed run gets the same rates
-        for optimiser, base_lr in ((opt_g, tc.lr_generator), (opt_d, tc.lr_discriminator)):
+        for optimiser, base_lr in ((self.opt_g, tc.lr_generator), (self.opt_d, tc.lr_discriminator)):
             for group in optimiser.param_groups:
                 group["lr"] = base_lr * tc.lr_factor(step)
         parts: dict[str, float] = {}
-        if adversarial:
+        if self.cfg.loss.adversarial:
             for sub in range(tc.discriminator_steps):
-                b = source.batch(tc.batch_size, step, ctx.rank, substep=sub + 1).to(device)
-                with torch.no_grad(), autocast():
-                    fake = [p.detach() for p in g_model(b.past, b.valid, **b.conditioning())]
-                real = _scale_targets(b, cfg.model.n_scales)
-                with autocast():
-                    # one call on real and fake together: one DDP forward per backward
-                    both = [torch.cat([r, f]) for r, f in zip(real, fake, strict=True)]
-                    logits = d_model(torch.cat([b.past, b.past]), torch.cat([b.valid, b.valid]), both)
-                    n = len(b)
-                    d_loss, d_parts = discriminator_loss([lg[:n] for lg in logits], [lg[n:] for lg in logits])
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                nn.utils.clip_grad_norm_(discriminator.parameters(), tc.grad_clip)
-                opt_d.step()
-                parts.update(d_parts)
-        b = source.batch(tc.batch_size, step, ctx.rank, substep=0).to(device)
-        with autocast():
-            predictions = g_model(b.past, b.valid, **b.conditioning())
+                parts.update(self._discriminator_step(source.batch(tc.batch_size, step, ctx.rank, substep=sub + 1)))
+        parts.update(self._generator_step(source.batch(tc.batch_size, step, ctx.rank, substep=0)))
+        return parts
+
+    def _autocast(self) -> Any:
+        if self.cfg.train.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _discriminator_step(self, b: Batch) -> dict[str, float]:
+        b = b.to(self.device)
+        with torch.no_grad(), self._autocast():
+            fake = [p.detach() for p in self.g_model(b.past, b.valid, **b.conditioning())]
+        real = _scale_targets(b, self.cfg.model.n_scales)
+        with self._autocast():
+            # one call on real and fake together: one DDP forward per backward
+            both = [torch.cat([r, f]) for r, f in zip(real, fake, strict=True)]
+            logits = self.d_model(torch.cat([b.past, b.past]), torch.cat([b.valid, b.valid]), both)
+            n = len(b)
+            d_loss, parts = discriminator_loss([lg[:n] for lg in logits], [lg[n:] for lg in logits])
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.cfg.train.grad_clip)
+        self.opt_d.step()
+        return parts
+
+    def _generator_step(self, b: Batch) -> dict[str, float]:
+        cfg = self.cfg
+        b = b.to(self.device)
+        with self._autocast():
+            predictions = self.g_model(b.past, b.valid, **b.conditioning())
             fake_logits = None
-            if adversarial:
-                discriminator.requires_grad_(False)
-                fake_logits = discriminator(b.past, b.valid, predictions)
-            g_loss, g_parts = generator_loss(predictions, b.future, b.future_mask, cfg.loss, fake_logits,
-                                             cfg.normalisation)
-        opt_g.zero_grad(set_to_none=True)
+            if cfg.loss.adversarial:
+                self.discriminator.requires_grad_(False)
+                fake_logits = self.discriminator(b.past, b.valid, predictions)
+            g_loss, parts = generator_loss(predictions, b.future, b.future_mask, cfg.loss, fake_logits,
+                                           cfg.normalisation)
+        self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
-        discriminator.requires_grad_(True)
-        nn.utils.clip_grad_norm_(generator.parameters(), tc.grad_clip)
-        opt_g.step()
-        if ema is not None:
-            ema.update_parameters(generator)
-        parts.update(g_parts)
-        samples += tc.batch_size * ctx.world_size * (1 + (tc.discriminator_steps if adversarial else 0))
-        done = step + 1
-        if bar is not None:
-            bar.advance(parts)
-        if ctx.is_main and (done % tc.log_every == 0 or done == tc.steps):
-            elapsed = time.perf_counter() - t0
-            last = {"step": done, **parts, "world_size": ctx.world_size, "samples_per_s": samples / max(elapsed, 1e-9),
-                    "time": time.time()}
-            if done % tc.val_every == 0 or done == tc.steps:
-                last.update(validate(_served(generator, ema), val_batches, cfg, device))
-            _append_metrics(out / METRICS, last)
-        if ctx.is_main and (done % tc.checkpoint_every == 0 or done == tc.steps):
-            _save_checkpoint(checkpoint_path, done, generator, discriminator, opt_g, opt_d, ema)
-    if bar is not None:
-        bar.close()
-    if ctx.enabled:
-        dist.barrier()
-    return last
+        self.discriminator.requires_grad_(True)
+        nn.utils.clip_grad_norm_(self.generator.parameters(), cfg.train.grad_clip)
+        self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.generator)
+        return parts
 
 
 def _scale_targets(b: Batch, n_scales: int) -> list[torch.Tensor]:
@@ -220,40 +270,26 @@ def _scale_targets(b: Batch, n_scales: int) -> list[torch.Tensor]:
 @torch.no_grad()
 def validate(generator: Generator, batches: list[Batch], cfg: ExperimentConfig,
              device: torch.device) -> dict[str, float]:
-    """CSI at 1 and 4 mm/h of G, persistence and advection on the held-out patches (all leads)."""
+    """CSI at 1 and 4 mm/h (counted as the evaluation counts, :class:`nowcast.verification.Contingency`)
+    of G, persistence and advection on the held-out patches, all leads; and G's L1 error."""
     if not batches:
         return {}
     generator.eval()
     norm = cfg.normalisation
-    counts: dict[str, np.ndarray] = {}
+    tables = {(name, threshold): Contingency(threshold)
+              for name in ("gan", "persistence", "advection") for threshold in VALIDATION_THRESHOLDS_MMH}
+    l1 = []
     for b in batches:
         b = b.to(device)
-        pred = generator(b.past, b.valid, **b.conditioning())[-1]
+        prediction = generator(b.past, b.valid, **b.conditioning())[-1]
+        l1.append(float(((prediction - b.future).abs() * b.future_mask).sum() / b.future_mask.sum().clamp(min=1)))
         mask = b.future_mask.bool()
-        fields = {
-            "gan": norm.decode(pred),
-            "persistence": norm.decode(b.past[:, -1:].expand_as(b.future)),
-            "advection": norm.decode(b.advected),
-        }
-        obs = norm.decode(b.future)
-        for threshold in (1.0, 4.0):
-            o = (obs >= threshold) & mask
-            for name, f in fields.items():
-                p = (f >= threshold) & mask
-                key = f"{name}@{threshold:g}"
-                tab = np.array([(o & p).sum().item(), (o & ~p).sum().item(), (~o & p).sum().item()])
-                counts[key] = counts.get(key, 0) + tab
-    scores = {}
-    for key, (hits, misses, false_alarms) in counts.items():
-        denominator = hits + misses + false_alarms
-        scores[f"val_csi_{key}"] = float(hits / denominator) if denominator else float("nan")
-    lp = []
-    for b in batches:
-        b = b.to(device)
-        pred = generator(b.past, b.valid, **b.conditioning())[-1]
-        err = ((pred - b.future).abs() * b.future_mask).sum() / b.future_mask.sum().clamp(min=1)
-        lp.append(float(err))
-    scores["val_l1"] = float(np.mean(lp))
+        observed = norm.decode(b.future)[mask].cpu().numpy()
+        fields = {"gan": prediction, "persistence": b.past[:, -1:].expand_as(b.future), "advection": b.advected}
+        for (name, _), table in tables.items():
+            table.add(norm.decode(fields[name])[mask].cpu().numpy(), observed)
+    scores = {f"val_csi_{name}@{threshold:g}": table.csi for (name, threshold), table in tables.items()}
+    scores["val_l1"] = float(np.mean(l1))
     return scores
 
 

@@ -82,6 +82,12 @@ class ServiceMetrics:
         self.model_info = Info("nowcast_model", "The active model", registry=self.registry)
         self.ready = Gauge("nowcast_ready", "1 when a warmed-up model is serving", registry=self.registry)
 
+    def model_loaded(self, name: str, version: str | None, device: str, *, switched: bool) -> None:
+        """Record the model now serving (and count a switch): the one place both metrics change."""
+        if switched:
+            self.model_switches.inc()
+        self.model_info.info({"name": name, "version": version or "builtin", "device": device})
+
     def watch_device(self, device: Callable[[], str | None]) -> None:
         """Report the memory of the device the active model runs on, read at scrape time."""
         self.registry.register(_DeviceMemoryCollector(device))

@@ -22,6 +22,7 @@ from nowcast import artifacts
 from nowcast.errors import UnreadableFileError
 from nowcast.forecasters import Forecaster, get_forecaster, resolve
 from service.core.config import DEFAULT_TRAINED_MODEL, FALLBACK_MODEL, Settings
+from service.core.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,9 @@ def choose_precision(forecaster: Forecaster, mode: str, tolerance_mmh: float) ->
 class ModelManager:
     """Holds the active model and switches it without interrupting requests."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._active: LoadedModel | None = None
         self._switch_lock = asyncio.Lock()
         self.switches = 0
@@ -156,6 +158,7 @@ class ModelManager:
     async def start(self) -> LoadedModel:
         name = default_model_name(self._settings)
         self._active = await asyncio.to_thread(load_model, self._settings, name, self._settings.model_version)
+        self._metrics.model_loaded(self._active.name, self._active.version, self._active.device, switched=False)
         return self._active
 
     async def switch(self, name: str, version: str | None = None) -> tuple[LoadedModel, LoadedModel | None]:
@@ -164,6 +167,7 @@ class ModelManager:
             new = await asyncio.to_thread(load_model, self._settings, name, version)
             previous, self._active = self._active, new
             self.switches += 1
+            self._metrics.model_loaded(new.name, new.version, new.device, switched=True)
         logger.info("active model switched from %s to %s", previous.label if previous else None, new.label)
         return new, previous
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from service import codec
-from service.api.deps import MetricsDep, ModelsDep, read_body, require_admin_key
+from service.api.deps import ModelsDep, read_body, require_admin_key
 from service.schemas import ActiveModel, ErrorResponse, SwitchModelResponse
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin_key)])
@@ -33,12 +33,10 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
         }
     },
 )
-async def switch_active_model(request: Request, models: ModelsDep, metrics: MetricsDep) -> SwitchModelResponse:
+async def switch_active_model(request: Request, models: ModelsDep) -> SwitchModelResponse:
     body = await read_body(request)
     switch = await run_in_threadpool(codec.parse_switch_request, body)
     new, previous = await models.switch(switch.name, switch.version)
-    metrics.model_switches.inc()
-    metrics.model_info.info({"name": new.name, "version": new.version or "builtin", "device": new.device})
     return SwitchModelResponse(
         active=ActiveModel(**new.describe()),
         previous=ActiveModel(**previous.describe()) if previous else None,

@@ -1,0 +1,209 @@
+"""The evaluation report as markdown: the tables of ``scores.md`` and of the model cards.
+
+Everything is rendered from the content of ``scores.json`` (:func:`nowcast.evaluate.evaluate`),
+so a report can be redrawn, or cut down to some of its methods, without forecasting again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from nowcast.verification import key
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The markdown report of an evaluation (from the content of ``scores.json``)."""
+    config = report["config"]
+    methods = config["methods"]
+    lines = [
+        "# Evaluation",
+        "",
+        f"Methods: {', '.join(methods)}. Events: {', '.join(config['events'])}.",
+        f"{config['n_input']} past frames, {config['steps']} forecast frames, a start time every "
+        f"{config['stride']} frames; started {report['started']}, ran {report['runtime_seconds']:.0f} s.",
+        f"Start times: {report['overall']['n_start_times']}, evaluated {report['overall']['n_evaluated']}"
+        + _skipped_text(report["overall"]["skipped"]) + ".",
+        "",
+        "Contingency tables and FSS sums are added over all forecasts before the scores are "
+        "computed; pixels without observation or forecast are left out (never counted as dry). "
+        "Lead times are in minutes, so events with different time steps add to different rows "
+        "(a 10-min event to 10, 20, … min); `n` is the number of forecasts verified at that lead. "
+        "The best value of each row is in bold.",
+        "",
+        "## Forecast time",
+        "",
+        "| method | forecasts | mean s per forecast |",
+        "|---|---:|---:|",
+    ]
+    for name, timing in report["timing"].items():
+        mean = timing["mean_seconds_per_forecast"]
+        lines.append(f"| {name} | {timing['n_forecasts']} | {'–' if mean is None else f'{mean:.3f}'} |")
+    lines += ["", "## All events", ""]
+    lines += score_tables(report["overall"]["scores"], methods, config, heading="###")
+    lines += ["", "## Per event", ""]
+    for event_id, event in report["events"].items():
+        lines += [
+            f"### {event_id}",
+            "",
+            f"{event['n_frames']} frames every {event['time_step_minutes']:g} min on "
+            f"{event['grid']['ny']}×{event['grid']['nx']} pixels of {event['grid']['pixel_size_km']:g} km; "
+            f"{event['n_start_times']} start times, {event['n_evaluated']} evaluated"
+            + _skipped_text(event["skipped"]) + ".",
+            "",
+        ]
+        if event["n_evaluated"]:
+            lines += _csi_table(event["scores"], methods, config["thresholds_mmh"])
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _skipped_text(skipped: dict[str, int]) -> str:
+    if not skipped:
+        return ""
+    return " (skipped: " + ", ".join(f"{n} with {reason}" for reason, n in skipped.items()) + ")"
+
+
+def score_tables(scores: dict[str, Any], methods: list[str], config: dict[str, Any],
+                  heading: str) -> list[str]:
+    if not any(scores[m]["leads"] for m in methods):
+        return ["No start time could be evaluated."]
+    lines: list[str] = []
+    for threshold in config["thresholds_mmh"]:
+        lines += [f"{heading} CSI, rain rate > {threshold:g} mm/h", ""]
+        csi = {m: (lambda lead, t=threshold: lead["categorical"][key(t)]["CSI"]) for m in methods}
+        lines += _lead_table(scores, methods, csi, best=max)
+        lines.append("")
+    for threshold in config["fss_thresholds_mmh"]:
+        lines += [f"{heading} FSS, rain rate ≥ {threshold:g} mm/h", ""]
+        columns = {
+            f"{m} {scale:g} km": (lambda lead, t=threshold, s=scale: lead["fss"][key(t)][key(s)]["fss"])
+            for scale in config["fss_scales_km"] for m in methods
+        }
+        owners = {f"{m} {scale:g} km": m for scale in config["fss_scales_km"] for m in methods}
+        lines += _lead_table(scores, methods, columns, owners=owners, best=max,
+                             groups=[[f"{m} {s:g} km" for m in methods] for s in config["fss_scales_km"]])
+        lines.append("")
+    lines += [f"{heading} Mean absolute error (mm/h)", ""]
+    lines += _lead_table(scores, methods, {m: (lambda lead: lead["mae"]) for m in methods}, best=min)
+    lines.append("")
+    lines += [f"{heading} Power spectrum: forecast / observed power", "",
+              "Mean radially averaged power spectra of forecast and observation (no data set to 0 in "
+              "both), ratio at each wavelength; below 1 means smoother than observed.", ""]
+    lines += _spectrum_table(scores, methods, config, "spectrum")
+    lines += ["", f"{heading} Power spectrum of the forecast matched to the observed distribution", "",
+              "The same ratio with every forecast's values replaced by the observed values of the same "
+              "rank (pysteps' nonparam_match_empirical_cdf), so that too much or too little rain does "
+              "not count as texture: below 1 means smoother than observed.", ""]
+    lines += _spectrum_table(scores, methods, config, "spectrum_matched")
+    return lines
+
+
+def _spectrum_table(scores: dict[str, Any], methods: list[str], config: dict[str, Any], kind: str) -> list[str]:
+    wavelengths = [key(w) for w in config["spectrum_ratio_wavelengths_km"]]
+    lines = ["| method | lead (min) | n | " + " | ".join(f"{w} km" for w in wavelengths) + " |",
+             "|---|---:|---:|" + "---:|" * len(wavelengths)]
+    for method in methods:
+        for lead, spectrum in scores[method].get(kind, {}).items():
+            ratios = [_fmt(spectrum["power_ratio"].get(w)) for w in wavelengths]
+            lines.append(f"| {method} | {lead} | {spectrum['n_forecasts']} | " + " | ".join(ratios) + " |")
+    return lines
+
+
+def _csi_table(scores: dict[str, Any], methods: list[str], thresholds: list[float]) -> list[str]:
+    columns = {f"{m} >{t:g}": (lambda lead, t=t: lead["categorical"][key(t)]["CSI"])
+               for t in thresholds for m in methods}
+    owners = {f"{m} >{t:g}": m for t in thresholds for m in methods}
+    table = _lead_table(scores, methods, columns, owners=owners, best=max,
+                        groups=[[f"{m} >{t:g}" for m in methods] for t in thresholds])
+    return ["CSI at each threshold (mm/h):", "", *table]
+
+
+def _lead_table(scores: dict[str, Any], methods: list[str], columns: dict[str, Callable[[dict], Any]], *,
+                best: Callable[..., float], owners: dict[str, str] | None = None,
+                groups: list[list[str]] | None = None) -> list[str]:
+    """Rows: lead times; columns: one value per method (or per method and setting)."""
+    owners = owners or {m: m for m in methods}
+    groups = groups or [list(columns)]
+    leads = sorted({lead for m in methods for lead in scores[m]["leads"]}, key=float)
+    lines = ["| lead (min) | n | " + " | ".join(columns) + " |", "|---:|---:|" + "---:|" * len(columns)]
+    for lead in leads:
+        values: dict[str, float | None] = {}
+        n = 0
+        for column, getter in columns.items():
+            lead_scores = scores[owners[column]]["leads"].get(lead)
+            values[column] = getter(lead_scores) if lead_scores else None
+            n = max(n, lead_scores["n_forecasts"] if lead_scores else 0)
+        bold = set()
+        for group in groups:
+            finite = [values[c] for c in group if values[c] is not None]
+            if len(finite) > 1 and len(set(finite)) > 1:
+                target = best(finite)
+                bold |= {c for c in group if values[c] == target}
+        cells = [f"**{_fmt(values[c])}**" if c in bold else _fmt(values[c]) for c in columns]
+        lines.append(f"| {lead} | {n} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+# --- model cards ----------------------------------------------------------------------
+
+#: What a model is always compared with in its card.
+CARD_BASELINES = ("persistence", "extrapolation")
+_SETTING_KEYS = ("thresholds_mmh", "fss_thresholds_mmh", "fss_scales_km", "spectrum_leads_minutes",
+                 "spectrum_ratio_wavelengths_km")
+
+
+def card_evaluation(report: dict[str, Any], method: str, *, source: str) -> dict[str, Any]:
+    """What a model card keeps of an evaluation: ``method``'s scores and the baselines', as numbers.
+
+    Per lead time CSI/POD/FAR with their counts, FSS, MAE and mean error; per spectrum lead
+    the power ratios at the ratio wavelengths. No per-start-time sums or spectra (they stay
+    in ``scores.json``), no other model's scores.
+    """
+    scores = report["overall"]["scores"]
+    if method not in scores:
+        raise KeyError(f"{source} has no scores of {method!r}; it scored {', '.join(scores)}")
+    methods = [method, *(m for m in CARD_BASELINES if m in scores and m != method)]
+    return {
+        "source": source,
+        "method": method,
+        "events": list(report["config"]["events"]),
+        "settings": {k: report["config"][k] for k in _SETTING_KEYS},
+        "n_start_times": report["overall"]["n_start_times"],
+        "n_evaluated": report["overall"]["n_evaluated"],
+        "skipped": report["overall"]["skipped"],
+        "scores": {m: _lean_scores(scores[m]) for m in methods},
+    }
+
+
+def _lean_scores(scores: dict[str, Any]) -> dict[str, Any]:
+    leads = {
+        lead: {
+            "n_forecasts": s["n_forecasts"],
+            "categorical": s["categorical"],
+            "fss": {t: {k: {"fss": v["fss"]} for k, v in by_scale.items()} for t, by_scale in s["fss"].items()},
+            "mae": s["mae"],
+            "mean_error": s["mean_error"],
+        }
+        for lead, s in scores["leads"].items()
+    }
+    lean = {"leads": leads}
+    for kind in ("spectrum", "spectrum_matched"):
+        if kind in scores:
+            lean[kind] = {lead: {"n_forecasts": s["n_forecasts"], "power_ratio": s["power_ratio"]}
+                          for lead, s in scores[kind].items()}
+    return lean
+
+
+def card_tables(evaluation: dict[str, Any]) -> str:
+    """The markdown tables of a card's evaluation (:func:`card_evaluation`)."""
+    model = evaluation["method"]
+    methods = [model, *(m for m in evaluation["scores"] if m != model)]
+    lines = [f"Events: {', '.join(evaluation['events'])}; {evaluation['n_evaluated']} of "
+             f"{evaluation['n_start_times']} start times evaluated (`{evaluation['source']}`).", ""]
+    lines += score_tables(evaluation["scores"], methods, evaluation["settings"], heading="###")
+    return "\n".join(lines).rstrip() + "\n"
