@@ -43,8 +43,8 @@ import xarray as xr
 from nowcast.errors import InputError, SequenceError
 from nowcast.forecasters import Forecaster, get_forecaster
 from nowcast.report import render_markdown
-from nowcast.sequence import DIMS, UNITS
-from nowcast.verification import Scores, ScoreSettings, accumulate, key, pixel_size_km
+from nowcast.sequence import DIMS, UNITS, pixel_size_km
+from nowcast.verification import Scores, ScoreSettings, accumulate, key
 
 logger = logging.getLogger(__name__)
 

@@ -163,6 +163,47 @@ def check_rate_bound(rate: np.ndarray, max_rate_mmh: float = MAX_RAIN_RATE_MMH) 
         )
 
 
+def pixel_size_km(sequence: xr.DataArray) -> float:
+    """The grid's mean pixel size in km, from its geometry.
+
+    Projected grids give ``xpixelsize``/``ypixelsize`` in projection units (metres for
+    every projection the product reads; a ``+units=km`` projection is taken as km). A
+    latitude/longitude grid gives them in degrees: the size is the geodesic distance
+    between neighbouring cell centres at the grid's centre (pyproj, WGS84).
+    """
+    xsize = abs(float(sequence.attrs.get("xpixelsize", 1000.0)))
+    ysize = abs(float(sequence.attrs.get("ypixelsize", xsize)))
+    projection = str(sequence.attrs.get("projection", ""))
+    if _is_geographic(projection):
+        return _geodesic_pixel_km(sequence, xsize, ysize)
+    scale = 1.0 if "+units=km" in projection else 1e-3
+    return (xsize + ysize) / 2.0 * scale
+
+
+def _is_geographic(projection: str) -> bool:
+    if not projection:
+        return False
+    if "+proj=longlat" in projection or "+proj=latlong" in projection:
+        return True
+    try:
+        import pyproj
+
+        return bool(pyproj.CRS.from_user_input(projection).is_geographic)
+    except Exception:  # a projection pyproj does not read is not a lat/lon grid we can measure
+        return False
+
+
+def _geodesic_pixel_km(sequence: xr.DataArray, xsize_deg: float, ysize_deg: float) -> float:
+    import pyproj
+
+    lat = float(np.mean(sequence["y"].values)) if "y" in sequence.coords else 0.0
+    lon = float(np.mean(sequence["x"].values)) if "x" in sequence.coords else 0.0
+    geod = pyproj.Geod(ellps="WGS84")
+    _, _, dx = geod.inv(lon, lat, lon + xsize_deg, lat)
+    _, _, dy = geod.inv(lon, lat, lon, lat + ysize_deg)
+    return (abs(dx) + abs(dy)) / 2.0 / 1000.0
+
+
 def future_times(sequence: xr.DataArray, steps: int) -> pd.DatetimeIndex:
     """The valid times of ``steps`` frames after the last one of ``sequence``."""
     step = time_step(sequence)

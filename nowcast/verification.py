@@ -59,6 +59,7 @@ import xarray as xr
 from scipy.ndimage import uniform_filter
 
 from nowcast.errors import SequenceError
+from nowcast.sequence import pixel_size_km
 
 logger = logging.getLogger(__name__)
 
@@ -486,13 +487,6 @@ def lead_minutes_of(forecast: xr.DataArray, reference_time: Any | None = None) -
     reference = pd.Timestamp(reference)
     times = pd.DatetimeIndex(forecast["time"].values)
     return [float((t - reference).total_seconds() / 60.0) for t in times]
-
-
-def pixel_size_km(sequence: xr.DataArray) -> float:
-    """The grid's pixel size in km (projection units taken as metres)."""
-    xsize = float(sequence.attrs.get("xpixelsize", 1000.0))
-    ysize = float(sequence.attrs.get("ypixelsize", xsize))
-    return (abs(xsize) + abs(ysize)) / 2.0 / 1000.0
 
 
 def verify(forecast: xr.DataArray, observed: xr.DataArray, *, scores: Scores | None = None,

@@ -70,7 +70,7 @@ class _TwoFutures(Forecaster):
     n_input_frames = 1
     supports_members = True
 
-    def predict(self, past, steps, *, members=None, seed=None):
+    def predict(self, past, steps, *, members=None, seed=None, spacing=None):
         frames = np.repeat(past[:, -1:], steps, axis=1)
         if members is None:
             return frames

@@ -56,7 +56,8 @@ class FakeBatched(Forecaster):
         self.gain = gain
 
     def predict(
-        self, past: np.ndarray, steps: int, *, members: int | None = None, seed: int | None = None
+        self, past: np.ndarray, steps: int, *, members: int | None = None, seed: int | None = None,
+        spacing: Any = None,
     ) -> np.ndarray:
         assert past.shape[1] == self.n_input_frames, past.shape
         FakeBatched.batch_sizes.append(past.shape[0])
@@ -751,7 +752,8 @@ class FakeEnsemble(Forecaster):
     batch_sizes: ClassVar[list[int]] = []
 
     def predict(
-        self, past: np.ndarray, steps: int, *, members: int | None = None, seed: int | None = None
+        self, past: np.ndarray, steps: int, *, members: int | None = None, seed: int | None = None,
+        spacing: Any = None,
     ) -> np.ndarray:
         FakeEnsemble.batch_sizes.append(past.shape[0])
         time.sleep(0.05)
@@ -878,7 +880,8 @@ class FakeHalf(Forecaster):
         self.half_error = half_error
 
     def predict(
-        self, past: np.ndarray, steps: int, *, members: int | None = None, seed: int | None = None
+        self, past: np.ndarray, steps: int, *, members: int | None = None, seed: int | None = None,
+        spacing: Any = None,
     ) -> np.ndarray:
         factor = 1.0 + (self.half_error if self.half else 0.0)
         return np.repeat(past[:, -1:], steps, axis=1) * np.float32(factor)

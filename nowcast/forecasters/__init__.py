@@ -16,7 +16,7 @@ from typing import Any
 
 from nowcast import artifacts
 from nowcast.errors import InputError, UnknownNameError
-from nowcast.forecasters.base import Forecaster, PreparedForecast
+from nowcast.forecasters.base import Forecaster, PreparedForecast, Spacing
 from nowcast.forecasters.extrapolation import Extrapolation
 from nowcast.forecasters.persistence import Persistence
 
@@ -98,6 +98,7 @@ __all__ = [
     "Forecaster",
     "ForecasterName",
     "PreparedForecast",
+    "Spacing",
     "available",
     "builtin_names",
     "get_forecaster",

@@ -25,9 +25,21 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import SequenceError
-from nowcast.sequence import MAX_RAIN_RATE_MMH, future_times, like, validate_sequence
+from nowcast.sequence import MAX_RAIN_RATE_MMH, future_times, like, pixel_size_km, validate_sequence
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Spacing:
+    """How far apart the frames are: pixel size in km and time step in minutes.
+
+    Methods whose parameters have physical units (STEPS' motion perturbations) need them;
+    most ignore them.
+    """
+
+    pixel_km: float
+    step_minutes: float
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,7 @@ class PreparedForecast:
     valid_times: pd.DatetimeIndex
     source: xr.DataArray  # the past sequence: grid, georeferencing, reference time
     steps: int
+    spacing: Spacing
     members: int | None = None
     seed: int | None = None
 
@@ -69,11 +82,12 @@ class Forecaster(abc.ABC):
 
     @abc.abstractmethod
     def predict(self, past: np.ndarray, steps: int, *, members: int | None = None,
-                seed: int | None = None) -> np.ndarray:
+                seed: int | None = None, spacing: Spacing | None = None) -> np.ndarray:
         """Forecast from a batch of past sequences.
 
         ``past``: float32 rain rate in mm/h, shape (batch, time, y, x), NaN = no data,
-        exactly ``n_input_frames`` frames.
+        exactly ``n_input_frames`` frames; ``spacing``: the batch's pixel size and time
+        step (None: 1 km, 5 min).
         Returns float32 mm/h of shape (batch, steps, y, x), or (batch, members, steps,
         y, x) when ``members`` is given. Never negative; NaN only where the method
         cannot say anything.
@@ -110,7 +124,10 @@ class Forecaster(abc.ABC):
         except SequenceError as exc:
             raise SequenceError(str(exc), field=exc.field or "frames") from exc
         used = np.ascontiguousarray(past.values[-self.n_input_frames:], dtype=np.float32)
-        return PreparedForecast(used, future_times(past, steps), past, steps, members, seed)
+        times = future_times(past, steps)
+        step_minutes = (times[0] - pd.Timestamp(past["time"].values[-1])).total_seconds() / 60.0
+        spacing = Spacing(pixel_size_km(past), step_minutes)
+        return PreparedForecast(used, times, past, steps, spacing, members, seed)
 
     def finish(self, prepared: PreparedForecast, frames: np.ndarray) -> xr.DataArray:
         """Predicted frames, (steps, y, x) or (members, steps, y, x), in the sequence form on the input's grid."""
@@ -134,5 +151,6 @@ class Forecaster(abc.ABC):
         ``members`` is given.
         """
         prepared = self.prepare(past, steps, members=members, seed=seed)
-        frames = self.predict(prepared.past[np.newaxis], steps, members=members, seed=seed)[0]
+        frames = self.predict(prepared.past[np.newaxis], steps, members=members, seed=seed,
+                              spacing=prepared.spacing)[0]
         return self.finish(prepared, frames)

@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from nowcast.forecasters.base import Forecaster
+from nowcast.forecasters.base import Forecaster, Spacing
 from nowcast.motion import lucas_kanade
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Extrapolation(Forecaster):
         self.threshold_mmh = threshold_mmh
 
     def predict(self, past: np.ndarray, steps: int, *, members: int | None = None,
-                seed: int | None = None) -> np.ndarray:
+                seed: int | None = None, spacing: Spacing | None = None) -> np.ndarray:
         out = np.empty((past.shape[0], steps, *past.shape[2:]), dtype=np.float32)
         for i, sequence in enumerate(past):
             velocity = lucas_kanade(sequence, self.threshold_mmh)

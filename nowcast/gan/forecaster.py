@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from nowcast import config as config_io
-from nowcast.forecasters.base import Forecaster
+from nowcast.forecasters.base import Forecaster, Spacing
 from nowcast.gan.advection import along, lagrangian_past, pixel_grid, trajectories
 from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
@@ -71,7 +71,7 @@ class GANForecaster(Forecaster):
                 "condition_on_advection": self.model_config.condition_on_advection}
 
     def predict(self, past: np.ndarray, steps: int, *, members: int | None = None,
-                seed: int | None = None) -> np.ndarray:
+                seed: int | None = None, spacing: Spacing | None = None) -> np.ndarray:
         past = np.asarray(past, dtype=np.float32)
         if members is not None:
             noise = self._noise_sources(len(past), seed)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nowcast.forecasters import Spacing
 from service.core.errors import BatcherStoppedError, QueueFullError, RequestTimeoutError
 from service.core.metrics import ServiceMetrics
 from service.inference.models import LoadedModel
@@ -54,6 +55,7 @@ class _Job:
     steps: int
     members: int | None
     seed: int | None
+    spacing: Spacing | None
     future: asyncio.Future[BatchResult]
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -122,6 +124,7 @@ class MicroBatcher:
         *,
         members: int | None = None,
         seed: int | None = None,
+        spacing: Spacing | None = None,
         timeout_s: float,
     ) -> BatchResult:
         """Queue one forecast of ``past`` (time, y, x) and wait for its result."""
@@ -132,7 +135,7 @@ class MicroBatcher:
             raise QueueFullError(f"{len(self._pending)} requests are already waiting")
         # A unique object in the key keeps the job alone in its batch (see module docstring).
         alone: Hashable = None if model.forecaster.batch_invariant else object()
-        key = (model.generation, past.shape, steps, members, seed, alone)
+        key = (model.generation, past.shape, steps, members, seed, spacing, alone)
         job = _Job(
             key=key,
             model=model,
@@ -140,6 +143,7 @@ class MicroBatcher:
             steps=steps,
             members=members,
             seed=seed,
+            spacing=spacing,
             future=asyncio.get_running_loop().create_future(),
         )
         self._pending.append(job)
@@ -259,7 +263,9 @@ def _predict_batch(batch: list[_Job]) -> list[np.ndarray | Exception]:
 
 
 def _predict(job: _Job, past: np.ndarray, size: int) -> list[np.ndarray]:
-    out = np.asarray(job.model.forecaster.predict(past, job.steps, members=job.members, seed=job.seed))
+    out = np.asarray(
+        job.model.forecaster.predict(past, job.steps, members=job.members, seed=job.seed, spacing=job.spacing)
+    )
     expected = (size, job.members, job.steps) if job.members is not None else (size, job.steps)
     if out.shape[: len(expected)] != expected or out.shape[-2:] != past.shape[-2:]:
         raise RuntimeError(

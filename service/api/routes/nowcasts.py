@@ -148,6 +148,7 @@ class _Job:
             query.steps,
             members=query.members,
             seed=query.seed,
+            spacing=prepared.spacing,
             timeout_s=max(self.settings.request_timeout_s - (decoded - self.started), 0.001),
         )
         forecast = await self.in_pool(result.model.forecaster.finish, prepared, result.frames)

@@ -1,0 +1,77 @@
+"""What an ensemble of rain-rate forecasts says: its mean, its probability-matched mean,
+exceedance probabilities and quantiles.
+
+Members lie on the first axis of every array here: ``(member, ...)`` in mm/h, NaN = no
+data. A pixel is no data in a product where every member is; members that lack data at a
+pixel are left out of it there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+
+def ensemble_mean(members: np.ndarray) -> np.ndarray:
+    """The members' mean at every pixel (smooth: it is not a plausible rain field)."""
+    with np.errstate(invalid="ignore"), _no_empty_slice_warning():
+        return np.nanmean(members, axis=0).astype(np.float32)
+
+
+def probability_matched_mean(members: np.ndarray) -> np.ndarray:
+    """The ensemble mean's pattern with the members' intensity distribution (Ebert 2001).
+
+    Per frame (every axis after the first two is one field), the pixels keep the rank of
+    the ensemble mean and take the value of that rank in the pooled members' distribution
+    (every member's values, sorted, read at evenly spaced ranks): the mean's placement of
+    rain, the members' sharpness of it. Used as an ensemble's one deterministic forecast.
+    """
+    members = np.asarray(members, dtype=np.float32)
+    mean = ensemble_mean(members)
+    out = np.full_like(mean, np.nan)
+    for index in np.ndindex(mean.shape[:-2]):
+        field = mean[index]
+        valid = np.isfinite(field)
+        if not valid.any():
+            continue
+        pooled = np.sort(members[(slice(None), *index)][:, valid].ravel())
+        pooled = pooled[np.isfinite(pooled)]
+        n = int(valid.sum())
+        ranks = np.argsort(np.argsort(field[valid], kind="stable"), kind="stable")
+        quantile_positions = np.linspace(0, len(pooled) - 1, n).round().astype(int)
+        matched = np.empty(n, dtype=np.float32)
+        matched[:] = pooled[quantile_positions][ranks]
+        frame = out[index]
+        frame[valid] = matched
+    return out
+
+
+def exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float]) -> np.ndarray:
+    """P(rate > threshold) per pixel, the fraction of members above it: (threshold, ...)."""
+    members = np.asarray(members, dtype=np.float32)
+    finite = np.isfinite(members)
+    count = finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        probabilities = [np.where(finite, members > t, False).sum(axis=0) / count for t in thresholds_mmh]
+    return np.stack(probabilities).astype(np.float32)
+
+
+def ensemble_quantiles(members: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Quantiles of the members per pixel (linear interpolation between members): (level, ...)."""
+    for level in levels:
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"quantile levels lie in [0, 1]; got {level}")
+    with np.errstate(invalid="ignore"), _no_empty_slice_warning():
+        return np.nanquantile(np.asarray(members, dtype=np.float32), list(levels), axis=0).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _no_empty_slice_warning() -> Iterator[None]:
+    """numpy warns for pixels without any member; those are NaN on purpose (no data)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Mean of empty slice")
+        warnings.filterwarnings("ignore", message="All-NaN slice encountered")
+        yield
