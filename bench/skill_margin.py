@@ -10,6 +10,9 @@ and the fraction of resamples where the model is not ahead. Then the spectrum ra
 (forecast power / observed power) at 8–64 km at +30 and +60 min for every method, plain
 and with the forecast matched to the observed distribution; with ``--twin NAME``, the
 model's ratio minus that method's, with intervals from the same bootstrap.
+When the model was scored as an ensemble (``nowcast evaluate --members``): its CRPS
+minus that of ``--reference`` (default: the evaluation's Brier skill reference) and its
+Brier skill against it per threshold, with intervals from the same bootstrap.
 Exit status 0 always: this reports, the reader judges.
 """
 
@@ -21,7 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nowcast.bootstrap import csi_difference_interval, spectrum_ratio_difference_interval
+from nowcast.bootstrap import (
+    brier_skill_interval,
+    crps_difference_interval,
+    csi_difference_interval,
+    spectrum_ratio_difference_interval,
+)
 
 
 def main() -> None:
@@ -32,6 +40,8 @@ def main() -> None:
     parser.add_argument("--tie", type=float, default=0.0005, help="|difference| at most this counts as a tie")
     parser.add_argument("--bootstrap", type=int, default=2000, help="resamples of the start times (0: none)")
     parser.add_argument("--twin", help="also: the model's spectrum ratio minus this method's, with intervals")
+    parser.add_argument("--reference", help="ensembles: CRPS and Brier skill against this ensemble method "
+                                            "(default: the evaluation's Brier skill reference)")
     args = parser.parse_args()
     report = json.loads(args.scores.read_text())
     overall = report["overall"]["scores"]
@@ -65,7 +75,7 @@ def main() -> None:
         for method, scores in overall.items():
             for lead, spectrum in sorted(scores.get(kind, {}).items(), key=lambda kv: float(kv[0])):
                 wavelengths = np.asarray(spectrum["wavelength_km"])
-                ratio = np.asarray(spectrum["forecast_power"]) / np.asarray(spectrum["observed_power"])
+                ratio = _floats(spectrum["forecast_power"]) / _floats(spectrum["observed_power"])
                 picked = {km: float(np.interp(np.log(km), np.log(wavelengths), ratio)) for km in (8, 16, 32, 64)}
                 text = " ".join(f"{km} km {r:.2f}" for km, r in picked.items())
                 print(f"  {method:>15} +{float(lead):.0f} min: {text}")
@@ -79,6 +89,35 @@ def main() -> None:
                 text = "  ".join(f"{w} km {ci['difference']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}] "
                                  f"{ci['p_not_ahead']:.2f}" for w, ci in by_wavelength.items())
                 print(f"  +{float(lead):.0f} min: {text}")
+    print_ensemble_margins(report, args.model, args.reference, args.bootstrap)
+
+
+def _floats(values: list) -> np.ndarray:
+    """JSON numbers with None (a wavelength the grid does not resolve) as NaN."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def print_ensemble_margins(report: dict, model: str, reference: str | None, n_resamples: int) -> None:
+    """CRPS difference and Brier skill of an ensemble against a reference ensemble, with bootstrap intervals."""
+    ensemble_config = report["config"].get("ensemble")
+    overall = report["overall"]["scores"]
+    reference = reference or (ensemble_config or {}).get("brier_reference")
+    if not ensemble_config or "ensemble" not in overall.get(model, {}) or not reference or not n_resamples:
+        return
+    if reference == model or "ensemble" not in overall.get(reference, {}):
+        raise SystemExit(f"--reference {reference!r} must be another method scored as an ensemble")
+    crps = crps_difference_interval(report, model, reference, n_resamples=n_resamples)
+    print(f"\nCRPS (mm/h): lead, {reference}, {model}, difference [90 % interval] P(CRPS not lower)")
+    for lead, ci in sorted(crps.items(), key=lambda kv: float(kv[0])):
+        own, other = (overall[m]["ensemble"]["leads"][lead]["crps"] for m in (model, reference))
+        print(f"  {float(lead):5.0f}  {other:.4f}  {own:.4f}  {ci['difference']:+.4f} "
+              f"[{ci['low']:+.4f}, {ci['high']:+.4f}]  {ci['p_not_ahead']:.3f}")
+    skill = brier_skill_interval(report, model, reference, n_resamples=n_resamples)
+    print(f"\nBrier skill of {model} against {reference}: lead, per threshold skill [90 % interval] P(not above 0)")
+    for lead, by_threshold in sorted(skill.items(), key=lambda kv: float(kv[0])):
+        text = "  ".join(f"> {thr} mm/h {ci['skill']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}] "
+                         f"{ci['p_not_ahead']:.2f}" for thr, ci in by_threshold.items())
+        print(f"  {float(lead):5.0f}  {text}")
 
 
 if __name__ == "__main__":

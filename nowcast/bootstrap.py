@@ -10,6 +10,10 @@ resampled differences gives an interval.
 Start times of one event are not independent (the same rain moves on from one to
 the next) and three events are few, so the intervals are a lower bound on the
 uncertainty, not a significance test.
+
+Ensembles (``nowcast evaluate --members``) add per start time the CRPS and Brier score
+sums of every method scored as an ensemble, so the same resampling gives intervals on a
+CRPS difference and on the Brier skill of one ensemble against another.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from typing import Any
 import numpy as np
 
 from nowcast.errors import InputError
-from nowcast.verification import csi
+from nowcast.verification import brier_skill, csi
 
-Statistic = Callable[[np.ndarray], np.ndarray]
+#: (model's sums, other's sums) -> the compared value, both (..., sums) arrays
+Comparison = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def csi_difference_interval(report: dict[str, Any], model: str, baseline: str, *, n_resamples: int = 2000,
@@ -34,7 +39,7 @@ def csi_difference_interval(report: dict[str, Any], model: str, baseline: str, *
     and the fraction of resamples in which the model is not ahead.
     """
     samples = _samples(report, "categorical", model, baseline)
-    return _intervals(samples, _csi, n_resamples=n_resamples, level=level, seed=seed)
+    return _intervals(samples, _difference_of(_csi), n_resamples=n_resamples, level=level, seed=seed)
 
 
 def spectrum_ratio_difference_interval(report: dict[str, Any], model: str, other: str, *, matched: bool = False,
@@ -47,8 +52,37 @@ def spectrum_ratio_difference_interval(report: dict[str, Any], model: str, other
     "ahead" means more power than ``other``.
     """
     kind = "spectrum_matched" if matched else "spectrum"
-    return _intervals(_samples(report, kind, model, other), _power_ratio, n_resamples=n_resamples, level=level,
-                      seed=seed)
+    return _intervals(_samples(report, kind, model, other), _difference_of(_power_ratio), n_resamples=n_resamples,
+                      level=level, seed=seed)
+
+
+def crps_difference_interval(report: dict[str, Any], model: str, other: str, *, n_resamples: int = 2000,
+                             level: float = 0.9, seed: int = 0) -> dict[str, dict[str, float]]:
+    """CRPS of ``model`` minus that of ``other`` per lead time, with its interval (both scored as ensembles).
+
+    Returns ``{lead: {"difference", "low", "high", "p_not_ahead"}}``, where "ahead" means a
+    lower CRPS than ``other``.
+    """
+    intervals = _intervals(_samples(report, "crps", model, other), _difference_of(_mean), n_resamples=n_resamples,
+                           level=level, seed=seed, model_ahead=lambda difference: difference < 0)
+    return {lead: by_key[_WHOLE_LEAD] for lead, by_key in intervals.items()}
+
+
+def brier_skill_interval(report: dict[str, Any], model: str, reference: str, *, n_resamples: int = 2000,
+                         level: float = 0.9, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """Brier skill of ``model`` against ``reference``, ``1 - BS / BS_reference``, per lead time and threshold.
+
+    Returns ``{lead: {threshold: {"skill", "low", "high", "p_not_ahead"}}}``: the skill over
+    all start times, its ``level`` interval, and the fraction of resamples in which the
+    skill is not above 0 (the model's Brier score not below the reference's).
+    """
+    return _intervals(_samples(report, "brier", model, reference), _brier_skill, n_resamples=n_resamples,
+                      level=level, seed=seed, name="skill")
+
+
+_ENSEMBLE_KINDS = ("crps", "brier")
+# the key of sums kept per lead time only (the CRPS), as if they were per threshold
+_WHOLE_LEAD = ""
 
 
 def _samples(report: dict[str, Any], kind: str, model: str, other: str) -> dict[tuple[str, str], list[np.ndarray]]:
@@ -57,6 +91,9 @@ def _samples(report: dict[str, Any], kind: str, model: str, other: str) -> dict[
     for event_id, event in report["events"].items():
         records = event.get("start_times")
         if records is None or (records and kind not in records[0]):
+            if kind in _ENSEMBLE_KINDS and records is not None:
+                raise InputError(f"event {event_id}: no method was scored as an ensemble; run nowcast evaluate "
+                                 "with --members")
             raise InputError(f"event {event_id}: the report has no per-start-time {kind} sums (written before "
                              "they were); run nowcast evaluate again")
         if not records:
@@ -64,18 +101,33 @@ def _samples(report: dict[str, Any], kind: str, model: str, other: str) -> dict[
         methods = records[0][kind]
         for name in (model, other):
             if name not in methods:
-                raise InputError(f"method {name!r} is not in the report; methods there: {', '.join(methods)}")
+                _unknown_method(report, kind, name, methods)
         for lead, by_key in methods[model].items():
-            for sub in by_key:
-                rows = [[r[kind][name].get(lead, {}).get(sub) for name in (model, other)] for r in records]
+            for sub in _by_key(by_key):
+                rows = [[_by_key(r[kind][name].get(lead, {})).get(sub) for name in (model, other)] for r in records]
                 if any(v is None for row in rows for v in row):
                     continue  # a lead some start time left out: not pooled here
                 samples.setdefault((lead, sub), []).append(np.asarray(rows, dtype=np.float64))
     return samples
 
 
-def _intervals(samples: dict[tuple[str, str], list[np.ndarray]], statistic: Statistic, *, n_resamples: int,
-               level: float, seed: int) -> dict[str, dict[str, dict[str, float]]]:
+def _by_key(sums: dict[str, Any] | list[float]) -> dict[str, Any]:
+    return sums if isinstance(sums, dict) else {_WHOLE_LEAD: sums}
+
+
+def _unknown_method(report: dict[str, Any], kind: str, name: str, methods: dict[str, Any]) -> None:
+    if kind in _ENSEMBLE_KINDS and name in report["config"]["methods"]:
+        raise InputError(f"method {name!r} was not scored as an ensemble; ensembles there: {', '.join(methods)}")
+    raise InputError(f"method {name!r} is not in the report; methods there: {', '.join(methods)}")
+
+
+def _intervals(samples: dict[tuple[str, str], list[np.ndarray]], compare: Comparison, *, n_resamples: int,
+               level: float, seed: int, model_ahead: Callable[[np.ndarray], np.ndarray] = lambda value: value > 0,
+               name: str = "difference") -> dict[str, dict[str, dict[str, float]]]:
+    """The compared value of the two methods over all start times, and its interval over resampled start times.
+
+    ``model_ahead``: whether a value means the model is ahead of the other method.
+    """
     if n_resamples < 1:
         raise ValueError(f"n_resamples must be at least 1; got {n_resamples}")
     if not 0.0 < level < 1.0:
@@ -87,18 +139,33 @@ def _intervals(samples: dict[tuple[str, str], list[np.ndarray]], statistic: Stat
         total = sum(counts.sum(axis=0) for counts in events)
         resampled = sum(counts[rng.integers(0, len(counts), (n_resamples, len(counts)))].sum(axis=1)
                         for counts in events)  # (resample, method, ...)
-        difference = statistic(total[0]) - statistic(total[1])
-        differences = statistic(resampled[:, 0]) - statistic(resampled[:, 1])
-        low, high = np.nanquantile(differences, [tail, 1.0 - tail])
+        value = compare(total[0], total[1])
+        values = compare(resampled[:, 0], resampled[:, 1])
+        low, high = np.nanquantile(values, [tail, 1.0 - tail])
         result.setdefault(lead, {})[sub] = {
-            "difference": float(difference), "low": float(low), "high": float(high),
-            "p_not_ahead": float(np.mean(~(differences > 0))),
+            name: float(value), "low": float(low), "high": float(high),
+            "p_not_ahead": float(np.mean(~model_ahead(values))),
         }
     return result
 
 
+def _difference_of(statistic: Callable[[np.ndarray], np.ndarray]) -> Comparison:
+    return lambda model, other: statistic(model) - statistic(other)
+
+
 def _csi(tables: np.ndarray) -> np.ndarray:
     return csi(*np.moveaxis(tables, -1, 0))
+
+
+def _mean(sums: np.ndarray) -> np.ndarray:
+    """Sum over pixels and pixels -> the mean (CRPS, Brier score)."""
+    total, n = np.moveaxis(sums, -1, 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / n
+
+
+def _brier_skill(model: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    return brier_skill(_mean(model), _mean(reference))
 
 
 def _power_ratio(power: np.ndarray) -> np.ndarray:

@@ -124,13 +124,26 @@ def forecast(
     ),
     model: str = typer.Option(
         ..., "--model", "-m",
-        help="Forecaster: persistence, extrapolation or a trained model (NAME or NAME@VERSION); "
+        help="Forecaster: persistence, extrapolation, sprog, steps or a trained model (NAME or NAME@VERSION); "
              "see `nowcast models`.",
     ),
     steps: int = typer.Option(12, "--steps", "-n", min=1, help="Number of frames to forecast."),
     output: Path = typer.Option(..., "--output", "-o", help="The forecast, written as CF-netCDF."),
     members: int | None = typer.Option(None, "--members", min=1,
-                                       help="Ensemble members (models that draw several futures)."),
+                                       help="Ensemble members (models that draw several futures, e.g. steps)."),
+    products: str | None = typer.Option(
+        None, "--products",
+        help="With --members: what to write, comma-separated from members, probabilities, mean, pm_mean, "
+             "quantiles (default: members,probabilities).",
+    ),
+    thresholds: str | None = typer.Option(
+        None, "--thresholds", help="Rain rates (mm/h) of the exceedance probabilities (default: 1,4,8).",
+    ),
+    quantiles: str | None = typer.Option(
+        None, "--quantiles", help="Quantile levels in [0, 1] of the members (default: 0.1,0.5,0.9).",
+    ),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="Seed of the ensemble's noise (same seed, same "
+                                                                "members)."),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/ or "
                                                                       "$NOWCAST_MODELS_DIR)."),
     importer: str | None = typer.Option(
@@ -139,25 +152,62 @@ def forecast(
     ),
     device: str | None = typer.Option(None, "--device", help="Torch device for trained models (cpu, cuda)."),
 ) -> None:
-    """Forecast the next frames after the last ones of INPUT and write them as CF-netCDF."""
+    """Forecast the next frames after the last ones of INPUT and write them as CF-netCDF.
+
+    With --members, the file holds the ensemble products asked for (members on a CF
+    realization axis, exceedance probabilities, means, quantiles).
+    """
     from nowcast.forecasters import get_forecaster
     from nowcast.io.importers import quiet_pysteps_io, read_radar_files
     from nowcast.io.netcdf import write_netcdf
+    from nowcast.products import ensemble_products
 
     quiet_pysteps_io()
     if output.is_dir():
         raise InputError(f"{output}: is a folder; give the name of the netCDF file to write")
+    request = _product_request(members, products, thresholds, quantiles)
     forecaster = get_forecaster(model, models_dir=models_dir, device=device)
     past = read_radar_files(inputs, importer=importer)
     logger.info("read %d frames of %dx%d from %d file(s)", past.sizes["time"], past.sizes["y"],
                 past.sizes["x"], len(inputs))
     tic = time.perf_counter()
-    result = forecaster.forecast(past, steps, members=members)
+    result = forecaster.forecast(past, steps, members=members, seed=seed)
     logger.info("%s forecast of %d steps took %.2f s", model, steps, time.perf_counter() - tic)
+    if request is not None:
+        result = ensemble_products(result, request)
     reference = past["time"].values[-1]
     write_netcdf(result, output, forecast_reference_time=reference,
                  attrs={"forecast_method": model, "history": f"nowcast {__version__}: forecast"})
     typer.echo(str(output))
+
+
+def _product_request(members: int | None, products: str | None, thresholds: str | None,
+                     quantiles: str | None) -> Any:
+    """The products the forecast command writes (a :class:`~nowcast.products.ProductRequest`), None for a single
+    forecast."""
+    from nowcast.products import ProductRequest
+
+    if members is None:
+        for value, option in [(products, "--products"), (thresholds, "--thresholds"), (quantiles, "--quantiles")]:
+            if value is not None:
+                raise InputError(f"{option}: ensemble products are made from members; give --members N too",
+                                 field="members")
+        return None
+    return ProductRequest.from_options(
+        _split_names(products, "product") if products is not None else None,
+        _split_numbers(thresholds, "thresholds") if thresholds is not None else None,
+        _split_numbers(quantiles, "quantile_levels") if quantiles is not None else None,
+    )
+
+
+def _split_numbers(text: str, field: str) -> list[float]:
+    numbers = []
+    for part in _split_names(text, field):
+        try:
+            numbers.append(float(part))
+        except ValueError:
+            raise InputError(f"{field}: {part!r} is not a number", field=field) from None
+    return numbers
 
 
 @app.command()
@@ -179,6 +229,19 @@ def evaluate(
                                                                      "packaged one)."),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry for trained models."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    members: int | None = typer.Option(
+        None, "--members", min=2,
+        help="Score every method that draws ensemble members (e.g. steps) as an ensemble of N members: CRPS, "
+             "Brier skill, reliability, ROC, rank histogram, spread/skill; its probability-matched mean gets "
+             "the deterministic scores.",
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="With --members: the run's seed; each start time's "
+                                                       "members are drawn from a seed derived from it."),
+    brier_reference: str = typer.Option(
+        "steps", "--brier-reference",
+        help="With --members: the ensemble method the Brier skill is measured against ('none': no skill; "
+             "the default, steps, only where it is among the methods).",
+    ),
 ) -> None:
     """Score forecasters over sliding start times of catalogue events; write tables and plots."""
     from nowcast.evaluate import evaluate as run_evaluation
@@ -200,9 +263,10 @@ def evaluate(
         # them are skipped rather than the whole event.
         return load_event(known[event_id], root=data_root, on_missing="nan")
 
+    reference = None if brier_reference.strip().lower() in ("", "none") else brier_reference.strip()
     report = run_evaluation(method_names, event_ids, n_input=n_input, steps=steps, stride=stride,
                             loader=loader, out_dir=out, progress=progress, models_dir=models_dir,
-                            console=stderr_console())
+                            console=stderr_console(), members=members, seed=seed, brier_reference=reference)
     timing = ", ".join(f"{name} {t['mean_seconds_per_forecast']:.2f} s"
                        for name, t in report["timing"].items() if t["mean_seconds_per_forecast"] is not None)
     logger.info("%d start times evaluated in %.0f s (mean per forecast: %s)",

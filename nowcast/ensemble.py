@@ -60,12 +60,30 @@ def exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float])
 
 
 def ensemble_quantiles(members: np.ndarray, levels: Sequence[float]) -> np.ndarray:
-    """Quantiles of the members per pixel (linear interpolation between members): (level, ...)."""
+    """Quantiles of the members per pixel (linear interpolation between members): (level, ...).
+
+    What ``np.nanquantile(members, levels, axis=0)`` gives (to float32 rounding), without its
+    loop over pixels (minutes on a 700x700 grid): the members are sorted once, NaN last, and
+    each pixel is read between its finite members.
+    """
     for level in levels:
         if not 0.0 <= level <= 1.0:
             raise ValueError(f"quantile levels lie in [0, 1]; got {level}")
-    with np.errstate(invalid="ignore"), _no_empty_slice_warning():
-        return np.nanquantile(np.asarray(members, dtype=np.float32), list(levels), axis=0).astype(np.float32)
+    members = np.asarray(members, dtype=np.float32)
+    ordered = np.sort(members, axis=0)
+    count = np.isfinite(members).sum(axis=0)
+    last = np.maximum(count - 1, 0)
+    out = np.full((len(levels), *members.shape[1:]), np.nan, dtype=np.float32)
+    for i, level in enumerate(levels):
+        position = level * last
+        below = np.floor(position).astype(np.intp)
+        weight = (position - below).astype(np.float32)
+        low = np.take_along_axis(ordered, below[np.newaxis], axis=0)[0]
+        high = np.take_along_axis(ordered, np.minimum(below + 1, last)[np.newaxis], axis=0)[0]
+        # numpy's form of the interpolation: exact at either end
+        value = np.where(weight >= 0.5, high - (high - low) * (1.0 - weight), low + (high - low) * weight)
+        out[i] = np.where(count > 0, value, np.nan)
+    return out
 
 
 @contextlib.contextmanager

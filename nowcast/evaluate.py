@@ -13,11 +13,23 @@ data at all, where the past holds no rain (nothing to forecast: every method sco
 a perfect or undefined zero there), where the time series has a gap, or where no
 future frame has data.
 
+With ``members``, every method that draws ensemble members (``supports_members``)
+forecasts that many, with a seed fixed by the run's ``seed``, the event and the start
+time (two runs give the same members). Such a method is scored twice over the same
+pixels: its probability-matched mean (:func:`nowcast.ensemble.probability_matched_mean`)
+under its own name, exactly as a deterministic method, and its members as an ensemble
+(CRPS, Brier score and skill against ``brier_reference``, reliability, ROC, rank
+histogram, spread/skill, first member's spectra; see :mod:`nowcast.verification`).
+Deterministic methods are scored as without ``members``.
+
 Output, written into ``out_dir`` file by file (each to a temporary name, then
 renamed, and only once every forecast is done): ``scores.json`` (everything),
 ``scores.md`` (tables), ``csi_vs_lead.png``, ``spectrum.png`` and one
 ``maps_EVENT.png`` per event (observed and forecast rain at +30 and +60 min for the
-start time with the most observed rain at those leads).
+start time with the most observed rain at those leads, with each ensemble's
+probability of rain above the first probability threshold next to the observation;
+axes in km, or in degrees on a latitude/longitude grid); with ensembles also
+``reliability.png`` and ``rank_histogram.png``.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,10 +53,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from nowcast.ensemble import exceedance_probability, probability_matched_mean
 from nowcast.errors import InputError, SequenceError
 from nowcast.forecasters import Forecaster, get_forecaster
 from nowcast.report import render_markdown
-from nowcast.sequence import DIMS, UNITS, pixel_size_km
+from nowcast.sequence import DIMS, UNITS, _is_geographic, pixel_size_km
 from nowcast.verification import Scores, ScoreSettings, accumulate, key
 
 logger = logging.getLogger(__name__)
@@ -56,6 +70,12 @@ SCORES_JSON = "scores.json"
 SCORES_MARKDOWN = "scores.md"
 CSI_PLOT = "csi_vs_lead.png"
 SPECTRUM_PLOT = "spectrum.png"
+RELIABILITY_PLOT = "reliability.png"
+RANK_HISTOGRAM_PLOT = "rank_histogram.png"
+#: The Brier skill reference when it is among the methods scored as ensembles.
+DEFAULT_BRIER_REFERENCE = "steps"
+# Pixel sizes outside this range (km) are no radar grid: most likely its units were misread.
+_PLAUSIBLE_PIXEL_KM = (0.05, 50.0)
 
 SKIP_EMPTY_PAST = "a past frame has no data"
 SKIP_DRY_PAST = "no rain in the past frames"
@@ -71,6 +91,53 @@ class _Case:
     wet_pixels: int
     observed: dict[float, np.ndarray]
     forecasts: dict[str, dict[float, np.ndarray]]
+    probabilities: dict[str, dict[float, np.ndarray]]  # of the ensembles, at the first probability threshold
+
+
+@dataclass(frozen=True)
+class _MapAxes:
+    """Where the map pixels lie, in the unit the grid has: km on a projected grid, degrees on a lat/lon one."""
+
+    x: np.ndarray
+    y: np.ndarray
+    unit: str
+
+    @classmethod
+    def of(cls, sequence: xr.DataArray) -> _MapAxes:
+        projection = str(sequence.attrs.get("projection", ""))
+        x, y = sequence["x"].values.astype(np.float64), sequence["y"].values.astype(np.float64)
+        if _is_geographic(projection):
+            return cls(x, y, "°")
+        to_km = 1.0 if "+units=km" in projection else 1e-3  # projection units, as pixel_size_km reads them
+        return cls(x * to_km, y * to_km, "km")
+
+
+@dataclass(frozen=True)
+class _Methods:
+    """The forecasters and how each runs: ``members`` members (seeded per start time) for the ``ensembles``."""
+
+    forecasters: dict[str, Forecaster]
+    members: int | None
+    seed: int
+    ensembles: tuple[str, ...]
+    brier_reference: str | None
+
+    def new_scores(self, settings: ScoreSettings) -> dict[str, Scores]:
+        return {name: Scores(settings, members=self.members if name in self.ensembles else None)
+                for name in self.forecasters}
+
+    def start_seed(self, event_id: str, reference: pd.Timestamp) -> int:
+        """The seed of the members forecast from ``reference``: the same in every run, whatever else it holds."""
+        start = zlib.crc32(f"{event_id} {reference.isoformat()}".encode())
+        return int(np.random.SeedSequence([self.seed, start]).generate_state(1)[0])
+
+
+@dataclass
+class _Forecasts:
+    """One start time's forecasts: every method's deterministic (lead, y, x), the ensembles' (member, lead, y, x)."""
+
+    deterministic: dict[str, np.ndarray]
+    members: dict[str, np.ndarray]
 
 
 @dataclass
@@ -87,8 +154,7 @@ class _EventResult:
     start_time_sums: list[dict[str, Any]] = field(default_factory=list)
     scores: dict[str, Scores] = field(default_factory=dict)
     case: _Case | None = None
-    x_km: np.ndarray | None = None
-    y_km: np.ndarray | None = None
+    map_axes: _MapAxes | None = None
 
 
 def evaluate(
@@ -105,6 +171,9 @@ def evaluate(
     settings: ScoreSettings | None = None,
     min_rain_mmh: float = MIN_RAIN_MMH,
     console: Any | None = None,
+    members: int | None = None,
+    seed: int = 0,
+    brier_reference: str | None = DEFAULT_BRIER_REFERENCE,
 ) -> dict[str, Any]:
     """Score ``methods`` on ``events`` and write the report into ``out_dir``.
 
@@ -114,15 +183,20 @@ def evaluate(
     files); ``n_input``: past frames given to each forecast; ``steps``: frames
     forecast; ``stride``: frames between consecutive start times; ``min_rain_mmh``:
     the past must have a pixel at least this wet; ``console``: a
-    :class:`rich.console.Console` for the progress bar (default: one on stderr).
+    :class:`rich.console.Console` for the progress bar (default: one on stderr);
+    ``members``: ensemble members drawn by every method that can (at least 2; None:
+    every method forecasts once); ``seed``: the run's seed, from which each start time's
+    is derived; ``brier_reference``: the ensemble method the others' Brier skill is
+    measured against (the default, ``steps``, only where it is among them; None: none).
     Returns the content of ``scores.json``. Lead times are ``steps`` times the event's
     time step, so with 12 steps a 10-min event is scored up to +120 min.
     """
     methods, events = list(dict.fromkeys(methods)), list(dict.fromkeys(events))
     out_dir = Path(out_dir)
     _check_arguments(methods, events, n_input=n_input, steps=steps, stride=stride, out_dir=out_dir)
+    _check_ensemble_arguments(members, seed)
     settings = settings or ScoreSettings()
-    forecasters = _forecasters(methods, n_input, models_dir)
+    plan = _plan(_forecasters(methods, n_input, models_dir), members, seed, brier_reference)
     if loader is None:
         from nowcast.io.catalogue import load_event
 
@@ -137,17 +211,17 @@ def evaluate(
         for event_id in events:
             bar.update(task, description=f"loading {event_id}")
             results.append(_evaluate_event(
-                event_id, loader(event_id), forecasters, n_input=n_input, steps=steps, stride=stride,
+                event_id, loader(event_id), plan, n_input=n_input, steps=steps, stride=stride,
                 settings=settings, min_rain_mmh=min_rain_mmh, forecast_seconds=forecast_seconds,
                 bar=bar, task=task,
             ))
 
     # the report: the events' sums added up, then the files
-    overall = {name: Scores(settings) for name in methods}
+    overall = plan.new_scores(settings)
     for result in results:
         for name in methods:
             overall[name].merge(result.scores[name])
-    report = _report(methods, results, overall, forecast_seconds, settings=settings, n_input=n_input,
+    report = _report(plan, results, overall, forecast_seconds, settings=settings, n_input=n_input,
                      steps=steps, stride=stride, min_rain_mmh=min_rain_mmh, started_at=started_at,
                      runtime=time.perf_counter() - started)
     _write_outputs(out_dir, report, results, methods, settings)
@@ -166,6 +240,30 @@ def _check_arguments(methods: list[str], events: list[str], *, n_input: int, ste
             raise InputError(f"{name} must be at least 1, got {value}")
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: exists and is not a folder")
+
+
+def _check_ensemble_arguments(members: int | None, seed: int) -> None:
+    if members is not None and members < 2:
+        raise InputError(f"members must be at least 2 to score an ensemble, got {members}", field="members")
+    if seed < 0:
+        raise InputError(f"seed must be 0 or more, got {seed}", field="seed")
+
+
+def _plan(forecasters: dict[str, Forecaster], members: int | None, seed: int,
+          brier_reference: str | None) -> _Methods:
+    """Which methods run as ensembles, and the Brier skill reference among them."""
+    ensembles = tuple(name for name, f in forecasters.items() if f.supports_members) if members else ()
+    if members and not ensembles:
+        raise InputError(f"members: none of {', '.join(forecasters)} draws ensemble members", field="members")
+    if brier_reference is not None and brier_reference not in ensembles:
+        if members and brier_reference != DEFAULT_BRIER_REFERENCE:
+            raise InputError(f"Brier skill reference {brier_reference!r} is not among the methods scored as "
+                             f"ensembles ({', '.join(ensembles)})", field="brier_reference")
+        brier_reference = None
+    if ensembles:
+        logger.info("%d members of %s; Brier skill against %s", members, ", ".join(ensembles),
+                    brier_reference or "no reference")
+    return _Methods(forecasters, members if ensembles else None, seed, ensembles, brier_reference)
 
 
 def _forecasters(methods: list[str], n_input: int,
@@ -215,7 +313,7 @@ class _Clock:
 def _evaluate_event(
     event_id: str,
     sequence: xr.DataArray,
-    forecasters: dict[str, Forecaster],
+    plan: _Methods,
     *,
     n_input: int,
     steps: int,
@@ -230,18 +328,21 @@ def _evaluate_event(
     result = _EventResult(
         event_id=event_id, n_frames=len(clock.times), time_step_minutes=clock.step_s / 60.0,
         shape=(sequence.sizes["y"], sequence.sizes["x"]), pixel_size_km=pixel_size_km(sequence),
-        scores={name: Scores(settings) for name in forecasters},
-        x_km=sequence["x"].values / 1000.0, y_km=sequence["y"].values / 1000.0,
+        scores=plan.new_scores(settings), map_axes=_MapAxes.of(sequence),
     )
+    if not _PLAUSIBLE_PIXEL_KM[0] <= result.pixel_size_km <= _PLAUSIBLE_PIXEL_KM[1]:
+        logger.warning("event %s: pixels of %.3g km are no radar grid's; check its projection and pixel size "
+                       "(FSS windows and spectra are in km)", event_id, result.pixel_size_km)
     starts = start_indices(len(clock.times), n_input, steps, stride)
     result.n_start_times = len(starts)
     if not starts:
         logger.warning("event %s: %d frames are too few for %d past and %d future frames",
                        event_id, len(clock.times), n_input, steps)
+    n_methods = len(plan.forecasters)
     planned = next(t.total for t in bar.tasks if t.id == task) or 0
-    bar.update(task, description=event_id, total=planned + len(starts) * len(forecasters))
+    bar.update(task, description=event_id, total=planned + len(starts) * n_methods)
     values = sequence.values
-    totals = {name: _totals(result.scores[name]) for name in forecasters}
+    totals = {name: _totals(scores) for name, scores in result.scores.items()}
     for start in starts:
         stop = start + n_input + steps
         reference = clock.times[start + n_input - 1]
@@ -251,16 +352,14 @@ def _evaluate_event(
             logger.info("event %s, start %s: skipped (%s)", event_id, reference, reason)
             result.skipped[reason] += 1
             result.skipped_start_times.append({"time": reference.isoformat(), "reason": reason})
-            bar.advance(task, len(forecasters))
+            bar.advance(task, n_methods)
             continue
         past, observed = sequence.isel(time=slice(start, start + n_input)), values[start + n_input:stop]
-        forecasts = _forecast_all(forecasters, past, steps, forecast_seconds, bar, task)
-        accumulate(result.scores, observed, forecasts, lead_minutes=clock.lead_minutes,
-                   pixel_size_km=result.pixel_size_km)
-        after = {name: _totals(result.scores[name]) for name in forecasters}
-        result.start_time_sums.append({"time": reference.isoformat(), **_added(totals, after, settings)})
-        totals = after
-        result.n_evaluated += 1
+        seed = plan.start_seed(event_id, reference) if plan.ensembles else None
+        forecasts = _forecast_all(plan, past, steps, seed, forecast_seconds, bar, task)
+        accumulate(result.scores, observed, forecasts.deterministic, members=forecasts.members,
+                   lead_minutes=clock.lead_minutes, pixel_size_km=result.pixel_size_km)
+        totals = _record_start_time(result, totals, reference, seed, settings)
         _keep_map_case(result, clock, reference, observed, forecasts, settings)
     skipped = sum(result.skipped.values())
     logger.info("event %s: %d start times, %d evaluated, %d skipped%s", event_id, result.n_start_times,
@@ -269,35 +368,62 @@ def _evaluate_event(
     return result
 
 
-def _forecast_all(forecasters: dict[str, Forecaster], past: xr.DataArray, steps: int,
-                  forecast_seconds: dict[str, list[float]], bar: Any, task: Any) -> dict[str, np.ndarray]:
-    """Every method's forecast from the same past, timed."""
-    forecasts = {}
-    for name, forecaster in forecasters.items():
+def _forecast_all(plan: _Methods, past: xr.DataArray, steps: int, seed: int | None,
+                  forecast_seconds: dict[str, list[float]], bar: Any, task: Any) -> _Forecasts:
+    """Every method's forecast from the same past, timed; an ensemble's deterministic one is its members'
+    probability-matched mean."""
+    forecasts = _Forecasts({}, {})
+    for name, forecaster in plan.forecasters.items():
+        ensemble = name in plan.ensembles
         tic = time.perf_counter()
-        forecasts[name] = forecaster.forecast(past, steps).values
+        fields = (forecaster.forecast(past, steps, members=plan.members, seed=seed) if ensemble
+                  else forecaster.forecast(past, steps)).values
         forecast_seconds[name].append(time.perf_counter() - tic)
+        if ensemble:
+            forecasts.members[name] = fields
+            forecasts.deterministic[name] = probability_matched_mean(fields)
+        else:
+            forecasts.deterministic[name] = fields
         bar.advance(task)
     return forecasts
 
 
+def _record_start_time(result: _EventResult, totals: dict[str, dict[str, Any]], reference: pd.Timestamp,
+                       seed: int | None, settings: ScoreSettings) -> dict[str, dict[str, Any]]:
+    """Keep what this start time added to the sums (for the bootstrap); returns the totals after it."""
+    after = {name: _totals(scores) for name, scores in result.scores.items()}
+    record: dict[str, Any] = {"time": reference.isoformat(), **_added(totals, after, settings)}
+    if seed is not None:
+        record["seed"] = seed
+        record.update(_added_ensemble(totals, after))
+    result.start_time_sums.append(record)
+    result.n_evaluated += 1
+    return after
+
+
 def _keep_map_case(result: _EventResult, clock: _Clock, reference: pd.Timestamp, observed: np.ndarray,
-                   forecasts: dict[str, np.ndarray], settings: ScoreSettings) -> None:
+                   forecasts: _Forecasts, settings: ScoreSettings) -> None:
     """Keep the fields of the start time with the most observed rain at the map leads."""
     wet = int(sum(np.count_nonzero(observed[i] >= settings.thresholds_mmh[0]) for i in clock.map_lead_index))
     if result.case is not None and wet <= result.case.wet_pixels:
         return
     pairs = list(zip(clock.map_leads, clock.map_lead_index, strict=True))
+    threshold = settings.probability_thresholds_mmh[:1]
     result.case = _Case(
         reference_time=reference, wet_pixels=wet,
         observed={lead: observed[i].copy() for lead, i in pairs},
-        forecasts={name: {lead: fc[i].copy() for lead, i in pairs} for name, fc in forecasts.items()},
+        forecasts={name: {lead: fc[i].copy() for lead, i in pairs} for name, fc in forecasts.deterministic.items()},
+        probabilities={name: {lead: exceedance_probability(members[:, i], threshold)[0] for lead, i in pairs}
+                       for name, members in forecasts.members.items()},
     )
 
 
 def _totals(scores: Scores) -> dict[str, Any]:
-    return {"categorical": scores.contingency_counts(), "spectrum": scores.spectrum_totals(),
-            "spectrum_matched": scores.spectrum_totals(matched=True)}
+    totals = {"categorical": scores.contingency_counts(), "spectrum": scores.spectrum_totals(),
+              "spectrum_matched": scores.spectrum_totals(matched=True)}
+    if scores.members is not None:
+        totals.update(crps=scores.crps_totals(), brier=scores.brier_totals())
+    return totals
 
 
 def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
@@ -324,6 +450,27 @@ def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
                 added[kind].setdefault(name, {})[key(lead)] = {
                     key(w): [float(added_observed[i]), float(added_forecast[i])] for w, i in ratio_index.items()}
     return added
+
+
+def _added_ensemble(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What one start time added to the ensembles' sums: ``crps``: method -> lead -> [CRPS sum, pixels];
+    ``brier``: method -> lead -> threshold -> [Brier sum, pixels] (deterministic methods have none)."""
+    added: dict[str, Any] = {"crps": {}, "brier": {}}
+    for name, now in after.items():
+        if "crps" not in now:
+            continue
+        prior = before[name]
+        added["crps"][name] = {key(lead): _difference(sums, prior["crps"].get(lead, (0.0, 0)))
+                               for lead, sums in now["crps"].items()}
+        added["brier"][name] = {
+            key(lead): {key(thr): _difference(sums, prior["brier"].get(lead, {}).get(thr, (0.0, 0)))
+                        for thr, sums in by_threshold.items()}
+            for lead, by_threshold in now["brier"].items()}
+    return added
+
+
+def _difference(after: tuple[float, int], before: tuple[float, int]) -> list[float]:
+    return [float(after[0] - before[0]), int(after[1] - before[1])]
 
 
 def skip_reason(past: np.ndarray, future: np.ndarray, window_steps_s: np.ndarray, step_s: int,
@@ -358,22 +505,32 @@ def _progress_bar(enabled: bool, console: Any | None) -> Any:
     )
 
 
-def _report(methods: list[str], results: list[_EventResult], overall: dict[str, Scores],
+def _report(plan: _Methods, results: list[_EventResult], overall: dict[str, Scores],
             forecast_seconds: dict[str, list[float]], *, settings: ScoreSettings, n_input: int, steps: int,
             stride: int, min_rain_mmh: float, started_at: datetime, runtime: float) -> dict[str, Any]:
+    methods = list(plan.forecasters)
     skipped_total: Counter[str] = Counter()
     for result in results:
         skipped_total.update(result.skipped)
+
+    def scores_of(scores: dict[str, Scores]) -> dict[str, Any]:
+        reference = scores[plan.brier_reference] if plan.brier_reference else None
+        return {name: scores[name].to_dict(reference=reference) for name in methods}
+
+    config: dict[str, Any] = {
+        "methods": methods,
+        "events": [r.event_id for r in results],
+        "n_input": n_input,
+        "steps": steps,
+        "stride": stride,
+        "min_rain_mmh": min_rain_mmh,
+        **settings.to_dict(),
+    }
+    if plan.ensembles:  # only then, so that a deterministic report stays as it was
+        config["ensemble"] = {"members": plan.members, "seed": plan.seed, "methods": list(plan.ensembles),
+                              "brier_reference": plan.brier_reference, **settings.ensemble_dict()}
     return {
-        "config": {
-            "methods": methods,
-            "events": [r.event_id for r in results],
-            "n_input": n_input,
-            "steps": steps,
-            "stride": stride,
-            "min_rain_mmh": min_rain_mmh,
-            **settings.to_dict(),
-        },
+        "config": config,
         "started": started_at.isoformat(timespec="seconds"),
         "runtime_seconds": round(runtime, 2),
         "timing": {
@@ -396,7 +553,7 @@ def _report(methods: list[str], results: list[_EventResult], overall: dict[str, 
                 # what every evaluated start time added to the sums, for nowcast.bootstrap
                 "start_times": r.start_time_sums,
                 "map_case": r.case.reference_time.isoformat() if r.case else None,
-                "scores": {name: r.scores[name].to_dict() for name in methods},
+                "scores": scores_of(r.scores),
             }
             for r in results
         },
@@ -404,7 +561,7 @@ def _report(methods: list[str], results: list[_EventResult], overall: dict[str, 
             "n_start_times": sum(r.n_start_times for r in results),
             "n_evaluated": sum(r.n_evaluated for r in results),
             "skipped": dict(skipped_total),
-            "scores": {name: overall[name].to_dict() for name in methods},
+            "scores": scores_of(overall),
         },
     }
 
@@ -424,12 +581,19 @@ def _write_outputs(out_dir: Path, report: dict[str, Any], results: list[_EventRe
         plots.save_figure(plots.csi_figure(overall_scores, settings.thresholds_mmh, title="all events"),
                           staging / CSI_PLOT)
         plots.save_figure(plots.spectrum_figure(overall_scores, title="all events"), staging / SPECTRUM_PLOT)
+        if "ensemble" in report["config"]:
+            plots.save_figure(plots.reliability_figure(overall_scores, title="all events, all lead times"),
+                              staging / RELIABILITY_PLOT)
+            plots.save_figure(plots.rank_histogram_figure(overall_scores, title="all events, all lead times"),
+                              staging / RANK_HISTOGRAM_PLOT)
         for result in results:
-            if result.case is None or result.x_km is None or result.y_km is None:
+            if result.case is None or result.map_axes is None:
                 continue
             title = f"{result.event_id}, forecast from {result.case.reference_time:%Y-%m-%d %H:%M}"
             figure = plots.maps_figure(result.case.observed, result.case.forecasts,
-                                       x_km=result.x_km, y_km=result.y_km, title=title)
+                                       x_km=result.map_axes.x, y_km=result.map_axes.y, axis_unit=result.map_axes.unit,
+                                       probabilities=result.case.probabilities,
+                                       probability_threshold_mmh=settings.probability_thresholds_mmh[0], title=title)
             plots.save_figure(figure, staging / f"maps_{_safe_name(result.event_id)}.png")
         (staging / SCORES_MARKDOWN).write_text(render_markdown(report), encoding="utf-8")
         # scores.json last: its presence means the rest of the report is in place

@@ -1,4 +1,5 @@
-"""Figures of an evaluation: CSI against lead time, power spectra, forecast maps.
+"""Figures of an evaluation: CSI against lead time, power spectra, forecast maps, and for
+ensembles the reliability diagram and the rank histogram.
 
 Built on :class:`matplotlib.figure.Figure` without pyplot, so nothing here touches
 matplotlib's global state (no backend switch, no open-figure registry); PNGs are
@@ -21,7 +22,10 @@ from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
 
 WAVELENGTH_TICKS_KM = (2, 4, 8, 16, 32, 64, 128, 256, 512)
 RAIN_LEVELS_MMH = (0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+PROBABILITY_LEVELS = (0.05, 0.2, 0.4, 0.6, 0.8, 0.95, 1.0)
 OBSERVED_STYLE = {"color": "black", "linewidth": 2.0, "linestyle": "--", "label": "observed"}
+MEMBER_STYLE = {"linestyle": ":", "linewidth": 1.2}
+AXIS_NAMES = {"km": ("x (km)", "y (km)"), "°": ("longitude (°)", "latitude (°)")}
 
 
 def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
@@ -90,9 +94,16 @@ def spectrum_figure(scores: Mapping[str, Mapping[str, Any]], *, band_km: tuple[f
             if not observed_drawn:
                 power_ax.plot(wavelength, observed, **OBSERVED_STYLE)
                 observed_drawn = True
-            power_ax.plot(wavelength, forecast, label=method)
+            line = power_ax.plot(wavelength, forecast, label=method)[0]
             with np.errstate(invalid="ignore", divide="ignore"):
-                ratio_ax.plot(wavelength, forecast / observed, label=method)
+                ratio_ax.plot(wavelength, forecast / observed, label=method, color=line.get_color())
+            member = method_scores.get("spectrum_member", {}).get(lead)
+            if member is not None:  # one realisation of an ensemble, next to its (smoother) deterministic forecast
+                member_power = _as_float(member["forecast_power"])
+                style = {**MEMBER_STYLE, "color": line.get_color(), "label": f"{method}, member 1"}
+                power_ax.plot(wavelength, member_power, **style)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    ratio_ax.plot(wavelength, member_power / observed, **style)
         for ax in (power_ax, ratio_ax):
             ax.set_xscale("log")
             ax.axvspan(*band_km, color="0.9", zorder=0)
@@ -114,31 +125,124 @@ def spectrum_figure(scores: Mapping[str, Mapping[str, Any]], *, band_km: tuple[f
 
 
 def maps_figure(observed: Mapping[float, np.ndarray], forecasts: Mapping[str, Mapping[float, np.ndarray]],
-                *, x_km: np.ndarray, y_km: np.ndarray, title: str = "") -> Figure:
-    """Observed and forecast rain maps: one row per lead time, one column per source."""
+                *, x_km: np.ndarray, y_km: np.ndarray, axis_unit: str = "km",
+                probabilities: Mapping[str, Mapping[float, np.ndarray]] | None = None,
+                probability_threshold_mmh: float = 1.0, title: str = "") -> Figure:
+    """Observed and forecast rain maps: one row per lead time, one column per source.
+
+    ``x_km``, ``y_km``: the pixel centres in ``axis_unit`` ("km", or "°" on a latitude/longitude
+    grid); ``probabilities``: ensemble method -> lead -> P(rate > ``probability_threshold_mmh``),
+    drawn next to the observation.
+    """
+    probabilities = probabilities or {}
     leads = sorted(observed)
-    columns = ["observed", *forecasts]
-    figure = Figure(figsize=(3.4 * len(columns) + 0.8, 3.2 * len(leads) + 0.4), layout="constrained")
+    columns = [("observed", "rain", observed),
+               *((f"{m} P(>{probability_threshold_mmh:g} mm/h)", "probability", p) for m, p in probabilities.items()),
+               *((m, "rain", f) for m, f in forecasts.items())]
+    figure = Figure(figsize=(3.4 * len(columns) + 0.8 + 0.8 * bool(probabilities), 3.2 * len(leads) + 0.4),
+                    layout="constrained")
     axes = figure.subplots(len(leads), len(columns), squeeze=False, sharex=True, sharey=True)
+    styles = {"rain": _rain_style(), "probability": _probability_style()}
+    extent = (float(x_km[0]), float(x_km[-1]), float(min(y_km[0], y_km[-1])), float(max(y_km[0], y_km[-1])))
+    origin = "lower" if y_km[-1] > y_km[0] else "upper"
+    images: dict[str, Any] = {}
+    for row, lead in enumerate(leads):
+        for column, (name, kind, fields) in enumerate(columns):
+            ax = axes[row, column]
+            images[kind] = ax.imshow(np.ma.masked_invalid(fields[lead]), **styles[kind], origin=origin,
+                                     extent=extent, interpolation="nearest")
+            ax.set_title(f"{name}, +{lead:g} min", fontsize=9)
+            ax.tick_params(labelsize=7)
+    x_name, y_name = AXIS_NAMES.get(axis_unit, (f"x ({axis_unit})", f"y ({axis_unit})"))
+    for ax in axes[-1]:
+        ax.set_xlabel(x_name, fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(y_name, fontsize=8)
+    kinds = [kind for _, kind, _ in columns]
+    if "rain" in images:
+        rain_axes = [axes[r, c] for r in range(len(leads)) for c, kind in enumerate(kinds) if kind == "rain"]
+        figure.colorbar(images["rain"], ax=rain_axes, label="rain rate (mm/h)", extend="max", shrink=0.8)
+    if "probability" in images:
+        probability_axes = [axes[r, c] for r in range(len(leads)) for c, kind in enumerate(kinds)
+                            if kind == "probability"]
+        figure.colorbar(images["probability"], ax=probability_axes, label="probability", shrink=0.8,
+                        location="left")
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def _rain_style() -> dict[str, Any]:
     colormap = ListedColormap(
         ["#d4e9f7", "#9ccae8", "#5aa5d6", "#2a7fc0", "#3daa4c", "#f2d024", "#f08a24", "#d7301f"]
     ).with_extremes(bad="0.82", under="white", over="#7a0177")
-    norm = BoundaryNorm(RAIN_LEVELS_MMH, colormap.N)
-    extent = (float(x_km[0]), float(x_km[-1]), float(min(y_km[0], y_km[-1])), float(max(y_km[0], y_km[-1])))
-    origin = "lower" if y_km[-1] > y_km[0] else "upper"
-    image = None
-    for row, lead in enumerate(leads):
-        fields = [observed[lead], *(forecasts[m][lead] for m in forecasts)]
-        for column, (name, values) in enumerate(zip(columns, fields, strict=True)):
-            ax = axes[row, column]
-            image = ax.imshow(np.ma.masked_invalid(values), cmap=colormap, norm=norm, origin=origin,
-                              extent=extent, interpolation="nearest")
-            ax.set_title(f"{name}, +{lead:g} min", fontsize=9)
-            ax.tick_params(labelsize=7)
-    if image is not None:
-        figure.colorbar(image, ax=axes, label="rain rate (mm/h)", extend="max", shrink=0.8)
+    return {"cmap": colormap, "norm": BoundaryNorm(RAIN_LEVELS_MMH, colormap.N)}
+
+
+def _probability_style() -> dict[str, Any]:
+    colormap = ListedColormap(["#fde0c5", "#facba6", "#f59e72", "#f2855d", "#ef6a4c", "#b3213b"]).with_extremes(
+        bad="0.82", under="white")
+    return {"cmap": colormap, "norm": BoundaryNorm(PROBABILITY_LEVELS, colormap.N)}
+
+
+def reliability_figure(scores: Mapping[str, Mapping[str, Any]], *, title: str = "") -> Figure:
+    """Observed frequency against forecast probability, one panel per threshold, one line per ensemble method.
+
+    The pixels of every lead time are pooled; the marker area grows with the pixels behind a point.
+    """
+    ensembles = {m: s["ensemble"] for m, s in scores.items() if s.get("ensemble", {}).get("leads")}
+    thresholds = sorted({t for e in ensembles.values() for lead in e["leads"].values() for t in lead["probability"]},
+                        key=float)
+    figure = Figure(figsize=(4.0 * max(1, len(thresholds)), 4.0), layout="constrained")
+    axes = figure.subplots(1, max(1, len(thresholds)), squeeze=False)[0]
+    for ax, threshold in zip(axes, thresholds, strict=False):
+        for method, ensemble in ensembles.items():
+            event, no_event, probability = _pooled_reliability(ensemble, threshold)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                frequency = event / (event + no_event)
+            line = ax.plot(probability, frequency, label=method)[0]
+            size = 60.0 * (event + no_event) / max(1, (event + no_event).max())
+            ax.scatter(probability, frequency, s=size, color=line.get_color())
+        ax.plot([0, 1], [0, 1], color="black", linewidth=0.8)
+        ax.set_title(f"rain rate > {threshold} mm/h")
+        ax.set_xlabel("forecast probability")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(0.0, 1.0)
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("observed frequency")
+    if ensembles:
+        axes[0].legend()
     if title:
-        figure.suptitle(title)
+        figure.suptitle(f"Reliability, {title}")
+    return figure
+
+
+def _pooled_reliability(ensemble: Mapping[str, Any], threshold: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    reliabilities = [lead["probability"][threshold]["reliability"] for lead in ensemble["leads"].values()]
+    event = np.sum([r["n_event"] for r in reliabilities], axis=0).astype(np.float64)
+    no_event = np.sum([r["n_no_event"] for r in reliabilities], axis=0).astype(np.float64)
+    return event, no_event, np.asarray(reliabilities[0]["probability"])
+
+
+def rank_histogram_figure(scores: Mapping[str, Mapping[str, Any]], *, title: str = "") -> Figure:
+    """Rank histogram of each ensemble method (every lead time's pixels pooled); flat is reliable."""
+    ensembles = {m: s["ensemble"] for m, s in scores.items() if s.get("ensemble", {}).get("leads")}
+    figure = Figure(figsize=(4.0 * max(1, len(ensembles)), 3.4), layout="constrained")
+    axes = figure.subplots(1, max(1, len(ensembles)), squeeze=False)[0]
+    for ax, (method, ensemble) in zip(axes, ensembles.items(), strict=False):
+        leads = list(ensemble["leads"].values())
+        pixels = np.array([lead["rank_histogram_pixels"] for lead in leads], dtype=np.float64)
+        frequencies = np.array([_as_float(lead["rank_histogram"]) for lead in leads])
+        weighted = np.nansum(frequencies * pixels[:, np.newaxis], axis=0) / max(1.0, pixels.sum())
+        ranks = np.arange(len(weighted))
+        ax.bar(ranks, weighted, width=0.9)
+        ax.axhline(1.0 / len(weighted), color="black", linewidth=0.8, linestyle="--")
+        ax.set_title(f"{method} ({ensemble['members']} members)")
+        ax.set_xlabel("rank of the observation among the members")
+    axes[0].set_ylabel("fraction of pixels")
+    if title:
+        figure.suptitle(f"Rank histogram, {title}")
     return figure
 
 

@@ -96,6 +96,7 @@ def score_tables(scores: dict[str, Any], methods: list[str], config: dict[str, A
               "rank (pysteps' nonparam_match_empirical_cdf), so that too much or too little rain does "
               "not count as texture: below 1 means smoother than observed.", ""]
     lines += _spectrum_table(scores, methods, config, "spectrum_matched")
+    lines += ensemble_tables(scores, methods, config, heading)
     return lines
 
 
@@ -103,11 +104,62 @@ def _spectrum_table(scores: dict[str, Any], methods: list[str], config: dict[str
     wavelengths = [key(w) for w in config["spectrum_ratio_wavelengths_km"]]
     lines = ["| method | lead (min) | n | " + " | ".join(f"{w} km" for w in wavelengths) + " |",
              "|---|---:|---:|" + "---:|" * len(wavelengths)]
+    member_kind = kind.replace("spectrum", "spectrum_member", 1)  # an ensemble's first member, after it
     for method in methods:
-        for lead, spectrum in scores[method].get(kind, {}).items():
-            ratios = [_fmt(spectrum["power_ratio"].get(w)) for w in wavelengths]
-            lines.append(f"| {method} | {lead} | {spectrum['n_forecasts']} | " + " | ".join(ratios) + " |")
+        for label, spectra in ((method, scores[method].get(kind, {})),
+                               (f"{method}, member 1", scores[method].get(member_kind, {}))):
+            for lead, spectrum in spectra.items():
+                ratios = [_fmt(spectrum["power_ratio"].get(w)) for w in wavelengths]
+                lines.append(f"| {label} | {lead} | {spectrum['n_forecasts']} | " + " | ".join(ratios) + " |")
     return lines
+
+
+def ensemble_tables(scores: dict[str, Any], methods: list[str], config: dict[str, Any], heading: str) -> list[str]:
+    """CRPS, Brier score and skill, spread/skill and ROC area per lead time of the methods scored as ensembles."""
+    ensembles = [m for m in methods if scores[m].get("ensemble", {}).get("leads")]
+    if not ensembles:
+        return []
+    views = {m: scores[m]["ensemble"] for m in ensembles}  # "leads" as _lead_table reads them
+    thresholds = sorted({t for m in ensembles for lead in views[m]["leads"].values() for t in lead["probability"]},
+                        key=float)
+    reference = config.get("ensemble", {}).get("brier_reference")
+    sizes = ", ".join(f"{m} {views[m]['members']}" for m in ensembles)
+    lines = ["", f"{heading} Ensembles", "",
+             f"Members: {sizes}. The tables above score each ensemble's probability-matched mean under its "
+             "name; these score its members, on the same pixels. Probabilities are the fraction of members "
+             "above the threshold (an event is rate > threshold).", "",
+             f"{heading} CRPS (mm/h)", ""]
+    lines += _lead_table(views, ensembles, {m: (lambda lead: lead["crps"]) for m in ensembles}, best=min)
+    lines += ["", f"{heading} Brier score", ""]
+    lines += _threshold_table(views, ensembles, thresholds, "brier", best=min)
+    skilled = [m for m in ensembles if m != reference]  # the reference's own skill is 0 by definition
+    if reference and skilled:
+        lines += ["", f"{heading} Brier skill against {reference}", "",
+                  f"1 - BS / BS({reference}), from the Brier scores summed over all pixels; above 0 is better.", ""]
+        lines += _threshold_table(views, skilled, thresholds, "brier_skill", best=max)
+    lines += ["", f"{heading} Spread / skill", "",
+              "Spread: sqrt((M + 1) / M × mean member variance); RMSE of the ensemble mean; their ratio is 1 "
+              "for a reliable ensemble, below 1 for an under-dispersive one.", ""]
+    columns: dict[str, Callable[[dict], Any]] = {}
+    owners: dict[str, str] = {}
+    for m in ensembles:
+        for label, field in (("spread", "spread"), ("RMSE", "rmse_ensemble_mean"), ("ratio", "spread_skill")):
+            columns[f"{m} {label}"] = lambda lead, f=field: lead[f]
+            owners[f"{m} {label}"] = m
+    lines += _lead_table(views, ensembles, columns, owners=owners, groups=[[f"{m} ratio" for m in ensembles]],
+                         best=lambda values: min(values, key=lambda v: abs(v - 1.0)))
+    lines += ["", f"{heading} ROC area", ""]
+    lines += _threshold_table(views, ensembles, thresholds, "roc_area", best=max)
+    return lines
+
+
+def _threshold_table(views: dict[str, Any], methods: list[str], thresholds: list[str], score: str, *,
+                     best: Callable[..., float]) -> list[str]:
+    """One column per method and probability threshold, bold per threshold."""
+    columns = {f"{m} >{t}": (lambda lead, t=t: lead["probability"][t].get(score)) for t in thresholds for m in methods}
+    owners = {f"{m} >{t}": m for t in thresholds for m in methods}
+    return _lead_table(views, methods, columns, owners=owners, best=best,
+                       groups=[[f"{m} >{t}" for m in methods] for t in thresholds])
 
 
 def _csi_table(scores: dict[str, Any], methods: list[str], thresholds: list[float]) -> list[str]:

@@ -44,12 +44,39 @@ every forecast being compared are finite, and:
 
 Comparing several methods on the same observations (:func:`accumulate`) uses one
 valid mask for all of them, so every method is scored on exactly the same pixels.
+
+Distances are in km on every grid: the caller gives the pixel size in km
+(:func:`nowcast.sequence.pixel_size_km`, geodesic on latitude/longitude grids), FSS
+windows are the scales in km over it, and a window is capped at ``2 * max(ny, nx) - 1``
+pixels (:func:`fss_windows`): from there on every window covers the whole grid, so a
+larger one gives the same FSS, only slower. The spectrum is pysteps' ``rapsd`` computed
+with its rings grouped once per grid shape (:func:`radial_spectrum`, the same numbers).
+
+Ensembles (``members`` of :func:`accumulate`: the members of a method, its deterministic
+forecast being e.g. their probability-matched mean) add, on the same valid pixels (every
+member finite):
+
+* the CRPS (``pysteps.verification.probscores.CRPS_*``, summed over pixels);
+* per threshold of ``probability_thresholds_mmh`` the pixels counted by how many members
+  exceed it, with and without the event observed (:class:`ProbabilityCounts`): the Brier
+  score, reliability diagram and ROC curve all come from these counts, so they add
+  exactly over forecasts and events; the Brier skill against a reference method is
+  ``1 - BS / BS_reference`` from the summed Brier scores;
+* the rank histogram (:class:`RankHistogram`, pysteps' with its ``X_min``, ties shared
+  evenly instead of drawn at random so that a run is reproducible);
+* the spread/skill ratio: the spread ``sqrt((M + 1) / M * mean member variance)`` (the
+  factor makes a statistically consistent M-member ensemble score 1, Fortin et al. 2014)
+  over the RMSE of the ensemble mean;
+* the spectra (plain and matched) of the first member, a single realisation to set
+  against the smoother deterministic forecast.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +85,7 @@ import pandas as pd
 import xarray as xr
 from scipy.ndimage import uniform_filter
 
+from nowcast.ensemble import ensemble_mean, probability_matched_mean
 from nowcast.errors import SequenceError
 from nowcast.sequence import pixel_size_km
 
@@ -72,6 +100,10 @@ SPECTRUM_RATIO_WAVELENGTHS_KM: tuple[float, ...] = (8.0, 16.0, 32.0, 64.0)
 # the ratio wavelengths exactly.
 SPECTRUM_WAVELENGTHS_KM: tuple[float, ...] = tuple(float(2.0 ** (k / 4)) for k in range(4, 37))
 CATEGORICAL_SCORES: tuple[str, ...] = ("CSI", "POD", "FAR")
+#: Rank histogram: pixels where the observation and every member are below this are left out.
+RANK_HISTOGRAM_MIN_MMH = 0.1
+# CRPS pixels per pysteps call: bounds the (pixel, member) arrays it builds on large grids.
+_CRPS_CHUNK_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -84,6 +116,8 @@ class ScoreSettings:
     spectrum_leads_minutes: tuple[float, ...] = SPECTRUM_LEADS_MINUTES
     spectrum_wavelengths_km: tuple[float, ...] = SPECTRUM_WAVELENGTHS_KM
     spectrum_ratio_wavelengths_km: tuple[float, ...] = SPECTRUM_RATIO_WAVELENGTHS_KM
+    probability_thresholds_mmh: tuple[float, ...] = THRESHOLDS_MMH
+    rank_histogram_min_mmh: float = RANK_HISTOGRAM_MIN_MMH
 
     def ratio_wavelength_indices(self) -> dict[float, int]:
         """Each ratio wavelength's index on the spectrum's wavelength grid (the nearest)."""
@@ -99,10 +133,36 @@ class ScoreSettings:
             "spectrum_ratio_wavelengths_km": list(self.spectrum_ratio_wavelengths_km),
         }
 
+    def ensemble_dict(self) -> dict[str, Any]:
+        """The settings of the ensemble scores (apart from :meth:`to_dict`, so deterministic reports keep theirs)."""
+        return {
+            "probability_thresholds_mmh": list(self.probability_thresholds_mmh),
+            "rank_histogram_min_mmh": self.rank_histogram_min_mmh,
+        }
+
 
 def scale_in_pixels(scale_km: float, pixel_size_km: float) -> int:
     """The FSS window (odd or even, at least one pixel) closest to ``scale_km``."""
     return max(1, round(scale_km / pixel_size_km))
+
+
+def fss_windows(scales_km: Iterable[float], pixel_size_km: float, shape: tuple[int, ...]) -> dict[float, int]:
+    """The FSS window in pixels of each scale on a grid of ``shape`` (y, x) with pixels of ``pixel_size_km``.
+
+    A window is capped at ``2 * max(ny, nx) - 1`` pixels. A window that wide, centred on
+    any pixel, already covers the whole grid, so every fraction is the grid's count of
+    events over the window's area in forecast and observation alike, and FSS (a ratio of
+    squared fractions) is the same for any larger window; the moving average's cost,
+    though, grows with the window.
+    """
+    check_pixel_size(pixel_size_km)
+    cap = 2 * max(shape) - 1
+    return {scale: min(scale_in_pixels(scale, pixel_size_km), cap) for scale in scales_km}
+
+
+def check_pixel_size(pixel_size_km: float) -> None:
+    if not (np.isfinite(pixel_size_km) and pixel_size_km > 0):
+        raise ValueError(f"pixel size must be a positive number of km; got {pixel_size_km}")
 
 
 def key(value: float) -> str:
@@ -278,14 +338,251 @@ class LeadScores:
         }
 
 
-class Scores:
-    """Scores of one method accumulated over many forecasts, keyed by lead time (minutes)."""
+class ProbabilityCounts:
+    """Valid pixels counted by how many of the M members exceed a threshold (0 to M), with and without the event.
 
-    def __init__(self, settings: ScoreSettings | None = None) -> None:
+    Every probabilistic score at the threshold comes from these 2 x (M + 1) counts, so they
+    add up exactly over forecasts and events: the Brier score (the forecast probability of
+    a pixel is k / M), the reliability diagram (one point per probability k / M) and the
+    ROC curve (one point per probability threshold k / M, pysteps' ``ROC_curve_compute``).
+    An event is ``rate > threshold``, as in :class:`Contingency` and
+    :func:`nowcast.ensemble.exceedance_probability`.
+    """
+
+    def __init__(self, threshold: float, n_members: int) -> None:
+        self.threshold = threshold
+        self.n_members = n_members
+        self.event = np.zeros(n_members + 1, dtype=np.int64)
+        self.no_event = np.zeros(n_members + 1, dtype=np.int64)
+
+    def add(self, members: np.ndarray, observed: np.ndarray) -> None:
+        """Count pixels: ``members`` (member, pixel) and ``observed`` (pixel), all finite."""
+        members_above = np.count_nonzero(members > self.threshold, axis=0)
+        event = observed > self.threshold
+        self.event += np.bincount(members_above[event], minlength=self.n_members + 1)
+        self.no_event += np.bincount(members_above[~event], minlength=self.n_members + 1)
+
+    def merge(self, other: ProbabilityCounts) -> None:
+        self.event += other.event
+        self.no_event += other.no_event
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        return np.arange(self.n_members + 1) / self.n_members
+
+    @property
+    def n_pixels(self) -> int:
+        return int(self.event.sum() + self.no_event.sum())
+
+    def brier_sum(self) -> float:
+        """The squared probability errors summed over the pixels."""
+        p = self.probabilities
+        return float(np.sum(self.event * (1.0 - p) ** 2) + np.sum(self.no_event * p**2))
+
+    def brier(self) -> float:
+        return self.brier_sum() / self.n_pixels if self.n_pixels else float("nan")
+
+    def roc(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """POFD and POD at each probability threshold k / M (k = 0 to M), and the area under the curve."""
+        from pysteps.verification import ROC_curve_compute
+
+        # "probability at or above k / M" is "k members or more above the threshold"
+        event_at_or_above = np.cumsum(self.event[::-1])[::-1]
+        no_event_at_or_above = np.cumsum(self.no_event[::-1])[::-1]
+        table = {"X_min": self.threshold, "prob_thrs": self.probabilities, "hits": event_at_or_above,
+                 "misses": self.event.sum() - event_at_or_above, "false_alarms": no_event_at_or_above,
+                 "corr_neg": self.no_event.sum() - no_event_at_or_above}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pofd, pod, area = ROC_curve_compute(table, compute_area=True)
+        return np.asarray(pofd, dtype=np.float64), np.asarray(pod, dtype=np.float64), float(area)
+
+    def to_dict(self, reference: ProbabilityCounts | None = None) -> dict[str, Any]:
+        pofd, pod, area = self.roc()
+        n_at = self.event + self.no_event
+        with np.errstate(invalid="ignore", divide="ignore"):
+            observed_frequency = self.event / n_at
+        result = {
+            "brier": self.brier(),
+            "brier_sum": self.brier_sum(),
+            "n_pixels": self.n_pixels,
+            "base_rate": float(self.event.sum() / self.n_pixels) if self.n_pixels else float("nan"),
+            "roc_area": area,
+            "roc": {"pofd": pofd.tolist(), "pod": pod.tolist()},
+            "reliability": {"probability": self.probabilities.tolist(),
+                            "observed_frequency": observed_frequency.tolist(),
+                            "n_event": self.event.tolist(), "n_no_event": self.no_event.tolist()},
+        }
+        if reference is not None:
+            result["brier_skill"] = brier_skill(self.brier(), reference.brier())
+        return result
+
+
+def brier_skill(brier: Any, reference_brier: Any) -> Any:
+    """``1 - BS / BS_reference``: 1 is perfect, 0 no better than the reference; NaN where the reference is perfect."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 1.0 - np.asarray(brier, dtype=np.float64) / np.asarray(reference_brier, dtype=np.float64)
+
+
+class RankHistogram:
+    """Where the observation falls among the sorted members (rank 0 to M), over the valid pixels.
+
+    pysteps' ``rankhist`` with ``X_min``: pixels where the observation and every member are
+    below ``min_mmh`` are left out, and values below it count as equal (dry). pysteps
+    breaks the ties of an observation with members at random from numpy's global
+    generator, which makes two runs differ; here an observation equal to e members gives
+    each of the e + 1 ranks it could take an equal share (what the random draw gives on
+    average). The pixels are kept as a table of (members below, members equal), integers
+    that add up exactly.
+    """
+
+    def __init__(self, n_members: int, min_mmh: float) -> None:
+        self.n_members = n_members
+        self.min_mmh = min_mmh
+        self.below_equal = np.zeros((n_members + 1, n_members + 1), dtype=np.int64)
+
+    def add(self, members: np.ndarray, observed: np.ndarray) -> None:
+        """Count pixels: ``members`` (member, pixel) and ``observed`` (pixel), all finite."""
+        wet = (observed >= self.min_mmh) | np.any(members >= self.min_mmh, axis=0)
+        dry_value = self.min_mmh - 1.0
+        members = np.where(members[:, wet] < self.min_mmh, dry_value, members[:, wet])
+        observed = np.where(observed[wet] < self.min_mmh, dry_value, observed[wet])
+        below = np.count_nonzero(members < observed, axis=0)
+        equal = np.count_nonzero(members == observed, axis=0)
+        size = self.n_members + 1
+        self.below_equal += np.bincount(below * size + equal, minlength=size * size).reshape(size, size)
+
+    def merge(self, other: RankHistogram) -> None:
+        self.below_equal += other.below_equal
+
+    @property
+    def n_pixels(self) -> int:
+        return int(self.below_equal.sum())
+
+    def counts(self) -> np.ndarray:
+        """Pixels per rank (ties shared out, so not whole numbers)."""
+        counts = np.zeros(self.n_members + 1)
+        for below, equal in zip(*np.nonzero(self.below_equal), strict=True):
+            counts[below:below + equal + 1] += self.below_equal[below, equal] / (equal + 1)
+        return counts
+
+    def frequencies(self) -> np.ndarray:
+        """Fraction of pixels per rank (pysteps' ``rankhist_compute(normalize=True)``); flat is 1 / (M + 1)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.counts() / self.n_pixels
+
+
+@dataclass
+class SpreadSkillSums:
+    """Member variance and squared error of the ensemble mean, summed over pixels."""
+
+    variance: float = 0.0
+    squared_error: float = 0.0
+    n_pixels: int = 0
+
+    def add(self, members: np.ndarray, observed: np.ndarray) -> None:
+        """Add pixels: ``members`` (member, pixel) and ``observed`` (pixel), all finite."""
+        self.variance += float(np.sum(np.var(members, axis=0, ddof=1, dtype=np.float64)))
+        self.squared_error += float(np.sum((ensemble_mean(members).astype(np.float64) - observed) ** 2))
+        self.n_pixels += int(observed.size)
+
+    def merge(self, other: SpreadSkillSums) -> None:
+        self.variance += other.variance
+        self.squared_error += other.squared_error
+        self.n_pixels += other.n_pixels
+
+    def scores(self, n_members: int) -> dict[str, float]:
+        """Spread, RMSE of the ensemble mean and their ratio (1 for a consistent ensemble)."""
+        if not self.n_pixels:
+            return {"spread": float("nan"), "rmse_ensemble_mean": float("nan"), "spread_skill": float("nan")}
+        spread = float(np.sqrt((n_members + 1) / n_members * self.variance / self.n_pixels))
+        rmse = float(np.sqrt(self.squared_error / self.n_pixels))
+        return {"spread": spread, "rmse_ensemble_mean": rmse,
+                "spread_skill": spread / rmse if rmse > 0 else float("nan")}
+
+
+class EnsembleLeadScores:
+    """Accumulated ensemble scores of one method at one lead time."""
+
+    def __init__(self, settings: ScoreSettings, n_members: int) -> None:
+        from pysteps.verification import CRPS_init
+
+        self.n_members = n_members
+        self.n_forecasts = 0
+        self.crps = CRPS_init()
+        self.probability = {thr: ProbabilityCounts(thr, n_members) for thr in settings.probability_thresholds_mmh}
+        self.rank_histogram = RankHistogram(n_members, settings.rank_histogram_min_mmh)
+        self.spread = SpreadSkillSums()
+
+    def add(self, members: np.ndarray, observed: np.ndarray) -> None:
+        """One forecast's valid pixels: ``members`` (member, pixel) and ``observed`` (pixel), all finite."""
+        from pysteps.verification import CRPS_accum
+
+        members = np.asarray(members, dtype=np.float64)
+        observed = np.asarray(observed, dtype=np.float64)
+        self.n_forecasts += 1
+        # Where the observation and every member are dry the CRPS is exactly 0: such pixels (most of a
+        # radar image) are counted without pysteps' per-member passes over them.
+        dry = (observed == 0.0) & np.all(members == 0.0, axis=0)
+        self.crps["n"] += int(np.count_nonzero(dry))
+        wet_members, wet_observed = members[:, ~dry], observed[~dry]
+        for start in range(0, wet_observed.size, _CRPS_CHUNK_PIXELS):
+            chunk = slice(start, start + _CRPS_CHUNK_PIXELS)
+            CRPS_accum(self.crps, wet_members[:, chunk], wet_observed[chunk])
+        for counts in self.probability.values():
+            counts.add(members, observed)
+        self.rank_histogram.add(members, observed)
+        self.spread.add(members, observed)
+
+    def merge(self, other: EnsembleLeadScores) -> None:
+        self.n_forecasts += other.n_forecasts
+        self.crps = {"CRPS_sum": self.crps["CRPS_sum"] + other.crps["CRPS_sum"],
+                     "n": self.crps["n"] + other.crps["n"]}
+        for thr, counts in self.probability.items():
+            counts.merge(other.probability[thr])
+        self.rank_histogram.merge(other.rank_histogram)
+        self.spread.merge(other.spread)
+
+    def crps_score(self) -> float:
+        from pysteps.verification import CRPS_compute
+
+        return float(CRPS_compute(self.crps)) if self.crps["n"] else float("nan")
+
+    def to_dict(self, lead_minutes: float, reference: EnsembleLeadScores | None = None) -> dict[str, Any]:
+        return {
+            "lead_minutes": float(lead_minutes),
+            "n_forecasts": self.n_forecasts,
+            "n_pixels": int(self.crps["n"]),
+            "crps": self.crps_score(),
+            "crps_sum": float(self.crps["CRPS_sum"]),
+            **self.spread.scores(self.n_members),
+            "rank_histogram": self.rank_histogram.frequencies().tolist(),
+            "rank_histogram_pixels": self.rank_histogram.n_pixels,
+            "probability": {
+                key(thr): counts.to_dict(None if reference is None else reference.probability.get(thr))
+                for thr, counts in self.probability.items()
+            },
+        }
+
+
+class Scores:
+    """Scores of one method accumulated over many forecasts, keyed by lead time (minutes).
+
+    ``members``: the method's ensemble size, for a method scored as an ensemble (its
+    deterministic forecast in :attr:`leads` and the spectra, its members in
+    :attr:`ensemble` and the member spectra); None for a deterministic method.
+    """
+
+    def __init__(self, settings: ScoreSettings | None = None, *, members: int | None = None) -> None:
+        if members is not None and members < 2:
+            raise ValueError(f"an ensemble has at least 2 members; got {members}")
         self.settings = settings or ScoreSettings()
+        self.members = members
         self.leads: dict[float, LeadScores] = {}
         self.spectra: dict[float, SpectrumSums] = {}
         self.matched_spectra: dict[float, SpectrumSums] = {}
+        self.ensemble: dict[float, EnsembleLeadScores] = {}
+        self.member_spectra: dict[float, SpectrumSums] = {}
+        self.member_matched_spectra: dict[float, SpectrumSums] = {}
 
     def lead(self, lead_minutes: float) -> LeadScores:
         lead_minutes = float(lead_minutes)
@@ -293,9 +590,23 @@ class Scores:
             self.leads[lead_minutes] = LeadScores(self.settings)
         return self.leads[lead_minutes]
 
-    def spectrum(self, lead_minutes: float, *, matched: bool = False) -> SpectrumSums:
-        """The spectrum sums at a lead time; ``matched``: of the distribution-matched forecasts."""
-        spectra = self.matched_spectra if matched else self.spectra
+    def ensemble_lead(self, lead_minutes: float) -> EnsembleLeadScores:
+        if self.members is None:
+            raise ValueError("these scores are of a deterministic method; give Scores(members=...) for an ensemble")
+        lead_minutes = float(lead_minutes)
+        if lead_minutes not in self.ensemble:
+            self.ensemble[lead_minutes] = EnsembleLeadScores(self.settings, self.members)
+        return self.ensemble[lead_minutes]
+
+    def _spectra(self, *, matched: bool, member: bool) -> dict[float, SpectrumSums]:
+        if member:
+            return self.member_matched_spectra if matched else self.member_spectra
+        return self.matched_spectra if matched else self.spectra
+
+    def spectrum(self, lead_minutes: float, *, matched: bool = False, member: bool = False) -> SpectrumSums:
+        """The spectrum sums at a lead time; ``matched``: of the distribution-matched forecasts;
+        ``member``: of an ensemble's first member."""
+        spectra = self._spectra(matched=matched, member=member)
         lead_minutes = float(lead_minutes)
         if lead_minutes not in spectra:
             spectra[lead_minutes] = SpectrumSums(len(self.settings.spectrum_wavelengths_km))
@@ -305,12 +616,16 @@ class Scores:
         """Add ``other``'s sums to these (same settings); returns self."""
         if other.settings != self.settings:
             raise ValueError("cannot merge scores accumulated with different settings")
+        if other.members != self.members:
+            raise ValueError(f"cannot merge scores of {other.members} members into scores of {self.members}")
         for lead_minutes, lead_scores in other.leads.items():
             self.lead(lead_minutes).merge(lead_scores)
-        for lead_minutes, sums in other.spectra.items():
-            self.spectrum(lead_minutes).merge(sums)
-        for lead_minutes, sums in other.matched_spectra.items():
-            self.spectrum(lead_minutes, matched=True).merge(sums)
+        for lead_minutes, ensemble_scores in other.ensemble.items():
+            self.ensemble_lead(lead_minutes).merge(ensemble_scores)
+        for matched in (False, True):
+            for member in (False, True):
+                for lead_minutes, sums in other._spectra(matched=matched, member=member).items():
+                    self.spectrum(lead_minutes, matched=matched, member=member).merge(sums)
         return self
 
     def contingency_counts(self) -> dict[float, dict[float, tuple[int, int, int]]]:
@@ -327,12 +642,21 @@ class Scores:
         spectra = self.matched_spectra if matched else self.spectra
         return {lead: (sums.observed.copy(), sums.forecast.copy()) for lead, sums in spectra.items()}
 
+    def crps_totals(self) -> dict[float, tuple[float, int]]:
+        """(CRPS summed over pixels, pixels) per lead time, so far; empty for a deterministic method."""
+        return {lead: (float(scores.crps["CRPS_sum"]), int(scores.crps["n"])) for lead, scores in self.ensemble.items()}
+
+    def brier_totals(self) -> dict[float, dict[float, tuple[float, int]]]:
+        """(Brier score summed over pixels, pixels) per lead time and threshold, so far."""
+        return {lead: {thr: (counts.brier_sum(), counts.n_pixels) for thr, counts in scores.probability.items()}
+                for lead, scores in self.ensemble.items()}
+
     def csi(self, threshold: float) -> dict[float, float]:
         """CSI per lead time (minutes) at ``threshold`` mm/h."""
         return {lead: scores.categorical(threshold)["CSI"] for lead, scores in sorted(self.leads.items())}
 
-    def spectrum_dict(self, lead_minutes: float, *, matched: bool = False) -> dict[str, Any]:
-        sums = (self.matched_spectra if matched else self.spectra)[lead_minutes]
+    def spectrum_dict(self, lead_minutes: float, *, matched: bool = False, member: bool = False) -> dict[str, Any]:
+        sums = self._spectra(matched=matched, member=member)[lead_minutes]
         observed, forecast = sums.mean_power()
         wavelengths = np.asarray(self.settings.spectrum_wavelengths_km)
         ratio = {}
@@ -348,14 +672,36 @@ class Scores:
             "power_ratio": ratio,
         }
 
-    def to_dict(self) -> dict[str, Any]:
-        """Everything, JSON-ready (NaN as None): sums and the scores made of them."""
-        return _nan_to_none({
+    def to_dict(self, reference: Scores | None = None) -> dict[str, Any]:
+        """Everything, JSON-ready (NaN as None): sums and the scores made of them.
+
+        An ensemble adds ``ensemble`` (its probabilistic scores per lead time, with the
+        Brier skill against ``reference``'s ensemble where one is given) and the spectra of
+        its first member, ``spectrum_member`` and ``spectrum_member_matched``.
+        """
+        result = {
             "leads": {key(lead): scores.to_dict(lead) for lead, scores in sorted(self.leads.items())},
             "spectrum": {key(lead): self.spectrum_dict(lead) for lead in sorted(self.spectra)},
             "spectrum_matched": {key(lead): self.spectrum_dict(lead, matched=True)
                                  for lead in sorted(self.matched_spectra)},
-        })
+        }
+        if self.members is not None:
+            result["ensemble"] = self._ensemble_dict(reference)
+            for name, matched in (("spectrum_member", False), ("spectrum_member_matched", True)):
+                result[name] = {key(lead): self.spectrum_dict(lead, matched=matched, member=True)
+                                for lead in sorted(self._spectra(matched=matched, member=True))}
+        return _nan_to_none(result)
+
+    def _ensemble_dict(self, reference: Scores | None) -> dict[str, Any]:
+        if reference is not None and reference.members is None:
+            raise ValueError("the Brier skill reference must be scored as an ensemble")
+        leads = {}
+        for lead, scores in sorted(self.ensemble.items()):
+            reference_lead = None
+            if reference is not None:  # a lead the reference lacks gets no skill (NaN), not none at all
+                reference_lead = reference.ensemble.get(lead) or EnsembleLeadScores(self.settings, reference.members)
+            leads[key(lead)] = scores.to_dict(lead, reference_lead)
+        return {"members": self.members, "leads": leads}
 
 
 def fss_fractions(field: np.ndarray, threshold: float, scale_pixels: int) -> np.ndarray:
@@ -378,13 +724,39 @@ def _fss_add(sums: dict[str, Any], forecast_fraction: np.ndarray, observed_fract
 
 
 def radial_spectrum(field: np.ndarray, pixel_size_km: float) -> tuple[np.ndarray, np.ndarray]:
-    """Wavelengths (km, decreasing) and radially averaged power of a NaN-free 2-D field."""
-    from pysteps.utils.spectral import rapsd
+    """Wavelengths (km, decreasing) and radially averaged power of a NaN-free 2-D field.
 
-    power, frequency = rapsd(np.asarray(field, dtype=np.float64), fft_method=np.fft,
-                             return_freq=True, d=pixel_size_km)
+    The numbers of ``pysteps.utils.spectral.rapsd(field, fft_method=np.fft, d=pixel_size_km)``
+    (every ring's mean over the same values in the same order), with the rings found
+    once per grid shape: pysteps compares the whole grid with every ring's radius, which
+    on a 875x1750 grid costs half a second per field.
+    """
+    field = np.asarray(field, dtype=np.float64)
+    if field.ndim != 2 or np.isnan(field).any():
+        raise ValueError(f"the spectrum needs a NaN-free 2-D field; got shape {field.shape}")
+    power_2d = np.fft.fftshift(np.fft.fft2(field))
+    power_2d = np.abs(power_2d) ** 2 / power_2d.size
+    order, bounds = _spectrum_rings(field.shape)
+    by_ring = power_2d.ravel()[order]
+    power = np.array([np.mean(by_ring[start:stop]) for start, stop in itertools.pairwise(bounds)])
+    frequency = np.fft.fftfreq(max(field.shape), d=pixel_size_km)[:len(power)]
     # The zero frequency (the field mean) has no wavelength.
     return 1.0 / frequency[1:], power[1:]
+
+
+@functools.lru_cache(maxsize=8)
+def _spectrum_rings(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """rapsd's rings of a grid: the pixels' order, ring after ring (row-major within one), and the rings' bounds."""
+    from pysteps.utils.arrays import compute_centred_coord_array
+
+    yc, xc = compute_centred_coord_array(*shape)
+    radius = np.sqrt(xc * xc + yc * yc).round().ravel()
+    longest = max(shape)
+    n_rings = longest // 2 + 1 if longest % 2 == 1 else longest // 2
+    order = np.argsort(radius, kind="stable")
+    # radii are whole numbers: ring r holds the sorted radii between r - 0.5 and r + 0.5
+    bounds = np.searchsorted(radius[order], np.arange(n_rings + 1) - 0.5)
+    return order, bounds
 
 
 def spectrum_on_grid(field: np.ndarray, pixel_size_km: float,
@@ -410,6 +782,26 @@ def matched_to_observed(forecast: np.ndarray, observed: np.ndarray) -> np.ndarra
     return nonparam_match_empirical_cdf(forecast, observed)
 
 
+@dataclass(frozen=True)
+class _Observed:
+    """One lead time's observation as every forecast of it is compared: on the valid pixels."""
+
+    valid: np.ndarray  # (y, x) bool: observation and every forecast and member finite
+    values: np.ndarray  # the observation at the valid pixels
+    fractions: dict[tuple[float, float], np.ndarray]  # (threshold, scale km) -> FSS fractions
+    spectrum: np.ndarray | None  # on the wavelength grid, at the spectrum leads only
+
+    @classmethod
+    def of(cls, observed: np.ndarray, valid: np.ndarray, settings: ScoreSettings, windows: dict[float, int],
+           pixel_size_km: float, *, with_spectrum: bool) -> _Observed:
+        zeroed = np.where(valid, observed, 0.0)
+        fractions = {(thr, scale): fss_fractions(zeroed, thr, windows[scale])
+                     for thr in settings.fss_thresholds_mmh for scale in settings.fss_scales_km}
+        spectrum = (spectrum_on_grid(zeroed, pixel_size_km, settings.spectrum_wavelengths_km)
+                    if with_spectrum else None)
+        return cls(valid, observed[valid], fractions, spectrum)
+
+
 def accumulate(
     scores: Mapping[str, Scores],
     observed: np.ndarray,
@@ -417,64 +809,100 @@ def accumulate(
     *,
     lead_minutes: Sequence[float],
     pixel_size_km: float,
+    members: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Add one set of forecasts of the same observations to each method's scores.
 
     ``observed``: (lead, y, x) mm/h, NaN = no data; ``forecasts``: method -> array of the
     same shape; ``scores``: method -> :class:`Scores` (one per forecast method);
-    ``lead_minutes``: the lead time of each frame. All methods are scored on the pixels
-    where the observation and every forecast are finite; a lead time with no such pixel
-    is left out (and not counted as a forecast).
+    ``lead_minutes``: the lead time of each frame; ``members``: method -> (member, lead,
+    y, x) for the methods scored as ensembles (their :class:`Scores` have ``members``),
+    whose ``forecasts`` entry is their deterministic forecast (the probability-matched
+    mean, say). All methods are scored on the pixels where the observation, every
+    forecast and every member are finite; a lead time with no such pixel is left out (and
+    not counted as a forecast).
     """
-    from pysteps.verification import det_cont_fct_accum
-
+    members = members or {}
     observed = np.asarray(observed)
+    _check_shapes(scores, observed, forecasts, members, lead_minutes)
+    if not forecasts:
+        return
+    settings = next(iter(scores[name] for name in forecasts)).settings
+    spectrum_leads = {float(lead) for lead in settings.spectrum_leads_minutes}
+    windows = fss_windows(settings.fss_scales_km, pixel_size_km, observed.shape[1:])
+
+    for i, lead in enumerate(lead_minutes):
+        obs = observed[i].astype(np.float64)
+        fcs = {name: np.asarray(forecast[i], dtype=np.float64) for name, forecast in forecasts.items()}
+        ensembles = {name: np.asarray(fields[:, i], dtype=np.float64) for name, fields in members.items()}
+        valid = np.isfinite(obs)
+        for fields in (*fcs.values(), *ensembles.values()):
+            valid &= np.all(np.isfinite(fields.reshape(-1, *obs.shape)), axis=0)
+        if not valid.any():
+            logger.debug("lead %g min: no pixel with both observation and forecast; left out", lead)
+            continue
+        reference = _Observed.of(obs, valid, settings, windows, pixel_size_km,
+                                 with_spectrum=float(lead) in spectrum_leads)
+        for name, fc in fcs.items():
+            _add_deterministic(scores[name], lead, fc, reference, windows, pixel_size_km)
+        for name, fields in ensembles.items():
+            _add_ensemble(scores[name], lead, fields, reference, pixel_size_km)
+
+
+def _check_shapes(scores: Mapping[str, Scores], observed: np.ndarray, forecasts: Mapping[str, np.ndarray],
+                  members: Mapping[str, np.ndarray], lead_minutes: Sequence[float]) -> None:
     if observed.ndim != 3 or len(lead_minutes) != observed.shape[0]:
         raise ValueError(f"observed must be (lead, y, x) with {len(lead_minutes)} leads; "
                          f"got {observed.shape}")
     for name, forecast in forecasts.items():
         if np.shape(forecast) != observed.shape:
             raise ValueError(f"forecast {name!r} has shape {np.shape(forecast)}, observed {observed.shape}")
-    if not forecasts:
-        return
-    settings = next(iter(scores[name] for name in forecasts)).settings
-    spectrum_leads = {float(lead) for lead in settings.spectrum_leads_minutes}
-    windows = {scale: scale_in_pixels(scale, pixel_size_km) for scale in settings.fss_scales_km}
+    for name in members:
+        if name not in forecasts:
+            raise ValueError(f"members of {name!r} come without its deterministic forecast")
+    for name in forecasts:
+        n_members = scores[name].members
+        if n_members is None and name in members:
+            raise ValueError(f"{name!r} has members but deterministic scores; give Scores(members=...)")
+        if n_members is not None and np.shape(members.get(name)) != (n_members, *observed.shape):
+            raise ValueError(f"{name!r} is scored as an ensemble of {n_members} members: its members must have "
+                             f"shape {(n_members, *observed.shape)}, got {np.shape(members.get(name))}")
 
-    for i, lead in enumerate(lead_minutes):
-        obs = observed[i].astype(np.float64)
-        fcs = {name: np.asarray(forecast[i], dtype=np.float64) for name, forecast in forecasts.items()}
-        valid = np.isfinite(obs)
-        for fc in fcs.values():
-            valid &= np.isfinite(fc)
-        if not valid.any():
-            logger.debug("lead %g min: no pixel with both observation and forecast; left out", lead)
-            continue
-        obs_valid = obs[valid]
-        obs_zeroed = np.where(valid, obs, 0.0)
-        obs_fractions = {(thr, scale): fss_fractions(obs_zeroed, thr, windows[scale])
-                         for thr in settings.fss_thresholds_mmh for scale in settings.fss_scales_km}
-        with_spectrum = float(lead) in spectrum_leads
-        obs_spectrum = (spectrum_on_grid(obs_zeroed, pixel_size_km, settings.spectrum_wavelengths_km)
-                        if with_spectrum else None)
-        for name, fc in fcs.items():
-            lead_scores = scores[name].lead(lead)
-            lead_scores.n_forecasts += 1
-            fc_valid = fc[valid]
-            for table in lead_scores.contingency.values():
-                table.add(fc_valid, obs_valid)
-            det_cont_fct_accum(lead_scores.continuous, fc_valid, obs_valid)
-            fc_zeroed = np.where(valid, fc, 0.0)
-            for (thr, scale), obs_fraction in obs_fractions.items():
-                _fss_add(lead_scores.fss[(thr, scale)], fss_fractions(fc_zeroed, thr, windows[scale]),
-                         obs_fraction)
-            if obs_spectrum is not None:
-                fc_spectrum = spectrum_on_grid(fc_zeroed, pixel_size_km, settings.spectrum_wavelengths_km)
-                scores[name].spectrum(lead).add(obs_spectrum, fc_spectrum)
-                matched = np.zeros_like(fc_zeroed)
-                matched[valid] = matched_to_observed(fc_valid, obs_valid)
-                matched_spectrum = spectrum_on_grid(matched, pixel_size_km, settings.spectrum_wavelengths_km)
-                scores[name].spectrum(lead, matched=True).add(obs_spectrum, matched_spectrum)
+
+def _add_deterministic(scores: Scores, lead: float, forecast: np.ndarray, observed: _Observed,
+                       windows: dict[float, int], pixel_size_km: float) -> None:
+    from pysteps.verification import det_cont_fct_accum
+
+    lead_scores = scores.lead(lead)
+    lead_scores.n_forecasts += 1
+    fc_valid = forecast[observed.valid]
+    for table in lead_scores.contingency.values():
+        table.add(fc_valid, observed.values)
+    det_cont_fct_accum(lead_scores.continuous, fc_valid, observed.values)
+    fc_zeroed = np.where(observed.valid, forecast, 0.0)
+    for (thr, scale), obs_fraction in observed.fractions.items():
+        _fss_add(lead_scores.fss[(thr, scale)], fss_fractions(fc_zeroed, thr, windows[scale]), obs_fraction)
+    if observed.spectrum is not None:
+        _add_spectra(scores, lead, forecast, observed, pixel_size_km, member=False)
+
+
+def _add_ensemble(scores: Scores, lead: float, members: np.ndarray, observed: _Observed,
+                  pixel_size_km: float) -> None:
+    scores.ensemble_lead(lead).add(members[:, observed.valid], observed.values)
+    if observed.spectrum is not None:
+        _add_spectra(scores, lead, members[0], observed, pixel_size_km, member=True)
+
+
+def _add_spectra(scores: Scores, lead: float, forecast: np.ndarray, observed: _Observed, pixel_size_km: float, *,
+                 member: bool) -> None:
+    """The forecast's spectrum, plain and matched to the observed distribution (0 mm/h outside the valid mask)."""
+    wavelengths = scores.settings.spectrum_wavelengths_km
+    zeroed = np.where(observed.valid, forecast, 0.0)
+    scores.spectrum(lead, member=member).add(observed.spectrum, spectrum_on_grid(zeroed, pixel_size_km, wavelengths))
+    matched = np.zeros_like(zeroed)
+    matched[observed.valid] = matched_to_observed(forecast[observed.valid], observed.values)
+    scores.spectrum(lead, matched=True, member=member).add(observed.spectrum,
+                                                           spectrum_on_grid(matched, pixel_size_km, wavelengths))
 
 
 def lead_minutes_of(forecast: xr.DataArray, reference_time: Any | None = None) -> list[float]:
@@ -495,16 +923,24 @@ def verify(forecast: xr.DataArray, observed: xr.DataArray, *, scores: Scores | N
 
     ``observed`` may hold more frames than the forecast; the ones at the forecast's
     times are used. Adds to ``scores`` when given, so that calling this for many
-    forecasts aggregates them. The grid must be the same.
+    forecasts aggregates them. The grid must be the same. An ensemble forecast (a
+    ``member`` dimension first) is scored as one, its probability-matched mean as its
+    deterministic forecast; ``scores`` then has its number of members.
     """
-    scores = scores if scores is not None else Scores()
-    if forecast.shape[1:] != observed.shape[1:]:
-        raise SequenceError(f"forecast grid {forecast.shape[1:]} differs from observed {observed.shape[1:]}")
+    n_members = forecast.sizes["member"] if "member" in forecast.dims else None
+    scores = scores if scores is not None else Scores(members=n_members)
+    if forecast.shape[-2:] != observed.shape[1:]:
+        raise SequenceError(f"forecast grid {forecast.shape[-2:]} differs from observed {observed.shape[1:]}")
     missing = np.setdiff1d(forecast["time"].values, observed["time"].values)
     if missing.size:
         raise SequenceError(f"no observation at {', '.join(str(pd.Timestamp(t)) for t in missing[:3])}")
     obs = observed.sel(time=forecast["time"].values).values
-    accumulate({"forecast": scores}, obs, {"forecast": forecast.values},
+    if n_members is None:
+        deterministic, members = forecast.values, None
+    else:
+        members = {"forecast": forecast.transpose("member", "time", "y", "x").values}
+        deterministic = probability_matched_mean(members["forecast"])
+    accumulate({"forecast": scores}, obs, {"forecast": deterministic}, members=members,
                lead_minutes=lead_minutes_of(forecast, reference_time),
                pixel_size_km=pixel_size_km(observed))
     return scores

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ValidationError
 from nowcast.errors import FileTooLargeError, InputError, SequenceError
 from nowcast.io.netcdf import read_netcdf_bytes, to_netcdf_bytes
 from nowcast.io.safety import ReadLimits
+from nowcast.products import ProductRequest, ensemble_products
 from nowcast.sequence import check_rate_bound, make_sequence, time_step
 from nowcast.transforms import to_mmh
 from service.core.config import Settings
@@ -54,6 +55,8 @@ NETCDF_DECODE_FACTOR = 3
 NETCDF_BYTES_PER_VALUE = 16
 ANSWER_BYTES_PER_VALUE = 6
 NETCDF_ANSWER_BYTES_PER_VALUE = 8
+# Products are made from the members, which are held meanwhile with a sorted copy (quantiles, pm mean).
+ENSEMBLE_BYTES_PER_VALUE = 8
 DECODE_OVERHEAD_BYTES = 4 * 1024 * 1024
 
 # pandas' nanosecond timestamps cover 1677-09-21 .. 2262-04-11; stay well inside.
@@ -70,6 +73,8 @@ class ForecastQuery:
     members: int | None
     seed: int | None
     output_encoding: Encoding
+    #: what to answer instead of the forecast's frames (ensembles only)
+    products: ProductRequest | None = None
 
 
 # --- requests --------------------------------------------------------------------------------------------
@@ -114,7 +119,35 @@ def parse_json_request(body: bytes, settings: Settings) -> ForecastQuery:
         members=request.members,
         seed=request.seed,
         output_encoding=request.output_encoding or default_encoding,
+        products=product_request(request.members, request.products, request.thresholds, request.quantile_levels),
     )
+
+
+def product_request(
+    members: int | None,
+    products: list[str] | None,
+    thresholds: list[float] | None,
+    quantile_levels: list[float] | None,
+) -> ProductRequest | None:
+    """The products a request asks for (None: the forecast's frames), checked with the field at fault named."""
+    if products is None:
+        for given, field in [(thresholds, "thresholds"), (quantile_levels, "quantile_levels")]:
+            if given is not None:
+                raise InputError(f"{field}: given without products; ask for products too", field=field)
+        return None
+    if members is None:
+        raise InputError("products: ensemble products are made from members; give members too", field="products")
+    return ProductRequest.from_options(products, thresholds, quantile_levels)
+
+
+def _query_numbers(text: str | None, field: str) -> list[float] | None:
+    """Comma-separated numbers of the query string (None when absent)."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"{field}: {text!r} is not a comma-separated list of numbers", field=field) from None
 
 
 _FIELDS = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -172,8 +205,11 @@ def parse_netcdf_request(
     members: int | None,
     seed: int | None,
     reserve: Reserve | None = None,
+    products: str | None = None,
+    thresholds: str | None = None,
+    quantile_levels: str | None = None,
 ) -> ForecastQuery:
-    """Decode a CF-netCDF body (steps, members, seed come from the query string).
+    """Decode a CF-netCDF body (steps, members, seed and the products, comma-separated, come from the query string).
 
     The body is checked before any of its data is read (nothing stored outside it, the
     grid within the limits); ``reserve(nbytes, what)`` is asked for the memory the
@@ -183,6 +219,12 @@ def parse_netcdf_request(
         raise InputError(
             "steps: give the number of frames to forecast as the query parameter ?steps=N", field="steps"
         )
+    asked = product_request(
+        members,
+        [name.strip() for name in products.split(",") if name.strip()] if products is not None else None,
+        _query_numbers(thresholds, "thresholds"),
+        _query_numbers(quantile_levels, "quantile_levels"),
+    )
 
     def check_shape(n_t: int, n_y: int, n_x: int) -> None:
         _check_grid(n_t, n_y, n_x, settings)
@@ -204,7 +246,9 @@ def parse_netcdf_request(
             f"body: the netCDF file could not be interpreted ({type(exc).__name__}: {exc})", field="body"
         ) from exc
     _check_rates(sequence.values, "body", settings.max_rain_rate_mmh)
-    return ForecastQuery(sequence=sequence, steps=steps, members=members, seed=seed, output_encoding="nested")
+    return ForecastQuery(
+        sequence=sequence, steps=steps, members=members, seed=seed, output_encoding="nested", products=asked
+    )
 
 
 def read_limits(settings: Settings) -> ReadLimits:
@@ -224,40 +268,59 @@ def decode_estimate(body_type: str, body_bytes: int) -> int:
     return DECODE_OVERHEAD_BYTES + factor * body_bytes
 
 
+def forecast_values(query: ForecastQuery) -> int:
+    """Values the forecaster gives: members x steps x pixels."""
+    return (query.members or 1) * query.steps * query.sequence.sizes["y"] * query.sequence.sizes["x"]
+
+
+def output_values(query: ForecastQuery) -> int:
+    """Values the answer holds: every value of every product asked for, else the forecast's."""
+    if query.products is None:
+        return forecast_values(query)
+    fields = query.products.values_per_frame(query.members or 1)
+    return fields * query.steps * query.sequence.sizes["y"] * query.sequence.sizes["x"]
+
+
 def answer_estimate(query: ForecastQuery, *, netcdf_answer: bool) -> int:
-    """Memory a query holds from decoding to the end of its answer: its frames, the forecast, the encoding."""
+    """Memory a query holds from decoding to the end of its answer: its frames, the forecast, the encoding.
+
+    With products, the members they are made from are held too, beside every product value.
+    """
     past = query.sequence.nbytes
-    values = (query.members or 1) * query.steps * query.sequence.sizes["y"] * query.sequence.sizes["x"]
     per_value = ANSWER_BYTES_PER_VALUE + (NETCDF_ANSWER_BYTES_PER_VALUE if netcdf_answer else 0)
-    return DECODE_OVERHEAD_BYTES + 2 * past + per_value * values
+    ensemble = ENSEMBLE_BYTES_PER_VALUE * forecast_values(query) if query.products is not None else 0
+    return DECODE_OVERHEAD_BYTES + 2 * past + per_value * output_values(query) + ensemble
 
 
-def check_limits(query: ForecastQuery, settings: Settings, *, netcdf_answer: bool) -> None:
+def check_limits(query: ForecastQuery, settings: Settings) -> None:
     """The service's own limits on a decoded query (what the forecaster checks, it checks itself)."""
     if query.steps > settings.max_steps:
         raise InputError(
             f"steps: {query.steps} is more than this service's limit of {settings.max_steps}", field="steps"
         )
-    if query.members is not None:
-        if query.members > settings.max_members:
-            raise InputError(
-                f"members: {query.members} is more than this service's limit of {settings.max_members}",
-                field="members",
-            )
-        if netcdf_answer:
-            raise InputError(
-                "members: ensemble members are answered as JSON only; ask for one forecast or "
-                "accept application/json",
-                field="members",
-            )
+    if query.members is not None and query.members > settings.max_members:
+        raise InputError(
+            f"members: {query.members} is more than this service's limit of {settings.max_members}",
+            field="members",
+        )
     _, n_y, n_x = query.sequence.shape
-    values = (query.members or 1) * query.steps * n_y * n_x
-    if values > settings.max_output_values:
+    values = output_values(query)
+    if values <= settings.max_output_values:
+        return
+    if query.products is None:
         raise TooLargeInputError(
             f"steps: {query.members or 1} member(s) x {query.steps} steps x {n_y}x{n_x} pixels = {values} "
             f"values is more than this service's limit of {settings.max_output_values}",
             field="steps",
         )
+    fields = query.products.values_per_frame(query.members or 1)
+    raise TooLargeInputError(
+        f"products: {', '.join(query.products.products)} of {query.members} members are {fields} fields x "
+        f"{query.steps} steps x {n_y}x{n_x} pixels = {values} values, more than this service's limit of "
+        f"{settings.max_output_values}; ask for fewer products (probabilities or quantiles instead of members), "
+        "fewer steps or a smaller tile",
+        field="products",
+    )
 
 
 def _decode_base64_frames(frames: EncodedFrames, settings: Settings) -> np.ndarray:
@@ -397,7 +460,13 @@ def _spacing(axis: np.ndarray | None, default: float) -> float:
 # --- answers ---------------------------------------------------------------------------------------------
 
 
-def netcdf_answer(forecast: xr.DataArray, model: LoadedModel, request_id: str) -> bytes:
+def answer_of(query: ForecastQuery, forecast: xr.DataArray) -> xr.DataArray | xr.Dataset:
+    """What is sent back: the forecast, or the products asked for made from its members."""
+    return forecast if query.products is None else ensemble_products(forecast, query.products)
+
+
+def netcdf_answer(forecast: xr.DataArray | xr.Dataset, model: LoadedModel, request_id: str) -> bytes:
+    """The CF-netCDF file of a forecast or of its products (:func:`nowcast.io.netcdf.write_netcdf`)."""
     return to_netcdf_bytes(
         forecast,
         forecast_reference_time=forecast.attrs["forecast_reference_time"],
@@ -407,7 +476,7 @@ def netcdf_answer(forecast: xr.DataArray, model: LoadedModel, request_id: str) -
 
 def json_answer(
     query: ForecastQuery,
-    forecast: xr.DataArray,
+    forecast: xr.DataArray | xr.Dataset,
     model: LoadedModel,
     *,
     request_id: str,
@@ -417,12 +486,14 @@ def json_answer(
 ) -> Iterator[bytes]:
     """The JSON answer as chunks of text, a frame at a time (a long forecast is never held as one text).
 
+    ``forecast`` is what :func:`answer_of` gives: the forecast's frames go in ``frames``, products
+    (a dataset) in ``products``, each with its shape, units, thresholds or levels and frames.
+
     ``timings_ms`` are the request's timings so far; ``encode_ms`` and ``total_ms`` (from
     ``started``, a ``time.perf_counter()`` value) are added at the end, so the timings
     come after the frames.
     """
     encoding_started = time.perf_counter()
-    values = np.ascontiguousarray(forecast.values, dtype="<f4")
     times = pd.DatetimeIndex(forecast["time"].values)
     reference = pd.Timestamp(forecast.attrs["forecast_reference_time"])
     step = (times[1] - times[0]) if len(times) > 1 else times[0] - reference
@@ -433,21 +504,44 @@ def json_answer(
         "valid_times": [_iso(t) for t in times],
         "time_step_minutes": step.total_seconds() / 60.0,
         "units": "mm/h",
-        "shape": list(values.shape),
+        "shape": [*([query.members] if query.members is not None else []), len(times), *query.sequence.shape[1:]],
         "members": query.members,
         "projection": str(forecast.attrs.get("projection", "")),
         "xpixelsize": float(forecast.attrs.get("xpixelsize", 1000.0)),
         "ypixelsize": float(forecast.attrs.get("ypixelsize", 1000.0)),
         "batch_size": batch_size,
     }
-    yield json.dumps(head, separators=(",", ":"), allow_nan=False).encode()[:-1] + b',"frames":'
-    if query.output_encoding == "base64":
-        yield from _base64_frames(values)
+    head_text = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()[:-1]
+    if isinstance(forecast, xr.Dataset):
+        yield head_text + b',"products":{'
+        yield from _products_text(forecast, query.output_encoding)
+        yield b"}"
     else:
-        yield from encode_nested(values)
+        yield head_text + b',"frames":'
+        yield from _frames_text(np.ascontiguousarray(forecast.values, dtype="<f4"), query.output_encoding)
     finished = time.perf_counter()
     timings = {**timings_ms, "encode_ms": (finished - encoding_started) * 1e3, "total_ms": (finished - started) * 1e3}
     yield b',"timings_ms":' + json.dumps({k: round(v, 3) for k, v in timings.items()}).encode() + b"}"
+
+
+def _products_text(products: xr.Dataset, encoding: Encoding) -> Iterator[bytes]:
+    """Each product as ``"name": {"shape", "units", "thresholds" | "levels", "frames"}``, a frame at a time."""
+    for index, name in enumerate(products.data_vars):
+        values = np.ascontiguousarray(products[name].values, dtype="<f4")
+        described: dict[str, object] = {"shape": list(values.shape),
+                                        "units": "1" if name == "probabilities" else "mm/h"}
+        if name == "probabilities":
+            described["thresholds"] = products["threshold"].values.tolist()
+        elif name == "quantiles":
+            described["levels"] = products["quantile"].values.tolist()
+        key = (b"," if index else b"") + json.dumps(str(name)).encode() + b":"
+        yield key + json.dumps(described, separators=(",", ":")).encode()[:-1] + b',"frames":'
+        yield from _frames_text(values, encoding)
+        yield b"}"
+
+
+def _frames_text(values: np.ndarray, encoding: Encoding) -> Iterator[bytes]:
+    return _base64_frames(values) if encoding == "base64" else encode_nested(values)
 
 
 def _base64_frames(values: np.ndarray, chunk_bytes: int = 3 * 2**20) -> Iterator[bytes]:

@@ -10,12 +10,14 @@ that a large grid does not become a Python object per value.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 NestedFrames = list[list[list[float | None]]]
 NestedMembers = list[list[list[list[float | None]]]]
+#: what an ensemble answer can carry (:data:`nowcast.products.PRODUCTS`)
+ProductName = Literal["members", "probabilities", "mean", "pm_mean", "quantiles"]
 
 
 class EncodedFrames(BaseModel):
@@ -57,6 +59,25 @@ class NowcastOptions(BaseModel):
         default=None, ge=1, description="ensemble members, where the model draws them"
     )
     seed: int | None = Field(default=None, ge=0, le=2**32 - 1, description="fixes the ensemble's noise")
+    products: list[ProductName] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=5,
+        description="with members: what to answer instead of the members' frames (members, exceedance "
+        "probabilities, ensemble mean, probability-matched mean, quantiles)",
+    )
+    thresholds: list[Annotated[float, Field(ge=0, le=1000)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="rain rates (mm/h) of the probabilities, increasing (default 1, 4, 8)",
+    )
+    quantile_levels: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="levels in [0, 1] of the quantiles, increasing (default 0.1, 0.5, 0.9)",
+    )
     projection: str = Field(
         default="", max_length=4096, pattern=r"^[^\x00-\x1f]*$", description="PROJ string of the grid"
     )
@@ -110,8 +131,34 @@ class Timings(BaseModel):
     total_ms: float
 
 
+class ProductFrames(BaseModel):
+    """One ensemble product: its frames in the request's encoding."""
+
+    shape: list[int] = Field(description="(steps, y, x), or (member | threshold | level, steps, y, x)")
+    units: Literal["mm/h", "1"]
+    frames: NestedFrames | NestedMembers | EncodedFrames
+
+
+class ProbabilityFrames(ProductFrames):
+    thresholds: list[float] = Field(description="P(rate > threshold), thresholds in mm/h, one per leading index")
+
+
+class QuantileFrames(ProductFrames):
+    levels: list[float] = Field(description="quantile levels in [0, 1], one per leading index")
+
+
+class NowcastProducts(BaseModel):
+    """The products asked for, made from the ensemble members (nowcast.products)."""
+
+    members: ProductFrames | None = None
+    probabilities: ProbabilityFrames | None = None
+    mean: ProductFrames | None = None
+    pm_mean: ProductFrames | None = Field(default=None, description="probability-matched ensemble mean")
+    quantiles: QuantileFrames | None = None
+
+
 class NowcastResponse(BaseModel):
-    """The forecast frames and where they come from."""
+    """The forecast frames (or, when products were asked for, the products) and where they come from."""
 
     request_id: str
     model: ModelRef
@@ -121,7 +168,10 @@ class NowcastResponse(BaseModel):
     units: Literal["mm/h"] = "mm/h"
     shape: list[int] = Field(description="(steps, y, x), or (members, steps, y, x)")
     members: int | None
-    frames: NestedFrames | NestedMembers | EncodedFrames
+    frames: NestedFrames | NestedMembers | EncodedFrames | None = Field(
+        default=None, description="the forecast, when no products were asked for"
+    )
+    products: NowcastProducts | None = Field(default=None, description="the products asked for")
     projection: str
     xpixelsize: float
     ypixelsize: float

@@ -13,6 +13,7 @@ from nowcast import forecasters
 from nowcast.cli import EXIT_USER_ERROR, app
 from nowcast.forecasters.base import Forecaster
 from nowcast.io.netcdf import read_netcdf, write_netcdf
+from nowcast.products import PRODUCTS, ProductRequest, ensemble_products
 from nowcast.sequence import make_sequence
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
 
@@ -86,9 +87,49 @@ def test_forecast_members_are_written_as_realizations(past_file, tmp_path, monke
 
     with xr.open_dataset(out) as ds:
         rate = ds["precipitation_rate"]
-        assert rate.dims == ("member", "time", "y", "x")
-        assert ds["member"].attrs["standard_name"] == "realization"
-        np.testing.assert_allclose(rate.isel(member=2).values, 3 * rate.isel(member=0).values)
+        assert rate.dims == ("realization", "time", "y", "x")
+        assert ds["realization"].attrs["standard_name"] == "realization"
+        np.testing.assert_allclose(rate.isel(realization=2).values, 3 * rate.isel(realization=0).values)
+        # members and exceedance probabilities are what --members writes unless --products says otherwise
+        assert ds["probability_of_lwe_precipitation_rate_above_threshold"].dims == ("threshold", "time", "y", "x")
+        assert list(ds["threshold"].values) == [1.0, 4.0, 8.0]
+
+
+def test_forecast_steps_products_are_the_librarys(past_file, tmp_path):
+    out = tmp_path / "steps.nc"
+    result = run("forecast", str(past_file), "-m", "steps", "-n", "2", "--members", "3", "--seed", "7",
+                 "--products", "members,probabilities,mean,pm_mean,quantiles", "--thresholds", "0.5,2",
+                 "--quantiles", "0.5", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)  # nothing of pysteps' printing on stdout
+    expected = forecasters.get_forecaster("steps").forecast(read_netcdf(past_file), 2, members=3, seed=7)
+    products = ensemble_products(expected, ProductRequest(PRODUCTS, (0.5, 2.0), (0.5,)))
+    import xarray as xr
+
+    with xr.open_dataset(out) as ds:
+        np.testing.assert_array_equal(ds["precipitation_rate"].values, expected.values)
+        np.testing.assert_array_equal(ds["probability_of_lwe_precipitation_rate_above_threshold"].values,
+                                      products["probabilities"].values)
+        np.testing.assert_array_equal(ds["precipitation_rate_mean"].values, products["mean"].values)
+        np.testing.assert_array_equal(ds["precipitation_rate_pm_mean"].values, products["pm_mean"].values)
+        np.testing.assert_array_equal(ds["precipitation_rate_percentile"].values, products["quantiles"].values)
+        assert list(ds["threshold"].values) == [0.5, 2.0] and list(ds["percentile"].values) == [50.0]
+        assert ds.attrs["forecast_method"] == "steps"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--members", "2", "--products", "members,maxima"], "products: unknown product 'maxima'"),
+        (["--members", "2", "--thresholds", "1,x"], "thresholds: 'x' is not a number"),
+        (["--members", "2", "--products", "mean", "--quantiles", "0.5"], "quantile_levels: given, but quantiles"),
+        (["--thresholds", "1"], "--thresholds: ensemble products are made from members; give --members N"),
+    ],
+)
+def test_bad_product_options(past_file, tmp_path, options, message):
+    out = tmp_path / "f.nc"
+    result = run("forecast", str(past_file), "-m", "steps", "-n", "1", *options, "-o", str(out))
+    expect_user_error(result, message, out)
 
 
 def expect_user_error(result, message: str, out) -> None:
@@ -116,7 +157,8 @@ def test_corrupt_input_file(tmp_path):
 def test_unknown_model(past_file, tmp_path):
     out = tmp_path / "f.nc"
     result = run("forecast", str(past_file), "-m", "magic", "-o", str(out), "--models-dir", str(tmp_path))
-    expect_user_error(result, "unknown forecaster 'magic'; valid names are: extrapolation, persistence", out)
+    expect_user_error(result, "unknown forecaster 'magic'; valid names are: extrapolation, persistence, sprog, steps",
+                      out)
 
 
 def test_too_few_frames(past, tmp_path):

@@ -21,14 +21,14 @@ def test_names_resolve_in_one_table() -> None:
     assert latest.trained and latest.version == "v6" and latest.label == "default-gan@v6"
     assert resolve("default-gan@v6") == resolve("default-gan", "v6") == latest
     assert isinstance(get_forecaster("extrapolation", n_input_frames=3), Extrapolation)
-    assert forecasters.builtin_names() == ["extrapolation", "persistence"]
+    assert forecasters.builtin_names() == ["extrapolation", "persistence", "sprog", "steps"]
     assert set(forecasters.available()) >= {"persistence", "extrapolation", "default-gan", "lp-only"}
 
 
 @pytest.mark.parametrize(
     ("name", "version", "error", "words"),
     [
-        ("nope", None, UnknownNameError, "valid names are: extrapolation, persistence, default-gan"),
+        ("nope", None, UnknownNameError, "valid names are: extrapolation, persistence, sprog, steps, default-gan"),
         ("../models/default-gan", None, UnknownNameError, "unknown forecaster '../models/default-gan'"),
         ("default-gan@v99", None, UnknownNameError, "has no version 'v99'; versions: v6"),
         ("persistence@v1", None, InputError, "built-in method and has no versions"),

@@ -607,7 +607,8 @@ def test_every_shipped_config_loads(path):
                                              ("ablation/paper-gan.toml", "ablation/paper-lp.toml"),
                                              ("ablation/lagrangian-gan.toml", "ablation/lagrangian-lp.toml"),
                                              ("ablation/lagrangian-gan-adv05.toml", "ablation/lagrangian-lp.toml"),
-                                             ("ablation/default-gan-csi2.toml", "ablation/lp-only-csi2.toml")])
+                                             ("ablation/default-gan-csi2.toml", "ablation/lp-only-csi2.toml"),
+                                             ("ensemble-gan.toml", "ensemble-crps.toml")])
 def test_lp_only_twins_differ_only_in_the_adversarial_and_gdl_terms(model, twin):
     """The sharpness claim compares like with like: same generator, data and optimisation."""
     gan, lp = (config_io.load(ExperimentConfig, CONFIGS / name) for name in (model, twin))
@@ -663,3 +664,82 @@ def test_configs_of_removed_generators_are_refused_by_name():
     # a model without advection never used either
     assert upgrade_model_config({"condition_on_advection": False, "correction_frame": "eulerian"}, where="x") == {
         "condition_on_advection": False}
+
+
+def test_fair_crps_is_the_ensemble_score_it_claims():
+    from nowcast.gan.losses import fair_crps
+
+    target = torch.tensor([[0.0, 1.0, 2.0]])
+    mask = torch.ones_like(target)
+    # members equal to the observation: no error, no spread
+    assert fair_crps(target.expand(4, -1, -1), target, mask).item() == pytest.approx(0.0)
+    # two members at y ± d: skill d, spread (2 pairs of |2d|) / (2·2·1) = d, fair CRPS 0 ... per pixel
+    d = 0.5
+    pair = torch.stack([target - d, target + d])
+    assert fair_crps(pair, target, mask).item() == pytest.approx(d - 2 * (2 * d) / 4)
+    # against numpy's direct formula on random members, with a mask
+    rng = np.random.default_rng(0)
+    members = rng.normal(size=(5, 2, 7)).astype(np.float32)
+    observed = rng.normal(size=(2, 7)).astype(np.float32)
+    valid = (rng.random((2, 7)) > 0.3).astype(np.float32)
+    skill = np.abs(members - observed).mean(0)
+    spread = np.abs(members[:, None] - members[None]).sum((0, 1)) / (2 * 5 * 4)
+    expected = ((skill - spread) * valid).sum() / valid.sum()
+    got = fair_crps(torch.from_numpy(members), torch.from_numpy(observed), torch.from_numpy(valid)).item()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_tiny_ensemble_trains_on_several_samples_per_input(tmp_path, events):
+    model = dataclasses.replace(TINY_MODEL, noise_channels=2)
+    cfg = dataclasses.replace(tiny_experiment(steps=2), model=model,
+                              loss=LossConfig(lambda_lp=0.0, lambda_csi=0.0, samples=3, lambda_crps=1.0))
+    last = train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    assert np.isfinite(last["g_crps"]) and last["g_crps"] > 0
+    with pytest.raises(ValueError, match="lambda_crps needs samples >= 2"):
+        LossConfig(lambda_crps=1.0)
+
+
+def test_fine_tuning_starts_from_a_trained_generator_with_noise_inputs_added(tmp_path, events):
+    from nowcast.gan.train import initialise_from
+
+    cfg = tiny_experiment(steps=2)
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    folder = export_run(tmp_path / "run", "tiny-gan", models_dir=tmp_path / "models")
+    trained = torch.load(folder / "weights.pt", weights_only=True)
+    noisy = Generator(dataclasses.replace(TINY_MODEL, noise_channels=2))
+    torch.manual_seed(0)
+    initialise_from(noisy, str(folder))
+    state = noisy.state_dict()
+    first = "scales.0.body.0.weight"
+    old_channels = trained[first].shape[1]
+    torch.testing.assert_close(state[first][:, :old_channels], trained[first])
+    assert 0 < state[first][:, old_channels:].abs().max() < 0.1  # the noise inputs start small, not zero
+    torch.testing.assert_close(state["scales.2.head.weight"], trained["scales.2.head.weight"])
+    from nowcast.config import ConfigError
+
+    with pytest.raises(ConfigError, match="has shape"):
+        initialise_from(Generator(dataclasses.replace(TINY_MODEL, generator_channels=(4, 4, 4))), str(folder))
+
+
+def test_members_share_one_motion_and_do_not_depend_on_batching_or_chunks(events):
+    """The same seed gives the same members, alone or batched, in one generator call or in many."""
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    generator = Generator(dataclasses.replace(TINY_MODEL, noise_channels=2))
+    for scale in generator.scales:
+        torch.nn.init.normal_(scale.head.weight, std=0.05)
+    forecaster = GANForecaster(generator, Normalisation(), device="cpu")
+    first = events["syn0"].values[2:6][None]
+    second = events["syn1"].values[2:6][None]
+    alone = forecaster.predict(first, 7, members=3, seed=5)
+    batched = forecaster.predict(np.concatenate([second, first]), 7, members=3, seed=5)
+    forecaster.max_call_pixels = 64 * 64  # one member of one sequence per generator call
+    chunked = forecaster.predict(first, 7, members=3, seed=5)
+    assert alone.shape == (1, 3, 7, 64, 64)
+    np.testing.assert_allclose(batched[1], alone[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(chunked, alone, rtol=1e-5, atol=1e-5)
+    assert np.nanmean(np.nanstd(alone[0], axis=0)) > 0  # the members differ
+    np.testing.assert_array_equal(forecaster.predict(first, 7, members=3, seed=5), chunked)
+    assert not np.allclose(forecaster.predict(first, 7, members=3, seed=6), alone, equal_nan=True)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import netCDF4
@@ -22,6 +26,7 @@ from nowcast.io.netcdf import (
     to_netcdf_bytes,
     write_netcdf,
 )
+from nowcast.products import PRODUCTS, ProductRequest, ensemble_products
 from nowcast.sequence import VARIABLE_NAME, make_sequence, validate_sequence
 
 PROJECTIONS = [
@@ -322,3 +327,101 @@ def test_unknown_projection_writes_no_grid_mapping(tmp_path):
     write_netcdf(seq, tmp_path / "out.nc")
     with xr.open_dataset(tmp_path / "out.nc") as ds:
         assert "crs" not in ds.variables and "grid_mapping" not in ds[VARIABLE_NAME].attrs
+
+
+# --- ensembles and CF compliance ---------------------------------------------------------------------------
+
+
+def ensemble_forecast(sequence: xr.DataArray, members: int = 3) -> xr.DataArray:
+    """A (member, time, y, x) forecast: the sequence scaled per member, its reference time one step before."""
+    scaled = [sequence * (0.5 + m) for m in range(members)]
+    forecast = xr.concat(scaled, dim="member").assign_coords(member=np.arange(members))
+    forecast.attrs = dict(sequence.attrs)
+    forecast.attrs["forecast_reference_time"] = str(pd.Timestamp(sequence["time"].values[0]) - pd.Timedelta("5min"))
+    return forecast
+
+
+def reference_of(forecast: xr.DataArray) -> pd.Timestamp:
+    return pd.Timestamp(forecast.attrs["forecast_reference_time"])
+
+
+def test_members_lie_on_a_realization_axis(small_sequence, tmp_path):
+    forecast = ensemble_forecast(small_sequence.isel(time=slice(0, 3)))
+    path = write_netcdf(forecast, tmp_path / "members.nc", forecast_reference_time=reference_of(forecast))
+    with netCDF4.Dataset(path) as ds:
+        rate = ds.variables[VARIABLE_NAME]
+        assert rate.dimensions == ("realization", "time", "y", "x")
+        realization = ds.variables["realization"]
+        assert realization.standard_name == "realization" and realization.dtype == np.int32
+        np.testing.assert_array_equal(realization[:], [0, 1, 2])
+        np.testing.assert_array_equal(rate[2].filled(np.nan), forecast.values[2])
+
+
+def test_products_are_written_as_improver_writes_them(small_sequence, tmp_path):
+    forecast = ensemble_forecast(small_sequence.isel(time=slice(0, 3)), members=4)
+    products = ensemble_products(forecast, ProductRequest(PRODUCTS, (0.5, 2.0), (0.1, 0.9)))
+    path = write_netcdf(products, tmp_path / "products.nc", forecast_reference_time=reference_of(forecast))
+    with netCDF4.Dataset(path) as ds:
+        probability = ds.variables["probability_of_lwe_precipitation_rate_above_threshold"]
+        assert probability.dimensions == ("threshold", "time", "y", "x") and probability.units == "1"
+        threshold = ds.variables["threshold"]
+        assert threshold.standard_name == "lwe_precipitation_rate" and threshold.units == "mm h-1"
+        assert threshold.spp__relative_to_threshold == "greater_than"
+        np.testing.assert_array_equal(threshold[:], [0.5, 2.0])
+        np.testing.assert_array_equal(probability[:].filled(np.nan), products["probabilities"].values)
+        mean = ds.variables["precipitation_rate_mean"]
+        assert mean.cell_methods == "realization: mean" and mean.standard_name == "lwe_precipitation_rate"
+        np.testing.assert_array_equal(mean[:].filled(np.nan), products["mean"].values)
+        pm_mean = ds.variables["precipitation_rate_pm_mean"]
+        assert "probability-matched" in pm_mean.long_name and not hasattr(pm_mean, "cell_methods")
+        percentile = ds.variables["percentile"]
+        assert percentile.units == "%"
+        np.testing.assert_allclose(percentile[:], [10.0, 90.0])
+        assert ds.variables["precipitation_rate_percentile"].dimensions == ("percentile", "time", "y", "x")
+        assert ds.variables[VARIABLE_NAME].dimensions[0] == "realization"
+        assert "forecast_period" in probability.coordinates
+
+
+def test_times_are_float64_and_coordinates_have_no_fill_value(small_sequence, tmp_path):
+    path = write_netcdf(small_sequence, tmp_path / "f.nc", forecast_reference_time=small_sequence["time"].values[0])
+    with netCDF4.Dataset(path) as ds:
+        for name in ("time", "forecast_reference_time"):
+            assert ds.variables[name].dtype == np.float64, name
+        for name in ("time", "x", "y", "forecast_period", "forecast_reference_time"):
+            assert "_FillValue" not in ds.variables[name].ncattrs(), name
+    back = read_netcdf(path)
+    np.testing.assert_array_equal(back.values, small_sequence.values)
+    np.testing.assert_array_equal(back["time"].values, small_sequence["time"].values)
+
+
+def _cf_errors(checker: str, path: Path, report: Path) -> list[str]:
+    """What ``compliance-checker --test cf:1.8`` calls errors (its high-priority failures) in ``path``."""
+    command = [checker, "--test", "cf:1.8", "--format", "json_new", "--output", str(report), str(path)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert report.is_file(), run.stdout + run.stderr
+    results = json.loads(report.read_text())[str(path)]["cf:1.8"]
+    return [f"{check['name']}: {message}" for check in results["high_priorities"]
+            if check["value"][0] < check["value"][1] for message in check["msgs"]]
+
+
+def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
+    """Deterministic, members and probability files: no CF-1.8 errors.
+
+    The checker reads standard names from the table it ships unless a file names another
+    version in ``standard_name_vocabulary`` (ours do not), so it needs no network.
+    """
+    checker = shutil.which("compliance-checker", path=str(Path(sys.executable).parent)) or shutil.which(
+        "compliance-checker")
+    if checker is None:
+        pytest.skip("compliance-checker is not installed (pip install -e .[dev])")
+    sequence = small_sequence.isel(time=slice(0, 3)).assign_attrs(projection=PROJECTIONS[1])  # KNMI's polar grid
+    forecast = ensemble_forecast(sequence)
+    reference = reference_of(forecast)
+    files = {
+        "deterministic": write_netcdf(sequence, tmp_path / "deterministic.nc", forecast_reference_time=reference),
+        "members": write_netcdf(forecast, tmp_path / "members.nc", forecast_reference_time=reference),
+        "probabilities": write_netcdf(ensemble_products(forecast, ProductRequest(("probabilities",))),
+                                      tmp_path / "probabilities.nc", forecast_reference_time=reference),
+    }
+    for kind, path in files.items():
+        assert _cf_errors(checker, path, tmp_path / f"{kind}.json") == [], kind

@@ -1,6 +1,6 @@
 """Forecasters, picked by name from one table (after pySTEPS' ``nowcasts.interface``).
 
-``get_forecaster("persistence")`` and ``get_forecaster("extrapolation")`` give the
+``get_forecaster("persistence")``, ``"extrapolation"``, ``"sprog"`` and ``"steps"`` give the
 baselines of :data:`METHODS`; any other name is a trained model of the registry
 (``models/NAME/VERSION``, see :mod:`nowcast.artifacts`), given as ``NAME`` (its latest
 version) or ``NAME@VERSION``. An unknown name is an error that lists the valid ones. The
@@ -19,11 +19,15 @@ from nowcast.errors import InputError, UnknownNameError
 from nowcast.forecasters.base import Forecaster, PreparedForecast, Spacing
 from nowcast.forecasters.extrapolation import Extrapolation
 from nowcast.forecasters.persistence import Persistence
+from nowcast.forecasters.sprog import SProg
+from nowcast.forecasters.steps import Steps
 
 #: The methods that need no training, by name; each builds its forecaster from keyword options.
 METHODS: dict[str, Callable[..., Forecaster]] = {
     "persistence": Persistence,
     "extrapolation": Extrapolation,
+    "sprog": SProg,
+    "steps": Steps,
 }
 
 

@@ -42,6 +42,10 @@ class Spacing:
     step_minutes: float
 
 
+#: what :meth:`Forecaster.predict` assumes when it is given no spacing
+DEFAULT_SPACING = Spacing(pixel_km=1.0, step_minutes=5.0)
+
+
 @dataclass(frozen=True)
 class PreparedForecast:
     """A checked request: the frames the method uses and where its answer goes."""

@@ -50,6 +50,10 @@ class ModelConfig:
     start learning). ``correction_db_per_step`` bounds the correction smoothly to ±that many
     dB times the lead (in steps): the first frames of a nowcast are where advection is
     hardest to beat, and growth and decay build up with time. 0 turns either off.
+    ``member_motion_sigma``: when members are drawn, each member's motion field is shifted
+    by its own constant vector drawn from N(0, sigma²) per component (pixels per step), so
+    that members differ in where the rain goes as well as in how it grows (position
+    uncertainty, as STEPS perturbs its motion). 0: every member shares the estimated motion.
     """
 
     n_input: int = 4
@@ -64,8 +68,13 @@ class ModelConfig:
     envelope_radius: int = 8
     correction_deadzone_db: float = 0.5
     correction_db_per_step: float = 0.5
+    member_motion_sigma: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.member_motion_sigma < 0:
+            raise ValueError("member_motion_sigma must not be negative")
+        if self.member_motion_sigma > 0 and not self.condition_on_advection:
+            raise ValueError("member_motion_sigma needs condition_on_advection: it perturbs the advection's motion")
         if self.motion_downsample < 1:
             raise ValueError("motion_downsample >= 1")
         if self.envelope_db < 0 or self.envelope_radius < 0:
@@ -149,6 +158,13 @@ class LossConfig:
     Ebert-Uphoff 2022 train networks on such score-based losses). Lp is minimised by a central value
     of the uncertain future, which is not what maximises CSI; this term asks for the
     forecast that the verification rewards. 0 for the paper's losses.
+    ``samples``: futures G draws per input in a training step (its noise differs; DGMR
+    draws 6). With more than one, ``lambda_crps`` weighs the fair CRPS of those samples
+    against the observation (Ferro 2014: the ensemble's mean distance to the observation
+    minus half its mean distance between members, unbiased for the ensemble size), at
+    every scale like L_p; the adversarial, GDL and soft-CSI terms act on every sample.
+    A proper score on the samples rewards spread where the future is uncertain, which
+    L_p on each sample would collapse.
     """
 
     lambda_adv: float = 0.5
@@ -161,8 +177,16 @@ class LossConfig:
     lambda_csi: float = 6.0
     csi_thresholds_mmh: tuple[float, ...] = (1.0, 4.0, 8.0)
     csi_temperature_db: float = 1.0
+    samples: int = 1
+    lambda_crps: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError("samples must be at least 1")
+        if self.lambda_crps < 0:
+            raise ValueError("lambda_crps must not be negative")
+        if self.lambda_crps > 0 and self.samples < 2:
+            raise ValueError("lambda_crps needs samples >= 2: the CRPS of one sample is its L1 error (lambda_lp)")
         if self.p not in (1, 2):
             raise ValueError("p must be 1 or 2")
         if min(self.lambda_adv, self.lambda_lp, self.lambda_gdl, self.lambda_csi) < 0:
@@ -221,6 +245,10 @@ class TrainConfig:
     through) or only in eval mode: validation, export and inference. Trained inside the
     limits, the shipped recipe learnt to push its corrections through the dead zone and
     lost more CSI in the first minutes than the same model trained free and limited after.
+    ``init_from``: a trained model (``NAME``, ``NAME@VERSION`` or an artifact folder) whose
+    generator weights start this run (fine-tuning); input channels the new model has and
+    that one lacks (noise) start with small random weights, so that different noise gives
+    different futures from the first step. None: a fresh generator.
     ``ema_decay``: 0 (off), or the decay of an exponential moving average of G's weights
     (``torch.optim.swa_utils``, one update per G step) that validation, export and
     inference use instead of the last step's weights; 0.99 averages over about the last
@@ -244,6 +272,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     correction_limits_in_training: bool = False
     ema_decay: float = 0.0
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:

@@ -56,6 +56,13 @@ class Batch:
     def __len__(self) -> int:
         return self.past.shape[0]
 
+    def repeat(self, samples: int) -> Batch:
+        """The batch ``samples`` times over, sample-major (every input once, then again...)."""
+        if samples == 1:
+            return self
+        return Batch(*(getattr(self, f).repeat(samples, *([1] * (getattr(self, f).dim() - 1)))
+                       for f in self.FIELDS))
+
 
 class EventSamples:
     """One event's frames (mm/h) and, per start time, the motion of its past frames."""

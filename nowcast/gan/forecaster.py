@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 class GANForecaster(Forecaster):
     name = "gan"
     supports_half = True
+    #: pixels of (sequences × draws) per generator call: members of large grids go through in chunks
+    max_call_pixels = 2 * 1024 * 1024
     # noise is drawn per sequence, so a request's forecast does not depend on its batch
     batch_invariant = True  # type: ignore[assignment]
 
@@ -45,6 +47,7 @@ class GANForecaster(Forecaster):
         self.normalisation = normalisation
         self.n_input_frames = self.model_config.n_input
         self.supports_members = self.model_config.noise_channels > 0
+        self.member_motion_sigma = self.model_config.member_motion_sigma
         # half precision only where the hardware is built for it
         self.half = half and self.device.type == "cuda"
         self.name = label  # type: ignore[misc]
@@ -73,82 +76,126 @@ class GANForecaster(Forecaster):
     def predict(self, past: np.ndarray, steps: int, *, members: int | None = None,
                 seed: int | None = None, spacing: Spacing | None = None) -> np.ndarray:
         past = np.asarray(past, dtype=np.float32)
-        if members is not None:
-            noise = self._noise_sources(len(past), seed)
-            runs = [self._predict(past, steps, noise) for _ in range(members)]
-            return np.stack(runs, axis=1)
-        noise = self._noise_sources(len(past), seed) if self.supports_members else None
-        return self._predict(past, steps, noise)
+        draws = members or 1
+        noise = self._noise_sources(len(past), draws, seed) if self.supports_members else None
+        out = self._predict(past, steps, draws, noise)
+        return out if members is not None else out[:, 0]
 
-    def _noise_sources(self, batch: int, seed: int | None) -> list[torch.Generator]:
-        """One generator per sequence, all seeded alike: each sample's noise is what it gets alone."""
+    def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
+        """One generator per sequence and member, sequence-major, seeded from (seed, member).
+
+        A member's noise is then the same whatever it is batched or chunked with, and the
+        same seed gives the same members.
+        """
         sources = []
         for _ in range(batch):
-            source = torch.Generator(device=self.device)
-            source.manual_seed(0 if seed is None else seed)
-            sources.append(source)
+            for member in range(draws):
+                source = torch.Generator(device=self.device)
+                source.manual_seed(int(np.random.SeedSequence([0 if seed is None else seed, member])
+                                       .generate_state(1, dtype=np.uint64)[0] >> 1))
+                sources.append(source)
         return sources
 
-    def _predict(self, past: np.ndarray, steps: int, noise: list[torch.Generator] | None) -> np.ndarray:
+    def _predict(self, past: np.ndarray, steps: int, draws: int, noise: list[torch.Generator] | None) -> np.ndarray:
+        """(batch, draws, steps, y, x): one pass of ``n_output`` frames, then the draws fed back as the past."""
         n_in, n_out = self.model_config.n_input, self.model_config.n_output
+        batch, grid = len(past), past.shape[2:]
         valid = np.isfinite(past[:, -1])
-        history = past
-        chunks = []
-        produced = 0
-        while produced < steps:
-            window = history[:, -n_in:]
-            out = self._forward(window, valid, noise)
-            chunks.append(out)
-            produced += n_out
-            history = np.concatenate([history, out], axis=1)
-        result = np.concatenate(chunks, axis=1)[:, :steps]
-        return result
+        chunks = [self._forward(past, valid, noise, draws)]
+        produced = n_out
+        if produced < steps:
+            history = np.concatenate([np.repeat(past[:, None], draws, axis=1), chunks[0]], axis=2)
+            every_draw_valid = np.repeat(valid, draws, axis=0)
+            while produced < steps:
+                window = history[:, :, -n_in:].reshape(batch * draws, n_in, *grid)
+                out = self._forward(window, every_draw_valid, noise, 1).reshape(batch, draws, n_out, *grid)
+                chunks.append(out)
+                history = np.concatenate([history, out], axis=2)
+                produced += n_out
+        return np.concatenate(chunks, axis=2)[:, :, :steps]
 
-    def _forward(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None) -> np.ndarray:
-        z, _ = self.forward_normalised(past, valid, noise)
+    def _forward(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None,
+                 draws: int) -> np.ndarray:
+        """(batch, draws, n_output, y, x) mm/h from (batch, n_input, y, x)."""
+        z, _ = self.forward_normalised(past, valid, noise, draws)
         # bounded like the input, so that a forecast (and what is fed back for longer horizons) stays finite
         rate = torch.clamp(self.normalisation.decode(z), min=0.0, max=MAX_RAIN_RATE_MMH)
-        valid_t = torch.from_numpy(valid).to(rate.device)
+        valid_t = torch.from_numpy(np.repeat(valid, draws, axis=0)).to(rate.device)
         rate = torch.where(valid_t[:, None], rate, torch.full_like(rate, math.nan))
-        return rate.cpu().numpy().astype(np.float32)
+        return rate.cpu().numpy().astype(np.float32).reshape(len(past), draws, *rate.shape[1:])
 
     @torch.no_grad()
     def forward_normalised(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None = None,
-                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One pass of ``n_output`` frames: the forecast and its advection prior, normalised.
+                           draws: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n_output`` frames of ``draws`` futures per sequence, and the advection prior, normalised.
 
         ``past``: (batch, n_input, y, x) in mm/h, NaN for no data; ``valid``: (batch, y, x),
-        True where the last frame has data. Returns (batch, n_output, y, x) tensors; the
-        prior is None for a model not conditioned on advection.
+        True where the last frame has data; ``noise``: one generator per sequence and draw,
+        sequence-major. Motion and advection are computed once per sequence and shared by its
+        draws. Returns (batch·draws, n_output, y, x) tensors, sequence-major; the prior is None
+        for a model not conditioned on advection.
         """
         cfg = self.model_config
-        _batch, _, ny, nx = past.shape
-        filled = np.where(np.isfinite(past), past, 0.0).astype(np.float32)
-        dev = self.device
-        past_t = torch.from_numpy(filled).to(dev)
-        valid_t = torch.from_numpy(valid.astype(np.float32)).to(dev)
-        conditioning: dict[str, torch.Tensor] = {}
-        if cfg.condition_on_advection:
-            motion = np.stack([lucas_kanade_coarse(p, cfg.motion_downsample) for p in past])
-            points = pixel_grid(len(past), ny, nx, device=dev)
-            displacement = trajectories(torch.from_numpy(motion).to(dev), cfg.trajectory_steps, points)
-            advected = along(past_t[:, -1], displacement[:, :cfg.n_output], points)
-            conditioning["advected"] = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
-            conditioning["displacement"] = displacement[:, :cfg.n_output]
-            moved = lagrangian_past(past_t, displacement, points)
-            conditioning["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
-        past_z = self.normalisation.encode(past_t).unsqueeze(2)
-        valid_z = valid_t[:, None, None]
+        ny, nx = past.shape[2:]
+        if draws > 1 and self.member_motion_sigma > 0:
+            inputs, prior = self._conditioning(past, valid, draws, self._motion_offsets(noise, draws))
+        else:  # draws that share the motion share the advection too: computed once, repeated
+            inputs, prior = self._conditioning(past, valid)
+            if draws > 1:
+                inputs = {k: v.repeat_interleave(draws, dim=0) for k, v in inputs.items()}
+                prior = prior.repeat_interleave(draws, dim=0) if prior is not None else None
         multiple = cfg.grid_multiple
         pad_y, pad_x = (-ny) % multiple, (-nx) % multiple
-        prior = conditioning["advected"][:, :, 0] if cfg.condition_on_advection else None
         if pad_y or pad_x:
             # padded pixels hold no data: a trajectory from there brings no correction
-            past_z, valid_z = _pad(past_z, pad_y, pad_x), _pad(valid_z, pad_y, pad_x)
-            conditioning = {k: _pad(v, pad_y, pad_x) for k, v in conditioning.items()}
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
-            z = self.generator(past_z, valid_z, noise_generator=noise, **conditioning)[-1]
-        return z.float()[:, :, 0, :ny, :nx], prior
+            inputs = {k: _pad(v, pad_y, pad_x) for k, v in inputs.items()}
+        rows = len(past) * draws
+        per_call = max(1, self.max_call_pixels // ((ny + pad_y) * (nx + pad_x)))
+        outputs = []
+        for start in range(0, rows, per_call):
+            part = {k: v[start:start + per_call] for k, v in inputs.items()}
+            part_noise = noise[start:start + per_call] if noise is not None else None
+            with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
+                z = self.generator(part.pop("past"), part.pop("valid"), noise_generator=part_noise, **part)[-1]
+            outputs.append(z.float()[:, :, 0, :ny, :nx])
+        return torch.cat(outputs), prior
+
+    def _motion_offsets(self, noise: list[torch.Generator] | None, draws: int) -> torch.Tensor | None:
+        """A constant motion shift per sequence and draw, (rows, 2) pixels per step, from each draw's noise."""
+        if noise is None:
+            return None
+        return torch.stack([torch.randn(2, generator=g, device=self.device) for g in noise]) * self.member_motion_sigma
+
+    def _conditioning(self, past: np.ndarray, valid: np.ndarray, draws: int = 1, offsets: torch.Tensor | None = None,
+                      ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """The generator's inputs for each sequence and draw (sequence-major, normalised) and the advected prior.
+
+        Motion is estimated once per sequence; with ``offsets`` each draw's motion is shifted
+        by its own vector before the trajectories are traced.
+        """
+        cfg = self.model_config
+        _, _, ny, nx = past.shape
+        dev = self.device
+        past_t = torch.from_numpy(np.where(np.isfinite(past), past, 0.0).astype(np.float32)).to(dev)
+        valid_t = torch.from_numpy(valid.astype(np.float32)).to(dev)
+        if draws > 1:
+            past_t, valid_t = past_t.repeat_interleave(draws, dim=0), valid_t.repeat_interleave(draws, dim=0)
+        inputs = {"past": self.normalisation.encode(past_t).unsqueeze(2), "valid": valid_t[:, None, None]}
+        if not cfg.condition_on_advection:
+            return inputs, None
+        motion = torch.from_numpy(np.stack([lucas_kanade_coarse(p, cfg.motion_downsample) for p in past])).to(dev)
+        if draws > 1:
+            motion = motion.repeat_interleave(draws, dim=0)
+        if offsets is not None:
+            motion = motion + offsets[:, :, None, None].to(motion.dtype)
+        points = pixel_grid(len(past_t), ny, nx, device=dev)
+        displacement = trajectories(motion, cfg.trajectory_steps, points)
+        advected = along(past_t[:, -1], displacement[:, :cfg.n_output], points)
+        inputs["advected"] = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
+        inputs["displacement"] = displacement[:, :cfg.n_output]
+        moved = lagrangian_past(past_t, displacement, points)
+        inputs["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
+        return inputs, inputs["advected"][:, :, 0]
 
 
 def _pad(x: torch.Tensor, pad_y: int, pad_x: int) -> torch.Tensor:

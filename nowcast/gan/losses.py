@@ -1,8 +1,12 @@
 """Losses of the multi-scale GAN, every one masked to pixels that have data.
 
 G: lambda_adv·L_adv + lambda_lp·L_p + lambda_gdl·L_gdl, summed over scales (Mathieu et
-al., eqs. 2, 6 and 11), plus optionally lambda_csi·(1 - soft CSI) at full resolution.
+al., eqs. 2, 6 and 11), plus optionally lambda_csi·(1 - soft CSI) at full resolution and,
+when G draws several samples per input, lambda_crps·fair CRPS of those samples.
 D: binary cross-entropy of real vs generated, summed over scales.
+
+Several samples per input lie on the batch axis as blocks, sample-major: ``(samples·batch,
+...)``, sample ``s`` of input ``b`` at ``s·batch + b``.
 """
 
 from __future__ import annotations
@@ -75,6 +79,21 @@ def soft_csi_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, 
     return scores.mean() if scores.numel() else pred.sum() * 0.0
 
 
+def fair_crps(samples: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean fair CRPS of an ensemble over valid pixels (Ferro 2014).
+
+    ``samples``: (K, batch, ...) with K >= 2; ``target``, ``mask``: (batch, ...). Per pixel,
+    the mean |x_k - y| minus the sum of |x_i - x_j| over ordered pairs / (2 K (K - 1)): a proper
+    score whose expectation does not depend on K, so a K-member training ensemble is not
+    pushed to be narrower than the truth.
+    """
+    k = samples.shape[0]
+    skill = (samples - target.unsqueeze(0)).abs().mean(0)
+    spread = (samples.unsqueeze(0) - samples.unsqueeze(1)).abs().sum((0, 1)) / (2 * k * (k - 1))
+    crps = (skill - spread) * mask
+    return crps.sum() / (mask.expand_as(crps).sum() + 1e-6)
+
+
 def scale_targets(target: torch.Tensor, mask: torch.Tensor, n_scales: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The target and its mask at every scale, coarsest first."""
     out = []
@@ -91,15 +110,29 @@ def generator_loss(
     config: LossConfig,
     fake_logits: list[torch.Tensor] | None = None,
     normalisation: Normalisation | None = None,
+    samples: int = 1,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """G's total loss and its parts (as floats for logging)."""
-    targets = scale_targets(target, mask, len(predictions))
+    """G's total loss and its parts (as floats for logging).
+
+    With ``samples`` > 1 the predictions hold that many samples of every input of ``target``
+    (sample-major on the batch axis): the CRPS term compares them with the observation as an
+    ensemble, every other term compares each sample with it.
+    """
     norm = normalisation or Normalisation()
+    crps_part: dict[str, float] = {}
+    crps_total: torch.Tensor | float = 0.0
+    if samples > 1:
+        targets = scale_targets(target, mask, len(predictions))
+        crps = sum(fair_crps(p.reshape(samples, -1, *p.shape[1:]), t, m)
+                   for p, (t, m) in zip(predictions, targets, strict=True))
+        crps_total, crps_part = config.lambda_crps * crps, {"g_crps": crps.item()}
+        target, mask = target.repeat(samples, 1, 1, 1, 1), mask.repeat(samples, 1, 1, 1, 1)
+    targets = scale_targets(target, mask, len(predictions))
     lp = sum(lp_loss(p, t, m, config.p, rain_weights(t, config, norm))
              for p, (t, m) in zip(predictions, targets, strict=True))
     gdl = sum(gdl_loss(p, t, m, config.alpha) for p, (t, m) in zip(predictions, targets, strict=True))
-    total = config.lambda_lp * lp + config.lambda_gdl * gdl
-    parts = {"g_lp": lp.item(), "g_gdl": gdl.item()}
+    total = config.lambda_lp * lp + config.lambda_gdl * gdl + crps_total
+    parts = {"g_lp": lp.item(), "g_gdl": gdl.item(), **crps_part}
     if config.lambda_csi > 0:
         thresholds_z = [float(norm.encode(np.float64(t))) for t in config.csi_thresholds_mmh]
         finest, (t_fine, m_fine) = predictions[-1], targets[-1]

@@ -173,6 +173,8 @@ class _Models:
         opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr_generator, betas=(0.5, 0.999),
                                  weight_decay=tc.weight_decay)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr_discriminator, betas=(0.5, 0.999))
+        if tc.init_from and not (resume and checkpoint.is_file()):
+            initialise_from(generator, tc.init_from)
         models = cls(cfg, device, generator, discriminator, generator, discriminator, opt_g, opt_d,
                      _weight_average(generator, tc.ema_decay))
         if resume and checkpoint.is_file():
@@ -241,16 +243,18 @@ class _Models:
         return parts
 
     def _generator_step(self, b: Batch) -> dict[str, float]:
+        """G on ``samples`` draws of every input (its noise differs), judged by D one by one."""
         cfg = self.cfg
         b = b.to(self.device)
+        drawn = b.repeat(cfg.loss.samples)
         with self._autocast():
-            predictions = self.g_model(b.past, b.valid, **b.conditioning())
+            predictions = self.g_model(drawn.past, drawn.valid, **drawn.conditioning())
             fake_logits = None
             if cfg.loss.adversarial:
                 self.discriminator.requires_grad_(False)
-                fake_logits = self.discriminator(b.past, b.valid, predictions)
+                fake_logits = self.discriminator(drawn.past, drawn.valid, predictions)
             g_loss, parts = generator_loss(predictions, b.future, b.future_mask, cfg.loss, fake_logits,
-                                           cfg.normalisation)
+                                           cfg.normalisation, samples=cfg.loss.samples)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.discriminator.requires_grad_(True)
@@ -259,6 +263,43 @@ class _Models:
         if self.ema is not None:
             self.ema.update_parameters(self.generator)
         return parts
+
+
+def initialise_from(generator: Generator, source: str, *, extra_std: float = 0.01) -> None:
+    """Start ``generator`` from a trained model's weights (``NAME[@VERSION]`` or an artifact folder).
+
+    Every parameter must have the trained one's shape, except convolutions that take more
+    input channels (appended last: noise maps), whose extra weights are drawn from
+    N(0, ``extra_std``²) so that the new inputs matter from the first step.
+    """
+    from nowcast import artifacts
+    from nowcast.forecasters import resolve
+
+    folder = Path(source)
+    if folder.is_dir():
+        artifacts.verify(folder)
+    else:
+        name = resolve(source)
+        if not name.trained:
+            raise config_io.ConfigError(f"init_from: {source!r} is a built-in method, not a trained model")
+        folder = artifacts.verified_folder(name.name, name.version)
+    trained = torch.load(folder / artifacts.WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    state = generator.state_dict()
+    for key, value in state.items():
+        if key not in trained:
+            raise config_io.ConfigError(f"init_from {source}: the trained model has no {key}")
+        old = trained[key]
+        if old.shape == value.shape:
+            state[key] = old.to(value.dtype)
+        elif value.dim() == 4 and old.shape[0] == value.shape[0] and old.shape[2:] == value.shape[2:] \
+                and old.shape[1] < value.shape[1]:
+            extra = torch.randn(value.shape[0], value.shape[1] - old.shape[1], *value.shape[2:]) * extra_std
+            state[key] = torch.cat([old.to(value.dtype), extra.to(value.dtype)], dim=1)
+        else:
+            raise config_io.ConfigError(f"init_from {source}: {key} has shape {tuple(old.shape)} there and "
+                                        f"{tuple(value.shape)} here")
+    generator.load_state_dict(state)
+    logger.info("generator initialised from %s", folder)
 
 
 def _scale_targets(b: Batch, n_scales: int) -> list[torch.Tensor]:

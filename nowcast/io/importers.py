@@ -45,10 +45,8 @@ name otherwise, or given by the caller.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
-import io
 import logging
 import math
 import os
@@ -65,6 +63,7 @@ import xarray as xr
 
 from nowcast.errors import InputError, SequenceError, UnitsError, UnknownNameError, UnreadableFileError
 from nowcast.io.safety import check_hdf5, is_hdf5
+from nowcast.quiet import quiet_stdout
 from nowcast.sequence import make_sequence, time_step
 from nowcast.transforms import dbz_to_mmh, to_mmh
 
@@ -374,11 +373,9 @@ def quiet_pysteps_io() -> Any:
     pysteps prints where it found its configuration on first import; command-line tools
     that write data to stdout must not get it mixed in.
     """
-    with contextlib.redirect_stdout(io.StringIO()) as printed:
+    with quiet_stdout():
         import pysteps.io
         import pysteps.io.archive  # a submodule that pysteps.io does not import itself
-    if printed.getvalue().strip():
-        logger.debug("pysteps: %s", printed.getvalue().strip())
     return pysteps.io
 
 

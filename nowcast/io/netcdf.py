@@ -31,7 +31,8 @@ import xarray as xr
 
 from nowcast.errors import InputError, SequenceError, UnitsError, UnreadableFileError
 from nowcast.io.safety import DEFAULT_LIMITS, ReadLimits, check_hdf5, is_hdf5
-from nowcast.sequence import VARIABLE_NAME, make_sequence, time_step
+from nowcast.products import ProductRequest, ensemble_products
+from nowcast.sequence import DIMS, VARIABLE_NAME, make_sequence, time_step
 from nowcast.transforms import to_mmh
 
 logger = logging.getLogger(__name__)
@@ -241,70 +242,151 @@ def _projection_of(ds: xr.Dataset, da: xr.DataArray) -> str:
     return str(ds.attrs.get("projection", ""))
 
 
+PROBABILITY_NAME = "probability_of_lwe_precipitation_rate_above_threshold"
+#: each ensemble product's variable in a CF file (after the Met Office's IMPROVER)
+PRODUCT_VARIABLES = {
+    "members": VARIABLE_NAME,
+    "probabilities": PROBABILITY_NAME,
+    "mean": f"{VARIABLE_NAME}_mean",
+    "pm_mean": f"{VARIABLE_NAME}_pm_mean",
+    "quantiles": f"{VARIABLE_NAME}_percentile",
+}
+# CF-1.8 allows no 64-bit integers; float64 seconds hold any timestamp a sequence can carry
+_TIME_ENCODING = {"units": "seconds since 1970-01-01 00:00:00", "dtype": "float64", "_FillValue": None}
+_RATE_ATTRS = {"standard_name": "lwe_precipitation_rate", "units": "mm h-1", "grid_mapping": "crs"}
+
+
 def sequence_to_dataset(
     sequence: xr.DataArray, *, forecast_reference_time: Any | None = None,
     attrs: dict[str, Any] | None = None,
 ) -> xr.Dataset:
-    """A CF-1.8 dataset for ``sequence`` (a forecast when a reference time is given)."""
-    # An ensemble forecast carries a leading "member" dimension (CF: realization).
-    dims = ("member", "time", "y", "x") if "member" in sequence.dims else ("time", "y", "x")
-    values = sequence.transpose(*dims).values.astype(np.float32)
-    var = xr.Variable(
-        dims,
-        values,
-        attrs={
-            "standard_name": "lwe_precipitation_rate",
-            "long_name": "rain rate",
-            "units": "mm h-1",
-            "grid_mapping": "crs",
-        },
-    )
-    projection = str(sequence.attrs.get("projection", ""))
+    """A CF-1.8 dataset for ``sequence`` (a forecast when a reference time is given).
+
+    Ensemble members, (member, time, y, x), lie on a ``realization`` axis as in :func:`products_to_dataset`.
+    """
+    if "member" in sequence.dims:
+        members = ensemble_products(sequence.transpose("member", *DIMS), ProductRequest(("members",)))
+        return products_to_dataset(members, forecast_reference_time=forecast_reference_time, attrs=attrs)
+    values = sequence.transpose(*DIMS).values.astype(np.float32)
+    variables = {VARIABLE_NAME: xr.Variable(DIMS, values, {**_RATE_ATTRS, "long_name": "rain rate"})}
+    return _cf_dataset(variables, {}, sequence, forecast_reference_time, attrs)
+
+
+def products_to_dataset(
+    products: xr.Dataset, *, forecast_reference_time: Any | None = None, attrs: dict[str, Any] | None = None,
+) -> xr.Dataset:
+    """A CF-1.8 dataset of ensemble products (:func:`nowcast.products.ensemble_products`), as IMPROVER writes them.
+
+    Variables are named in :data:`PRODUCT_VARIABLES`: members on a ``realization`` axis;
+    probabilities (units 1) on a ``threshold`` coordinate whose standard_name is
+    ``lwe_precipitation_rate`` (mm h-1, ``spp__relative_to_threshold = "greater_than"``,
+    pysteps' and the verification's ``rate > threshold``); the mean (``cell_methods:
+    realization: mean``) and the probability-matched mean as rain rates; quantiles on a
+    ``percentile`` coordinate (%).
+    """
+    variables: dict[str, xr.Variable] = {}
+    coords: dict[str, Any] = {}
+    for product in products.data_vars:
+        name, variable, coord = _product_variable(str(product), products)
+        variables[name] = variable
+        coords.update(coord)
+    title = f"nowcast precipitation ensemble forecast, {products.attrs.get('ensemble_members', '?')} members"
+    return _cf_dataset(variables, coords, products, forecast_reference_time, {"title": title, **(attrs or {})})
+
+
+def _product_variable(product: str, products: xr.Dataset) -> tuple[str, xr.Variable, dict[str, Any]]:
+    """One product's CF variable and its leading coordinate, if it has one."""
+    data = products[product]
+    values = data.transpose(*data.dims[:-3], *DIMS).values.astype(np.float32)
+    name = PRODUCT_VARIABLES[product]
+    if product == "members":
+        realization = np.arange(values.shape[0], dtype=np.int32)
+        coord = {"realization": ("realization", realization,
+                                 {"standard_name": "realization", "units": "1", "long_name": "ensemble member"})}
+        return name, xr.Variable(("realization", *DIMS), values, {**_RATE_ATTRS, "long_name": "rain rate"}), coord
+    if product == "probabilities":
+        thresholds = products["threshold"].values.astype(np.float32)
+        coord = {"threshold": ("threshold", thresholds, {
+            "standard_name": "lwe_precipitation_rate", "long_name": "rain rate threshold", "units": "mm h-1",
+            "spp__relative_to_threshold": "greater_than"})}
+        attrs = {"long_name": "probability of rain rate above threshold", "units": "1", "grid_mapping": "crs"}
+        return name, xr.Variable(("threshold", *DIMS), values, attrs), coord
+    if product == "quantiles":
+        percentiles = (100.0 * products["quantile"].values).astype(np.float32)
+        coord = {"percentile": ("percentile", percentiles, {"long_name": "percentile", "units": "%"})}
+        attrs = {**_RATE_ATTRS, "long_name": "rain rate percentile of the ensemble members"}
+        return name, xr.Variable(("percentile", *DIMS), values, attrs), {**coord}
+    if product == "mean":
+        attrs = {**_RATE_ATTRS, "long_name": "ensemble mean rain rate", "cell_methods": "realization: mean"}
+        return name, xr.Variable(DIMS, values, attrs), {}
+    # CF has no cell method for probability matching: the long name says what it is
+    attrs = {**_RATE_ATTRS, "long_name": "probability-matched ensemble mean rain rate (Ebert 2001)"}
+    return name, xr.Variable(DIMS, values, attrs), {}
+
+
+def _cf_dataset(
+    variables: dict[str, xr.Variable], coords: dict[str, Any], grid: xr.DataArray | xr.Dataset,
+    forecast_reference_time: Any | None, attrs: dict[str, Any] | None,
+) -> xr.Dataset:
+    """``variables`` on ``grid``'s times and cells, with the CF coordinates, grid mapping and global attributes."""
+    projection = str(grid.attrs.get("projection", ""))
     crs = _pyproj_crs(projection)
+    coords = {**_grid_coords(grid, crs), **coords}
+    if forecast_reference_time is not None:
+        frt = np.datetime64(pd.Timestamp(forecast_reference_time).to_datetime64(), "ns")
+        coords["forecast_reference_time"] = ((), frt, {"standard_name": "forecast_reference_time"})
+        lead = (grid["time"].values - frt).astype("timedelta64[s]").astype(np.int64) / 60.0
+        coords["forecast_period"] = ("time", lead, {"standard_name": "forecast_period", "units": "minutes"})
+        for variable in variables.values():
+            variable.attrs["coordinates"] = "forecast_reference_time forecast_period"
+    data_vars: dict[str, Any] = dict(variables)
+    if crs is not None:
+        data_vars["crs"] = xr.Variable((), np.int32(0), _grid_mapping_attrs(projection, crs))
+    else:
+        # CF requires a grid_mapping_name on a grid mapping: without a known projection there is none
+        for variable in variables.values():
+            variable.attrs.pop("grid_mapping", None)
+    ds = xr.Dataset(data_vars, coords=coords)
+    ds.attrs = {
+        "Conventions": "CF-1.8",
+        "title": "nowcast precipitation" + (" forecast" if forecast_reference_time is not None else ""),
+        "xpixelsize": float(grid.attrs.get("xpixelsize", 1000.0)),
+        "ypixelsize": float(grid.attrs.get("ypixelsize", 1000.0)),
+        "projection": projection,
+    }
+    for key in ("institution", "source"):
+        if key in grid.attrs:
+            ds.attrs[key] = str(grid.attrs[key])
+    ds.attrs.update(attrs or {})
+    return ds
+
+
+def _grid_coords(grid: xr.DataArray | xr.Dataset, crs: Any) -> dict[str, Any]:
+    """time, y and x with their CF attributes (latitude and longitude on a geographic grid)."""
     if crs is not None and crs.is_geographic:
         y_attrs = {"standard_name": "latitude", "axis": "Y", "units": "degrees_north"}
         x_attrs = {"standard_name": "longitude", "axis": "X", "units": "degrees_east"}
     else:
         y_attrs = {"standard_name": "projection_y_coordinate", "axis": "Y", "units": "m"}
         x_attrs = {"standard_name": "projection_x_coordinate", "axis": "X", "units": "m"}
-    coords: dict[str, Any] = {
-        "time": ("time", sequence["time"].values, {"standard_name": "time", "axis": "T"}),
-        "y": ("y", sequence["y"].values, y_attrs),
-        "x": ("x", sequence["x"].values, x_attrs),
+    return {
+        "time": ("time", grid["time"].values, {"standard_name": "time", "axis": "T"}),
+        "y": ("y", grid["y"].values, y_attrs),
+        "x": ("x", grid["x"].values, x_attrs),
     }
-    if "member" in sequence.dims:
-        coords["member"] = ("member", np.arange(sequence.sizes["member"], dtype=np.int32),
-                            {"standard_name": "realization", "long_name": "ensemble member"})
-    if forecast_reference_time is not None:
-        frt = np.datetime64(pd.Timestamp(forecast_reference_time).to_datetime64(), "ns")
-        coords["forecast_reference_time"] = ((), frt, {"standard_name": "forecast_reference_time"})
-        lead = (sequence["time"].values - frt).astype("timedelta64[s]").astype(np.int64) / 60.0
-        coords["forecast_period"] = ("time", lead, {"standard_name": "forecast_period", "units": "minutes"})
-        var.attrs["coordinates"] = "forecast_reference_time forecast_period"
-    data_vars: dict[str, Any] = {VARIABLE_NAME: var}
-    if crs is not None:
-        with warnings.catch_warnings():
-            # e.g. MeteoSwiss' oblique Mercator: the CF attributes are partial, the
-            # PROJ string kept in proj4_params is complete and is what the reader uses
-            warnings.simplefilter("ignore", UserWarning)
-            crs_attrs = {"proj4_params": projection, **crs.to_cf()}
-        data_vars["crs"] = xr.Variable((), np.int32(0), crs_attrs)
-    else:
-        # CF requires a grid_mapping_name on a grid mapping: without a known projection there is none
-        del var.attrs["grid_mapping"]
-    ds = xr.Dataset(data_vars, coords=coords)
-    ds.attrs = {
-        "Conventions": "CF-1.8",
-        "title": "nowcast precipitation" + (" forecast" if forecast_reference_time is not None else ""),
-        "xpixelsize": float(sequence.attrs.get("xpixelsize", 1000.0)),
-        "ypixelsize": float(sequence.attrs.get("ypixelsize", 1000.0)),
-        "projection": projection,
-    }
-    for key in ("institution", "source"):
-        if key in sequence.attrs:
-            ds.attrs[key] = str(sequence.attrs[key])
-    ds.attrs.update(attrs or {})
-    return ds
+
+
+def _grid_mapping_attrs(projection: str, crs: Any) -> dict[str, Any]:
+    """The CF grid mapping of ``crs``, with the PROJ string (what the reader uses) in ``proj4_params``."""
+    with warnings.catch_warnings():
+        # e.g. MeteoSwiss' oblique Mercator: the CF attributes are partial, the
+        # PROJ string kept in proj4_params is complete and is what the reader uses
+        warnings.simplefilter("ignore", UserWarning)
+        attrs = {"proj4_params": projection, **crs.to_cf()}
+    if attrs.get("grid_mapping_name") == "polar_stereographic" and "latitude_of_projection_origin" not in attrs:
+        # pyproj leaves out the pole when a standard parallel is given (KNMI's, FMI's grids), whose side it is on
+        attrs["latitude_of_projection_origin"] = 90.0 if float(attrs.get("standard_parallel", 90.0)) >= 0 else -90.0
+    return attrs
 
 
 def _pyproj_crs(projection: str) -> Any:
@@ -321,38 +403,52 @@ def _pyproj_crs(projection: str) -> Any:
 
 
 def write_netcdf(
-    sequence: xr.DataArray,
+    forecast: xr.DataArray | xr.Dataset,
     path: str | os.PathLike[str],
     *,
     forecast_reference_time: Any | None = None,
     attrs: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``sequence`` as CF-netCDF atomically (temporary file, then rename)."""
+    """Write a sequence, ensemble members or ensemble products as CF-netCDF atomically (temporary file, then rename).
+
+    ``forecast``: a sequence (time, y, x), members (member, time, y, x), or the products of
+    :func:`nowcast.products.ensemble_products` (see :func:`products_to_dataset`).
+    """
     path = Path(path)
-    ds = sequence_to_dataset(sequence, forecast_reference_time=forecast_reference_time, attrs=attrs)
-    encoding = {
-        VARIABLE_NAME: {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan),
-                        "chunksizes": (*([1] if "member" in sequence.dims else []), 1,
-                                       sequence.sizes["y"], sequence.sizes["x"])},
-        "time": {"units": "seconds since 1970-01-01 00:00:00", "dtype": "int64"},
-    }
-    if "forecast_reference_time" in ds.coords:
-        encoding["forecast_reference_time"] = {"units": "seconds since 1970-01-01 00:00:00", "dtype": "int64"}
+    if isinstance(forecast, xr.Dataset):
+        ds = products_to_dataset(forecast, forecast_reference_time=forecast_reference_time, attrs=attrs)
+    else:
+        ds = sequence_to_dataset(forecast, forecast_reference_time=forecast_reference_time, attrs=attrs)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    logger.info("wrote %s (%d frames)", path, sequence.sizes["time"])
+    logger.info("wrote %s (%d frames)", path, ds.sizes["time"])
     return path
 
 
-def to_netcdf_bytes(sequence: xr.DataArray, **kwargs: Any) -> bytes:
-    """The CF-netCDF file for ``sequence`` as bytes (for HTTP responses)."""
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """Compressed float32 fields, NaN for no data, a field per chunk; times in float64 seconds; no fill values on
+    coordinates (CF forbids them)."""
+    encoding: dict[str, dict[str, Any]] = {}
+    for name, variable in ds.variables.items():
+        if name in ("time", "forecast_reference_time"):
+            encoding[str(name)] = dict(_TIME_ENCODING)
+        elif name in ds.data_vars and variable.ndim >= 3:
+            encoding[str(name)] = {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan),
+                                   "chunksizes": (*[1] * (variable.ndim - 2), *variable.shape[-2:])}
+        elif np.issubdtype(variable.dtype, np.floating):
+            encoding[str(name)] = {"_FillValue": None}
+    return encoding
+
+
+def to_netcdf_bytes(forecast: xr.DataArray | xr.Dataset, **kwargs: Any) -> bytes:
+    """The CF-netCDF file of ``forecast`` (see :func:`write_netcdf`) as bytes (for HTTP responses)."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = write_netcdf(sequence, Path(tmp) / "forecast.nc", **kwargs)
+        out = write_netcdf(forecast, Path(tmp) / "forecast.nc", **kwargs)
         return out.read_bytes()

@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=36, ge=1)
     max_members: int = Field(default=16, ge=1)
     max_output_values: int = Field(
-        default=50_000_000, ge=1, description="members x steps x pixels of one answer"
+        default=50_000_000, ge=1, description="values of one answer: every value of every product asked for, "
+        "else members x steps x pixels"
     )
 
     # --- memory ----------------------------------------------------------------------------------------

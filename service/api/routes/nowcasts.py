@@ -55,9 +55,11 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
     summary="Forecast the next frames of a radar sequence",
     description=(
         "The body is JSON (`NowcastRequest`) or a CF-netCDF file (`Content-Type: application/x-netcdf`; "
-        "then `steps`, `members` and `seed` come from the query string, which a JSON body must not use). "
-        "The answer is JSON, or CF-netCDF with `Accept: application/x-netcdf`. Concurrent requests with the "
-        "same grid and steps share one model call."
+        "then `steps`, `members`, `seed`, `products`, `thresholds` and `quantile_levels` come from the query "
+        "string, which a JSON body must not use). With `members`, `products` asks for ensemble products "
+        "(probabilities, quantiles, means) instead of the members' frames. The answer is JSON, or CF-netCDF "
+        "with `Accept: application/x-netcdf` (members on a CF `realization` axis, products as IMPROVER "
+        "writes them). Concurrent requests with the same grid and steps share one model call."
     ),
     response_class=Response,
     responses={
@@ -91,13 +93,26 @@ async def create_nowcast(
     seed: Annotated[
         int | None, Query(ge=0, le=2**32 - 1, description="ensemble seed (netCDF bodies)")
     ] = None,
+    products: Annotated[
+        str | None,
+        Query(max_length=200, description="comma-separated: members, probabilities, mean, pm_mean, quantiles "
+                                          "(netCDF bodies, with members)"),
+    ] = None,
+    thresholds: Annotated[
+        str | None, Query(max_length=2000, description="comma-separated mm/h of the probabilities (netCDF bodies)")
+    ] = None,
+    quantile_levels: Annotated[
+        str | None, Query(max_length=2000, description="comma-separated levels in [0, 1] (netCDF bodies)")
+    ] = None,
 ) -> Response:
     started = time.perf_counter()
     body_type = _body_type(request.headers.get("content-type"))
     netcdf_answer = _wants_netcdf(request.headers.get("accept"))
-    if body_type == codec.JSON_TYPE and (steps is not None or members is not None or seed is not None):
+    in_query = {"steps": steps, "members": members, "seed": seed, "products": products, "thresholds": thresholds,
+                "quantile_levels": quantile_levels}
+    if body_type == codec.JSON_TYPE and any(value is not None for value in in_query.values()):
         raise InputError(
-            "steps: with a JSON body, give steps, members and seed in the body, not in the query string",
+            "steps: with a JSON body, give steps, members, seed and products in the body, not in the query string",
             field="steps",
         )
     # Refusals that cost nothing come before a byte of the body is read.
@@ -111,7 +126,7 @@ async def create_nowcast(
     job = _Job(request, settings, model, batcher, reservation, request_id, body_type, netcdf_answer, started)
     try:
         async with asyncio.timeout(settings.request_timeout_s):
-            return await job.run(steps=steps, members=members, seed=seed)
+            return await job.run(**in_query)
     except (TimeoutError, RequestTimeoutError) as exc:
         if isinstance(exc, TimeoutError):  # the batcher counts its own
             metrics.rejected.labels("timeout").inc()
@@ -134,9 +149,9 @@ class _Job:
     netcdf_answer: bool
     started: float
 
-    async def run(self, *, steps: int | None, members: int | None, seed: int | None) -> Response:
-        query = await self.decode(steps=steps, members=members, seed=seed)
-        codec.check_limits(query, self.settings, netcdf_answer=self.netcdf_answer)
+    async def run(self, **in_query: Any) -> Response:
+        query = await self.decode(**in_query)
+        codec.check_limits(query, self.settings)
         prepared = await self.in_pool(self.prepare, query)
         self.reservation.resize(
             codec.answer_estimate(query, netcdf_answer=self.netcdf_answer), "this request's forecast"
@@ -152,6 +167,7 @@ class _Job:
             timeout_s=max(self.settings.request_timeout_s - (decoded - self.started), 0.001),
         )
         forecast = await self.in_pool(result.model.forecaster.finish, prepared, result.frames)
+        forecast = await self.in_pool(codec.answer_of, query, forecast)
         headers = {"X-Nowcast-Model": result.model.label, "X-Nowcast-Batch-Size": str(result.batch_size)}
         if self.netcdf_answer:
             content = await self.in_pool(codec.netcdf_answer, forecast, result.model, self.request_id)
@@ -172,18 +188,13 @@ class _Job:
         )
         return StreamingResponse(chunks, media_type=codec.JSON_TYPE, headers=headers)
 
-    async def decode(self, *, steps: int | None, members: int | None, seed: int | None) -> codec.ForecastQuery:
+    async def decode(self, **in_query: Any) -> codec.ForecastQuery:
+        """The query of a JSON body, or of a netCDF body and the query string's ``in_query`` values."""
         body = await read_body(self.request)
         if self.body_type == codec.JSON_TYPE:
             return await self.in_pool(codec.parse_json_request, body, self.settings)
         return await self.in_pool(
-            codec.parse_netcdf_request,
-            body,
-            self.settings,
-            steps=steps,
-            members=members,
-            seed=seed,
-            reserve=self.reservation.resize,
+            codec.parse_netcdf_request, body, self.settings, reserve=self.reservation.resize, **in_query
         )
 
     def prepare(self, query: codec.ForecastQuery) -> PreparedForecast:

@@ -1,0 +1,132 @@
+"""What goes out of an ensemble forecast: its members, or products made from them.
+
+An ensemble forecast (member, time, y, x) in mm/h becomes the products a
+:class:`ProductRequest` asks for, computed by :mod:`nowcast.ensemble`: the ``members``
+themselves, exceedance ``probabilities`` at thresholds, the ensemble ``mean``, the
+probability-matched mean ``pm_mean`` and ``quantiles`` at levels. They travel together as
+an :class:`xarray.Dataset` with one variable per product, on the forecast's grid and times
+(the CF-netCDF writer, the command line and the service all take this form).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from nowcast.ensemble import ensemble_mean, ensemble_quantiles, exceedance_probability, probability_matched_mean
+from nowcast.errors import InputError
+from nowcast.sequence import MAX_RAIN_RATE_MMH
+
+PRODUCTS = ("members", "probabilities", "mean", "pm_mean", "quantiles")
+#: what an ensemble forecast gives when no products are named
+DEFAULT_PRODUCTS = ("members", "probabilities")
+DEFAULT_THRESHOLDS_MMH = (1.0, 4.0, 8.0)
+DEFAULT_QUANTILE_LEVELS = (0.1, 0.5, 0.9)
+
+
+@dataclass(frozen=True)
+class ProductRequest:
+    """Which products to make from an ensemble, at which thresholds (mm/h) and quantile levels.
+
+    Lists are kept as tuples in the order given; errors name the field at fault
+    (``products``, ``thresholds``, ``quantile_levels``).
+    """
+
+    products: tuple[str, ...] = DEFAULT_PRODUCTS
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS_MMH
+    quantile_levels: tuple[float, ...] = DEFAULT_QUANTILE_LEVELS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "products", _product_names(self.products))
+        object.__setattr__(self, "thresholds", _numbers(self.thresholds, "thresholds", 0.0, MAX_RAIN_RATE_MMH))
+        object.__setattr__(self, "quantile_levels", _numbers(self.quantile_levels, "quantile_levels", 0.0, 1.0))
+
+    @classmethod
+    def from_options(cls, products: Iterable[str] | None = None, thresholds: Iterable[float] | None = None,
+                     quantile_levels: Iterable[float] | None = None) -> ProductRequest:
+        """A request from options, None meaning the default; thresholds or levels of a product not asked: refused."""
+        request = cls(
+            tuple(products) if products is not None else DEFAULT_PRODUCTS,
+            tuple(thresholds) if thresholds is not None else DEFAULT_THRESHOLDS_MMH,
+            tuple(quantile_levels) if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS,
+        )
+        for given, field, product in [(thresholds, "thresholds", "probabilities"),
+                                      (quantile_levels, "quantile_levels", "quantiles")]:
+            if given is not None and product not in request.products:
+                raise InputError(f"{field}: given, but {product} are not among the products asked for "
+                                 f"({', '.join(request.products)})", field=field)
+        return request
+
+    def values_per_frame(self, members: int) -> int:
+        """How many (y, x) fields the products hold per lead time, for an ensemble of ``members``."""
+        sizes = {"members": members, "probabilities": len(self.thresholds), "mean": 1, "pm_mean": 1,
+                 "quantiles": len(self.quantile_levels)}
+        return sum(sizes[name] for name in self.products)
+
+
+def _product_names(products: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(products, str):
+        products = (products,)
+    names = tuple(products)
+    if not names:
+        raise InputError(f"products: none asked for; choose from {', '.join(PRODUCTS)}", field="products")
+    for name in names:
+        if name not in PRODUCTS:
+            raise InputError(f"products: unknown product {name!r}; choose from {', '.join(PRODUCTS)}",
+                             field="products")
+    if len(set(names)) != len(names):
+        raise InputError(f"products: {', '.join(names)} names a product twice", field="products")
+    return names
+
+
+def _numbers(values: Iterable[Any], field: str, low: float, high: float) -> tuple[float, ...]:
+    """Numbers in [low, high], strictly increasing, at least one."""
+    numbers = tuple(values)
+    if not numbers:
+        raise InputError(f"{field}: give at least one value", field=field)
+    for value in numbers:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise InputError(f"{field}: {value!r} is not a finite number", field=field)
+        if not low <= value <= high:
+            raise InputError(f"{field}: {value:g} is outside [{low:g}, {high:g}]", field=field)
+    if any(b <= a for a, b in itertools.pairwise(numbers)):
+        raise InputError(f"{field}: values must be strictly increasing; got {', '.join(f'{v:g}' for v in numbers)}",
+                         field=field)
+    return tuple(float(v) for v in numbers)
+
+
+def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dataset:
+    """The products of an ensemble forecast (member, time, y, x), one variable each, named as in :data:`PRODUCTS`.
+
+    ``probabilities`` lie on a ``threshold`` axis (mm/h), ``quantiles`` on a ``quantile``
+    axis (levels in [0, 1]), ``members`` on ``member``; ``mean`` and ``pm_mean`` are
+    (time, y, x). Coordinates and attributes (grid, reference time, method) are the forecast's.
+    """
+    if forecast.dims[0] != "member":
+        raise ValueError(f"an ensemble forecast is (member, time, y, x); got dims {forecast.dims}")
+    members = np.asarray(forecast.values, dtype=np.float32)
+    frame_dims = forecast.dims[1:]
+    made = {
+        "members": lambda: (forecast.dims, members),
+        "probabilities": lambda: (("threshold", *frame_dims), exceedance_probability(members, request.thresholds)),
+        "mean": lambda: (frame_dims, ensemble_mean(members)),
+        "pm_mean": lambda: (frame_dims, probability_matched_mean(members)),
+        "quantiles": lambda: (("quantile", *frame_dims), ensemble_quantiles(members, request.quantile_levels)),
+    }
+    coords: dict[str, Any] = {name: forecast[name] for name in frame_dims}
+    if "members" in request.products:
+        coords["member"] = np.arange(members.shape[0])
+    if "probabilities" in request.products:
+        coords["threshold"] = np.asarray(request.thresholds, dtype=np.float64)
+    if "quantiles" in request.products:
+        coords["quantile"] = np.asarray(request.quantile_levels, dtype=np.float64)
+    products = xr.Dataset({name: made[name]() for name in request.products}, coords=coords)
+    products.attrs = dict(forecast.attrs)
+    products.attrs["ensemble_members"] = int(members.shape[0])
+    return products

@@ -1,0 +1,189 @@
+"""Ensemble scores (nowcast.verification): CRPS, Brier, reliability, ROC, rank histogram, spread/skill.
+
+Known cases: a perfect ensemble, one drawn from the observation's own distribution (flat
+rank histogram, spread/skill near 1), an under-dispersive one (U shape, spread/skill
+below 1), and pysteps' own functions on the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from pysteps.verification import CRPS, ROC_curve, rankhist
+
+from nowcast.ensemble import exceedance_probability, probability_matched_mean
+from nowcast.synthetic import SyntheticRain, synthetic_sequence
+from nowcast.verification import Scores, ScoreSettings, accumulate, verify
+
+M = 8
+
+
+def score_ensemble(members: np.ndarray, observed: np.ndarray, *, lead: float = 5.0,
+                   scores: Scores | None = None, settings: ScoreSettings | None = None) -> Scores:
+    """One forecast: ``members`` (member, y, x) of ``observed`` (y, x), its probability-matched mean as "e"."""
+    scores = scores or Scores(settings, members=len(members))
+    accumulate({"e": scores}, observed[np.newaxis], {"e": probability_matched_mean(members[:, np.newaxis])},
+               members={"e": members[:, np.newaxis]}, lead_minutes=[lead], pixel_size_km=1.0)
+    return scores
+
+
+def lead_of(scores: Scores, lead: str = "5", reference: Scores | None = None) -> dict:
+    return scores.to_dict(reference)["ensemble"]["leads"][lead]
+
+
+def rain(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Rain-like values: about half dry, the rest spread over 0.1 to tens of mm/h."""
+    return np.where(rng.random(shape) < 0.5, 0.0, rng.gamma(0.8, 4.0, shape)).astype(np.float64)
+
+
+def drawn_ensemble(seed: int, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """Observation and members drawn per pixel from one log-normal distribution (``spread`` 1), or with the
+    members' spread scaled by ``spread`` around the same centre."""
+    rng = np.random.default_rng(seed)
+    centre = rng.normal(0.3, 1.0, size=(100, 200))
+    observed = np.exp(centre + 0.5 * rng.normal(size=centre.shape))
+    members = np.exp(centre + 0.5 * spread * rng.normal(size=(M, *centre.shape)))
+    return members, observed
+
+
+def test_a_perfect_ensemble_has_crps_and_brier_zero():
+    rng = np.random.default_rng(0)
+    observed = rain(rng, (30, 40)).astype(np.float32)  # as radar data are (the products are float32)
+    observed[:5, :5] = np.nan  # no data: left out, not counted as dry
+    members = np.repeat(observed[np.newaxis], M, axis=0)
+    scores = score_ensemble(members, observed)
+    lead = lead_of(scores)
+    assert lead["n_pixels"] == 30 * 40 - 25
+    assert lead["crps"] == 0.0
+    for threshold in ("1", "4", "8"):
+        assert lead["probability"][threshold]["brier"] == 0.0
+        assert lead["probability"][threshold]["roc_area"] == pytest.approx(1.0)
+    assert lead["spread"] == 0.0 and lead["rmse_ensemble_mean"] == 0.0
+    # tied with every member, the observation is equally likely at every rank: flat
+    assert lead["rank_histogram"] == pytest.approx([1 / (M + 1)] * (M + 1))
+    # and its probability-matched mean is the observation: perfect deterministic scores too
+    deterministic = scores.to_dict()["leads"]["5"]
+    assert deterministic["categorical"]["1"]["CSI"] == 1.0 and deterministic["mae"] == 0.0
+
+
+def test_crps_is_pysteps_crps_on_the_valid_pixels():
+    rng = np.random.default_rng(1)
+    observed = rain(rng, (24, 30))
+    members = rain(rng, (M, 24, 30))
+    observed[0, :] = np.nan
+    members[3, 5, :] = np.nan  # one member without data: the pixel is left out for all
+    valid = np.isfinite(observed) & np.all(np.isfinite(members), axis=0)
+    lead = lead_of(score_ensemble(members, observed))
+    assert lead["n_pixels"] == valid.sum()
+    assert lead["crps"] == pytest.approx(CRPS(members[:, valid], observed[valid]), rel=1e-12)
+
+
+def test_an_ensemble_from_the_observations_distribution_is_flat_and_consistent():
+    lead = lead_of(score_ensemble(*drawn_ensemble(seed=0, spread=1.0)))
+    assert np.array(lead["rank_histogram"]) * (M + 1) == pytest.approx(np.ones(M + 1), abs=0.1)
+    assert lead["spread_skill"] == pytest.approx(1.0, abs=0.06)
+
+
+def test_an_under_dispersive_ensemble_has_a_u_shaped_rank_histogram():
+    lead = lead_of(score_ensemble(*drawn_ensemble(seed=0, spread=0.4)))
+    frequencies = np.array(lead["rank_histogram"]) * (M + 1)
+    assert frequencies[0] > 2 and frequencies[-1] > 2  # the observation too often outside the members
+    assert np.all(frequencies[2:-2] < 0.7)
+    assert lead["spread_skill"] < 0.5
+
+
+def test_rank_histogram_is_pysteps_without_ties_and_shares_ties_evenly():
+    members, observed = drawn_ensemble(seed=2, spread=0.7)
+    members, observed = members + 0.1, observed + 0.1  # continuous and wet: no ties
+    scores = score_ensemble(members, observed)
+    lead = scores.ensemble[5.0]
+    expected = rankhist(members, observed, X_min=0.1, normalize=False)
+    np.testing.assert_array_equal(lead.rank_histogram.counts(), expected)
+    # a dry observation with 3 dry members could take rank 0 to 3: pysteps draws one at random, here each gets 1/4
+    tied_members = np.array([0.0, 0.0, 0.05, 2.0, 3.0, 4.0, 5.0, 6.0]).reshape(M, 1, 1)
+    tied = score_ensemble(tied_members, np.zeros((1, 1)))
+    np.testing.assert_array_equal(tied.ensemble[5.0].rank_histogram.counts(), [0.25] * 4 + [0.0] * 5)
+
+
+def test_brier_reliability_and_roc_are_those_of_the_exceedance_probability():
+    rng = np.random.default_rng(3)
+    members = rain(rng, (4, 50, 60))  # 4 members: probabilities k/4, pysteps' thresholds 0, 1/4, ... exactly
+    observed = rain(rng, (50, 60))
+    lead = lead_of(score_ensemble(members, observed))
+    for threshold in (1.0, 4.0):
+        scores = lead["probability"][f"{threshold:g}"]
+        probability = exceedance_probability(members, [threshold])[0].astype(np.float64)
+        event = observed > threshold
+        assert scores["brier"] == pytest.approx(np.mean((probability - event) ** 2), rel=1e-12)
+        assert scores["base_rate"] == pytest.approx(event.mean())
+        for k, p in enumerate(scores["reliability"]["probability"]):
+            at_k = probability == p
+            assert scores["reliability"]["n_event"][k] == np.sum(event & at_k)
+            assert scores["reliability"]["n_no_event"][k] == np.sum(~event & at_k)
+        # pysteps' ROC on the same probabilities, its observation being the event itself (rate > threshold)
+        pofd, pod, area = ROC_curve(probability, event.astype(float), 0.5, n_prob_thrs=5, compute_area=True)
+        assert scores["roc"]["pofd"] == pytest.approx(pofd)
+        assert scores["roc"]["pod"] == pytest.approx(pod)
+        assert scores["roc_area"] == pytest.approx(area)
+        assert 0.4 < scores["roc_area"] < 0.6  # members unrelated to the observation: no discrimination
+
+
+def test_brier_skill_comes_from_summed_brier_scores():
+    rng = np.random.default_rng(4)
+    cases = [rain(rng, (20, 20)) for _ in range(2)]
+    good, poor = Scores(members=M), Scores(members=M)
+    for observed in cases:
+        score_ensemble(np.stack([observed * f for f in np.linspace(0.8, 1.2, M)]), observed, scores=good)
+        score_ensemble(rain(rng, (M, 20, 20)), observed, scores=poor)
+    good_lead, poor_lead = good.ensemble[5.0], poor.ensemble[5.0]
+    for threshold, counts in good_lead.probability.items():
+        expected = 1.0 - counts.brier_sum() / poor_lead.probability[threshold].brier_sum()
+        assert lead_of(good, reference=poor)["probability"][f"{threshold:g}"]["brier_skill"] == pytest.approx(expected)
+    assert lead_of(poor, reference=poor)["probability"]["1"]["brier_skill"] == 0.0
+    assert "brier_skill" not in lead_of(good)["probability"]["1"]
+
+
+def test_merged_ensemble_scores_equal_scores_accumulated_together():
+    rng = np.random.default_rng(5)
+    cases = [(rain(rng, (M, 64, 64)), rain(rng, (64, 64))) for _ in range(2)]
+    together = Scores(members=M)
+    parts = [Scores(members=M), Scores(members=M)]
+    for (members, observed), part in zip(cases, parts, strict=True):
+        for target in (together, part):
+            score_ensemble(members, observed, lead=30.0, scores=target)
+    merged = parts[0].merge(parts[1])
+    assert merged.to_dict() == together.to_dict()
+    assert set(together.to_dict()) == {"leads", "spectrum", "spectrum_matched", "ensemble", "spectrum_member",
+                                       "spectrum_member_matched"}
+    assert together.to_dict()["spectrum_member"]["30"]["n_forecasts"] == 2
+
+
+def test_ensemble_scores_need_their_members():
+    observed = np.ones((1, 4, 4))
+    members = np.ones((M, 1, 4, 4))
+    with pytest.raises(ValueError, match="its members must have shape"):
+        accumulate({"e": Scores(members=M)}, observed, {"e": observed}, lead_minutes=[5.0], pixel_size_km=1.0)
+    with pytest.raises(ValueError, match="its members must have shape"):
+        accumulate({"e": Scores(members=M + 1)}, observed, {"e": observed}, members={"e": members},
+                   lead_minutes=[5.0], pixel_size_km=1.0)
+    with pytest.raises(ValueError, match="has members but deterministic scores"):
+        accumulate({"e": Scores()}, observed, {"e": observed}, members={"e": members}, lead_minutes=[5.0],
+                   pixel_size_km=1.0)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        Scores(members=1)
+    with pytest.raises(ValueError, match="cannot merge scores of 8 members"):
+        Scores(members=4).merge(Scores(members=8))
+
+
+def test_verify_scores_a_forecast_with_members_as_an_ensemble():
+    observed = synthetic_sequence(SyntheticRain(ny=32, nx=32, frames=6), seed=2)
+    future = observed.isel(time=slice(3, 6))
+    members = xr.concat([future * factor for factor in (0.8, 1.0, 1.25)], dim="member")
+    members.attrs["forecast_reference_time"] = str(observed["time"].values[2])
+    scores = verify(members, observed)
+    assert scores.members == 3
+    ensemble = scores.to_dict()["ensemble"]["leads"]
+    assert list(ensemble) == ["5", "10", "15"]
+    # the observation is the middle member: tied with it, shared between ranks 1 and 2
+    assert ensemble["5"]["rank_histogram"][1] + ensemble["5"]["rank_histogram"][2] == pytest.approx(1.0, abs=0.05)

@@ -1,0 +1,251 @@
+"""`nowcast evaluate` with ensemble members: a stand-in ensemble forecaster on a synthetic event."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import xarray as xr
+from pysteps.verification import CRPS
+from typer.testing import CliRunner
+
+from nowcast import forecasters, plots
+from nowcast.bootstrap import brier_skill_interval, crps_difference_interval
+from nowcast.ensemble import probability_matched_mean
+from nowcast.errors import InputError
+from nowcast.evaluate import RANK_HISTOGRAM_PLOT, RELIABILITY_PLOT, SCORES_JSON, SCORES_MARKDOWN, evaluate
+from nowcast.forecasters.base import Forecaster, Spacing
+from nowcast.synthetic import SyntheticRain, synthetic_sequence
+from nowcast.verification import Contingency
+
+MEMBERS = 5
+ENSEMBLES = ("noisy", "wide")
+RUN_DEPENDENT = ("started", "runtime_seconds", "timing")
+
+
+class NoisyPersistence(Forecaster):
+    """Persistence times log-normal noise per member, lead time and pixel: a stand-in ensemble."""
+
+    name = "noisy"
+    n_input_frames = 1
+    supports_members = True
+
+    def __init__(self, sigma: float = 0.3) -> None:
+        self.sigma = sigma
+
+    def predict(self, past: np.ndarray, steps: int, *, members: int | None = None, seed: int | None = None,
+                spacing: Spacing | None = None) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        noise = rng.lognormal(0.0, self.sigma, size=(past.shape[0], members or 1, steps, *past.shape[2:]))
+        out = (past[:, np.newaxis, -1:] * noise).astype(np.float32)
+        return out if members is not None else out[:, 0]
+
+
+@contextlib.contextmanager
+def stand_ins_registered() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(forecasters.METHODS, "noisy", NoisyPersistence)
+        patch.setitem(forecasters.METHODS, "wide", lambda: NoisyPersistence(sigma=1.0))
+        yield
+
+
+@pytest.fixture(scope="module")
+def events() -> dict[str, xr.DataArray]:
+    # 22 frames, a start every 6: 2 start times of 4 past and 12 future frames
+    return {"east": synthetic_sequence(SyntheticRain(ny=48, nx=48, frames=22, no_data_border=2), seed=11)}
+
+
+def run(events: dict[str, xr.DataArray], out: Path, methods: tuple[str, ...] = ("persistence", *ENSEMBLES),
+        **options: Any) -> dict[str, Any]:
+    with stand_ins_registered():
+        return evaluate(list(methods), list(events), stride=6, loader=events.__getitem__, out_dir=out,
+                        progress=False, **options)
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(events, tmp_path_factory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("ensemble")
+    return run(events, out, members=MEMBERS, brier_reference="wide"), out
+
+
+def without_run_details(report: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in report.items() if k not in RUN_DEPENDENT}
+
+
+def test_only_the_ensembles_get_ensemble_scores(ensemble_run):
+    report, _ = ensemble_run
+    assert report["config"]["ensemble"] == {
+        "members": MEMBERS, "seed": 0, "methods": list(ENSEMBLES), "brier_reference": "wide",
+        "probability_thresholds_mmh": [1.0, 4.0, 8.0], "rank_histogram_min_mmh": 0.1}
+    scores = report["overall"]["scores"]
+    assert set(scores["persistence"]) == {"leads", "spectrum", "spectrum_matched"}
+    for name in ENSEMBLES:
+        assert set(scores[name]) == {"leads", "spectrum", "spectrum_matched", "ensemble", "spectrum_member",
+                                     "spectrum_member_matched"}
+        ensemble = scores[name]["ensemble"]
+        assert ensemble["members"] == MEMBERS
+        assert list(ensemble["leads"]) == [str(5 * k) for k in range(1, 13)]
+        lead = ensemble["leads"]["30"]
+        assert lead["n_forecasts"] == 2 and lead["crps"] > 0
+        assert lead["n_pixels"] == scores[name]["leads"]["30"]["n_pixels"]  # the deterministic scores' pixels
+        assert set(lead["probability"]) == {"1", "4", "8"}
+        assert len(lead["rank_histogram"]) == MEMBERS + 1
+        assert set(scores[name]["spectrum_member"]) == {"30", "60"}
+    # the stand-in's noise only spreads persistence's error: too little spread for its skill
+    assert scores["noisy"]["ensemble"]["leads"]["60"]["spread_skill"] < 1.0
+    record = report["events"]["east"]["start_times"][0]
+    assert set(record) == {"time", "categorical", "spectrum", "spectrum_matched", "seed", "crps", "brier"}
+    assert set(record["crps"]) == set(record["brier"]) == set(ENSEMBLES)
+
+
+def test_deterministic_methods_are_scored_as_without_members(ensemble_run, events, tmp_path):
+    report, _ = ensemble_run
+    alone = run(events, tmp_path, methods=("persistence",))
+    assert "ensemble" not in alone["config"]
+    assert alone["overall"]["scores"]["persistence"] == report["overall"]["scores"]["persistence"]
+    for with_ensembles, without in zip(report["events"]["east"]["start_times"], alone["events"]["east"]["start_times"],
+                                       strict=True):
+        assert set(without) == {"time", "categorical", "spectrum", "spectrum_matched"}
+        assert without["categorical"]["persistence"] == with_ensembles["categorical"]["persistence"]
+
+
+def test_an_ensemble_is_scored_by_its_members_and_their_probability_matched_mean(ensemble_run, events):
+    report, _ = ensemble_run
+    record = report["events"]["east"]["start_times"][1]
+    sequence = events["east"]
+    start = 6  # the second start time: past frames 6 to 9
+    assert record["time"] == str(np.datetime_as_string(sequence["time"].values[start + 3], unit="s"))
+    members = NoisyPersistence().forecast(sequence.isel(time=slice(start, start + 4)), 12, members=MEMBERS,
+                                          seed=record["seed"]).values
+    lead = 5  # +30 min
+    observed = sequence.values[start + 4 + lead]
+    matched_mean = probability_matched_mean(members)[lead]
+    valid = np.isfinite(observed) & np.all(np.isfinite(members[:, lead]), axis=0)
+    table = Contingency(1.0)
+    table.add(matched_mean[valid], observed[valid])
+    assert record["categorical"]["noisy"]["30"]["1"] == list(table.counts())
+    crps_sum, n_pixels = record["crps"]["noisy"]["30"]
+    assert n_pixels == valid.sum()
+    assert crps_sum / n_pixels == pytest.approx(CRPS(members[:, lead][:, valid], observed[valid]), rel=1e-9)
+
+
+def test_start_time_sums_add_up_to_the_event_scores(ensemble_run):
+    report, _ = ensemble_run
+    event = report["events"]["east"]
+    for name in ENSEMBLES:
+        for lead, scores in event["scores"][name]["ensemble"]["leads"].items():
+            crps_sum, n = np.sum([r["crps"][name][lead] for r in event["start_times"]], axis=0)
+            assert crps_sum == pytest.approx(scores["crps_sum"]) and n == scores["n_pixels"]
+            for threshold, probability in scores["probability"].items():
+                brier_sum, n = np.sum([r["brier"][name][lead][threshold] for r in event["start_times"]], axis=0)
+                assert brier_sum == pytest.approx(probability["brier_sum"]) and n == probability["n_pixels"]
+
+
+def test_brier_skill_is_against_the_reference(ensemble_run):
+    report, _ = ensemble_run
+    scores = report["overall"]["scores"]
+    for lead, wide in scores["wide"]["ensemble"]["leads"].items():
+        noisy = scores["noisy"]["ensemble"]["leads"][lead]
+        for threshold, reference in wide["probability"].items():
+            if reference["brier"]:
+                assert reference["brier_skill"] == 0.0
+                assert noisy["probability"][threshold]["brier_skill"] == pytest.approx(
+                    1.0 - noisy["probability"][threshold]["brier"] / reference["brier"])
+    assert "brier_skill" not in scores["persistence"]["leads"]["30"]
+
+
+def test_files_and_tables_of_an_ensemble_evaluation(ensemble_run):
+    report, out = ensemble_run
+    assert {RELIABILITY_PLOT, RANK_HISTOGRAM_PLOT} <= {p.name for p in out.iterdir()}
+    text = (out / SCORES_MARKDOWN).read_text()
+    for heading in ("### Ensembles", "### CRPS (mm/h)", "### Brier score", "### Brier skill against wide",
+                    "### Spread / skill", "### ROC area"):
+        assert heading in text
+    assert "| noisy, member 1 | 30 |" in text
+    assert "| lead (min) | n | noisy ratio | wide ratio |" not in text  # spread and RMSE columns come too
+    assert "| lead (min) | n | noisy spread | noisy RMSE | noisy ratio | wide spread |" in text
+    assert json.loads((out / SCORES_JSON).read_text()) == report
+
+
+def test_two_runs_give_the_same_scores(ensemble_run, events, tmp_path):
+    report, _ = ensemble_run
+    again = run(events, tmp_path, members=MEMBERS, brier_reference="wide")
+    assert without_run_details(again) == without_run_details(report)
+
+
+def test_bootstrap_intervals_of_crps_and_brier_skill(ensemble_run, tmp_path):
+    report, _ = ensemble_run
+    noisy, wide = (report["overall"]["scores"][name]["ensemble"]["leads"] for name in ("noisy", "wide"))
+    crps = crps_difference_interval(report, "noisy", "wide", n_resamples=200)
+    skill = brier_skill_interval(report, "noisy", "wide", n_resamples=200)
+    for lead, interval in crps.items():
+        assert interval["difference"] == pytest.approx(noisy[lead]["crps"] - wide[lead]["crps"])
+        assert interval["low"] - 1e-12 <= interval["difference"] <= interval["high"] + 1e-12
+        for threshold, by_threshold in skill[lead].items():
+            expected_skill = noisy[lead]["probability"][threshold]["brier_skill"]
+            if expected_skill is not None:
+                assert by_threshold["skill"] == pytest.approx(expected_skill)
+    assert crps["60"]["p_not_ahead"] == 0.0  # less noise than the wide stand-in: a lower CRPS, every resample
+    with pytest.raises(InputError, match="'persistence' was not scored as an ensemble; ensembles there: noisy, wide"):
+        crps_difference_interval(report, "persistence", "wide")
+    deterministic = {**report, "events": {k: {**e, "start_times": [
+        {kind: v for kind, v in r.items() if kind not in ("crps", "brier", "seed")} for r in e["start_times"]]}
+        for k, e in report["events"].items()}}
+    with pytest.raises(InputError, match="no method was scored as an ensemble"):
+        brier_skill_interval(deterministic, "noisy", "wide")
+
+
+def test_ensemble_options_are_checked_before_any_event_is_loaded(tmp_path):
+    def loader(event_id: str) -> xr.DataArray:
+        raise AssertionError("must not load")
+
+    with stand_ins_registered():
+        with pytest.raises(InputError, match="members must be at least 2"):
+            evaluate(["noisy"], ["e"], members=1, loader=loader, out_dir=tmp_path, progress=False)
+        with pytest.raises(InputError, match="none of persistence draws ensemble members"):
+            evaluate(["persistence"], ["e"], members=4, loader=loader, out_dir=tmp_path, progress=False)
+        with pytest.raises(InputError, match="reference 'persistence' is not among the methods scored as ensembles"):
+            evaluate(["persistence", "noisy"], ["e"], members=4, brier_reference="persistence", loader=loader,
+                     out_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_steps_there_is_no_brier_reference_and_maps_show_probabilities(events, tmp_path, monkeypatch):
+    maps_drawn = []
+    draw_maps = plots.maps_figure
+    monkeypatch.setattr(plots, "maps_figure", lambda *a, **kw: maps_drawn.append(kw) or draw_maps(*a, **kw))
+    report = run(events, tmp_path, methods=("persistence", "noisy"), members=3, steps=6)
+    assert report["config"]["ensemble"]["brier_reference"] is None  # the default, steps, is not among them
+    assert "brier_skill" not in report["overall"]["scores"]["noisy"]["ensemble"]["leads"]["30"]["probability"]["1"]
+    probabilities = maps_drawn[0]["probabilities"]
+    assert set(probabilities) == {"noisy"} and set(probabilities["noisy"]) == {30.0}  # +60 is beyond 6 steps
+    finite = probabilities["noisy"][30.0][np.isfinite(probabilities["noisy"][30.0])]
+    assert finite.min() >= 0.0 and finite.max() <= 1.0 and 0.0 < finite.mean() < 1.0
+    assert "### Brier skill" not in (tmp_path / SCORES_MARKDOWN).read_text()
+
+
+def test_the_command_line_passes_the_ensemble_options(tmp_path, monkeypatch):
+    from nowcast import evaluate as evaluate_module
+    from nowcast.cli import EXIT_USER_ERROR, app
+
+    calls = []
+
+    def fake_evaluation(methods, events, **options):
+        calls.append(options)
+        return {"timing": {}, "overall": {"n_evaluated": 0}, "runtime_seconds": 0.0}
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluation)
+    runner = CliRunner()
+    common = ["-q", "evaluate", "--methods", "steps", "--events", "knmi-20100826", "--out", str(tmp_path / "e")]
+    result = runner.invoke(app, [*common, "--members", "12", "--seed", "7", "--brier-reference", "none"])
+    assert result.exit_code == 0, result.output
+    assert (calls[0]["members"], calls[0]["seed"], calls[0]["brier_reference"]) == (12, 7, None)
+    result = runner.invoke(app, common)
+    assert (calls[1]["members"], calls[1]["seed"], calls[1]["brier_reference"]) == (None, 0, "steps")
+    result = runner.invoke(app, [*common, "--members", "1"])
+    assert result.exit_code == EXIT_USER_ERROR

@@ -1,0 +1,115 @@
+"""Ensemble products: the request and its checks, the products made by nowcast.ensemble, fast quantiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from nowcast.ensemble import ensemble_mean, ensemble_quantiles, exceedance_probability, probability_matched_mean
+from nowcast.errors import InputError
+from nowcast.products import (
+    DEFAULT_PRODUCTS,
+    DEFAULT_QUANTILE_LEVELS,
+    DEFAULT_THRESHOLDS_MMH,
+    PRODUCTS,
+    ProductRequest,
+    ensemble_products,
+)
+
+
+def ensemble(members: int = 5, steps: int = 2, ny: int = 6, nx: int = 7, seed: int = 0) -> xr.DataArray:
+    rng = np.random.default_rng(seed)
+    values = rng.gamma(0.6, 3.0, size=(members, steps, ny, nx)).astype(np.float32)
+    values[:, :, 0, 0] = np.nan  # no data in every member
+    values[0, :, 1, 1] = np.nan  # no data in one member
+    times = pd.date_range("2024-06-01 12:05", periods=steps, freq="5min")
+    return xr.DataArray(
+        values, dims=("member", "time", "y", "x"),
+        coords={"member": np.arange(members), "time": times, "y": np.arange(ny) * 1000.0, "x": np.arange(nx) * 1000.0},
+        attrs={"projection": "", "forecast_reference_time": "2024-06-01 12:00:00"},
+    )
+
+
+def test_defaults() -> None:
+    request = ProductRequest()
+    assert request.products == DEFAULT_PRODUCTS == ("members", "probabilities")
+    assert request.thresholds == DEFAULT_THRESHOLDS_MMH == (1.0, 4.0, 8.0)
+    assert request.quantile_levels == DEFAULT_QUANTILE_LEVELS
+    assert request.values_per_frame(20) == 23
+    assert ProductRequest(PRODUCTS, (0.5,), (0.5, 0.9)).values_per_frame(10) == 10 + 1 + 1 + 1 + 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "words"),
+    [
+        ({"products": ("members", "maxima")}, "products", "unknown product 'maxima'"),
+        ({"products": ()}, "products", "none asked for"),
+        ({"products": ("mean", "mean")}, "products", "twice"),
+        ({"thresholds": ()}, "thresholds", "at least one"),
+        ({"thresholds": (4.0, 1.0)}, "thresholds", "strictly increasing"),
+        ({"thresholds": (-1.0,)}, "thresholds", "outside [0, 1000]"),
+        ({"thresholds": (float("nan"),)}, "thresholds", "not a finite number"),
+        ({"quantile_levels": (0.5, 1.5)}, "quantile_levels", "outside [0, 1]"),
+        ({"quantile_levels": ("0.5",)}, "quantile_levels", "not a finite number"),
+    ],
+)
+def test_bad_requests_name_the_field(kwargs: dict, field: str, words: str) -> None:
+    with pytest.raises(InputError, match=words.replace("[", r"\[")) as refused:
+        ProductRequest(**kwargs)
+    assert refused.value.field == field
+
+
+def test_options_for_products_not_asked_are_refused() -> None:
+    assert ProductRequest.from_options(None, None, None) == ProductRequest()
+    assert ProductRequest.from_options(["quantiles"], None, [0.5]).quantile_levels == (0.5,)
+    with pytest.raises(InputError, match="quantiles are not among") as refused:
+        ProductRequest.from_options(["members"], None, [0.5])
+    assert refused.value.field == "quantile_levels"
+    with pytest.raises(InputError, match="probabilities are not among") as refused:
+        ProductRequest.from_options(["mean"], [2.0], None)
+    assert refused.value.field == "thresholds"
+
+
+def test_products_are_what_nowcast_ensemble_computes() -> None:
+    forecast = ensemble()
+    request = ProductRequest(PRODUCTS, (1.0, 4.0), (0.25, 0.5))
+    products = ensemble_products(forecast, request)
+    members = forecast.values
+    assert list(products.data_vars) == list(PRODUCTS)
+    np.testing.assert_array_equal(products["members"].values, members)
+    np.testing.assert_array_equal(products["probabilities"].values, exceedance_probability(members, (1.0, 4.0)))
+    np.testing.assert_array_equal(products["mean"].values, ensemble_mean(members))
+    np.testing.assert_array_equal(products["pm_mean"].values, probability_matched_mean(members))
+    np.testing.assert_array_equal(products["quantiles"].values, ensemble_quantiles(members, (0.25, 0.5)))
+    assert products["probabilities"].dims == ("threshold", "time", "y", "x")
+    assert products["quantiles"].dims == ("quantile", "time", "y", "x")
+    assert list(products["threshold"].values) == [1.0, 4.0] and list(products["quantile"].values) == [0.25, 0.5]
+    assert products.attrs["forecast_reference_time"] == forecast.attrs["forecast_reference_time"]
+    assert products.attrs["ensemble_members"] == 5
+    assert np.isnan(products["probabilities"].values[:, :, 0, 0]).all()
+    assert np.isfinite(products["probabilities"].values[:, :, 1, 1]).all()
+
+
+def test_only_the_products_asked_are_made() -> None:
+    products = ensemble_products(ensemble(), ProductRequest(("probabilities",)))
+    assert list(products.data_vars) == ["probabilities"] and "member" not in products.coords
+    with pytest.raises(ValueError, match="member, time, y, x"):
+        ensemble_products(ensemble().isel(member=0), ProductRequest())
+
+
+@pytest.mark.parametrize("members", [1, 2, 7, 20])
+def test_quantiles_are_numpys(members: int) -> None:
+    rng = np.random.default_rng(members)
+    values = rng.gamma(0.5, 2.0, size=(members, 3, 20, 20)).astype(np.float32)
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[rng.random(values.shape) < 0.2] = 0.0
+    values[:, :, :2] = np.nan
+    levels = [0.0, 0.1, 0.25, 0.5, 0.9, 1.0]
+    with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning, match="All-NaN slice"):
+        expected = np.nanquantile(values, levels, axis=0)
+    got = ensemble_quantiles(values, levels)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

@@ -1,0 +1,150 @@
+"""Ensemble products over HTTP: probabilities, quantiles and means in JSON and CF-netCDF answers, within the limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from test_service import NETCDF, _open_bytes, base64_frames, decode_frames, json_body, running, sequence
+
+from nowcast import forecasters
+from nowcast.forecasters import Forecaster, get_forecaster
+from nowcast.io.netcdf import to_netcdf_bytes
+from nowcast.products import PRODUCTS, ProductRequest, ensemble_products
+from service import codec
+
+pytestmark = pytest.mark.service
+
+
+class FakeMembers(Forecaster):
+    """Members that are the last frame scaled by 0.5, 1.5, 2.5, ...: known products, no pysteps."""
+
+    name = "test-members"
+    n_input_frames = 1
+    supports_members = True
+
+    def predict(self, past: np.ndarray, steps: int, *, members: int | None = None, seed: int | None = None,
+                spacing: Any = None) -> np.ndarray:
+        scale = (0.5 + np.arange(members or 1, dtype=np.float32))[None, :, None, None, None]
+        out = np.repeat(past[:, None, -1:], steps, axis=2) * scale
+        return out if members is not None else out[:, 0]
+
+
+@pytest.fixture()
+def fake_members(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(forecasters.METHODS, "test-members", FakeMembers)
+
+
+def product_frames(product: dict[str, Any]) -> np.ndarray:
+    return decode_frames(product)
+
+
+@pytest.mark.parametrize("encoding", ["nested", "base64"])
+def test_steps_products_in_json_are_the_librarys(encoding: str) -> None:
+    seq = sequence(ny=32, nx=36, frames=4, border=2)
+    body = json_body(seq, steps=2, members=3, seed=2, products=list(PRODUCTS), thresholds=[0.5, 2.0],
+                     quantile_levels=[0.5, 0.9])
+    if encoding == "base64":
+        body["frames"] = base64_frames(seq.values)
+    with running(model="steps") as client:
+        answer = client.post("/v1/nowcasts", json=body)
+    assert answer.status_code == 200, answer.text
+    payload = answer.json()
+    expected = ensemble_products(get_forecaster("steps").forecast(seq, 2, members=3, seed=2),
+                                 ProductRequest(PRODUCTS, (0.5, 2.0), (0.5, 0.9)))
+    assert "frames" not in payload and payload["shape"] == [3, 2, 32, 36] and payload["members"] == 3
+    products = payload["products"]
+    assert list(products) == list(PRODUCTS)
+    for name in PRODUCTS:
+        np.testing.assert_array_equal(product_frames(products[name]), expected[name].values, err_msg=name)
+        assert products[name]["shape"] == list(expected[name].shape)
+    assert products["probabilities"]["thresholds"] == [0.5, 2.0] and products["probabilities"]["units"] == "1"
+    assert products["quantiles"]["levels"] == [0.5, 0.9] and products["mean"]["units"] == "mm/h"
+    assert isinstance(products["mean"]["frames"], dict if encoding == "base64" else list)
+
+
+def test_netcdf_answers_carry_the_products(fake_members: None) -> None:
+    seq = sequence()
+    asked = ProductRequest(("probabilities", "quantiles"), (1.0,), (0.5,))
+    expected = ensemble_products(FakeMembers().forecast(seq, 2, members=4), asked)
+    body = json_body(seq, steps=2, members=4, products=["probabilities", "quantiles"], thresholds=[1.0],
+                     quantile_levels=[0.5])
+    with running(model="test-members") as client:
+        from_json = client.post("/v1/nowcasts", json=body, headers={"Accept": NETCDF})
+        from_netcdf = client.post(
+            "/v1/nowcasts", content=to_netcdf_bytes(seq),
+            params={"steps": 2, "members": 4, "products": "probabilities,quantiles", "thresholds": "1",
+                    "quantile_levels": "0.5"},
+            headers={"Content-Type": NETCDF, "Accept": NETCDF},
+        )
+    for answer in (from_json, from_netcdf):
+        assert answer.status_code == 200, answer.text
+        with _open_bytes(answer.content) as ds:
+            probability = ds["probability_of_lwe_precipitation_rate_above_threshold"]
+            np.testing.assert_array_equal(probability.values, expected["probabilities"].values)
+            np.testing.assert_array_equal(ds["precipitation_rate_percentile"].values, expected["quantiles"].values)
+            assert "precipitation_rate" not in ds.variables
+
+
+@pytest.mark.parametrize(
+    ("extra", "params", "field", "words"),
+    [
+        ({"products": ["probabilities"]}, None, "products", "give members too"),
+        ({"members": 2, "thresholds": [1.0]}, None, "thresholds", "given without products"),
+        ({"members": 2, "products": ["mean"], "thresholds": [1.0]}, None, "thresholds", "not among the products"),
+        ({"members": 2, "products": ["probabilities"], "thresholds": [4.0, 1.0]}, None, "thresholds", "increasing"),
+        ({"members": 2, "products": ["maxima"]}, None, "products.0", "probabilities"),
+        ({"members": 2}, {"products": "mean"}, "steps", "in the body"),
+    ],
+)
+def test_bad_product_requests_name_the_field(fake_members: None, extra: dict, params: dict | None, field: str,
+                                             words: str) -> None:
+    with running(model="test-members") as client:
+        answer = client.post("/v1/nowcasts", json=json_body(sequence(), steps=2, **extra), params=params)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["field"] == field and words in answer.json()["detail"]
+
+
+def test_the_output_limit_counts_every_value_of_every_product(fake_members: None) -> None:
+    seq = sequence()  # 12 x 14 pixels: one field of 2 steps holds 336 values
+    with running(model="test-members", max_output_values=1100) as client:
+        probabilities = client.post("/v1/nowcasts", json=json_body(seq, steps=2, members=4,
+                                                                    products=["probabilities"]))
+        members = client.post("/v1/nowcasts", json=json_body(seq, steps=2, members=4))
+        both = client.post("/v1/nowcasts", json=json_body(seq, steps=2, members=4,
+                                                           products=["members", "probabilities"]))
+    assert probabilities.status_code == 200, probabilities.text  # 3 x 336 = 1008 values
+    assert members.status_code == 413 and members.json()["field"] == "steps"  # 4 x 336 = 1344
+    assert both.status_code == 413 and both.json()["field"] == "products"  # 7 x 336 = 2352
+    assert "2352 values" in both.json()["detail"] and "probabilities or quantiles instead of members" in (
+        both.json()["detail"])
+
+
+def test_the_memory_estimate_counts_the_products_and_their_members() -> None:
+    seq = sequence()
+    pixels = 12 * 14
+
+    def estimate(products: ProductRequest | None, netcdf: bool = False) -> int:
+        query = codec.ForecastQuery(seq, steps=2, members=4, seed=None, output_encoding="nested", products=products)
+        return codec.answer_estimate(query, netcdf_answer=netcdf)
+
+    plain = estimate(None)
+    with_products = estimate(ProductRequest(PRODUCTS, (1.0, 4.0), (0.5,)))
+    per_value = codec.ANSWER_BYTES_PER_VALUE
+    # members 4 + probabilities 2 + mean + pm mean + one quantile = 9 fields, and the 4 members they come from
+    assert with_products - plain == per_value * (9 - 4) * 2 * pixels + codec.ENSEMBLE_BYTES_PER_VALUE * 4 * 2 * pixels
+    netcdf_extra = estimate(ProductRequest(("mean",)), netcdf=True) - estimate(ProductRequest(("mean",)))
+    assert netcdf_extra == codec.NETCDF_ANSWER_BYTES_PER_VALUE * 2 * pixels
+
+
+def test_openapi_describes_the_products() -> None:
+    with running() as client:
+        spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    request = schemas["NowcastRequest"]["properties"]
+    assert {"products", "thresholds", "quantile_levels"} <= set(request)
+    assert "products" in schemas["NowcastResponse"]["properties"]
+    assert {"members", "probabilities", "mean", "pm_mean", "quantiles"} <= set(schemas["NowcastProducts"]["properties"])
+    parameters = {p["name"] for p in spec["paths"]["/v1/nowcasts"]["post"]["parameters"]}
+    assert {"products", "thresholds", "quantile_levels"} <= parameters
