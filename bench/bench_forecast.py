@@ -62,7 +62,7 @@ def training_throughput(model_name: str, steps: int) -> dict[str, float]:
     cfg = config_io.from_dict(ExperimentConfig, spec)
     cfg = dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, train_events=("synthetic:1", "synthetic:2"), val_events=()),
+        data=dataclasses.replace(cfg.data, event_source="synthetic", train_events=("1", "2"), val_events=()),
         train=dataclasses.replace(cfg.train, steps=steps, log_every=steps, checkpoint_every=10**9),
     )
     with tempfile.TemporaryDirectory() as tmp:

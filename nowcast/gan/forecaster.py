@@ -78,7 +78,9 @@ class GANForecaster(Forecaster):
         past = np.asarray(past, dtype=np.float32)
         draws = members or 1
         noise = self._noise_sources(len(past), draws, seed) if self.supports_members else None
-        out = self._predict(past, steps, draws, noise)
+        # members, and only members, go where their own shifted motion takes them, the same in every pass
+        offsets = self._motion_offsets(noise) if members is not None and self.member_motion_sigma > 0 else None
+        out = self._predict(past, steps, draws, noise, offsets)
         return out if members is not None else out[:, 0]
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
@@ -96,28 +98,29 @@ class GANForecaster(Forecaster):
                 sources.append(source)
         return sources
 
-    def _predict(self, past: np.ndarray, steps: int, draws: int, noise: list[torch.Generator] | None) -> np.ndarray:
+    def _predict(self, past: np.ndarray, steps: int, draws: int, noise: list[torch.Generator] | None,
+                 offsets: torch.Tensor | None = None) -> np.ndarray:
         """(batch, draws, steps, y, x): one pass of ``n_output`` frames, then the draws fed back as the past."""
         n_in, n_out = self.model_config.n_input, self.model_config.n_output
         batch, grid = len(past), past.shape[2:]
         valid = np.isfinite(past[:, -1])
-        chunks = [self._forward(past, valid, noise, draws)]
+        chunks = [self._forward(past, valid, noise, draws, offsets)]
         produced = n_out
         if produced < steps:
             history = np.concatenate([np.repeat(past[:, None], draws, axis=1), chunks[0]], axis=2)
             every_draw_valid = np.repeat(valid, draws, axis=0)
             while produced < steps:
                 window = history[:, :, -n_in:].reshape(batch * draws, n_in, *grid)
-                out = self._forward(window, every_draw_valid, noise, 1).reshape(batch, draws, n_out, *grid)
+                out = self._forward(window, every_draw_valid, noise, 1, offsets).reshape(batch, draws, n_out, *grid)
                 chunks.append(out)
                 history = np.concatenate([history, out], axis=2)
                 produced += n_out
         return np.concatenate(chunks, axis=2)[:, :, :steps]
 
     def _forward(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None,
-                 draws: int) -> np.ndarray:
+                 draws: int, offsets: torch.Tensor | None = None) -> np.ndarray:
         """(batch, draws, n_output, y, x) mm/h from (batch, n_input, y, x)."""
-        z, _ = self.forward_normalised(past, valid, noise, draws)
+        z, _ = self.forward_normalised(past, valid, noise, draws, offsets)
         # bounded like the input, so that a forecast (and what is fed back for longer horizons) stays finite
         rate = torch.clamp(self.normalisation.decode(z), min=0.0, max=MAX_RAIN_RATE_MMH)
         valid_t = torch.from_numpy(np.repeat(valid, draws, axis=0)).to(rate.device)
@@ -126,19 +129,21 @@ class GANForecaster(Forecaster):
 
     @torch.no_grad()
     def forward_normalised(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None = None,
-                           draws: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+                           draws: int = 1, offsets: torch.Tensor | None = None,
+                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n_output`` frames of ``draws`` futures per sequence, and the advection prior, normalised.
 
         ``past``: (batch, n_input, y, x) in mm/h, NaN for no data; ``valid``: (batch, y, x),
         True where the last frame has data; ``noise``: one generator per sequence and draw,
-        sequence-major. Motion and advection are computed once per sequence and shared by its
-        draws. Returns (batch·draws, n_output, y, x) tensors, sequence-major; the prior is None
-        for a model not conditioned on advection.
+        sequence-major; ``offsets``: (batch·draws, 2) shifts of each draw's motion, or None.
+        Motion is estimated once per sequence; draws without offsets share its advection.
+        Returns (batch·draws, n_output, y, x) tensors, sequence-major; the prior is None for a
+        model not conditioned on advection.
         """
         cfg = self.model_config
         ny, nx = past.shape[2:]
-        if draws > 1 and self.member_motion_sigma > 0:
-            inputs, prior = self._conditioning(past, valid, draws, self._motion_offsets(noise, draws))
+        if offsets is not None:
+            inputs, prior = self._conditioning(past, valid, draws, offsets)
         else:  # draws that share the motion share the advection too: computed once, repeated
             inputs, prior = self._conditioning(past, valid)
             if draws > 1:
@@ -160,8 +165,8 @@ class GANForecaster(Forecaster):
             outputs.append(z.float()[:, :, 0, :ny, :nx])
         return torch.cat(outputs), prior
 
-    def _motion_offsets(self, noise: list[torch.Generator] | None, draws: int) -> torch.Tensor | None:
-        """A constant motion shift per sequence and draw, (rows, 2) pixels per step, from each draw's noise."""
+    def _motion_offsets(self, noise: list[torch.Generator] | None) -> torch.Tensor | None:
+        """A constant motion shift per sequence and draw, (rows, 2) pixels per step, each from its draw's noise."""
         if noise is None:
             return None
         return torch.stack([torch.randn(2, generator=g, device=self.device) for g in noise]) * self.member_motion_sigma

@@ -1,0 +1,76 @@
+"""Benchmark: an ensemble of 20 members (4 frames in, 12 out) from the GAN and from pySTEPS STEPS.
+
+Both run in one process, on the same input, with the same number of members and threads,
+so their times compare. The GAN estimates the motion once and sends its members through
+the generator in batches; STEPS runs its cascade and noise per member.
+
+    python bench/bench_ensemble.py --model ensemble-gan --size 512 --members 20
+    python bench/bench_ensemble.py --real mch-20160711 --size 512
+
+Prints a JSON record; ``--output FILE`` also writes it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def time_members(forecaster, past, steps: int, members: int, repeats: int) -> dict[str, float]:
+    forecaster.forecast(past, steps, members=2, seed=0)  # warm-up: imports and lazy initialisation
+    times = []
+    for repeat in range(repeats):
+        started = time.perf_counter()
+        forecaster.forecast(past, steps, members=members, seed=repeat)
+        times.append(time.perf_counter() - started)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def input_window(real: str | None, size: int):
+    if real:
+        from nowcast.io.catalogue import load_event
+
+        return load_event(real).isel(time=slice(0, 4), y=slice(0, size), x=slice(0, size))
+    from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+    return synthetic_sequence(SyntheticRain(ny=size, nx=size, frames=4), seed=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ensemble-gan")
+    parser.add_argument("--models-dir", default=None)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--members", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--real", help="a catalogue event to take the input frames from")
+    parser.add_argument("--output")
+    args = parser.parse_args(argv)
+
+    from nowcast.forecasters import get_forecaster
+
+    past = input_window(args.real, args.size)
+    record: dict[str, object] = {"grid": list(past.shape[1:]), "steps": args.steps, "members": args.members,
+                                 "threads": torch.get_num_threads(), "torch": torch.__version__}
+    gan = get_forecaster(args.model, models_dir=args.models_dir)
+    record["gan"] = time_members(gan, past, args.steps, args.members, args.repeats)
+    record["steps_pysteps"] = time_members(get_forecaster("steps"), past, args.steps, args.members, args.repeats)
+    record["gan_speedup"] = record["steps_pysteps"]["median_s"] / record["gan"]["median_s"]
+    record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    text = json.dumps(record, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
