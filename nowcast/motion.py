@@ -9,6 +9,8 @@ x and ``[1]`` the y displacement, in pixels per time step.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 # pixels around no-data and the domain edge where no features are tracked
@@ -16,6 +18,9 @@ LK_BUFFER_MASK = 10
 # pysteps' dense_lucaskanade defaults
 _DECLUSTER_SCALE = 20
 _IDW_DIST_OFFSET = 0.5
+_SIZE_OPENING = 3
+_OUTLIER_STD = 3.0
+_OUTLIER_NEIGHBOURS = 30
 
 
 def to_dbr(rate: np.ndarray, threshold_mmh: float = 0.1) -> np.ndarray:
@@ -44,16 +49,14 @@ def lucas_kanade_coarse(past: np.ndarray, stride: int = 4, threshold_mmh: float 
     pixel), and the field is smooth, so the result matches :func:`lucas_kanade` to about
     0.01 px/step. Returns float32 (2, y, x); frames with nothing to track give zero motion.
     """
-    from pysteps.motion.lucaskanade import dense_lucaskanade
-    from pysteps.utils.cleansing import decluster
     from pysteps.utils.interpolate import idwinterp2d
 
     dbr = to_dbr(past, threshold_mmh)
     ny, nx = dbr.shape[1:]
     try:
-        xy, uv = dense_lucaskanade(dbr, fd_kwargs={"buffer_mask": LK_BUFFER_MASK}, dense=False, verbose=False)
+        xy, uv = sparse_vectors(dbr)
         if xy.shape[0] > 0:
-            xy, uv = decluster(xy, uv, _DECLUSTER_SCALE, 1, False)
+            xy, uv = decluster(xy, uv, _DECLUSTER_SCALE)
     except Exception:  # LK fails on fields with nothing to track; no motion is the honest answer
         xy = np.empty((0, 2))
     if xy.shape[0] == 0:
@@ -68,6 +71,98 @@ def lucas_kanade_coarse(past: np.ndarray, stride: int = 4, threshold_mmh: float 
     if stride == 1:
         return np.nan_to_num(coarse)
     return np.nan_to_num(_upsample_coarse(coarse, stride, ny, nx))
+
+
+def sparse_vectors(dbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tracked vectors of pysteps' ``dense_lucaskanade(..., dense=False)``: positions and (u, v).
+
+    The same steps with pysteps' own feature detection and tracking; each frame is cleaned
+    once (pysteps cleans the inner frames twice) and the local outlier test runs vectorised
+    (:func:`local_outliers`), which together halve the time of a 512×512 sequence.
+    ``dbr``: (time, y, x) finite values, as :func:`to_dbr` gives them.
+    """
+    from pysteps import feature
+    from pysteps.tracking.lucaskanade import track_features
+
+    detect = feature.get_method("shitomasi")
+    frames = [_without_speckle(frame) for frame in dbr]
+    positions, vectors = [np.empty((0, 2))], [np.empty((0, 2))]
+    for previous, following in itertools.pairwise(frames):
+        points = detect(previous, buffer_mask=LK_BUFFER_MASK).astype(np.float32)
+        if points.shape[0] == 0:
+            continue
+        xy, uv = track_features(previous, following, points)
+        positions.append(xy)
+        vectors.append(uv)
+    xy, uv = np.concatenate(positions).astype(np.float64), np.concatenate(vectors).astype(np.float64)
+    if xy.shape[0] == 0:
+        return xy, uv
+    keep = ~local_outliers(uv, xy)
+    return xy[keep], uv[keep]
+
+
+def decluster(positions: np.ndarray, vectors: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """pysteps' ``decluster(positions, vectors, scale)``, vectorised: one median vector per ``scale`` cell.
+
+    Cells in pysteps' order (their lexicographically sorted indices); each gets the median
+    position and the median vector of the vectors that fall in it.
+    """
+    cells = np.floor(positions / scale)
+    _, group = np.unique(cells, axis=0, return_inverse=True)
+    group = group.ravel()
+    return _group_median(positions, group), _group_median(vectors, group)
+
+
+def _group_median(values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """np.median of each column within each group 0..G-1: (G, columns)."""
+    counts = np.bincount(group)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    lower, upper = starts + (counts - 1) // 2, starts + counts // 2
+    medians = np.empty((len(counts), values.shape[1]))
+    for column in range(values.shape[1]):
+        ordered = values[np.lexsort((values[:, column], group)), column]
+        medians[:, column] = (ordered[lower] + ordered[upper]) / 2
+    return medians
+
+
+def _without_speckle(frame: np.ndarray) -> np.ndarray:
+    """pysteps' ``morph_opening(frame, frame.min(), 3)``: rain pixels an opening removes set to the minimum."""
+    import cv2
+
+    lowest = frame.min()
+    rain = (frame > lowest).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_SIZE_OPENING, _SIZE_OPENING))
+    cleaned = frame.copy()
+    cleaned[rain > cv2.morphologyEx(rain, cv2.MORPH_OPEN, kernel)] = lowest
+    return cleaned
+
+
+def local_outliers(vectors: np.ndarray, positions: np.ndarray, threshold: float = _OUTLIER_STD,
+                   neighbours: int = _OUTLIER_NEIGHBOURS) -> np.ndarray:
+    """pysteps' local multivariate outlier test (``detect_outliers`` with ``k``), for all vectors at once.
+
+    A vector is an outlier when its Mahalanobis distance from its ``neighbours`` nearest
+    vectors' mean, under their covariance, exceeds ``threshold``; a singular covariance
+    marks nothing.
+    """
+    from scipy.spatial import cKDTree
+
+    n = vectors.shape[0]
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    k = min(n, neighbours + 1)
+    _, index = cKDTree(positions).query(positions, k=k)
+    near = vectors[index[:, 1:]]  # (n, k - 1, 2): the point itself comes first
+    mean = near.mean(axis=1)
+    spread = near - mean[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = np.einsum("nki,nkj->nij", spread, spread) / (k - 2)
+        det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] * cov[:, 1, 0]
+        z = vectors - mean
+        quadratic = (z[:, 0] ** 2 * cov[:, 1, 1] - z[:, 0] * z[:, 1] * (cov[:, 0, 1] + cov[:, 1, 0])
+                     + z[:, 1] ** 2 * cov[:, 0, 0]) / det
+        distance = np.where(det != 0, np.sqrt(quadratic), 0.0)
+    return distance > threshold
 
 
 def _upsample_coarse(coarse: np.ndarray, stride: int, ny: int, nx: int) -> np.ndarray:

@@ -184,7 +184,7 @@ class ActiveModel(BaseModel):
     version: str | None
     kind: Literal["builtin", "trained"]
     device: str
-    precision: Literal["float32", "float16"]
+    precision: Literal["float32", "float16", "bfloat16"]
     n_input_frames: int
     supports_members: bool
     loaded_at: datetime

@@ -541,7 +541,8 @@ def test_correction_limits_hold_at_every_scale_and_still_train(batch):
 
     dead_zone_only = limited(correction_deadzone_db=1000.0)(batch.past, batch.valid, **batch.conditioning())
     for prediction, factor in zip(dead_zone_only, free.factors(), strict=True):
-        assert torch.equal(prediction, downsample(batch.advected, factor))  # nothing above the dead zone
+        # nothing above the dead zone (the scales pool from each other: the same averages up to rounding)
+        torch.testing.assert_close(prediction, downsample(batch.advected, factor), atol=1e-6, rtol=0)
 
     per_step = 0.5
     predictions = limited(correction_db_per_step=per_step)(batch.past, batch.valid, **batch.conditioning())

@@ -877,6 +877,7 @@ class FakeHalf(Forecaster):
     n_input_frames = 2
     device = "cuda:0"
     supports_half = True
+    half_precision = "float16"
 
     def __init__(self, half_error: float) -> None:
         self.half = False
@@ -907,9 +908,12 @@ def test_half_precision_only_within_tolerance(mode: str, half_error: float, expe
     assert model.half is (expected == "float16")
 
 
-def test_half_precision_stays_off_on_the_cpu() -> None:
+def test_half_precision_on_the_cpu_is_bfloat16_and_opt_in() -> None:
     from service.inference.models import choose_precision
 
     model = FakeHalf(1e-6)
-    model.device = "cpu"
+    model.device, model.half_precision = "cpu", None  # a CPU without bfloat16 instructions
     assert choose_precision(model, "on", tolerance_mmh=0.1) == "float32" and model.half is False
+    model.half_precision = "bfloat16"
+    assert choose_precision(model, "auto", tolerance_mmh=0.1) == "float32" and model.half is False
+    assert choose_precision(model, "on", tolerance_mmh=0.1) == "bfloat16" and model.half is True

@@ -72,9 +72,12 @@ class Forecaster(abc.ABC):
     supports_members: bool = False
     #: where the method runs ("cpu", "cuda", ...)
     device: Any = "cpu"
-    #: methods with a float16 path set this, and the service turns ``half`` on where it is safe
+    #: methods with a half-precision path set this, and the service turns ``half`` on where it is safe
     supports_half: bool = False
     half: bool = False
+    #: what ``half`` computes in on the method's device: "float16" (a GPU), "bfloat16" (a CPU with
+    #: bfloat16 instructions), None where the device has no fast half precision
+    half_precision: str | None = None
 
     @property
     def batch_invariant(self) -> bool:

@@ -30,10 +30,20 @@ def sample(field: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
 
     What lies outside the field is 0.
     """
+    scale = _pixel_to_unit(field, coords.dtype)
+    return _grid_sample(field, torch.addcmul(scale.new_tensor(-1.0), coords, scale))
+
+
+def _pixel_to_unit(field: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(1, 2, 1, 1): pixels (x, y) of ``field``'s grid per unit of grid_sample's [-1, 1] coordinates."""
     ny, nx = field.shape[-2:]
-    scale = torch.tensor([2.0 / max(nx - 1, 1), 2.0 / max(ny - 1, 1)], device=field.device, dtype=coords.dtype)
-    norm = (coords * scale[None, :, None, None] - 1.0).permute(0, 2, 3, 1)
-    return F.grid_sample(field, norm, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return torch.tensor([2.0 / max(nx - 1, 1), 2.0 / max(ny - 1, 1)], device=field.device, dtype=dtype).view(1, 2, 1, 1)
+
+
+def _grid_sample(field: torch.Tensor, unit_coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear values of ``field`` at (batch, 2, y, x) coordinates in [-1, 1]; 0 outside."""
+    return F.grid_sample(field, unit_coords.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
+                         align_corners=True)
 
 
 def trajectories(velocity: torch.Tensor, steps: int, points: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,14 +59,17 @@ def trajectories(velocity: torch.Tensor, steps: int, points: torch.Tensor | None
     if points is None:
         batch, _, ny, nx = velocity.shape
         points = pixel_grid(batch, ny, nx, device=velocity.device, dtype=velocity.dtype)
-    displacement = torch.zeros_like(points)
-    out = []
+    # traced in grid_sample's coordinates, so that each step is two lookups and two sums
+    scale = _pixel_to_unit(velocity, velocity.dtype)
+    unit_velocity = velocity * scale
+    start = torch.addcmul(scale.new_tensor(-1.0), points, scale)
+    position, ends = start, []
     for _ in range(steps):
         # midpoint rule: the velocity half a step back along the trajectory
-        here = sample(velocity, points + displacement)
-        displacement = displacement - sample(velocity, points + displacement - 0.5 * here)
-        out.append(displacement)
-    return torch.stack(out, dim=1)
+        here = _grid_sample(unit_velocity, position)
+        position = position - _grid_sample(unit_velocity, torch.add(position, here, alpha=-0.5))
+        ends.append(position)
+    return (torch.stack(ends, dim=1) - start[:, None]) / scale[:, None]
 
 
 def advect(frame: torch.Tensor, velocity: torch.Tensor, steps: int) -> torch.Tensor:
@@ -76,9 +89,13 @@ def along(frame: torch.Tensor, displacement: torch.Tensor, points: torch.Tensor)
 
     ``displacement`` (batch, steps, 2, y, x) from :func:`trajectories` started at ``points``.
     """
+    batch, steps, _, ny, nx = displacement.shape
     image = frame[:, None]
-    return torch.stack([sample(image, points + displacement[:, n])[:, 0] for n in range(displacement.shape[1])],
-                       dim=1)
+    scale = _pixel_to_unit(image, displacement.dtype)
+    ends = torch.addcmul(torch.addcmul(scale.new_tensor(-1.0), points, scale)[:, None], displacement, scale[:, None])
+    # every lead's lookup in one call: the frame repeated along the leads costs no copy
+    images = image[:, None].expand(-1, steps, -1, -1, -1).reshape(batch * steps, 1, *image.shape[-2:])
+    return _grid_sample(images, ends.reshape(batch * steps, 2, ny, nx)).reshape(batch, steps, ny, nx)
 
 
 def lagrangian_past(past: torch.Tensor, displacement: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -105,6 +122,9 @@ def warp(field: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
     frame of the last observation to where its air is at each lead time.
     """
     b, t, c, h, w = field.shape
-    points = pixel_grid(b * t, h, w, device=field.device, dtype=field.dtype)
-    moved = sample(field.reshape(b * t, c, h, w), points + displacement.reshape(b * t, 2, h, w).to(field.dtype))
-    return moved.reshape(b, t, c, h, w)
+    flat = field.reshape(b * t, c, h, w)
+    scale = _pixel_to_unit(flat, field.dtype)
+    start = torch.addcmul(scale.new_tensor(-1.0), pixel_grid(1, h, w, device=field.device, dtype=field.dtype), scale)
+    # one pass over the displacement: where each trajectory ends, in grid_sample's coordinates
+    ends = torch.addcmul(start, displacement.reshape(b * t, 2, h, w).to(field.dtype), scale)
+    return _grid_sample(flat, ends).reshape(b, t, c, h, w)

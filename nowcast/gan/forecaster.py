@@ -42,14 +42,16 @@ class GANForecaster(Forecaster):
     def __init__(self, generator: Generator, normalisation: Normalisation, *, device: str | None = None,
                  half: bool = False, label: str = "gan", card: dict[str, Any] | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.generator = generator.to(self.device).eval()
+        # channels-last weights to match the channels-last activations of ScaleGenerator
+        self.generator = generator.to(self.device, memory_format=torch.channels_last).eval()
         self.model_config: ModelConfig = generator.config
         self.normalisation = normalisation
         self.n_input_frames = self.model_config.n_input
         self.supports_members = self.model_config.noise_channels > 0
         self.member_motion_sigma = self.model_config.member_motion_sigma
         # half precision only where the hardware is built for it
-        self.half = half and self.device.type == "cuda"
+        self.half_precision = native_half_precision(self.device)
+        self.half = half and self.half_precision is not None
         self.name = label  # type: ignore[misc]
         self.card = card or {}
 
@@ -115,7 +117,7 @@ class GANForecaster(Forecaster):
                 chunks.append(out)
                 history = np.concatenate([history, out], axis=2)
                 produced += n_out
-        return np.concatenate(chunks, axis=2)[:, :, :steps]
+        return (np.concatenate(chunks, axis=2) if len(chunks) > 1 else chunks[0])[:, :, :steps]
 
     def _forward(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None,
                  draws: int, offsets: torch.Tensor | None = None) -> np.ndarray:
@@ -125,7 +127,7 @@ class GANForecaster(Forecaster):
         rate = torch.clamp(self.normalisation.decode(z), min=0.0, max=MAX_RAIN_RATE_MMH)
         valid_t = torch.from_numpy(np.repeat(valid, draws, axis=0)).to(rate.device)
         rate = torch.where(valid_t[:, None], rate, torch.full_like(rate, math.nan))
-        return rate.cpu().numpy().astype(np.float32).reshape(len(past), draws, *rate.shape[1:])
+        return rate.cpu().numpy().reshape(len(past), draws, *rate.shape[1:])
 
     @torch.no_grad()
     def forward_normalised(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None = None,
@@ -160,7 +162,8 @@ class GANForecaster(Forecaster):
         for start in range(0, rows, per_call):
             part = {k: v[start:start + per_call] for k, v in inputs.items()}
             part_noise = noise[start:start + per_call] if noise is not None else None
-            with torch.autocast("cuda", dtype=torch.float16, enabled=self.half):
+            with torch.autocast(self.device.type, dtype=getattr(torch, self.half_precision or "float32"),
+                                enabled=self.half):
                 z = self.generator(part.pop("past"), part.pop("valid"), noise_generator=part_noise, **part)[-1]
             outputs.append(z.float()[:, :, 0, :ny, :nx])
         return torch.cat(outputs), prior
@@ -201,6 +204,15 @@ class GANForecaster(Forecaster):
         moved = lagrangian_past(past_t, displacement, points)
         inputs["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
         return inputs, inputs["advected"][:, :, 0]
+
+
+def native_half_precision(device: torch.device) -> str | None:
+    """The half precision ``device`` computes natively: float16 on a GPU, bfloat16 on a CPU built for it."""
+    if device.type == "cuda":
+        return "float16"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bfloat16"
+    return None
 
 
 def _pad(x: torch.Tensor, pad_y: int, pad_x: int) -> torch.Tensor:

@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     )
     half_precision: Literal["auto", "on", "off"] = Field(
         default="auto",
-        description="float16 on CUDA: 'auto' keeps it where the forecast stays within tolerance",
+        description="half precision: 'auto' takes float16 on CUDA where the forecast stays within tolerance; "
+        "'on' also takes bfloat16 on CPUs with bfloat16 instructions",
     )
     half_tolerance_mmh: float = Field(
         default=0.1, gt=0.0, description="largest change half precision may make (plus 1% of the rate)"

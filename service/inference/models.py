@@ -104,18 +104,24 @@ def load_model(settings: Settings, name: str, version: str | None = None) -> Loa
 
 
 def choose_precision(forecaster: Forecaster, mode: str, tolerance_mmh: float) -> str:
-    """Run a CUDA model in half precision where that keeps its forecast within tolerance.
+    """Run a model in half precision where its device has one and the forecast stays within tolerance.
 
-    Applies to forecasters that support it (the GAN) on a CUDA device. ``auto``
-    forecasts a synthetic sequence both ways and keeps half precision only when no pixel
-    moves by more than ``tolerance_mmh`` + 1% of its rate; ``on`` and ``off`` force it.
+    Applies to forecasters that support it (the GAN). ``on`` forces the device's half
+    precision (float16 on a GPU, bfloat16 on a CPU with bfloat16 instructions), ``off``
+    forbids it. ``auto`` takes float16 on a GPU after forecasting a synthetic sequence
+    both ways, only when no pixel moves by more than ``tolerance_mmh`` + 1% of its rate;
+    on a CPU it keeps float32, so that the service answers what the CLI and the library
+    answer (bfloat16 there is opt-in).
     """
     forecaster.half = False
-    if not forecaster.supports_half or not str(forecaster.device).startswith("cuda") or mode == "off":
+    precision = forecaster.half_precision if forecaster.supports_half else None
+    if precision is None or mode == "off":
         return "float32"
     if mode == "on":
         forecaster.half = True
-        return "float16"
+        return precision
+    if precision != "float16":
+        return "float32"
     from nowcast.synthetic import SyntheticRain, synthetic_sequence
 
     frames = max(forecaster.n_input_frames, 2)
@@ -131,7 +137,7 @@ def choose_precision(forecaster: Forecaster, mode: str, tolerance_mmh: float) ->
         forecaster.half = False
         logger.info("half precision moves the forecast %.3g mm/h beyond tolerance: keeping float32", worst)
         return "float32"
-    return "float16"
+    return precision
 
 
 class ModelManager:
