@@ -65,6 +65,16 @@ def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return up.reshape(b, t, c, *size)
 
 
+def _features(inputs: list[torch.Tensor]) -> torch.Tensor:
+    """(batch, channel, y, x) maps stacked along channels; in inference straight into channels-last memory."""
+    if torch.is_grad_enabled():
+        return torch.cat(inputs, dim=1)
+    batch, _, ny, nx = inputs[0].shape
+    out = torch.empty((batch, sum(x.shape[1] for x in inputs), ny, nx), dtype=inputs[0].dtype,
+                      device=inputs[0].device, memory_format=torch.channels_last)
+    return torch.cat(inputs, dim=1, out=out)
+
+
 def _flat(x: torch.Tensor) -> torch.Tensor:
     """(batch, time, channel, y, x) -> (batch, time·channel, y, x) for 2-D convolutions."""
     b, t, c, h, w = x.shape
@@ -79,13 +89,16 @@ def limit_correction(correction: torch.Tensor, deadzone: float, per_step: float)
     lead = 1 for the first frame. See ``ModelConfig.correction_deadzone_db``.
     """
     if deadzone > 0:
-        shrunk = torch.sign(correction) * F.relu(correction.abs() - deadzone)
+        shrunk = F.softshrink(correction, deadzone)
         # straight-through: the dead zone's zero slope would freeze zero-initialised heads
         correction = correction + (shrunk - correction).detach() if correction.requires_grad else shrunk
     if per_step > 0:
         lead = torch.arange(1, correction.shape[1] + 1, device=correction.device, dtype=correction.dtype)
         bound = per_step * lead.view(1, -1, *([1] * (correction.dim() - 2)))
-        correction = bound * torch.tanh(correction / bound)
+        if correction.requires_grad:
+            correction = bound * torch.tanh(correction / bound)
+        else:  # inference: the same arithmetic without the temporaries
+            correction = (correction / bound).tanh_().mul_(bound)
     return correction
 
 
@@ -213,7 +226,7 @@ class Generator(nn.Module):
         inputs = [_flat(past_k), _flat(valid_k), _flat(prior)]
         if self.config.noise_channels:
             inputs.append(self._noise(past_k, size, noise_generator))
-        return prior + scale(torch.cat(inputs, dim=1)).unsqueeze(2)
+        return prior + scale(_features(inputs)).unsqueeze(2)
 
     def _lagrangian_scale(self, scale: ScaleGenerator, factor: int, valid_k: torch.Tensor,
                           past_k: torch.Tensor, advected_k: torch.Tensor, displacement_k: torch.Tensor,
@@ -231,7 +244,7 @@ class Generator(nn.Module):
         inputs = [_flat(past_k), _flat(valid_k), _flat(last + correction)]
         if cfg.noise_channels:
             inputs.append(self._noise(past_k, size, noise_generator))
-        correction = correction + scale(torch.cat(inputs, dim=1)).unsqueeze(2)
+        correction = correction + scale(_features(inputs)).unsqueeze(2)
         if limit:
             correction = self._limit_correction(correction)
         # a parcel with no data at the last observation has no rain to correct
