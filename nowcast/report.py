@@ -204,7 +204,7 @@ def _fmt(value: float | None) -> str:
 # --- model cards ----------------------------------------------------------------------
 
 #: What a model is always compared with in its card.
-CARD_BASELINES = ("persistence", "extrapolation")
+CARD_BASELINES = ("persistence", "extrapolation", "sprog", "steps")
 _SETTING_KEYS = ("thresholds_mmh", "fss_thresholds_mmh", "fss_scales_km", "spectrum_leads_minutes",
                  "spectrum_ratio_wavelengths_km")
 
@@ -220,11 +220,14 @@ def card_evaluation(report: dict[str, Any], method: str, *, source: str) -> dict
     if method not in scores:
         raise KeyError(f"{source} has no scores of {method!r}; it scored {', '.join(scores)}")
     methods = [method, *(m for m in CARD_BASELINES if m in scores and m != method)]
+    settings = {k: report["config"][k] for k in _SETTING_KEYS}
+    if "ensemble" in report["config"]:
+        settings["ensemble"] = report["config"]["ensemble"]
     return {
         "source": source,
         "method": method,
         "events": list(report["config"]["events"]),
-        "settings": {k: report["config"][k] for k in _SETTING_KEYS},
+        "settings": settings,
         "n_start_times": report["overall"]["n_start_times"],
         "n_evaluated": report["overall"]["n_evaluated"],
         "skipped": report["overall"]["skipped"],
@@ -243,12 +246,25 @@ def _lean_scores(scores: dict[str, Any]) -> dict[str, Any]:
         }
         for lead, s in scores["leads"].items()
     }
-    lean = {"leads": leads}
-    for kind in ("spectrum", "spectrum_matched"):
+    lean: dict[str, Any] = {"leads": leads}
+    for kind in ("spectrum", "spectrum_matched", "spectrum_member", "spectrum_member_matched"):
         if kind in scores:
             lean[kind] = {lead: {"n_forecasts": s["n_forecasts"], "power_ratio": s["power_ratio"]}
                           for lead, s in scores[kind].items()}
+    if scores.get("ensemble", {}).get("leads"):
+        lean["ensemble"] = _lean_ensemble(scores["ensemble"])
     return lean
+
+
+def _lean_ensemble(ensemble: dict[str, Any]) -> dict[str, Any]:
+    """An ensemble's scores per lead without the sums, curves and reliability bins of ``scores.json``."""
+    kept = ("lead_minutes", "n_forecasts", "crps", "spread", "rmse_ensemble_mean", "spread_skill", "rank_histogram")
+    probability = ("brier", "brier_skill", "roc_area", "base_rate")
+    return {"members": ensemble["members"],
+            "leads": {lead: {**{k: s[k] for k in kept if k in s},
+                             "probability": {t: {k: p[k] for k in probability if k in p}
+                                             for t, p in s["probability"].items()}}
+                      for lead, s in ensemble["leads"].items()}}
 
 
 def card_tables(evaluation: dict[str, Any]) -> str:

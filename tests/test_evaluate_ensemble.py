@@ -249,3 +249,26 @@ def test_the_command_line_passes_the_ensemble_options(tmp_path, monkeypatch):
     assert (calls[1]["members"], calls[1]["seed"], calls[1]["brier_reference"]) == (None, 0, "steps")
     result = runner.invoke(app, [*common, "--members", "1"])
     assert result.exit_code == EXIT_USER_ERROR
+
+
+def test_a_model_card_keeps_the_ensemble_scores(ensemble_run):
+    """An ensemble model's card carries its CRPS, Brier skill and spread/skill, without the sums and curves."""
+    from nowcast.report import card_evaluation, card_tables
+
+    report, _ = ensemble_run
+    card = card_evaluation(report, "noisy", source="scores.json")
+    assert sorted(card["scores"]) == ["noisy", "persistence"]
+    assert card["settings"]["ensemble"]["members"] == MEMBERS
+    lean = card["scores"]["noisy"]["ensemble"]
+    full = report["overall"]["scores"]["noisy"]["ensemble"]
+    lead = next(iter(full["leads"]))
+    assert lean["members"] == MEMBERS
+    assert lean["leads"][lead]["crps"] == full["leads"][lead]["crps"]
+    assert lean["leads"][lead]["spread_skill"] == full["leads"][lead]["spread_skill"]
+    threshold = next(iter(full["leads"][lead]["probability"]))
+    kept = lean["leads"][lead]["probability"][threshold]
+    assert kept["brier"] == full["leads"][lead]["probability"][threshold]["brier"]
+    assert "reliability" not in kept and "roc" not in kept and "crps_sum" not in lean["leads"][lead]
+    assert "ensemble" not in card["scores"]["persistence"]
+    text = card_tables(card)
+    assert "### CRPS (mm/h)" in text and "### Spread / skill" in text and "| noisy, member 1 |" in text

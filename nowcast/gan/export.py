@@ -85,6 +85,8 @@ def _default_description(cfg: Any) -> str:
         losses.append(f"L{cfg.loss.p} (λ={cfg.loss.lambda_lp:g})")
     if cfg.loss.lambda_gdl:
         losses.append(f"gradient difference (λ={cfg.loss.lambda_gdl:g}, α={cfg.loss.alpha:g})")
+    if cfg.loss.lambda_crps:
+        losses.append(f"fair CRPS of {cfg.loss.samples} samples per input (λ={cfg.loss.lambda_crps:g})")
     if cfg.loss.lambda_csi:
         thresholds = "/".join(f"{t:g}" for t in cfg.loss.csi_thresholds_mmh)
         losses.append(f"soft CSI at {thresholds} mm/h (λ={cfg.loss.lambda_csi:g})")
@@ -92,6 +94,10 @@ def _default_description(cfg: Any) -> str:
     if cfg.model.condition_on_advection:
         text += (f"; refines Lucas-Kanade advection (dense motion interpolated every {cfg.model.motion_downsample} px) "
                  "in the Lagrangian frame (past moved with the rain, corrections carried along it)")
+    if cfg.model.noise_channels:
+        text += f"; draws ensemble members from {cfg.model.noise_channels} noise maps per scale"
+        if cfg.model.member_motion_sigma:
+            text += f" and a motion shift per member (N(0, {cfg.model.member_motion_sigma:g}²) px per step)"
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")
