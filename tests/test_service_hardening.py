@@ -142,20 +142,43 @@ def test_a_model_outside_the_registry_is_as_unknown_as_a_missing_one(tmp_path: P
         assert answer.json()["detail"].split("'")[2] == answers[0].json()["detail"].split("'")[2]
 
 
+class GatedFake(FakeBatched):
+    """Once closed, holds every model call until the test opens the gate, so a full queue stays full.
+
+    The gate starts open because the service warms the model up before it takes requests.
+    """
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def predict(self, past: np.ndarray, steps: int, **kwargs: Any) -> np.ndarray:
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
+        return super().predict(past, steps, **kwargs)
+
+
 def test_a_full_queue_or_memory_budget_refuses_before_reading_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(forecasters.METHODS, "test-slow", lambda: FakeBatched(delay_s=0.15))
+    gate = threading.Event()
+    gate.set()
+    monkeypatch.setitem(forecasters.METHODS, "test-gated", lambda: GatedFake(gate))
     seq = sequence()
-    with running(model="test-slow", max_batch=1, queue_size=1) as client:
+    with running(model="test-gated", max_batch=1, queue_size=1) as client:
+        gate.clear()
         busy = [threading.Thread(target=client.post, args=("/v1/nowcasts",), kwargs={"json": json_body(seq)})
                 for _ in range(3)]
         for thread in busy:
             thread.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 10
         while client.app.state.batcher.depth < 1 and time.monotonic() < deadline:
             time.sleep(0.005)
-        refused = client.post("/v1/nowcasts", content=b"not JSON at all", headers={"Content-Type": "application/json"})
-        for thread in busy:
-            thread.join()
+        try:
+            refused = client.post(
+                "/v1/nowcasts", content=b"not JSON at all", headers={"Content-Type": "application/json"}
+            )
+        finally:
+            gate.set()
+            for thread in busy:
+                thread.join()
     assert refused.status_code == 503, refused.text  # not 422: the body was never read
     assert refused.headers["Retry-After"] == "1"
 
