@@ -18,7 +18,7 @@ PACKAGES = ("nowcast", "service")
 # Lowest first. A module belongs to the layer of the longest prefix that matches its name.
 LAYERS: list[tuple[str, ...]] = [
     ("nowcast.errors", "nowcast.paths", "nowcast.config", "nowcast.quiet"),
-    ("nowcast.sequence", "nowcast.transforms", "nowcast.motion", "nowcast.ensemble", "nowcast.products",
+    ("nowcast.sequence", "nowcast.transforms", "nowcast.motion", "nowcast.ensemble", "nowcast.products", "nowcast.feed",
      "nowcast.io.safety"),
     ("nowcast.io", "nowcast.synthetic"),
     ("nowcast.artifacts", "nowcast.forecasters", "nowcast.gan"),

@@ -1,0 +1,140 @@
+"""The product folder of a live feed: what ``nowcast watch`` writes and the service reads.
+
+A folder holds one CF-netCDF file per forecast, named after its reference time
+(:func:`product_file_name`), and ``manifest.json``, the list of products that are
+complete, oldest first. A product file is written under a temporary name and renamed
+before the manifest names it, and the manifest itself is replaced atomically, so a
+reader that goes by the manifest never sees a partial file; files the manifest does
+not name (a writer killed between the two renames) are left for the writer to tidy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nowcast.errors import InputError, UnreadableFileError
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA = 1
+PRODUCT_PREFIX = "nowcast_"
+PRODUCT_SUFFIX = ".nc"
+_PRODUCT_RE = re.compile(r"^nowcast_\d{8}T\d{4}Z\.nc$")
+
+
+@dataclass(frozen=True)
+class ProductEntry:
+    """One complete product of the folder, as the manifest lists it (times in UTC)."""
+
+    file: str
+    reference_time: datetime
+    valid_times: tuple[datetime, ...]
+    model: str
+    fallback: bool = False
+    fallback_reason: str = ""
+    members: int | None = None
+    thresholds: tuple[float, ...] = ()
+    missing_frames: int = 0
+    written_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    frame_arrived_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not _PRODUCT_RE.match(self.file):
+            raise InputError(f"product file name {self.file!r} is not of the form nowcast_YYYYMMDDTHHMMZ.nc")
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        for key in ("reference_time", "written_at", "frame_arrived_at"):
+            record[key] = _iso(record[key])
+        record["valid_times"] = [_iso(t) for t in self.valid_times]
+        record["thresholds"] = list(self.thresholds)
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> ProductEntry:
+        try:
+            return cls(
+                file=str(record["file"]),
+                reference_time=_parse(record["reference_time"]),
+                valid_times=tuple(_parse(t) for t in record["valid_times"]),
+                model=str(record["model"]),
+                fallback=bool(record.get("fallback", False)),
+                fallback_reason=str(record.get("fallback_reason", "")),
+                members=None if record.get("members") is None else int(record["members"]),
+                thresholds=tuple(float(t) for t in record.get("thresholds", ())),
+                missing_frames=int(record.get("missing_frames", 0)),
+                written_at=_parse(record["written_at"]),
+                frame_arrived_at=None if record.get("frame_arrived_at") is None
+                else _parse(record["frame_arrived_at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnreadableFileError(f"manifest entry {record!r:.200}: {exc}") from exc
+
+
+def product_file_name(reference_time: datetime) -> str:
+    """The file name of the product made at ``reference_time`` (UTC, to the minute)."""
+    return f"{PRODUCT_PREFIX}{_utc(reference_time):%Y%m%dT%H%MZ}{PRODUCT_SUFFIX}"
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> list[ProductEntry]:
+    """The products of ``folder``, oldest reference time first (none where there is no manifest yet)."""
+    path = Path(folder) / MANIFEST
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnreadableFileError(f"{path}: cannot read ({exc})") from exc
+    if not isinstance(document, dict) or document.get("schema") != MANIFEST_SCHEMA:
+        raise UnreadableFileError(f"{path}: not a schema-{MANIFEST_SCHEMA} product manifest")
+    entries = [ProductEntry.from_json(record) for record in document.get("products", [])]
+    return sorted(entries, key=lambda e: e.reference_time)
+
+
+def write_manifest(folder: str | os.PathLike[str], entries: Iterable[ProductEntry], **extra: Any) -> None:
+    """Replace the manifest of ``folder`` atomically; ``extra`` keys (e.g. ``source``) go beside the list."""
+    folder = Path(folder)
+    ordered = sorted(entries, key=lambda e: e.reference_time)
+    document = {**extra, "schema": MANIFEST_SCHEMA, "updated": _iso(datetime.now(UTC)),
+                "products": [e.to_json() for e in ordered]}
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(document, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, folder / MANIFEST)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def latest_product(folder: str | os.PathLike[str]) -> ProductEntry | None:
+    """The product with the newest reference time, None before the first one."""
+    entries = read_manifest(folder)
+    return entries[-1] if entries else None
+
+
+def product_path(folder: str | os.PathLike[str], entry: ProductEntry) -> Path:
+    """Where ``entry``'s file lies (its name was checked to be a plain product name)."""
+    return Path(folder) / entry.file
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else _utc(moment).isoformat().replace("+00:00", "Z")
+
+
+def _parse(text: str) -> datetime:
+    return _utc(datetime.fromisoformat(str(text).replace("Z", "+00:00")))
