@@ -1,7 +1,8 @@
 """The product folder of a live feed: what ``nowcast watch`` writes and the service reads.
 
 A folder holds one CF-netCDF file per forecast, named after its reference time
-(:func:`product_file_name`), and ``manifest.json``, the list of products that are
+(:func:`product_file_name`; written by :func:`write_product`, read by :func:`read_product`),
+and ``manifest.json``, the list of products that are
 complete, oldest first. A product file is written under a temporary name and renamed
 before the manifest names it, and the manifest itself is replaced atomically, so a
 reader that goes by the manifest never sees a partial file; files the manifest does
@@ -20,13 +21,30 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import xarray as xr
+
 from nowcast.errors import InputError, UnreadableFileError
+from nowcast.io.netcdf import (
+    PROBABILITY_NAME,
+    PRODUCT_VARIABLES,
+    dataset_to_sequence,
+    products_to_dataset,
+    sequence_to_dataset,
+    write_dataset,
+)
+from nowcast.sequence import DIMS, VARIABLE_NAME
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
 PRODUCT_PREFIX = "nowcast_"
 PRODUCT_SUFFIX = ".nc"
 _PRODUCT_RE = re.compile(r"^nowcast_\d{8}T\d{4}Z\.nc$")
+#: the input frames a product was made from, beside the forecast, on their own time axis
+OBSERVED_NAME = "observed_precipitation_rate"
+OBSERVATION_TIME = "observation_time"
+PM_MEAN_NAME = PRODUCT_VARIABLES["pm_mean"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +156,75 @@ def _iso(moment: datetime | None) -> str | None:
 
 def _parse(text: str) -> datetime:
     return _utc(datetime.fromisoformat(str(text).replace("Z", "+00:00")))
+
+
+@dataclass(frozen=True)
+class ProductFields:
+    """One product file, read back: fields in mm/h in the sequence form, georeferencing in their ``attrs``.
+
+    ``forecast`` is the deterministic forecast (time, y, x): the model's own, or an ensemble's
+    probability-matched mean; ``probabilities`` (threshold, time, y, x) exist for ensembles.
+    """
+
+    observed: xr.DataArray
+    forecast: xr.DataArray
+    probabilities: xr.DataArray | None
+    reference_time: pd.Timestamp
+    attrs: dict[str, Any]
+
+
+def write_product(
+    path: str | os.PathLike[str],
+    observed: xr.DataArray,
+    forecast: xr.DataArray,
+    *,
+    probabilities: xr.DataArray | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> Path:
+    """Write one product atomically: the observed frames (time, y, x), the forecast (time, y, x) from the last
+    observed frame and, for ensembles, exceedance probabilities (threshold, time, y, x) with a ``threshold``
+    coordinate in mm/h. ``attrs`` go into the file's global attributes (model, fallback, ...)."""
+    reference = observed["time"].values[-1]
+    if probabilities is None:
+        ds = sequence_to_dataset(forecast, forecast_reference_time=reference, attrs=attrs)
+    else:
+        products = xr.Dataset({"pm_mean": forecast.transpose(*DIMS),
+                               "probabilities": probabilities.transpose("threshold", *DIMS)}, attrs=forecast.attrs)
+        ds = products_to_dataset(products, forecast_reference_time=reference, attrs=attrs)
+    observed_values = observed.transpose(*DIMS).values.astype(np.float32)
+    rate_attrs = {k: v for k, v in ds[_forecast_name(ds)].attrs.items() if k != "coordinates"}
+    ds[OBSERVED_NAME] = xr.Variable((OBSERVATION_TIME, "y", "x"), observed_values,
+                                    {**rate_attrs, "long_name": "observed rain rate the forecast started from"})
+    ds = ds.assign_coords({OBSERVATION_TIME: (OBSERVATION_TIME, observed["time"].values,
+                                              {"long_name": "time of the observed frames", "axis": "T"})})
+    return write_dataset(ds, path)
+
+
+def read_product(path: str | os.PathLike[str]) -> ProductFields:
+    """The fields of a product file written by :func:`write_product`."""
+    path = Path(path)
+    try:
+        with xr.open_dataset(path, engine="netcdf4") as ds:
+            ds.load()
+    except (OSError, ValueError) as exc:
+        raise UnreadableFileError(f"{path}: cannot read the product ({exc})") from exc
+    if OBSERVED_NAME not in ds or ("forecast_reference_time" not in ds.coords):
+        raise UnreadableFileError(f"{path}: not a nowcast product (no {OBSERVED_NAME} or reference time)")
+    source = str(path)
+    forecast = dataset_to_sequence(ds.drop_vars([OBSERVED_NAME, PROBABILITY_NAME], errors="ignore"),
+                                   variable=_forecast_name(ds), source=source)
+    observed_ds = ds[[OBSERVED_NAME]].rename({OBSERVATION_TIME: "time"}).drop_vars(
+        ["forecast_reference_time", "forecast_period"], errors="ignore")
+    observed = dataset_to_sequence(observed_ds.assign(crs=ds["crs"]) if "crs" in ds else observed_ds,
+                                   variable=OBSERVED_NAME, source=source)
+    probabilities = None
+    if PROBABILITY_NAME in ds:
+        probabilities = ds[PROBABILITY_NAME].transpose("threshold", *DIMS).astype(np.float32)
+        probabilities.attrs = dict(forecast.attrs)
+    return ProductFields(observed=observed, forecast=forecast, probabilities=probabilities,
+                         reference_time=pd.Timestamp(ds["forecast_reference_time"].values),
+                         attrs=dict(ds.attrs))
+
+
+def _forecast_name(ds: xr.Dataset) -> str:
+    return PM_MEAN_NAME if PM_MEAN_NAME in ds else VARIABLE_NAME

@@ -18,9 +18,9 @@ PACKAGES = ("nowcast", "service")
 # Lowest first. A module belongs to the layer of the longest prefix that matches its name.
 LAYERS: list[tuple[str, ...]] = [
     ("nowcast.errors", "nowcast.paths", "nowcast.config", "nowcast.quiet"),
-    ("nowcast.sequence", "nowcast.transforms", "nowcast.motion", "nowcast.ensemble", "nowcast.products", "nowcast.feed",
+    ("nowcast.sequence", "nowcast.transforms", "nowcast.motion", "nowcast.ensemble", "nowcast.products",
      "nowcast.io.safety"),
-    ("nowcast.io", "nowcast.synthetic"),
+    ("nowcast.io", "nowcast.synthetic", "nowcast.feed"),
     ("nowcast.artifacts", "nowcast.forecasters", "nowcast.gan"),
     ("nowcast.verification", "nowcast.bootstrap", "nowcast.plots", "nowcast.report"),
     ("nowcast.evaluate", "nowcast.demo", "nowcast.gan.train", "nowcast.gan.export"),

@@ -45,3 +45,34 @@ def test_a_damaged_manifest_is_an_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / MANIFEST).write_text('{"schema": 1, "products": [{"file": "nowcast_20170509T1205Z.nc"}]}')
     with pytest.raises(UnreadableFileError, match="manifest entry"):
         read_manifest(tmp_path)
+
+
+def test_a_product_file_round_trips_observed_frames_forecast_and_probabilities(tmp_path: Path) -> None:
+    import numpy as np
+    import xarray as xr
+
+    from nowcast.feed import read_product, write_product
+    from nowcast.sequence import future_times, like
+    from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+    observed = synthetic_sequence(SyntheticRain(ny=32, nx=40, frames=4), seed=1)
+    forecast = like(observed, observed.values[-1:].repeat(3, axis=0) * 1.5, future_times(observed, 3))
+    probabilities = xr.DataArray((forecast.values[None] > [[[[1.0]]], [[[4.0]]]]).astype(np.float32),
+                                 dims=("threshold", *forecast.dims), coords={"threshold": [1.0, 4.0]})
+    for with_probabilities in (False, True):
+        path = tmp_path / f"p{with_probabilities}.nc"
+        write_product(path, observed, forecast, probabilities=probabilities if with_probabilities else None,
+                      attrs={"model": "test@v1", "fallback": 0})
+        fields = read_product(path)
+        np.testing.assert_allclose(fields.observed.values, observed.values, rtol=1e-6)
+        np.testing.assert_allclose(fields.forecast.values, forecast.values, rtol=1e-6)
+        assert (fields.forecast["time"].values == forecast["time"].values).all()
+        assert fields.reference_time == observed["time"].values[-1]
+        assert fields.forecast.attrs["projection"] == observed.attrs["projection"]
+        assert fields.attrs["model"] == "test@v1"
+        if with_probabilities:
+            assert fields.probabilities is not None
+            np.testing.assert_array_equal(fields.probabilities.values, probabilities.values)
+            assert list(fields.probabilities["threshold"].values) == [1.0, 4.0]
+        else:
+            assert fields.probabilities is None

@@ -414,11 +414,16 @@ def write_netcdf(
     ``forecast``: a sequence (time, y, x), members (member, time, y, x), or the products of
     :func:`nowcast.products.ensemble_products` (see :func:`products_to_dataset`).
     """
-    path = Path(path)
     if isinstance(forecast, xr.Dataset):
         ds = products_to_dataset(forecast, forecast_reference_time=forecast_reference_time, attrs=attrs)
     else:
         ds = sequence_to_dataset(forecast, forecast_reference_time=forecast_reference_time, attrs=attrs)
+    return write_dataset(ds, path)
+
+
+def write_dataset(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
+    """Write a CF dataset made here (:func:`sequence_to_dataset`, :func:`products_to_dataset`) atomically."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -437,7 +442,7 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     coordinates (CF forbids them)."""
     encoding: dict[str, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
-        if name in ("time", "forecast_reference_time"):
+        if np.issubdtype(variable.dtype, np.datetime64):
             encoding[str(name)] = dict(_TIME_ENCODING)
         elif name in ds.data_vars and variable.ndim >= 3:
             encoding[str(name)] = {"zlib": True, "complevel": 4, "dtype": "float32", "_FillValue": np.float32(np.nan),
