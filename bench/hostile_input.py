@@ -21,10 +21,7 @@ import argparse
 import json
 import multiprocessing
 import os
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,11 +36,11 @@ import h5py
 import httpx
 import netCDF4
 import numpy as np
+from load_service import LocalServer  # bench/ is on the path of a script run from it
 
 from nowcast.io.netcdf import write_netcdf
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
 
-REPO = Path(__file__).resolve().parent.parent
 NETCDF = "application/x-netcdf"
 MIB = 2**20
 
@@ -62,51 +59,14 @@ class CaseResult:
 # --- the server and its memory ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def server(model: str, tmp: Path, extra_env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "NOWCAST_MODEL": model,
-        "NOWCAST_ADMIN_KEYS": "root",
-        "NOWCAST_ACCESS_LOG": "false",
-        "NOWCAST_DEVICE": "cpu",
-        "TMPDIR": str(tmp / "server-tmp"),
-        **extra_env,
-    }
     (tmp / "server-tmp").mkdir()
-    log = (tmp / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port)], cwd=REPO, env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"server exited:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server not ready after 180 s")
-            time.sleep(0.3)
-        yield url, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    env = {"NOWCAST_MODEL": model, "NOWCAST_ADMIN_KEYS": "root", "NOWCAST_ACCESS_LOG": "false",
+           "NOWCAST_DEVICE": "cpu", "TMPDIR": str(tmp / "server-tmp"), **extra_env}
+    with LocalServer(env, startup_s=180) as running:
+        assert running.process is not None
+        yield running.url, running.process.pid
 
 
 def memory_mib(pid: int, field: str) -> float:

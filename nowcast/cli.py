@@ -6,6 +6,10 @@
     nowcast export runs/default-gan --name default-gan --evaluation runs/eval/scores.json
     nowcast demo --out demo-output
     nowcast models
+    nowcast retrain --config configs/retrain/default-gan.toml --out runs/retrain-1
+    nowcast promote default-gan@v9 --reason "..."   /   nowcast rollback default-gan --reason "..."
+    nowcast watch watch.toml --metrics-port 9108
+    nowcast replay fmi-20170509 --to feed/ --interval 5
 
 (The web service is not a command of the library: ``python -m service``.)
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,6 +93,9 @@ def setup_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     logging.getLogger("nowcast").setLevel(level)
     logging.getLogger("service").setLevel(level)
+    # Dask's scheduler and workers (the evaluation's local cluster) narrate every connection at info; dask reads
+    # this when it is imported, here and in the worker processes
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning" if verbosity < 1 else "info")
 
 
 def _version(value: bool) -> None:
@@ -242,6 +250,13 @@ def evaluate(
         help="With --members: the ensemble method the Brier skill is measured against ('none': no skill; "
              "the default, steps, only where it is among the methods).",
     ),
+    scheduler: str = typer.Option(
+        "local", "--scheduler",
+        help="Where the start times are forecast: 'local' (a Dask cluster of --workers processes here), 'none' "
+             "(in this process) or a Dask scheduler's address (tcp://host:8786). The scores are the same.",
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="With --scheduler local: worker processes "
+                                                                       "(default: one per core)."),
 ) -> None:
     """Score forecasters over sliding start times of catalogue events; write tables and plots."""
     from nowcast.evaluate import evaluate as run_evaluation
@@ -266,12 +281,17 @@ def evaluate(
     reference = None if brier_reference.strip().lower() in ("", "none") else brier_reference.strip()
     report = run_evaluation(method_names, event_ids, n_input=n_input, steps=steps, stride=stride,
                             loader=loader, out_dir=out, progress=progress, models_dir=models_dir,
-                            console=stderr_console(), members=members, seed=seed, brier_reference=reference)
+                            console=stderr_console(), members=members, seed=seed, brier_reference=reference,
+                            scheduler=_scheduler(scheduler), workers=workers)
     timing = ", ".join(f"{name} {t['mean_seconds_per_forecast']:.2f} s"
                        for name, t in report["timing"].items() if t["mean_seconds_per_forecast"] is not None)
     logger.info("%d start times evaluated in %.0f s (mean per forecast: %s)",
                 report["overall"]["n_evaluated"], report["runtime_seconds"], timing or "none")
     typer.echo(str(out / "scores.md"))
+
+
+def _scheduler(text: str) -> str | None:
+    return None if text.strip().lower() in ("", "none") else text.strip()
 
 
 @app.command()
@@ -280,16 +300,132 @@ def models(
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/ or "
                                                                       "$NOWCAST_MODELS_DIR)."),
 ) -> None:
-    """List the forecasters: the baselines and the trained models with their versions."""
+    """List the forecasters: the baselines and the trained models with their versions, which one is live and
+    why (promoted by whom, and its gate report)."""
     from nowcast import artifacts
     from nowcast.forecasters import builtin_names
 
-    table = Table("name", "kind", "versions")
+    table = Table("name", "kind", "versions", "live")
     for name in builtin_names():
-        table.add_row(name, "baseline", "–")
+        table.add_row(name, "baseline", "–", "–")
     for name in artifacts.list_models(models_dir):
-        table.add_row(name, "trained", ", ".join(artifacts.list_versions(name, models_dir)))
+        versions = [_version_text(name, version, models_dir) for version in artifacts.list_versions(name, models_dir)]
+        table.add_row(name, "trained", "\n".join(versions),
+                      _live_text(artifacts.live_record(name, models_dir), artifacts.default_version(name, models_dir)))
     Console().print(table)
+
+
+def _version_text(name: str, version: str, models_dir: Path | None) -> str:
+    """A version, with its retrain gate's decision where a retrain made it."""
+    from nowcast import artifacts
+    from nowcast.errors import UnreadableFileError
+
+    try:
+        decision = (artifacts.card(name, version, models_dir).get("retrain") or {}).get("decision")
+    except UnreadableFileError:
+        return f"{version} (unreadable card)"
+    return f"{version} (gate: {decision})" if decision else version
+
+
+def _live_text(record: dict[str, Any] | None, served: str) -> str:
+    """Which version is live and why, in a few lines."""
+    if record is None:
+        return f"{served} (latest; none promoted)"
+    lines = [f"{record['version']}: {record['action']} by {record['by']} at {record['promoted_at']}",
+             f"reason: {record['reason']}"]
+    gate = record.get("gate_report")
+    if gate:
+        lines.append(f"gate: {gate.get('decision')} against {gate.get('compared_with')}")
+        lines += [f"  {'✓' if c.get('passed') else '✗'} {c.get('name')}: {c.get('summary')}"
+                  for c in gate.get("criteria", [])]
+    return "\n".join(lines)
+
+
+@app.command()
+@user_errors
+def retrain(
+    config: Path = typer.Option(..., "--config", "-c", help="Retrain config (TOML or JSON): name, split, "
+                                                            "experiment, evaluation, gate; unknown keys are an error."),
+    out: Path = typer.Option(..., "--out", help="Work folder: split.json, run/, evaluation/, gate.json, report.md, "
+                                                "result.json."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the job in --out where it stopped."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/ or "
+                                                                      "$NOWCAST_MODELS_DIR)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Evaluation on 'local' (a Dask cluster here), "
+                                         "'none' (this process) or a Dask scheduler's address (default: the "
+                                         "config's)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="With a local cluster: worker processes."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Retrain a model: split, train, evaluate against the live version and the baselines, gate, export as a new
+    version and promote it only when it passed (runs data-parallel under torchrun too)."""
+    from nowcast.io.importers import quiet_pysteps_io
+    from nowcast.retrain import load_config
+    from nowcast.retrain import retrain as run_retrain
+
+    quiet_pysteps_io()
+    result = run_retrain(load_config(config), out, resume=resume, models_dir=models_dir, progress=progress,
+                         scheduler=scheduler, workers=workers)
+    if not result["finished"]:
+        return  # a torchrun rank other than 0: rank 0 reports
+    typer.echo(json.dumps({k: result[k] for k in ("name", "version", "decision", "promoted", "live_version")}))
+    typer.echo(str(out / "report.md"))
+
+
+@app.command()
+@user_errors
+def promote(
+    model: str = typer.Argument(..., metavar="NAME@VERSION", help="The version to make live."),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the live pointer's history)."),
+    by: str | None = typer.Option(None, "--by", help="Who (default: the user name)."),
+    force: bool = typer.Option(False, "--force", help="Promote a version whose retrain gate refused it."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/ or "
+                                                                      "$NOWCAST_MODELS_DIR)."),
+) -> None:
+    """Make a version the live one of its name; the service follows (SIGHUP, admin call or its poll)."""
+    from nowcast import artifacts
+
+    name, _, version = model.partition("@")
+    if not version:
+        raise InputError(f"{model!r}: give the version to promote, as NAME@VERSION")
+    card = artifacts.card(name, version, models_dir)
+    gate = (card.get("retrain") or {}).get("gate")
+    if gate and gate.get("decision") != "promote" and not force:
+        failed = ", ".join(c["name"] for c in gate.get("criteria", []) if not c.get("passed"))
+        raise InputError(f"{model} failed its retrain gate ({failed}); pass --force to promote it anyway")
+    summary = None
+    if gate:
+        from nowcast.retrain import gate_summary
+
+        summary = gate_summary(gate, version)
+    record = artifacts.promote(name, version, by=by or _user_name(), reason=reason, gate_report=summary,
+                               models_dir=models_dir)
+    typer.echo(f"{name}@{record['version']} is live")
+
+
+@app.command()
+@user_errors
+def rollback(
+    name: str = typer.Argument(..., help="The model whose previous live version comes back."),
+    reason: str = typer.Option(..., "--reason", help="Why (kept in the live pointer's history)."),
+    by: str | None = typer.Option(None, "--by", help="Who (default: the user name)."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/ or "
+                                                                      "$NOWCAST_MODELS_DIR)."),
+) -> None:
+    """Make the version that was live before the current one live again."""
+    from nowcast import artifacts
+
+    record = artifacts.rollback(name, by=by or _user_name(), reason=reason, models_dir=models_dir)
+    typer.echo(f"{name}@{record['version']} is live")
+
+
+def _user_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 @app.command()
@@ -357,6 +493,80 @@ def demo(
                    f"   +60: {c1.get('60', float('nan')):.3f} / {c4.get('60', float('nan')):.3f}")
     for path in result["files"]:
         typer.echo(path)
+
+
+@app.command()
+@user_errors
+def watch(
+    config: Path = typer.Argument(..., help="Watch config (TOML or JSON; see docs/operations.md)."),
+    input_dir: Path | None = typer.Option(None, "--input", help="Folder the radar files arrive in (overrides "
+                                                               "input_dir)."),
+    output_dir: Path | None = typer.Option(None, "--output", help="Product folder (overrides output_dir)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Forecaster (overrides model and "
+                                                                 "$NOWCAST_MODEL)."),
+    once: bool = typer.Option(False, "--once", help="Process the files there are, then exit."),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", min=0, max=65535,
+                                            help="Serve Prometheus metrics on this port."),
+) -> None:
+    """Forecast a live radar feed: follow a folder, write a product per new frame into an output folder."""
+    import signal
+    import threading
+
+    from nowcast.watch import Watcher, load_watch_config
+
+    if not stderr_console().is_terminal:
+        _plain_log_lines()
+    overrides = {"input_dir": str(input_dir) if input_dir else None,
+                 "output_dir": str(output_dir) if output_dir else None, "model": model}
+    watcher = Watcher(load_watch_config(config, **overrides))
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, registry=watcher.metrics.registry)
+        logger.info("metrics on port %d", metrics_port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    watcher.run(stop, once=once)
+
+
+def _plain_log_lines() -> None:
+    """One unwrapped line per record, for a journal or a container's log rather than a terminal."""
+    import sys
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "nowcast_cli", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.nowcast_cli = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+
+
+@app.command()
+@user_errors
+def replay(
+    event: str = typer.Argument(..., help="Event id of the catalogue, e.g. fmi-20170509."),
+    to: Path = typer.Option(..., "--to", help="Folder to copy the files into (in the source's folder layout)."),
+    interval: float = typer.Option(5.0, "--interval", min=0.0, help="Seconds between two files."),
+    frames: int | None = typer.Option(None, "--frames", min=1, help="Copy only the first N files."),
+    start: str | None = typer.Option(None, "--start", help="Valid time of the first file (default: the event's "
+                                                           "start)."),
+    write_seconds: float = typer.Option(0.0, "--write-seconds", min=0.0,
+                                        help="Write each file under its final name over this many seconds, as a "
+                                             "slow writer does (default: temporary name, then rename)."),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Radar archive (default: $NOWCAST_DATA_ROOT or ../shared/data/pysteps-data).",
+    ),
+    catalogue: Path | None = typer.Option(None, "--catalogue", help="Event catalogue file."),
+) -> None:
+    """Replay an archived event into a folder, file by file, as a live feed delivers it (for tests and demos)."""
+    from nowcast.io.catalogue import get_event
+    from nowcast.watch import replay_event
+
+    written = replay_event(get_event(event, catalogue), to, interval_s=interval, root=data_root, start=start,
+                           frames=frames, write_seconds=write_seconds)
+    typer.echo(f"{len(written)} files replayed into {to}")
 
 
 if __name__ == "__main__":  # python -m nowcast.cli (e.g. under torchrun)

@@ -22,6 +22,14 @@ under its own name, exactly as a deterministic method, and its members as an ens
 histogram, spread/skill, first member's spectra; see :mod:`nowcast.verification`).
 Deterministic methods are scored as without ``members``.
 
+Each start time is one task: its methods' forecasts and the scores they add, from zero
+(:func:`score_start`). The tasks run in this process, or on Dask's distributed scheduler
+(``scheduler``: ``"local"`` for a cluster of worker processes on this machine, or the
+address of a running scheduler), a few at a time; either way their sums are added up in
+start-time order by the same code, so the scores are the same to the last bit. Every
+method's non-finite values (NaN, infinite) are counted too (``nonfinite``), since the
+scores leave such pixels out.
+
 Output, written into ``out_dir`` file by file (each to a temporary name, then
 renamed, and only once every forecast is done): ``scores.json`` (everything),
 ``scores.md`` (tables), ``csi_vs_lead.png``, ``spectrum.png`` and one
@@ -34,6 +42,7 @@ axes in km, or in degrees on a latitude/longitude grid); with ensembles also
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -42,8 +51,8 @@ import shutil
 import tempfile
 import time
 import zlib
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +65,7 @@ import xarray as xr
 from nowcast.ensemble import exceedance_probability, probability_matched_mean
 from nowcast.errors import InputError, SequenceError
 from nowcast.forecasters import Forecaster, get_forecaster
+from nowcast.quiet import quiet_stdout
 from nowcast.report import render_markdown
 from nowcast.sequence import DIMS, UNITS, _is_geographic, pixel_size_km
 from nowcast.verification import Scores, ScoreSettings, accumulate, key
@@ -81,6 +91,12 @@ SKIP_EMPTY_PAST = "a past frame has no data"
 SKIP_DRY_PAST = "no rain in the past frames"
 SKIP_TIME_GAP = "gap in the time series"
 SKIP_NO_OBSERVATIONS = "no observed data in the future frames"
+#: ``scheduler``: a Dask cluster of worker processes on this machine
+LOCAL_CLUSTER = "local"
+#: how long to wait for a Dask scheduler given by address
+CONNECT_TIMEOUT_S = 30.0
+# start times in flight per Dask worker thread: enough to keep each busy while one is added up
+_TASKS_PER_THREAD = 2
 
 
 @dataclass
@@ -140,6 +156,32 @@ class _Forecasts:
     members: dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class _Start:
+    """One start time to forecast and score: everything a worker needs."""
+
+    event_id: str
+    reference: pd.Timestamp
+    past: xr.DataArray
+    observed: np.ndarray
+    lead_minutes: list[float]
+    pixel_size_km: float
+    seed: int | None
+    map_leads: list[float]
+    map_lead_index: list[int]
+
+
+@dataclass
+class _StartScores:
+    """What one start time adds: every method's scores from zero, forecast seconds, non-finite
+    counts ([NaN, infinite, values]) and its map case."""
+
+    scores: dict[str, Scores]
+    seconds: dict[str, float]
+    nonfinite: dict[str, list[int]]
+    case: _Case
+
+
 @dataclass
 class _EventResult:
     event_id: str
@@ -174,6 +216,8 @@ def evaluate(
     members: int | None = None,
     seed: int = 0,
     brier_reference: str | None = DEFAULT_BRIER_REFERENCE,
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Score ``methods`` on ``events`` and write the report into ``out_dir``.
 
@@ -187,9 +231,13 @@ def evaluate(
     ``members``: ensemble members drawn by every method that can (at least 2; None:
     every method forecasts once); ``seed``: the run's seed, from which each start time's
     is derived; ``brier_reference``: the ensemble method the others' Brier skill is
-    measured against (the default, ``steps``, only where it is among them; None: none).
-    Returns the content of ``scores.json``. Lead times are ``steps`` times the event's
-    time step, so with 12 steps a 10-min event is scored up to +120 min.
+    measured against (the default, ``steps``, only where it is among them; None: none);
+    ``scheduler``: None to forecast in this process, ``"local"`` for a Dask cluster of
+    ``workers`` processes (default: one per core) on this machine, or a Dask scheduler's
+    address (its workers need this package, nothing else: the forecasters travel to them,
+    trained models with their weights). Returns the content of ``scores.json``. Lead times
+    are ``steps`` times the event's time step, so with 12 steps a 10-min event is scored up
+    to +120 min.
     """
     methods, events = list(dict.fromkeys(methods)), list(dict.fromkeys(events))
     out_dir = Path(out_dir)
@@ -203,18 +251,19 @@ def evaluate(
         loader = functools.partial(load_event, on_missing="nan")
     started, started_at = time.perf_counter(), datetime.now(UTC)
 
-    # every event, one start time after another, every method on the same past frames
+    # every start time of every event a task (every method on the same past frames), added up in order
     forecast_seconds: dict[str, list[float]] = {name: [] for name in methods}
+    nonfinite: dict[str, list[int]] = {name: [0, 0, 0] for name in methods}
     results: list[_EventResult] = []
-    with _progress_bar(progress, console) as bar:
+    with _progress_bar(progress, console) as bar, _runner(scheduler, workers) as run:
         task = bar.add_task("evaluating", total=None)
-        for event_id in events:
-            bar.update(task, description=f"loading {event_id}")
-            results.append(_evaluate_event(
-                event_id, loader(event_id), plan, n_input=n_input, steps=steps, stride=stride,
-                settings=settings, min_rain_mmh=min_rain_mmh, forecast_seconds=forecast_seconds,
-                bar=bar, task=task,
-            ))
+        starts = _starts(events, loader, plan, results, n_input=n_input, steps=steps, stride=stride,
+                         settings=settings, min_rain_mmh=min_rain_mmh, bar=bar, task=task)
+        for result, start, added in run(plan, starts, settings):
+            _add_start(result, start, added, settings, forecast_seconds, nonfinite)
+            bar.advance(task, len(methods))
+    for result in results:
+        _log_event(result)
 
     # the report: the events' sums added up, then the files
     overall = plan.new_scores(settings)
@@ -224,6 +273,8 @@ def evaluate(
     report = _report(plan, results, overall, forecast_seconds, settings=settings, n_input=n_input,
                      steps=steps, stride=stride, min_rain_mmh=min_rain_mmh, started_at=started_at,
                      runtime=time.perf_counter() - started)
+    report["nonfinite"] = {name: dict(zip(("nan", "inf", "values"), counts, strict=True))
+                           for name, counts in nonfinite.items()}
     _write_outputs(out_dir, report, results, methods, settings)
     logger.info("evaluation done in %.0f s; wrote %s", time.perf_counter() - started, out_dir)
     return report
@@ -310,112 +361,218 @@ class _Clock:
         return cls(times, steps_s, step_s, lead_minutes, map_leads, [lead_minutes.index(m) for m in map_leads])
 
 
-def _evaluate_event(
-    event_id: str,
-    sequence: xr.DataArray,
-    plan: _Methods,
-    *,
-    n_input: int,
-    steps: int,
-    stride: int,
-    settings: ScoreSettings,
-    min_rain_mmh: float,
-    forecast_seconds: dict[str, list[float]],
-    bar: Any,
-    task: Any,
-) -> _EventResult:
-    clock = _Clock.of(event_id, sequence, steps, settings)
-    result = _EventResult(
-        event_id=event_id, n_frames=len(clock.times), time_step_minutes=clock.step_s / 60.0,
-        shape=(sequence.sizes["y"], sequence.sizes["x"]), pixel_size_km=pixel_size_km(sequence),
-        scores=plan.new_scores(settings), map_axes=_MapAxes.of(sequence),
-    )
-    if not _PLAUSIBLE_PIXEL_KM[0] <= result.pixel_size_km <= _PLAUSIBLE_PIXEL_KM[1]:
-        logger.warning("event %s: pixels of %.3g km are no radar grid's; check its projection and pixel size "
-                       "(FSS windows and spectra are in km)", event_id, result.pixel_size_km)
-    starts = start_indices(len(clock.times), n_input, steps, stride)
-    result.n_start_times = len(starts)
-    if not starts:
-        logger.warning("event %s: %d frames are too few for %d past and %d future frames",
-                       event_id, len(clock.times), n_input, steps)
-    n_methods = len(plan.forecasters)
-    planned = next(t.total for t in bar.tasks if t.id == task) or 0
-    bar.update(task, description=event_id, total=planned + len(starts) * n_methods)
-    values = sequence.values
-    totals = {name: _totals(scores) for name, scores in result.scores.items()}
-    for start in starts:
-        stop = start + n_input + steps
-        reference = clock.times[start + n_input - 1]
-        reason = skip_reason(values[start:start + n_input], values[start + n_input:stop],
-                             clock.steps_s[start:stop - 1], clock.step_s, min_rain_mmh)
-        if reason is not None:
-            logger.info("event %s, start %s: skipped (%s)", event_id, reference, reason)
-            result.skipped[reason] += 1
-            result.skipped_start_times.append({"time": reference.isoformat(), "reason": reason})
-            bar.advance(task, n_methods)
-            continue
-        past, observed = sequence.isel(time=slice(start, start + n_input)), values[start + n_input:stop]
-        seed = plan.start_seed(event_id, reference) if plan.ensembles else None
-        forecasts = _forecast_all(plan, past, steps, seed, forecast_seconds, bar, task)
-        accumulate(result.scores, observed, forecasts.deterministic, members=forecasts.members,
-                   lead_minutes=clock.lead_minutes, pixel_size_km=result.pixel_size_km)
-        totals = _record_start_time(result, totals, reference, seed, settings)
-        _keep_map_case(result, clock, reference, observed, forecasts, settings)
-    skipped = sum(result.skipped.values())
-    logger.info("event %s: %d start times, %d evaluated, %d skipped%s", event_id, result.n_start_times,
-                result.n_evaluated, skipped,
-                f" ({', '.join(f'{n} {r}' for r, n in result.skipped.items())})" if skipped else "")
-    return result
+def _starts(events: list[str], loader: Loader, plan: _Methods, results: list[_EventResult], *, n_input: int,
+            steps: int, stride: int, settings: ScoreSettings, min_rain_mmh: float, bar: Any,
+            task: Any) -> Iterator[tuple[_EventResult, _Start]]:
+    """Every start time to score, event after event (each loaded when its turn comes); the ones skipped are
+    recorded in their event's result here."""
+    for event_id in events:
+        bar.update(task, description=f"loading {event_id}")
+        sequence = loader(event_id)
+        clock = _Clock.of(event_id, sequence, steps, settings)
+        result = _EventResult(
+            event_id=event_id, n_frames=len(clock.times), time_step_minutes=clock.step_s / 60.0,
+            shape=(sequence.sizes["y"], sequence.sizes["x"]), pixel_size_km=pixel_size_km(sequence),
+            scores=plan.new_scores(settings), map_axes=_MapAxes.of(sequence),
+        )
+        results.append(result)
+        if not _PLAUSIBLE_PIXEL_KM[0] <= result.pixel_size_km <= _PLAUSIBLE_PIXEL_KM[1]:
+            logger.warning("event %s: pixels of %.3g km are no radar grid's; check its projection and pixel size "
+                           "(FSS windows and spectra are in km)", event_id, result.pixel_size_km)
+        indices = start_indices(len(clock.times), n_input, steps, stride)
+        result.n_start_times = len(indices)
+        if not indices:
+            logger.warning("event %s: %d frames are too few for %d past and %d future frames",
+                           event_id, len(clock.times), n_input, steps)
+        planned = next(t.total for t in bar.tasks if t.id == task) or 0
+        bar.update(task, description=event_id, total=planned + len(indices) * len(plan.forecasters))
+        values = sequence.values
+        for index in indices:
+            stop = index + n_input + steps
+            reference = clock.times[index + n_input - 1]
+            reason = skip_reason(values[index:index + n_input], values[index + n_input:stop],
+                                 clock.steps_s[index:stop - 1], clock.step_s, min_rain_mmh)
+            if reason is not None:
+                logger.info("event %s, start %s: skipped (%s)", event_id, reference, reason)
+                result.skipped[reason] += 1
+                result.skipped_start_times.append({"time": reference.isoformat(), "reason": reason})
+                bar.advance(task, len(plan.forecasters))
+                continue
+            yield result, _Start(
+                event_id=event_id, reference=reference, past=sequence.isel(time=slice(index, index + n_input)),
+                observed=values[index + n_input:stop], lead_minutes=clock.lead_minutes,
+                pixel_size_km=result.pixel_size_km,
+                seed=plan.start_seed(event_id, reference) if plan.ensembles else None,
+                map_leads=clock.map_leads, map_lead_index=clock.map_lead_index,
+            )
 
 
-def _forecast_all(plan: _Methods, past: xr.DataArray, steps: int, seed: int | None,
-                  forecast_seconds: dict[str, list[float]], bar: Any, task: Any) -> _Forecasts:
-    """Every method's forecast from the same past, timed; an ensemble's deterministic one is its members'
-    probability-matched mean."""
-    forecasts = _Forecasts({}, {})
+def score_start(plan: _Methods, start: _Start, settings: ScoreSettings) -> _StartScores:
+    """One start time's task: every method's forecast from the same past, and the scores they add to zero."""
+    import dask
+
+    with quiet_stdout():  # a worker process's first import of pysteps prints its start-up message
+        import pysteps  # noqa: F401
+    scores = plan.new_scores(settings)
+    # pySTEPS parallelises members with dask.compute over closures that fill lists in place: inside a
+    # distributed worker that would ship them to other processes, so a task's own dask calls stay in it
+    with dask.config.set(scheduler="synchronous"):
+        forecasts, seconds, nonfinite = _forecast_all(plan, start.past, len(start.lead_minutes), start.seed)
+    accumulate(scores, start.observed, forecasts.deterministic, members=forecasts.members,
+               lead_minutes=start.lead_minutes, pixel_size_km=start.pixel_size_km)
+    return _StartScores(scores, seconds, nonfinite, _map_case(start, forecasts, settings))
+
+
+def _forecast_all(plan: _Methods, past: xr.DataArray, steps: int,
+                  seed: int | None) -> tuple[_Forecasts, dict[str, float], dict[str, list[int]]]:
+    """Every method's forecast from the same past, timed, its non-finite values counted; an ensemble's
+    deterministic one is its members' probability-matched mean."""
+    forecasts, seconds, nonfinite = _Forecasts({}, {}), {}, {}
     for name, forecaster in plan.forecasters.items():
         ensemble = name in plan.ensembles
         tic = time.perf_counter()
         fields = (forecaster.forecast(past, steps, members=plan.members, seed=seed) if ensemble
                   else forecaster.forecast(past, steps)).values
-        forecast_seconds[name].append(time.perf_counter() - tic)
+        seconds[name] = time.perf_counter() - tic
+        n_nan = int(np.count_nonzero(np.isnan(fields)))
+        nonfinite[name] = [n_nan, int(fields.size - n_nan - np.count_nonzero(np.isfinite(fields))), int(fields.size)]
         if ensemble:
             forecasts.members[name] = fields
             forecasts.deterministic[name] = probability_matched_mean(fields)
         else:
             forecasts.deterministic[name] = fields
-        bar.advance(task)
-    return forecasts
+    return forecasts, seconds, nonfinite
 
 
-def _record_start_time(result: _EventResult, totals: dict[str, dict[str, Any]], reference: pd.Timestamp,
-                       seed: int | None, settings: ScoreSettings) -> dict[str, dict[str, Any]]:
-    """Keep what this start time added to the sums (for the bootstrap); returns the totals after it."""
-    after = {name: _totals(scores) for name, scores in result.scores.items()}
-    record: dict[str, Any] = {"time": reference.isoformat(), **_added(totals, after, settings)}
-    if seed is not None:
-        record["seed"] = seed
-        record.update(_added_ensemble(totals, after))
+def _add_start(result: _EventResult, start: _Start, added: _StartScores, settings: ScoreSettings,
+               forecast_seconds: dict[str, list[float]], nonfinite: dict[str, list[int]]) -> None:
+    """Add one start time's scores to its event's, keep what it added (for the bootstrap) and its map case."""
+    for name, scores in added.scores.items():
+        result.scores[name].merge(scores)
+        forecast_seconds[name].append(added.seconds[name])
+        nonfinite[name] = [a + b for a, b in zip(nonfinite[name], added.nonfinite[name], strict=True)]
+    zero: dict[str, Any] = {"categorical": {}, "spectrum": {}, "spectrum_matched": {}, "crps": {}, "brier": {}}
+    totals = {name: _totals(scores) for name, scores in added.scores.items()}
+    record: dict[str, Any] = {"time": start.reference.isoformat(),
+                              **_added(dict.fromkeys(totals, zero), totals, settings)}
+    for name in totals:  # a lead no pixel could score still counts, as a start time that added nothing
+        by_lead = record["categorical"].setdefault(name, {})
+        for lead in start.lead_minutes:
+            by_lead.setdefault(key(lead), {key(thr): [0, 0, 0] for thr in settings.thresholds_mmh})
+    if start.seed is not None:
+        record["seed"] = start.seed
+        record.update(_added_ensemble(dict.fromkeys(totals, zero), totals))
     result.start_time_sums.append(record)
     result.n_evaluated += 1
-    return after
+    if result.case is None or added.case.wet_pixels > result.case.wet_pixels:
+        result.case = added.case
 
 
-def _keep_map_case(result: _EventResult, clock: _Clock, reference: pd.Timestamp, observed: np.ndarray,
-                   forecasts: _Forecasts, settings: ScoreSettings) -> None:
-    """Keep the fields of the start time with the most observed rain at the map leads."""
-    wet = int(sum(np.count_nonzero(observed[i] >= settings.thresholds_mmh[0]) for i in clock.map_lead_index))
-    if result.case is not None and wet <= result.case.wet_pixels:
-        return
-    pairs = list(zip(clock.map_leads, clock.map_lead_index, strict=True))
+def _log_event(result: _EventResult) -> None:
+    skipped = sum(result.skipped.values())
+    logger.info("event %s: %d start times, %d evaluated, %d skipped%s", result.event_id, result.n_start_times,
+                result.n_evaluated, skipped,
+                f" ({', '.join(f'{n} {r}' for r, n in result.skipped.items())})" if skipped else "")
+
+
+def _map_case(start: _Start, forecasts: _Forecasts, settings: ScoreSettings) -> _Case:
+    """The fields at the map leads, and how much rain was observed there (the wettest start time is drawn)."""
+    observed = start.observed
+    wet = int(sum(np.count_nonzero(observed[i] >= settings.thresholds_mmh[0]) for i in start.map_lead_index))
+    pairs = list(zip(start.map_leads, start.map_lead_index, strict=True))
     threshold = settings.probability_thresholds_mmh[:1]
-    result.case = _Case(
-        reference_time=reference, wet_pixels=wet,
+    return _Case(
+        reference_time=start.reference, wet_pixels=wet,
         observed={lead: observed[i].copy() for lead, i in pairs},
         forecasts={name: {lead: fc[i].copy() for lead, i in pairs} for name, fc in forecasts.deterministic.items()},
         probabilities={name: {lead: exceedance_probability(members[:, i], threshold)[0] for lead, i in pairs}
                        for name, members in forecasts.members.items()},
     )
+
+
+Run = Callable[[_Methods, Iterator[tuple[_EventResult, _Start]], ScoreSettings],
+               Iterator[tuple[_EventResult, _Start, _StartScores]]]
+
+
+@contextlib.contextmanager
+def _runner(scheduler: str | None, workers: int | None) -> Iterator[Run]:
+    """How the start times run: here, one after another, or on a Dask cluster; results come in order."""
+    if scheduler is None:
+        yield _run_here
+        return
+    if workers is not None and workers < 1:
+        raise InputError(f"workers must be at least 1, got {workers}", field="workers")
+    with _dask_client(scheduler, workers) as client:
+        yield functools.partial(_run_on_dask, client)
+
+
+def _run_here(plan: _Methods, starts: Iterator[tuple[_EventResult, _Start]],
+              settings: ScoreSettings) -> Iterator[tuple[_EventResult, _Start, _StartScores]]:
+    for result, start in starts:
+        yield result, start, score_start(plan, start, settings)
+
+
+def _run_on_dask(client: Any, plan: _Methods, starts: Iterator[tuple[_EventResult, _Start]],
+                 settings: ScoreSettings) -> Iterator[tuple[_EventResult, _Start, _StartScores]]:
+    """Submit a few start times per worker thread ahead; wait for them in order, submitting the next as each
+    one is taken (the events are cut into start times here, so a worker holds one start time's frames)."""
+    shared = client.scatter(plan, broadcast=True, hash=False)  # the forecasters travel once to every worker
+    window = _TASKS_PER_THREAD * max(1, sum(client.nthreads().values()))
+    pending: deque[tuple[_EventResult, _Start, Any]] = deque()
+
+    def submit_next() -> None:
+        item = next(starts, None)
+        if item is not None:
+            # the frames go straight to a worker, not through the scheduler's task graph
+            frames = client.scatter(item[1], hash=False)
+            pending.append((*item, client.submit(score_start, shared, frames, settings, pure=False)))
+
+    for _ in range(window):
+        submit_next()
+    try:
+        while pending:
+            result, start, future = pending.popleft()
+            added = future.result()
+            future.release()
+            submit_next()
+            yield result, start, added
+    finally:
+        for *_, future in pending:
+            future.cancel()
+
+
+@contextlib.contextmanager
+def _dask_client(scheduler: str, workers: int | None) -> Iterator[Any]:
+    """A client of a local cluster (``"local"``: ``workers`` single-threaded processes) or of the scheduler at
+    that address."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - a dependency of the package
+        raise InputError(f"scheduler {scheduler!r}: dask's distributed scheduler is not installed ({exc})") from exc
+    if scheduler == LOCAL_CLUSTER:
+        import dask
+
+        n_workers = workers or os.cpu_count() or 1
+        # Dask starts workers with MALLOC_TRIM_THRESHOLD_ set, which also stops glibc from raising its mmap
+        # threshold: every large array is then fresh pages from the kernel, and scoring a start time took
+        # twice as long as in this process. The workers get glibc's own behaviour (and one thread each).
+        environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+                   if key != "MALLOC_TRIM_THRESHOLD_"}
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+                LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                             silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
+            logger.info("evaluating on a local Dask cluster of %d worker processes", n_workers)
+            yield client
+        return
+    try:
+        client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"scheduler {scheduler!r}: cannot connect ({exc}); give 'local' or a Dask scheduler's "
+                         "address such as tcp://host:8786", field="scheduler") from exc
+    with client:
+        logger.info("evaluating on the Dask scheduler at %s (%d worker threads)", scheduler,
+                    sum(client.nthreads().values()))
+        yield client
 
 
 def _totals(scores: Scores) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import InputError, UnreadableFileError
+from nowcast.io.locks import NETCDF_LOCK
 from nowcast.io.netcdf import (
     PROBABILITY_NAME,
     PRODUCT_VARIABLES,
@@ -103,17 +104,42 @@ def product_file_name(reference_time: datetime) -> str:
 
 def read_manifest(folder: str | os.PathLike[str]) -> list[ProductEntry]:
     """The products of ``folder``, oldest reference time first (none where there is no manifest yet)."""
+    document = _manifest_document(folder)
+    entries = [ProductEntry.from_json(record) for record in document.get("products", [])]
+    return sorted(entries, key=lambda e: e.reference_time)
+
+
+def read_manifest_extras(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``extra`` keys :func:`write_manifest` put beside the product list ({} where there is no manifest)."""
+    document = _manifest_document(folder)
+    return {k: v for k, v in document.items() if k not in ("schema", "updated", "products")}
+
+
+def _manifest_document(folder: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        return []
+        return {}
     except (OSError, json.JSONDecodeError) as exc:
         raise UnreadableFileError(f"{path}: cannot read ({exc})") from exc
     if not isinstance(document, dict) or document.get("schema") != MANIFEST_SCHEMA:
         raise UnreadableFileError(f"{path}: not a schema-{MANIFEST_SCHEMA} product manifest")
-    entries = [ProductEntry.from_json(record) for record in document.get("products", [])]
-    return sorted(entries, key=lambda e: e.reference_time)
+    return document
+
+
+def orphan_files(folder: str | os.PathLike[str], entries: Iterable[ProductEntry]) -> list[Path]:
+    """Files of ``folder`` a killed writer left: temporary files of products and of the manifest, and
+    product files the manifest (``entries``) does not name. Other files are not the feed's and are left."""
+    named = {entry.file for entry in entries}
+    found = []
+    for path in Path(folder).iterdir():
+        name = path.name
+        temporary = name.startswith((f".{PRODUCT_PREFIX}", f".{MANIFEST}."))
+        unlisted = bool(_PRODUCT_RE.match(name)) and name not in named
+        if (temporary or unlisted) and path.is_file():
+            found.append(path)
+    return sorted(found)
 
 
 def write_manifest(folder: str | os.PathLike[str], entries: Iterable[ProductEntry], **extra: Any) -> None:
@@ -204,7 +230,7 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
     """The fields of a product file written by :func:`write_product`."""
     path = Path(path)
     try:
-        with xr.open_dataset(path, engine="netcdf4") as ds:
+        with NETCDF_LOCK, xr.open_dataset(path, engine="netcdf4") as ds:
             ds.load()
     except (OSError, ValueError) as exc:
         raise UnreadableFileError(f"{path}: cannot read the product ({exc})") from exc

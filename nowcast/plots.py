@@ -142,7 +142,7 @@ def maps_figure(observed: Mapping[float, np.ndarray], forecasts: Mapping[str, Ma
     figure = Figure(figsize=(3.4 * len(columns) + 0.8 + 0.8 * bool(probabilities), 3.2 * len(leads) + 0.4),
                     layout="constrained")
     axes = figure.subplots(len(leads), len(columns), squeeze=False, sharex=True, sharey=True)
-    styles = {"rain": _rain_style(), "probability": _probability_style()}
+    styles = {"rain": rain_style(), "probability": probability_style()}
     extent = (float(x_km[0]), float(x_km[-1]), float(min(y_km[0], y_km[-1])), float(max(y_km[0], y_km[-1])))
     origin = "lower" if y_km[-1] > y_km[0] else "upper"
     images: dict[str, Any] = {}
@@ -172,14 +172,17 @@ def maps_figure(observed: Mapping[float, np.ndarray], forecasts: Mapping[str, Ma
     return figure
 
 
-def _rain_style() -> dict[str, Any]:
+def rain_style() -> dict[str, Any]:
+    """The project's rain-rate colour scale (``cmap`` and ``norm`` for imshow), shared with the map frames of
+    :mod:`nowcast.render`."""
     colormap = ListedColormap(
         ["#d4e9f7", "#9ccae8", "#5aa5d6", "#2a7fc0", "#3daa4c", "#f2d024", "#f08a24", "#d7301f"]
     ).with_extremes(bad="0.82", under="white", over="#7a0177")
     return {"cmap": colormap, "norm": BoundaryNorm(RAIN_LEVELS_MMH, colormap.N)}
 
 
-def _probability_style() -> dict[str, Any]:
+def probability_style() -> dict[str, Any]:
+    """The exceedance-probability colour scale, shared like :func:`rain_style`."""
     colormap = ListedColormap(["#fde0c5", "#facba6", "#f59e72", "#f2855d", "#ef6a4c", "#b3213b"]).with_extremes(
         bad="0.82", under="white")
     return {"cmap": colormap, "norm": BoundaryNorm(PROBABILITY_LEVELS, colormap.N)}

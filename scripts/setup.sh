@@ -13,4 +13,6 @@ fi
 # torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build
 .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# the forecasters' page libraries, pinned with their hashes (npm pack; only what is missing or different)
+.venv/bin/python scripts/vendor_web.py
 .venv/bin/python -c "import nowcast, torch, pysteps, cv2; print('nowcast ready: torch', torch.__version__)"

@@ -140,7 +140,7 @@ def product_request(
     return ProductRequest.from_options(products, thresholds, quantile_levels)
 
 
-def _query_numbers(text: str | None, field: str) -> list[float] | None:
+def query_numbers(text: str | None, field: str) -> list[float] | None:
     """Comma-separated numbers of the query string (None when absent)."""
     if text is None:
         return None
@@ -185,7 +185,7 @@ def _frames(text: bytes, settings: Settings) -> tuple[np.ndarray, Encoding]:
         return _decode_base64_frames(_validated(EncodedFrames, text, ("body", "frames")), settings), "base64"
     if text.startswith(b"["):
         values = parse_nested(text)
-        _check_grid(*values.shape, settings)
+        check_grid(*values.shape, settings)
         return values, "nested"
     raise InputError(
         "frames: expected nested arrays [time][y][x] of numbers, or an object with base64 data", field="frames"
@@ -222,12 +222,12 @@ def parse_netcdf_request(
     asked = product_request(
         members,
         [name.strip() for name in products.split(",") if name.strip()] if products is not None else None,
-        _query_numbers(thresholds, "thresholds"),
-        _query_numbers(quantile_levels, "quantile_levels"),
+        query_numbers(thresholds, "thresholds"),
+        query_numbers(quantile_levels, "quantile_levels"),
     )
 
     def check_shape(n_t: int, n_y: int, n_x: int) -> None:
-        _check_grid(n_t, n_y, n_x, settings)
+        check_grid(n_t, n_y, n_x, settings)
         if reserve is not None:
             needed = decode_estimate(NETCDF_TYPE, len(body)) + n_t * n_y * n_x * NETCDF_BYTES_PER_VALUE
             reserve(needed, f"a netCDF body of {n_t}x{n_y}x{n_x} values")
@@ -330,7 +330,7 @@ def _decode_base64_frames(frames: EncodedFrames, settings: Settings) -> np.ndarr
             field="frames.shape",
         )
     n_t, n_y, n_x = frames.shape
-    _check_grid(n_t, n_y, n_x, settings)
+    check_grid(n_t, n_y, n_x, settings)
     try:
         raw = base64.b64decode(frames.data, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -346,7 +346,7 @@ def _decode_base64_frames(frames: EncodedFrames, settings: Settings) -> np.ndarr
     return values
 
 
-def _check_grid(n_t: int, n_y: int, n_x: int, settings: Settings) -> None:
+def check_grid(n_t: int, n_y: int, n_x: int, settings: Settings) -> None:
     if n_t > settings.max_input_frames:
         raise TooLargeInputError(
             f"frames: {n_t} frames is more than this service's limit of "
@@ -465,12 +465,32 @@ def answer_of(query: ForecastQuery, forecast: xr.DataArray) -> xr.DataArray | xr
     return forecast if query.products is None else ensemble_products(forecast, query.products)
 
 
-def netcdf_answer(forecast: xr.DataArray | xr.Dataset, model: LoadedModel, request_id: str) -> bytes:
+@dataclass(frozen=True)
+class FallbackNote:
+    """Why the fallback answered instead of ``failed`` (``reason`` None: the model itself answered)."""
+
+    reason: str | None = None
+    failed: str | None = None
+
+    def fields(self) -> dict[str, object]:
+        return {"fallback": self.reason is not None, "fallback_reason": self.reason, "fallback_from": self.failed}
+
+    def attrs(self) -> dict[str, object]:
+        """Global attributes of a netCDF answer (netCDF has no booleans: 1 or 0)."""
+        attrs: dict[str, object] = {"fallback": np.int8(self.reason is not None), "fallback_reason": self.reason or ""}
+        if self.failed:
+            attrs["fallback_from"] = self.failed
+        return attrs
+
+
+def netcdf_answer(
+    forecast: xr.DataArray | xr.Dataset, model: LoadedModel, request_id: str, fallback: FallbackNote | None = None
+) -> bytes:
     """The CF-netCDF file of a forecast or of its products (:func:`nowcast.io.netcdf.write_netcdf`)."""
     return to_netcdf_bytes(
         forecast,
         forecast_reference_time=forecast.attrs["forecast_reference_time"],
-        attrs={"nowcast_model": model.label, "nowcast_request_id": request_id},
+        attrs={"nowcast_model": model.label, "nowcast_request_id": request_id, **(fallback or FallbackNote()).attrs()},
     )
 
 
@@ -483,6 +503,7 @@ def json_answer(
     batch_size: int,
     timings_ms: dict[str, float],
     started: float,
+    fallback: FallbackNote | None = None,
 ) -> Iterator[bytes]:
     """The JSON answer as chunks of text, a frame at a time (a long forecast is never held as one text).
 
@@ -510,6 +531,7 @@ def json_answer(
         "xpixelsize": float(forecast.attrs.get("xpixelsize", 1000.0)),
         "ypixelsize": float(forecast.attrs.get("ypixelsize", 1000.0)),
         "batch_size": batch_size,
+        **(fallback or FallbackNote()).fields(),
     }
     head_text = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()[:-1]
     if isinstance(forecast, xr.Dataset):

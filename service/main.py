@@ -15,12 +15,16 @@ from fastapi.openapi.utils import get_openapi
 
 from nowcast import __version__ as nowcast_version
 from service.api.main import api_router, root_router
+from service.api.routes.page import ADHOC_PATH
 from service.core.config import Settings
 from service.core.errors import install_error_handlers
 from service.core.memory import MemoryBudget
 from service.core.metrics import ServiceMetrics
 from service.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.feed import ProductStore
+from service.frames import AdhocProducts, FrameStore
 from service.inference.batching import MicroBatcher
+from service.inference.fallback import Fallback
 from service.inference.models import ModelManager
 from service.schemas import NowcastRequest, SwitchModelRequest
 
@@ -52,6 +56,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=metrics,
     )
     metrics.watch_device(lambda: models.active.device if models.ready else None)
+    products = _product_store(settings)
+    if products is not None:
+        metrics.watch_feed(products.newest_reference_time, settings.stale_after_s)
     app = FastAPI(
         title="nowcast",
         summary="Precipitation nowcasting service",
@@ -66,6 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.models = models
     app.state.batcher = batcher
+    app.state.fallback = Fallback(settings, metrics)
+    app.state.products = products
+    app.state.frames = FrameStore()
+    app.state.adhoc = AdhocProducts()
     app.state.memory = MemoryBudget(
         settings.request_memory_bytes,
         retry_after_s=settings.retry_after_s,
@@ -94,25 +105,41 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     codec_pool = ThreadPoolExecutor(max_workers=settings.codec_threads, thread_name_prefix="nowcast-codec")
     app.state.codec_pool = codec_pool
     loaded = await models.start()
+    await app.state.fallback.start()
     await batcher.start()
     background: set[asyncio.Task[None]] = set()
     reload_on_hangup = _install_reload_signal(models, background)
+    if settings.live_poll_s > 0:
+        _start_background(background, _follow_live_pointer(models, settings.live_poll_s))
     app.state.metrics.ready.set(1)
     logger.info("serving %s on %s", loaded.label, loaded.device)
     try:
         yield
     finally:
         app.state.metrics.ready.set(0)
+        for task in list(background):  # the live pointer's poll, a reload in flight
+            task.cancel()
         if reload_on_hangup:
             with suppress(Exception):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await batcher.stop()
+        app.state.fallback.stop()
         models.stop()
         codec_pool.shutdown(wait=False, cancel_futures=True)
 
 
+def _product_store(settings: Settings) -> ProductStore | None:
+    """The feed's product folder, when the service has one (it may not exist yet: the feed makes it)."""
+    if settings.products_dir is None:
+        return None
+    if not settings.products_dir.is_dir():
+        logger.warning("product folder %s does not exist (yet): no product until the feed writes one",
+                       settings.products_dir)
+    return ProductStore(settings.products_dir, settings.stale_after_s)
+
+
 def _body_limit(settings: Settings, path: str) -> int:
-    return settings.max_body_bytes if path == NOWCASTS_PATH else settings.max_admin_body_bytes
+    return settings.max_body_bytes if path in (NOWCASTS_PATH, ADHOC_PATH) else settings.max_admin_body_bytes
 
 
 def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -159,8 +186,26 @@ def _route_paths(app: FastAPI) -> set[str]:
     return documented | {path for path in (app.docs_url, app.redoc_url, app.openapi_url) if path}
 
 
+async def _follow_live_pointer(models: ModelManager, interval_s: float) -> None:
+    """Look at the live pointer every ``interval_s`` and switch when a version was promoted or rolled back."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await models.follow_live()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("switch to the live version failed; the active model is unchanged")
+
+
+def _start_background(background: set[asyncio.Task[None]], coroutine: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coroutine)
+    background.add(task)
+    task.add_done_callback(background.discard)
+
+
 def _install_reload_signal(models: ModelManager, background: set[asyncio.Task[None]]) -> bool:
-    """SIGHUP reloads the active model at its latest version (e.g. after exporting a new one)."""
+    """SIGHUP reloads the active model at its live version (``nowcast promote``), else its latest."""
     loop = asyncio.get_running_loop()
 
     def on_hangup() -> None:

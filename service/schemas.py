@@ -176,6 +176,13 @@ class NowcastResponse(BaseModel):
     xpixelsize: float
     ypixelsize: float
     batch_size: int = Field(description="requests that shared the model call")
+    fallback: bool = Field(
+        default=False, description="the forecast is the extrapolation's, because the model failed or was late"
+    )
+    fallback_reason: Literal["model_error", "deadline"] | None = Field(
+        default=None, description="why the fallback answered (also in the X-Nowcast-Fallback header)"
+    )
+    fallback_from: str | None = Field(default=None, description="the model that should have answered")
     timings_ms: Timings
 
 
@@ -226,10 +233,94 @@ class HealthResponse(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class FeedReadiness(BaseModel):
+    newest_reference_time: datetime | None
+    age_s: float | None = Field(description="seconds from the newest product's reference time to now")
+    stale: bool = Field(description="older than NOWCAST_STALE_AFTER_S, or no product at all")
+    error: str | None = None
+
+
 class ReadyResponse(BaseModel):
     ready: bool
     model: str | None = None
     reason: str | None = None
+    feed: FeedReadiness | None = Field(default=None, description="with a product folder: how old its newest product is")
+
+
+class GridInfo(BaseModel):
+    ny: int
+    nx: int
+    projection: str = Field(description="PROJ string; empty when the grid has none")
+    x: list[float] = Field(description="first and last cell centre in x (projection units)")
+    y: list[float] = Field(description="first and last cell centre in y, in row order")
+    pixel_size_m: float
+    bounds_lonlat: list[list[float]] | None = Field(
+        description="[[lon_min, lat_min], [lon_max, lat_max]] of the grid's outline; null without a projection"
+    )
+    corners_lonlat: list[list[float]] | None = Field(
+        description="[lon, lat] of the outline's corners, clockwise from the top left (top: the largest y)"
+    )
+
+
+class ProductLinks(BaseModel):
+    self: str
+    file: str = Field(description="this product's CF-netCDF file")
+    point: str = Field(description="point forecasts of the latest product: add ?lat=..&lon=.. or ?x=..&y=..")
+
+
+class LatestProduct(BaseModel):
+    """The newest product of the feed."""
+
+    reference_time: datetime
+    model: str
+    fallback: bool
+    fallback_reason: str | None
+    members: int | None
+    thresholds_mmh: list[float]
+    valid_times: list[datetime]
+    lead_times_min: list[float]
+    observed_times: list[datetime]
+    missing_frames: int
+    written_at: datetime
+    age_s: float
+    stale: bool
+    grid: GridInfo
+    links: ProductLinks
+
+
+class PointLocation(BaseModel):
+    lat: float | None = Field(description="of the cell's centre (null without a projection)")
+    lon: float | None
+    x: float = Field(description="of the cell's centre, projection units")
+    y: float
+    row: int
+    col: int
+
+
+class ObservedRate(BaseModel):
+    time: datetime
+    rate_mmh: float | None = Field(description="null: no data")
+
+
+class ForecastRate(BaseModel):
+    time: datetime
+    lead_min: float
+    rate_mmh: float | None = Field(description="null: no data")
+    probabilities: dict[str, float | None] | None = Field(
+        description="P(rate > threshold) by threshold in mm/h (ensemble products only)"
+    )
+
+
+class PointForecast(BaseModel):
+    """The latest product at the grid cell nearest to one place."""
+
+    reference_time: datetime
+    model: str
+    fallback: bool
+    location: PointLocation
+    observed: list[ObservedRate]
+    forecast: list[ForecastRate]
+    no_data: bool = Field(description="no forecast value at this cell (outside radar range): nothing to say")
 
 
 class ErrorResponse(BaseModel):

@@ -425,3 +425,27 @@ def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
     }
     for kind, path in files.items():
         assert _cf_errors(checker, path, tmp_path / f"{kind}.json") == [], kind
+
+
+def test_threads_reading_and_writing_netcdf_at_once_do_not_crash_the_process(tmp_path: Path) -> None:
+    """The netCDF4 wheels' HDF5 is not thread-safe: without the library's one lock this crashes (SIGSEGV)."""
+    script = f"""
+import threading
+from nowcast.feed import read_product, write_product
+from nowcast.io.netcdf import read_netcdf_bytes, to_netcdf_bytes
+from nowcast.synthetic import SyntheticRain, synthetic_sequence
+seq = synthetic_sequence(SyntheticRain(ny=200, nx=200, frames=8), seed=1)
+body = to_netcdf_bytes(seq)
+product = {str(tmp_path / "p.nc")!r}
+write_product(product, seq[:4], seq[4:])
+def work(k):
+    for _ in range(25):
+        [lambda: read_netcdf_bytes(body), lambda: read_product(product), lambda: to_netcdf_bytes(seq[:3])][k % 3]()
+threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"exit {run.returncode}: {run.stderr[-2000:]}"

@@ -477,7 +477,8 @@ def test_internal_error_answers_500_with_request_id_and_service_keeps_serving(
 ) -> None:
     seq = sequence()
     poisoned = seq.copy(data=np.where(np.isfinite(seq.values), 999.0, np.nan).astype(np.float32))
-    with running(model="test-batched") as client:
+    # without the fallback, which would answer for the failing model (tests/test_service_fallback.py)
+    with running(model="test-batched", fallback=False) as client:
         answer = client.post("/v1/nowcasts", json=json_body(poisoned), headers={"X-Request-ID": "trace-42"})
         assert answer.status_code == 500
         assert answer.json()["request_id"] == "trace-42" == answer.headers["x-request-id"]
@@ -495,7 +496,7 @@ def test_a_failing_batch_is_retried_request_by_request(fake_models: type[FakeBat
     seq = sequence()
     poisoned = seq.copy(data=np.where(np.isfinite(seq.values), 999.0, np.nan).astype(np.float32))
     with (
-        running(model="test-slow", batch_window_ms=200, max_batch=4) as client,
+        running(model="test-slow", batch_window_ms=200, max_batch=4, fallback=False) as client,
         ThreadPoolExecutor(2) as pool,
     ):
         good = pool.submit(client.post, "/v1/nowcasts", json=json_body(seq))

@@ -2,8 +2,8 @@
 
 ``get_forecaster("persistence")``, ``"extrapolation"``, ``"sprog"`` and ``"steps"`` give the
 baselines of :data:`METHODS`; any other name is a trained model of the registry
-(``models/NAME/VERSION``, see :mod:`nowcast.artifacts`), given as ``NAME`` (its latest
-version) or ``NAME@VERSION``. An unknown name is an error that lists the valid ones. The
+(``models/NAME/VERSION``, see :mod:`nowcast.artifacts`), given as ``NAME`` (its live
+version, else its latest) or ``NAME@VERSION``. An unknown name is an error that lists the valid ones. The
 command line, the evaluation job and the service all resolve names here.
 """
 
@@ -29,6 +29,17 @@ METHODS: dict[str, Callable[..., Forecaster]] = {
     "sprog": SProg,
     "steps": Steps,
 }
+
+
+#: The trained model served when none is named; without it in the registry, and whenever a
+#: model fails or is late, the pySTEPS extrapolation answers.
+DEFAULT_TRAINED_MODEL = "default-gan"
+FALLBACK_MODEL = "extrapolation"
+
+
+def default_model(models_dir: str | Path | None = None) -> str:
+    """The name served when none is given: the shipped trained model where the registry has it."""
+    return DEFAULT_TRAINED_MODEL if DEFAULT_TRAINED_MODEL in artifacts.list_models(models_dir) else FALLBACK_MODEL
 
 
 @dataclass(frozen=True)
@@ -60,9 +71,10 @@ def available(models_dir: str | Path | None = None) -> list[str]:
 def resolve(name: str, version: str | None = None, *, models_dir: str | Path | None = None) -> ForecasterName:
     """``NAME``, ``NAME@VERSION`` or (``NAME``, ``version``) as a name this table holds.
 
-    A trained model without a version is its latest one. Unknown names and versions raise
-    :class:`UnknownNameError` listing the valid ones; a version for a method, or two
-    versions that disagree, :class:`InputError` naming the field ``version``.
+    A trained model without a version is its live one (``models/NAME/LIVE``), else its latest.
+    Unknown names and versions raise :class:`UnknownNameError` listing the valid ones; a
+    version for a method, or two versions that disagree, :class:`InputError` naming the
+    field ``version``.
     """
     base, _, inline = name.partition("@")
     if inline and version and inline != version:
@@ -77,7 +89,7 @@ def resolve(name: str, version: str | None = None, *, models_dir: str | Path | N
         raise UnknownNameError(f"unknown forecaster {base!r}; valid names are: {', '.join(available(models_dir))}")
     versions = artifacts.list_versions(base, models_dir)
     if version is None:
-        return ForecasterName(base, versions[-1])
+        return ForecasterName(base, artifacts.default_version(base, models_dir))
     if version not in versions:
         raise UnknownNameError(f"model {base!r} has no version {version!r}; versions: {', '.join(versions)}")
     return ForecasterName(base, version)

@@ -27,17 +27,22 @@ def export_run(
     models_dir: str | Path | None = None,
     evaluation: str | Path | None = None,
     description: str = "",
+    evaluated_as: str | None = None,
+    card_extra: dict[str, Any] | None = None,
+    extra_markdown: str = "",
 ) -> Path:
     """Write the run's generator as ``models/NAME/VERSION`` and return that folder.
 
     ``evaluation``: a ``scores.json`` from ``nowcast evaluate`` whose scores (held-out
-    events, against the baselines) go into the model card.
+    events, against the baselines) go into the model card; ``evaluated_as``: the name the
+    model was scored under there (default: ``name``). ``card_extra``: more entries of the
+    card (the retrain job's gate report), ``extra_markdown``: a section of its README.
     """
     run = Path(run_dir)
     generator, cfg, step = load_generator(run)
     metrics = _read_metrics(run / METRICS)
     validation = next((m for m in reversed(metrics) if any(k.startswith("val_") for k in m)), {})
-    eval_summary = _evaluation_summary(Path(evaluation), name) if evaluation else None
+    eval_summary = _evaluation_summary(Path(evaluation), evaluated_as or name, name) if evaluation else None
     n_params = sum(p.numel() for p in generator.parameters())
     card: dict[str, Any] = {
         "description": description or _default_description(cfg),
@@ -59,6 +64,7 @@ def export_run(
         },
         "validation_during_training": validation,
         "evaluation": eval_summary,
+        **(card_extra or {}),
     }
     spec = {
         "model": config_io.to_dict(cfg.model),
@@ -70,7 +76,7 @@ def export_run(
         config=spec,
         weights_writer=lambda path: torch.save(generator.state_dict(), path),
         card_data=card,
-        card_markdown=card_markdown(name, card),
+        card_markdown=card_markdown(name, card) + (f"\n{extra_markdown.strip()}\n" if extra_markdown else ""),
         models_dir=models_dir,
         version=version,
     )
@@ -114,13 +120,18 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _evaluation_summary(path: Path, name: str) -> dict[str, Any]:
-    """The model's and the baselines' scores from a ``nowcast evaluate`` report that scored ``name``."""
+def _evaluation_summary(path: Path, method: str, name: str) -> dict[str, Any]:
+    """The model's and the baselines' scores from a ``nowcast evaluate`` report that scored it as ``method``,
+    under the model's ``name``."""
     report = json.loads(path.read_text())
     try:
-        return card_evaluation(report, name, source=path.name)
+        summary = card_evaluation(report, method, source=path.name)
     except KeyError as exc:
         raise InputError(f"{path}: {exc.args[0]}; evaluate the model under the name it is exported as") from exc
+    if method != name:
+        summary["method"] = name
+        summary["scores"] = {name if m == method else m: v for m, v in summary["scores"].items()}
+    return summary
 
 
 def card_markdown(name: str, card: dict[str, Any]) -> str:

@@ -37,6 +37,7 @@ import xarray as xr
 from nowcast.config import ConfigError, read_mapping
 from nowcast.errors import InputError, UnknownNameError, UnreadableFileError
 from nowcast.io.importers import quiet_pysteps_io, read_radar_files
+from nowcast.io.locks import NETCDF_LOCK
 from nowcast.paths import DATA_ROOT_ENV, data_root
 from nowcast.sequence import VARIABLE_NAME, make_sequence
 
@@ -99,6 +100,25 @@ class Event:
         return path if path.is_absolute() else archive_root(root) / path
 
 
+@dataclass(frozen=True)
+class Source:
+    """One radar network's files, as a catalogue's ``[sources.NAME]`` table describes them: what a live
+    feed of that network delivers (``timestep`` in minutes)."""
+
+    name: str
+    importer: str
+    fn_pattern: str
+    fn_ext: str
+    timestep: float
+    root_path: str = ""
+    path_fmt: str = ""
+    importer_kwargs: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def step(self) -> pd.Timedelta:
+        return pd.Timedelta(minutes=self.timestep)
+
+
 def archive_root(root: str | os.PathLike[str] | None = None) -> Path:
     """The radar archive's root folder; a clear error where it does not exist."""
     path = data_root(root)
@@ -127,12 +147,56 @@ def load_catalogue(path: str | os.PathLike[str] | None = None) -> dict[str, Even
     Without ``path``: the file named by ``NOWCAST_EVENT_CATALOGUE``, else the catalogue
     shipped with the product (the pysteps example events).
     """
+    data, where = _catalogue_content(path)
+    return parse_catalogue(data, where=where)
+
+
+def load_sources(path: str | os.PathLike[str] | None = None) -> dict[str, Source]:
+    """The radar sources of a catalogue file (its ``[sources.NAME]`` tables), by name; the file is
+    found as in :func:`load_catalogue` and may hold sources only."""
+    data, where = _catalogue_content(path)
+    if not isinstance(data, Mapping) or not isinstance(data.get("sources", {}), Mapping):
+        raise ConfigError(f"{where}: expected a table with a 'sources' table")
+    sources = data.get("sources", {})
+    _check_sources(sources, where)
+    return {name: _parse_source(name, entry, f"{where}: sources.{name}") for name, entry in sources.items()}
+
+
+def get_source(name: str, catalogue: str | os.PathLike[str] | None = None) -> Source:
+    """The source ``name`` of the catalogue file ``catalogue`` (default as in :func:`load_catalogue`)."""
+    sources = load_sources(catalogue)
+    try:
+        return sources[name]
+    except KeyError:
+        raise UnknownNameError(f"unknown radar source {name!r}; the catalogue's sources are: "
+                               f"{', '.join(sorted(sources)) or 'none'}") from None
+
+
+def _catalogue_content(path: str | os.PathLike[str] | None) -> tuple[Any, str]:
     if path is None and os.environ.get(CATALOGUE_ENV):
         path = os.environ[CATALOGUE_ENV]
     if path is None:
         text = resources.files("nowcast").joinpath("events.toml").read_text()
-        return parse_catalogue(tomllib.loads(text), where="nowcast/events.toml")
-    return parse_catalogue(read_mapping(path, what="the event catalogue"), where=str(path))
+        return tomllib.loads(text), "nowcast/events.toml"
+    return read_mapping(path, what="the event catalogue"), str(path)
+
+
+def _parse_source(name: str, entry: Mapping[str, Any], where: str) -> Source:
+    missing = [k for k in ("fn_pattern", "fn_ext", "importer", "timestep") if k not in entry]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {missing}")
+    for key in ("root_path", "path_fmt", "fn_pattern", "fn_ext", "importer"):
+        if not isinstance(entry.get(key, ""), str):
+            raise ConfigError(f"{where}.{key}: expected a string, got {entry[key]!r}")
+    timestep = entry["timestep"]
+    if isinstance(timestep, bool) or not isinstance(timestep, int | float) or not timestep > 0:
+        raise ConfigError(f"{where}.timestep: expected positive minutes, got {timestep!r}")
+    kwargs = entry.get("importer_kwargs", {})
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{where}.importer_kwargs must be a table")
+    return Source(name=str(name), importer=entry["importer"], root_path=entry.get("root_path", ""),
+                  path_fmt=entry.get("path_fmt", ""), fn_pattern=entry["fn_pattern"], fn_ext=entry["fn_ext"],
+                  timestep=float(timestep), importer_kwargs=dict(kwargs))
 
 
 def parse_catalogue(data: Mapping[str, Any], *, where: str = "catalogue") -> dict[str, Event]:
@@ -148,6 +212,12 @@ def parse_catalogue(data: Mapping[str, Any], *, where: str = "catalogue") -> dic
         raise ConfigError(f"{where}: 'sources' and 'events' must be tables")
     if not events:
         raise ConfigError(f"{where}: no events")
+    _check_sources(sources, where)
+    return {event_id: _parse_event(event_id, entry, sources, f"{where}: events.{event_id}")
+            for event_id, entry in events.items()}
+
+
+def _check_sources(sources: Mapping[str, Any], where: str) -> None:
     for name, source in sources.items():
         if not isinstance(source, Mapping):
             raise ConfigError(f"{where}: sources.{name} must be a table")
@@ -156,8 +226,6 @@ def parse_catalogue(data: Mapping[str, Any], *, where: str = "catalogue") -> dic
             raise ConfigError(
                 f"{where}: sources.{name}: unknown key(s) {bad}; valid keys are {list(_SOURCE_KEYS)}"
             )
-    return {event_id: _parse_event(event_id, entry, sources, f"{where}: events.{event_id}")
-            for event_id, entry in events.items()}
 
 
 def _parse_event(event_id: str, entry: Any, sources: Mapping[str, Any], where: str) -> Event:
@@ -369,7 +437,7 @@ def _read_cache(path: Path, key: str) -> xr.DataArray | None:
     import netCDF4
 
     try:
-        with netCDF4.Dataset(path) as ds:
+        with NETCDF_LOCK, netCDF4.Dataset(path) as ds:
             if ds.getncattr("nowcast_cache_key") != key:
                 return None
             rate = ds.variables[VARIABLE_NAME]

@@ -62,6 +62,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import InputError, SequenceError, UnitsError, UnknownNameError, UnreadableFileError
+from nowcast.io.locks import NETCDF_LOCK
 from nowcast.io.safety import check_hdf5, is_hdf5
 from nowcast.quiet import quiet_stdout
 from nowcast.sequence import make_sequence, time_step
@@ -260,7 +261,8 @@ def _read_with_pysteps(path: Path, importer: str, timestamp: Any | None,
     import_method = _import_rainfields if importer == "bom_rf3" else _pysteps_importer(importer)
     kwargs = _default_kwargs(path, importer, user_kwargs)
     try:
-        data, _quality, metadata = import_method(str(path), **kwargs)
+        with NETCDF_LOCK:
+            data, _quality, metadata = import_method(str(path), **kwargs)
     except InputError:
         raise
     except Exception as exc:  # h5py, PIL, gzip, netCDF4 and pysteps raise many types
@@ -637,7 +639,7 @@ def _is_rainfields(path: Path) -> bool:
     import netCDF4
 
     try:
-        with netCDF4.Dataset(path) as ds:
+        with NETCDF_LOCK, netCDF4.Dataset(path) as ds:
             var = ds.variables.get("precipitation")
             return (var is not None and var.ndim == 2
                     and "valid_time" in ds.variables and "proj" in ds.variables)

@@ -30,6 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import InputError, SequenceError, UnitsError, UnreadableFileError
+from nowcast.io.locks import NETCDF_LOCK
 from nowcast.io.safety import DEFAULT_LIMITS, ReadLimits, check_hdf5, is_hdf5
 from nowcast.products import ProductRequest, ensemble_products
 from nowcast.sequence import DIMS, VARIABLE_NAME, make_sequence, time_step
@@ -76,11 +77,12 @@ def read_netcdf(
         raise UnreadableFileError(f"{path}: not a regular file")
     if is_hdf5(path):
         check_hdf5(path, limits=limits)
-    try:
-        handle = netCDF4.Dataset(path, "r")
-    except Exception as exc:  # netCDF4 raises OSError, RuntimeError, ValueError...
-        raise UnreadableFileError(f"{path}: not a readable netCDF file ({exc})") from exc
-    return _read_open_file(handle, str(path), variable, limits, check_shape)
+    with NETCDF_LOCK:
+        try:
+            handle = netCDF4.Dataset(path, "r")
+        except Exception as exc:  # netCDF4 raises OSError, RuntimeError, ValueError...
+            raise UnreadableFileError(f"{path}: not a readable netCDF file ({exc})") from exc
+        return _read_open_file(handle, str(path), variable, limits, check_shape)
 
 
 def read_netcdf_bytes(
@@ -97,11 +99,12 @@ def read_netcdf_bytes(
     """
     if is_hdf5(data):
         check_hdf5(data, limits=limits, name=name)
-    try:
-        handle = netCDF4.Dataset(name, "r", memory=bytes(data))
-    except Exception as exc:
-        raise UnreadableFileError(f"{name}: not a readable netCDF file ({exc})") from exc
-    return _read_open_file(handle, name, variable, limits, check_shape)
+    with NETCDF_LOCK:
+        try:
+            handle = netCDF4.Dataset(name, "r", memory=bytes(data))
+        except Exception as exc:
+            raise UnreadableFileError(f"{name}: not a readable netCDF file ({exc})") from exc
+        return _read_open_file(handle, name, variable, limits, check_shape)
 
 
 def _read_open_file(
@@ -428,7 +431,8 @@ def write_dataset(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+        with NETCDF_LOCK:
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -14,13 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from nowcast.forecasters import DEFAULT_TRAINED_MODEL, FALLBACK_MODEL
 from nowcast.paths import models_dir as default_models_dir
 from nowcast.sequence import MAX_RAIN_RATE_MMH
-
-# The trained model a deployment serves when NOWCAST_MODEL is not set; without it in the
-# registry the service falls back to the pySTEPS extrapolation baseline.
-DEFAULT_TRAINED_MODEL = "default-gan"
-FALLBACK_MODEL = "extrapolation"
 
 
 class Settings(BaseSettings):
@@ -37,7 +33,13 @@ class Settings(BaseSettings):
         f"it is in the model registry, else {FALLBACK_MODEL!r}",
     )
     model_version: str | None = Field(
-        default=None, description="version of a trained model (default: latest)"
+        default=None, description="version of a trained model (default: the live one, else the latest)"
+    )
+    live_poll_s: float = Field(
+        default=5.0, ge=0.0, le=3600.0,
+        description="seconds between looks at the model's live pointer (models/NAME/LIVE), to switch to a newly "
+        "promoted or rolled-back version; 0: only on SIGHUP or an admin switch. A model pinned to a version "
+        "(NAME@VERSION, NOWCAST_MODEL_VERSION or an admin switch to one) does not follow it",
     )
     models_dir: Path | None = Field(default=None, description="model registry root (default: models/)")
     device: str = Field(
@@ -115,7 +117,29 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=1, description="requests waiting beyond this are refused (503)")
     inference_threads: int = Field(default=1, ge=1, le=64, description="batches run at once (1 suits a GPU)")
     request_timeout_s: float = Field(default=60.0, gt=0.0)
+    model_deadline_s: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="a forecast the model has not given within this many seconds (queue and model call) is "
+        f"answered by {FALLBACK_MODEL!r} instead, marked as a fallback; keep it well below "
+        "NOWCAST_REQUEST_TIMEOUT_S so that the extrapolation has time to run",
+    )
+    fallback: bool = Field(
+        default=True,
+        description=f"answer with {FALLBACK_MODEL!r} when the model fails or passes NOWCAST_MODEL_DEADLINE_S "
+        "(false: the model's error or a timeout is the answer)",
+    )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After sent with 503 answers")
+
+    # --- the product feed ----------------------------------------------------------------------------
+    products_dir: Path | None = Field(
+        default=None,
+        description="product folder written by `nowcast watch` (manifest.json and one CF-netCDF file per "
+        "reference time); unset: the /v1/nowcasts/latest routes answer 404",
+    )
+    stale_after_s: float = Field(
+        default=900.0, gt=0.0, description="a newest product older than this (from its reference time) is stale"
+    )
 
     # --- the server ------------------------------------------------------------------------------------
     host: str = "127.0.0.1"

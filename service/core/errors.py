@@ -58,6 +58,10 @@ class ForbiddenError(ServiceError):
     status_code = 403
 
 
+class NotFoundError(ServiceError):
+    status_code = 404
+
+
 class NotReadyError(ServiceError):
     status_code = 503
 

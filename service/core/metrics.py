@@ -8,8 +8,10 @@ worker per container, which is what a GPU deployment wants anyway.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -24,6 +26,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
@@ -81,6 +85,14 @@ class ServiceMetrics:
         )
         self.model_info = Info("nowcast_model", "The active model", registry=self.registry)
         self.ready = Gauge("nowcast_ready", "1 when a warmed-up model is serving", registry=self.registry)
+        self.fallbacks = Counter(
+            "nowcast_fallbacks",
+            "Forecasts answered by the fallback (extrapolation) instead of the model, by why",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("model_error", "deadline"):  # both series exist from the start, so rates work
+            self.fallbacks.labels(reason)
 
     def model_loaded(self, name: str, version: str | None, device: str, *, switched: bool) -> None:
         """Record the model now serving (and count a switch): the one place both metrics change."""
@@ -91,6 +103,10 @@ class ServiceMetrics:
     def watch_device(self, device: Callable[[], str | None]) -> None:
         """Report the memory of the device the active model runs on, read at scrape time."""
         self.registry.register(_DeviceMemoryCollector(device))
+
+    def watch_feed(self, newest: Callable[[], datetime | None], stale_after_s: float) -> None:
+        """Report the age of the feed's newest product (``newest()``: its reference time), read at scrape time."""
+        self.registry.register(_FeedAgeCollector(newest, stale_after_s))
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -120,6 +136,40 @@ class _DeviceMemoryCollector(Collector):
             if resident is not None:
                 family.add_metric([device, "resident"], float(resident))
         yield family
+
+
+class _FeedAgeCollector(Collector):
+    """No sample before the first product (or while the manifest cannot be read): alert on its absence too."""
+
+    def __init__(self, newest: Callable[[], datetime | None], stale_after_s: float) -> None:
+        self._newest = newest
+        self._stale_after_s = stale_after_s
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        # registering asks for the names: given here, so that registering reads nothing from disk
+        yield GaugeMetricFamily("nowcast_feed_product_age_seconds", "")
+        yield GaugeMetricFamily("nowcast_feed_stale", "")
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        age = GaugeMetricFamily(
+            "nowcast_feed_product_age_seconds", "Seconds from the newest product's reference time to now"
+        )
+        stale = GaugeMetricFamily(
+            "nowcast_feed_stale", "1 when the newest product is older than NOWCAST_STALE_AFTER_S (or there is none)"
+        )
+        try:
+            newest = self._newest()
+        except Exception:  # a scrape must not fail: the absent age sample is the signal
+            logger.exception("cannot read the product feed for its age")
+            newest = None
+        if newest is not None:
+            seconds = (datetime.now(UTC) - newest).total_seconds()
+            age.add_metric([], seconds)
+            stale.add_metric([], float(seconds > self._stale_after_s))
+        else:
+            stale.add_metric([], 1.0)
+        yield age
+        yield stale
 
 
 def _resident_bytes() -> int | None:

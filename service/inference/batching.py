@@ -48,7 +48,7 @@ class BatchResult:
 
 
 @dataclass(eq=False)
-class _Job:
+class NowcastJob:
     key: Hashable
     model: LoadedModel
     past: np.ndarray
@@ -79,12 +79,13 @@ class MicroBatcher:
         self._max_queue = max_queue
         self._threads = threads
         self._metrics = metrics
-        self._pending: list[_Job] = []
+        self._pending: list[NowcastJob] = []
         self._arrived: asyncio.Event | None = None
         self._free_threads: asyncio.Semaphore | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        self._batch_started: dict[int, float] = {}
         metrics.queue_depth.set_function(lambda: len(self._pending))
         metrics.batches_running.set_function(lambda: len(self._running))
 
@@ -95,6 +96,13 @@ class MicroBatcher:
     @property
     def depth(self) -> int:
         return len(self._pending)
+
+    def stalled_for(self, seconds: float) -> bool:
+        """Whether every inference thread has been running one model call for more than ``seconds`` (a model
+        that hangs holds them all)."""
+        now = time.monotonic()
+        started = list(self._batch_started.values())
+        return len(started) >= self._threads and all(now - t > seconds for t in started)
 
     async def start(self) -> None:
         self._arrived = asyncio.Event()
@@ -136,7 +144,7 @@ class MicroBatcher:
         # A unique object in the key keeps the job alone in its batch (see module docstring).
         alone: Hashable = None if model.forecaster.batch_invariant else object()
         key = (model.generation, past.shape, steps, members, seed, spacing, alone)
-        job = _Job(
+        job = NowcastJob(
             key=key,
             model=model,
             past=past,
@@ -174,7 +182,7 @@ class MicroBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
-    async def _collect(self) -> list[_Job]:
+    async def _collect(self) -> list[NowcastJob]:
         assert self._arrived is not None
         while True:
             self._pending = [job for job in self._pending if not job.future.done()]
@@ -200,17 +208,18 @@ class MicroBatcher:
             self._arrived.clear()
             await self._arrived.wait()
 
-    def _batch_limit(self, job: _Job) -> int:
+    def _batch_limit(self, job: NowcastJob) -> int:
         """How many requests like ``job`` one model call takes."""
         if self._max_pixels is None:
             return self._max_batch
         pixels = int(job.past.shape[-2] * job.past.shape[-1])
         return max(1, min(self._max_batch, self._max_pixels // pixels))
 
-    async def _run(self, batch: list[_Job]) -> None:
+    async def _run(self, batch: list[NowcastJob]) -> None:
         assert self._free_threads is not None and self._executor is not None
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        self._batch_started[id(batch)] = started
         try:
             outputs = await loop.run_in_executor(self._executor, _predict_batch, batch)
         except Exception as exc:
@@ -219,6 +228,7 @@ class MicroBatcher:
                     job.future.set_exception(exc)
             return
         finally:
+            self._batch_started.pop(id(batch), None)
             self._free_threads.release()
         inference_s = time.monotonic() - started
         self._metrics.batch_size.observe(len(batch))
@@ -242,7 +252,7 @@ class MicroBatcher:
                 )
 
 
-def _predict_batch(batch: list[_Job]) -> list[np.ndarray | Exception]:
+def _predict_batch(batch: list[NowcastJob]) -> list[np.ndarray | Exception]:
     """Run the batch as one model call; if that fails, run each request alone.
 
     Requests are validated before they are queued, so a failing batch is unexpected; running
@@ -262,7 +272,7 @@ def _predict_batch(batch: list[_Job]) -> list[np.ndarray | Exception]:
     return outputs
 
 
-def _predict(job: _Job, past: np.ndarray, size: int) -> list[np.ndarray]:
+def _predict(job: NowcastJob, past: np.ndarray, size: int) -> list[np.ndarray]:
     out = np.asarray(
         job.model.forecaster.predict(past, job.steps, members=job.members, seed=job.seed, spacing=job.spacing)
     )

@@ -4,6 +4,10 @@ Requests take a reference to the :class:`LoadedModel` that is active when they a
 and are batched and run on that one, so switching versions never fails a request in
 flight: the new model is loaded and warmed up first, then one reference assignment
 makes it active, and the old one is freed when its last batch finishes.
+
+A model asked for by name alone follows its live version (``models/NAME/LIVE``, see
+:mod:`nowcast.artifacts`): :meth:`ModelManager.follow_live` switches to a newly promoted or
+rolled-back version with the same switch; one pinned to a version stays on it.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import numpy as np
 
 from nowcast import artifacts
 from nowcast.errors import UnreadableFileError
-from nowcast.forecasters import Forecaster, get_forecaster, resolve
-from service.core.config import DEFAULT_TRAINED_MODEL, FALLBACK_MODEL, Settings
+from nowcast.forecasters import Forecaster, default_model, get_forecaster, resolve
+from service.core.config import Settings
 from service.core.metrics import ServiceMetrics
 
 logger = logging.getLogger(__name__)
@@ -63,11 +67,7 @@ class LoadedModel:
 
 
 def default_model_name(settings: Settings) -> str:
-    if settings.model:
-        return settings.model
-    if DEFAULT_TRAINED_MODEL in artifacts.list_models(settings.resolved_models_dir()):
-        return DEFAULT_TRAINED_MODEL
-    return FALLBACK_MODEL
+    return settings.model or default_model(settings.resolved_models_dir())
 
 
 def load_model(settings: Settings, name: str, version: str | None = None) -> LoadedModel:
@@ -149,6 +149,9 @@ class ModelManager:
         self._active: LoadedModel | None = None
         self._switch_lock = asyncio.Lock()
         self.switches = 0
+        self._pinned = True
+        self._live_error: str | None = None
+        self._failed_live: tuple[str, str] | None = None  # (name, version) whose load failed: not retried
 
     @property
     def ready(self) -> bool:
@@ -163,6 +166,7 @@ class ModelManager:
 
     async def start(self) -> LoadedModel:
         name = default_model_name(self._settings)
+        self._pinned = _pinned(name, self._settings.model_version)
         self._active = await asyncio.to_thread(load_model, self._settings, name, self._settings.model_version)
         self._metrics.model_loaded(self._active.name, self._active.version, self._active.device, switched=False)
         return self._active
@@ -172,10 +176,47 @@ class ModelManager:
         async with self._switch_lock:
             new = await asyncio.to_thread(load_model, self._settings, name, version)
             previous, self._active = self._active, new
+            self._pinned = _pinned(name, version)
             self.switches += 1
             self._metrics.model_loaded(new.name, new.version, new.device, switched=True)
         logger.info("active model switched from %s to %s", previous.label if previous else None, new.label)
         return new, previous
 
+    async def follow_live(self) -> LoadedModel | None:
+        """Switch to the live version of the active model's name when it moved; the new model, or None.
+
+        A pinned model, a method, or a name with no live pointer stays as it is; a pointer that
+        cannot be read, or a live version that fails to load, is logged once and leaves the
+        active model serving (a failed version is tried again only once the pointer moves).
+        """
+        active = self._active
+        if active is None or self._pinned or active.version is None:
+            return None
+        try:
+            live = await asyncio.to_thread(artifacts.live_version, active.name, self._settings.resolved_models_dir())
+        except UnreadableFileError as exc:
+            if str(exc) != self._live_error:
+                logger.warning("live pointer of %s unreadable, still serving %s: %s", active.name, active.label, exc)
+            self._live_error = str(exc)
+            return None
+        self._live_error = None
+        if live is None or live == active.version or self._active is not active \
+                or self._failed_live == (active.name, live):
+            return None
+        logger.info("%s@%s is live now: switching from %s", active.name, live, active.label)
+        try:
+            new, _ = await self.switch(active.name, live)
+        except Exception:
+            logger.exception("%s@%s is live but failed to load; still serving %s", active.name, live, active.label)
+            self._failed_live = (active.name, live)
+            return None
+        self._pinned = False  # switched to follow the pointer, not to stay on this version
+        self._failed_live = None
+        return new
+
     def stop(self) -> None:
         self._active = None
+
+
+def _pinned(name: str, version: str | None) -> bool:
+    return bool(version) or "@" in name

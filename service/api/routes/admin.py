@@ -17,7 +17,9 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(requir
     response_model=SwitchModelResponse,
     summary="Load a model version, warm it up, then make it active",
     description="Requests already queued or running finish on the previous model; the new one takes "
-    "the requests that arrive after the switch. Nothing changes when loading fails. The body "
+    "the requests that arrive after the switch. Nothing changes when loading fails. A trained model named "
+    "without a version loads its live version (`nowcast promote`) and follows it from then on; one named "
+    "with a version stays on it. The body "
     "(`SwitchModelRequest`) is read only after the admin key is checked.",
     responses={
         401: {"model": ErrorResponse},

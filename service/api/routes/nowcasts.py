@@ -29,6 +29,7 @@ from service.core.config import Settings
 from service.core.errors import NotAcceptableError, QueueFullError, RequestTimeoutError, UnsupportedMediaTypeError
 from service.core.memory import Reservation
 from service.inference.batching import MicroBatcher
+from service.inference.fallback import Fallback
 from service.inference.models import LoadedModel
 from service.schemas import ErrorResponse, NowcastResponse
 
@@ -123,7 +124,8 @@ async def create_nowcast(
     reservation = memory.reserve(codec.decode_estimate(body_type, length), f"a body of {length} bytes")
     # given back by RequestContextMiddleware once the answer is sent (or when a decode it gave up on ends)
     request.state.memory = reservation
-    job = _Job(request, settings, model, batcher, reservation, request_id, body_type, netcdf_answer, started)
+    job = NowcastJob(request, settings, model, batcher, request.app.state.fallback, reservation, request_id, body_type,
+               netcdf_answer, started)
     try:
         async with asyncio.timeout(settings.request_timeout_s):
             return await job.run(**in_query)
@@ -136,13 +138,14 @@ async def create_nowcast(
 
 
 @dataclass
-class _Job:
+class NowcastJob:
     """One forecast request, from its body to its answer, as named phases."""
 
     request: Request
     settings: Settings
     model: LoadedModel
     batcher: MicroBatcher
+    fallback: Fallback
     reservation: Reservation
     request_id: str
     body_type: str
@@ -157,20 +160,21 @@ class _Job:
             codec.answer_estimate(query, netcdf_answer=self.netcdf_answer), "this request's forecast"
         )
         decoded = time.perf_counter()
-        result = await self.batcher.submit(
+        outcome = await self.fallback.forecast(
+            self.batcher,
             self.model,
-            prepared.past,
-            query.steps,
-            members=query.members,
-            seed=query.seed,
-            spacing=prepared.spacing,
+            prepared,
             timeout_s=max(self.settings.request_timeout_s - (decoded - self.started), 0.001),
         )
-        forecast = await self.in_pool(result.model.forecaster.finish, prepared, result.frames)
+        result = outcome.result
+        forecast = await self.in_pool(result.model.forecaster.finish, outcome.prepared, result.frames)
         forecast = await self.in_pool(codec.answer_of, query, forecast)
         headers = {"X-Nowcast-Model": result.model.label, "X-Nowcast-Batch-Size": str(result.batch_size)}
+        if outcome.fallback_reason is not None:
+            headers["X-Nowcast-Fallback"] = outcome.fallback_reason
+        fallback = codec.FallbackNote(outcome.fallback_reason, outcome.fallback_from)
         if self.netcdf_answer:
-            content = await self.in_pool(codec.netcdf_answer, forecast, result.model, self.request_id)
+            content = await self.in_pool(codec.netcdf_answer, forecast, result.model, self.request_id, fallback)
             return Response(content, media_type=codec.NETCDF_TYPE, headers=headers)
         timings = {
             "decode_ms": (decoded - self.started) * 1e3,
@@ -185,6 +189,7 @@ class _Job:
             batch_size=result.batch_size,
             timings_ms=timings,
             started=self.started,
+            fallback=fallback,
         )
         return StreamingResponse(chunks, media_type=codec.JSON_TYPE, headers=headers)
 
