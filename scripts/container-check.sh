@@ -8,6 +8,9 @@
 #                                         localhost/nowcast:check-cuda): torch must import with CUDA support,
 #                                         then the same checks (the service runs on the CPU without a GPU)
 #   --rm-image                            remove the image afterwards (the base image and build cache stay)
+#   --no-feed                             skip the live-feed check: where the real radar archive is here, a
+#                                         watcher container and an API container share a product folder while
+#                                         an event is replayed; the watcher is killed (SIGKILL) and restarted
 #
 # Environment: ENGINE=podman|docker; BASE_IMAGE (default localhost/nowcast-base:bookworm, made here by
 # scripts/make-base-image.sh with debootstrap when missing, since no image registry need be reachable;
@@ -23,10 +26,12 @@ cd "$(dirname "$0")/.."
 T0=$SECONDS
 CUDA=0
 RM_IMAGE=0
+FEED=1
 for arg in "$@"; do
   case "$arg" in
     --cuda) CUDA=1 ;;
     --rm-image) RM_IMAGE=1 ;;
+    --no-feed) FEED=0 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "container-check: unknown argument $arg (--help)" >&2; exit 2 ;;
   esac
@@ -51,7 +56,13 @@ cleanup() {
       echo "--- container log (last 40 lines) ---" >&2
       "$ENGINE" logs "$NAME" 2>&1 | grep -v 'systemd' | tail -n 40 >&2 || true
     fi
-    "$ENGINE" rm -f "$NAME" >/dev/null 2>&1 || true
+    for container in "$NAME" "$NAME-watch" "$NAME-api"; do
+      if [ "$rc" -ne 0 ] && [ "$container" != "$NAME" ] && "$ENGINE" inspect "$container" >/dev/null 2>&1; then
+        echo "--- $container log (last 30 lines) ---" >&2
+        "$ENGINE" logs "$container" 2>&1 | tail -n 30 >&2 || true
+      fi
+      "$ENGINE" rm -f "$container" >/dev/null 2>&1 || true
+    done
   fi
   if [ "$RM_IMAGE" = 1 ] && [ -n "${ENGINE:-}" ]; then "$ENGINE" rmi -f "$IMAGE" >/dev/null 2>&1 || true; fi
   rm -rf "$WORK"
@@ -302,5 +313,118 @@ print(f"container-check: POST /v1/nowcasts -> {status} {content_type}, {len(answ
       f"max {finite.max():.2f} mm/h, wet (>0.1) {np.mean(finite > 0.1):.0%}; "
       f"request {answer_headers.get('x-request-id', answer_headers.get('X-Request-ID'))}")
 PY
+
+# --- the live feed: a watcher container and an API container sharing the product folder ----------------------
+DATA_ROOT=${NOWCAST_DATA_ROOT:-../shared/data/pysteps-data}
+if [ "$FEED" = 1 ] && [ -d "$DATA_ROOT/radar/KNMI" ]; then
+  t=$SECONDS
+  mkdir -p "$WORK/feed" "$WORK/products"
+  chown 10001:10001 "$WORK/products"   # the image's user writes products; the feed stays read-only to it
+  cat >"$WORK/watch.toml" <<'TOML'
+input_dir = "/var/lib/nowcast/feed"
+output_dir = "/var/lib/nowcast/products"
+source = "knmi"
+steps = 6
+settle_s = 1.0
+poll_interval_s = 0.5
+missing_wait_s = 0.0
+max_missing_frames = 0
+model_deadline_s = 300.0
+TOML
+  feed_run=(run -d --read-only --tmpfs "/tmp:rw,nosuid,nodev,size=512m,mode=1777" -e "NOWCAST_TORCH_THREADS=$(nproc)")
+  "$ENGINE" "${feed_run[@]}" --name "$NAME-watch" -v "$WORK/watch.toml:/etc/nowcast/watch.toml:ro" \
+    -v "$WORK/feed:/var/lib/nowcast/feed:ro" -v "$WORK/products:/var/lib/nowcast/products" \
+    "$IMAGE" python -m nowcast.cli watch /etc/nowcast/watch.toml >>"$WORK/feed-run.log" 2>&1 \
+    || { cat "$WORK/feed-run.log" >&2; fail "the watcher did not start"; }
+  "$ENGINE" "${feed_run[@]}" --name "$NAME-api" -p 127.0.0.1::8080 -e "NOWCAST_API_KEYS=$API_KEY" \
+    -e NOWCAST_PRODUCTS_DIR=/var/lib/nowcast/products -e NOWCAST_STALE_AFTER_S=1000000000 \
+    -v "$WORK/products:/var/lib/nowcast/products:ro" "$IMAGE" >>"$WORK/feed-run.log" 2>&1 \
+    || { cat "$WORK/feed-run.log" >&2; fail "the feed's API did not start"; }
+  FEED_ADDR=$("$ENGINE" port "$NAME-api" 8080 | head -n1)
+  FEED_ADDR=${FEED_ADDR/0.0.0.0/127.0.0.1}
+  NOWCAST_DATA_ROOT=$DATA_ROOT "$HOST_PYTHON" - "$ENGINE" "$NAME" "$WORK" "$FEED_ADDR" "$API_KEY" <<'PY' \
+    || fail "the live-feed check failed"
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+
+from nowcast.feed import MANIFEST, read_manifest, read_product
+from nowcast.forecasters import get_forecaster
+from nowcast.io.catalogue import find_event_files, get_event
+from nowcast.watch import replay_event
+
+engine, name, work, addr, key = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4], sys.argv[5]
+feed, products = work / "feed", work / "products"
+event = get_event("knmi-20100826")
+times = [when for when, _ in find_event_files(event, start="2010-08-26T02:00")][:8]
+
+
+def listed() -> dict:
+    return {e.reference_time: e for e in read_manifest(products)} if (products / MANIFEST).exists() else {}
+
+
+def wait_for(count: int, what: str) -> dict:
+    deadline = time.monotonic() + 420
+    while len(found := listed()) < count:
+        if time.monotonic() > deadline:
+            sys.exit(f"{what}: {len(found)} products after 420 s, expected {count}")
+        time.sleep(0.5)
+    return found
+
+
+def get(path: str) -> dict:
+    request = urllib.request.Request(f"http://{addr}{path}", headers={"X-API-Key": key})
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        return json.load(answer)
+
+
+replay_event(event, feed, interval_s=1.0, start=times[0], frames=6)
+before = wait_for(2, "before the kill")
+subprocess.run([engine, "kill", "--signal", "KILL", f"{name}-watch"], check=True, capture_output=True)
+time.sleep(1)  # a restart must not race the kill
+print(f"container-check: feed: watcher killed (SIGKILL) after {len(before)} products")
+replay_event(event, feed, interval_s=0.0, start=times[6], frames=2)
+subprocess.run([engine, "start", f"{name}-watch"], check=True, capture_output=True)
+n_input = get_forecaster("default-gan").n_input_frames  # the model the watcher runs by default
+after = wait_for(len(times) - n_input + 1, "after the restart")
+expected = [pd.Timestamp(t, tz="UTC").to_pydatetime() for t in times[n_input - 1:]]
+assert sorted(after) == expected, (sorted(after), expected)
+for when, entry in before.items():
+    assert after[when].written_at == entry.written_at, f"{when} was forecast twice"
+assert sorted(p.name for p in products.iterdir()) == sorted([MANIFEST, *(e.file for e in after.values())]), \
+    sorted(p.name for p in products.iterdir())
+newest = after[max(after)]
+fields = read_product(products / newest.file)
+assert not newest.fallback and newest.model.startswith("default-gan@"), newest
+deadline = time.monotonic() + 300
+while True:  # the API container warms its model up first
+    try:
+        latest = get("/v1/nowcasts/latest")
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(1)
+assert pd.Timestamp(latest["reference_time"]) == pd.Timestamp(newest.reference_time), latest
+lon = sum(c[0] for c in latest["grid"]["corners_lonlat"]) / 4
+lat = sum(c[1] for c in latest["grid"]["corners_lonlat"]) / 4
+point = get(f"/v1/nowcasts/latest/point?lat={lat:.4f}&lon={lon:.4f}")
+row, col = point["location"]["row"], point["location"]["col"]
+served = [step["rate_mmh"] for step in point["forecast"]]
+stored = [round(float(v), 4) if v == v else None for v in fields.forecast.values[:, row, col]]
+assert served == stored, (served, stored)
+print(f"container-check: feed: {len(after)} products by {newest.model} on the {fields.forecast.shape[1:]} KNMI grid, "
+      f"none forecast twice, no stray file; /v1/nowcasts/latest {latest['reference_time']}; "
+      f"point {lat:.2f}N {lon:.2f}E (row {row}, col {col}) = the product's values")
+PY
+  say "live feed: watcher and API containers sharing a product folder, checked in $((SECONDS - t)) s"
+elif [ "$FEED" = 1 ]; then
+  say "live feed: not checked (no real radar archive at $DATA_ROOT)"
+fi
 
 say "OK: $IMAGE (${SIZE} bytes) built in ${BUILD_S} s; whole check $((SECONDS - T0)) s"
