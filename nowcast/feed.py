@@ -189,7 +189,8 @@ class ProductFields:
     """One product file, read back: fields in mm/h in the sequence form, georeferencing in their ``attrs``.
 
     ``forecast`` is the deterministic forecast (time, y, x): the model's own, or an ensemble's
-    probability-matched mean; ``probabilities`` (threshold, time, y, x) exist for ensembles.
+    probability-matched mean; ``probabilities`` (threshold, time, y, x) exist for ensembles, and
+    ``members`` (member, time, y, x) where the writer kept them.
     """
 
     observed: xr.DataArray
@@ -197,6 +198,7 @@ class ProductFields:
     probabilities: xr.DataArray | None
     reference_time: pd.Timestamp
     attrs: dict[str, Any]
+    members: xr.DataArray | None = None
 
 
 def write_product(
@@ -205,18 +207,24 @@ def write_product(
     forecast: xr.DataArray,
     *,
     probabilities: xr.DataArray | None = None,
+    members: xr.DataArray | None = None,
     attrs: dict[str, Any] | None = None,
 ) -> Path:
     """Write one product atomically: the observed frames (time, y, x), the forecast (time, y, x) from the last
     observed frame and, for ensembles, exceedance probabilities (threshold, time, y, x) with a ``threshold``
-    coordinate in mm/h. ``attrs`` go into the file's global attributes (model, fallback, ...)."""
+    coordinate in mm/h and, where given, the members themselves (member, time, y, x; on a CF ``realization``
+    axis, as IMPROVER writes them). ``attrs`` go into the file's global attributes (model, fallback, ...)."""
     reference = observed["time"].values[-1]
-    if probabilities is None:
+    if probabilities is None and members is None:
         ds = sequence_to_dataset(forecast, forecast_reference_time=reference, attrs=attrs)
     else:
-        products = xr.Dataset({"pm_mean": forecast.transpose(*DIMS),
-                               "probabilities": probabilities.transpose("threshold", *DIMS)}, attrs=forecast.attrs)
-        ds = products_to_dataset(products, forecast_reference_time=reference, attrs=attrs)
+        products = {"pm_mean": forecast.transpose(*DIMS)}
+        if probabilities is not None:
+            products["probabilities"] = probabilities.transpose("threshold", *DIMS)
+        if members is not None:
+            products["members"] = members.transpose("member", *DIMS)
+        ds = products_to_dataset(xr.Dataset(products, attrs=forecast.attrs), forecast_reference_time=reference,
+                                 attrs=attrs)
     observed_values = observed.transpose(*DIMS).values.astype(np.float32)
     rate_attrs = {k: v for k, v in ds[_forecast_name(ds)].attrs.items() if k != "coordinates"}
     ds[OBSERVED_NAME] = xr.Variable((OBSERVATION_TIME, "y", "x"), observed_values,
@@ -237,7 +245,8 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
     if OBSERVED_NAME not in ds or ("forecast_reference_time" not in ds.coords):
         raise UnreadableFileError(f"{path}: not a nowcast product (no {OBSERVED_NAME} or reference time)")
     source = str(path)
-    forecast = dataset_to_sequence(ds.drop_vars([OBSERVED_NAME, PROBABILITY_NAME], errors="ignore"),
+    forecast = dataset_to_sequence(ds.drop_vars([OBSERVED_NAME, PROBABILITY_NAME], errors="ignore")
+                                   .drop_dims("realization", errors="ignore"),
                                    variable=_forecast_name(ds), source=source)
     observed_ds = ds[[OBSERVED_NAME]].rename({OBSERVATION_TIME: "time"}).drop_vars(
         ["forecast_reference_time", "forecast_period"], errors="ignore")
@@ -247,9 +256,13 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
     if PROBABILITY_NAME in ds:
         probabilities = ds[PROBABILITY_NAME].transpose("threshold", *DIMS).astype(np.float32)
         probabilities.attrs = dict(forecast.attrs)
+    members = None
+    if "realization" in ds.dims and VARIABLE_NAME in ds and "realization" in ds[VARIABLE_NAME].dims:
+        members = ds[VARIABLE_NAME].rename(realization="member").transpose("member", *DIMS).astype(np.float32)
+        members.attrs = dict(forecast.attrs)
     return ProductFields(observed=observed, forecast=forecast, probabilities=probabilities,
                          reference_time=pd.Timestamp(ds["forecast_reference_time"].values),
-                         attrs=dict(ds.attrs))
+                         attrs=dict(ds.attrs), members=members)
 
 
 def _forecast_name(ds: xr.Dataset) -> str:

@@ -85,7 +85,8 @@ class WatchConfig:
     ``source`` names a ``[sources.NAME]`` table of the event catalogue (``catalogue``, default:
     ``NOWCAST_EVENT_CATALOGUE`` or the packaged one). ``model``, ``model_version``, ``models_dir``
     and ``device`` default to the service's ``NOWCAST_*`` settings. ``members``: draw an ensemble
-    and write its probability-matched mean and exceedance probabilities at ``thresholds`` (mm/h).
+    and write its probability-matched mean and exceedance probabilities at ``thresholds`` (mm/h);
+    ``write_members``: the members themselves too (a product ``members`` times larger).
     Times in seconds, except ``retention_hours``.
     """
 
@@ -100,6 +101,7 @@ class WatchConfig:
     steps: int = 12
     members: int | None = None
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS_MMH
+    write_members: bool = False
     retention_hours: float = 24.0
     poll_interval_s: float = 2.0
     settle_s: float = 2.0
@@ -112,6 +114,7 @@ class WatchConfig:
         checks = [
             (self.steps >= 1, "steps must be at least 1"),
             (self.members is None or self.members >= 2, "members must be at least 2 (or left out)"),
+            (self.members is not None or not self.write_members, "write_members needs members"),
             (self.retention_hours > 0, "retention_hours must be positive"),
             (self.poll_interval_s > 0, "poll_interval_s must be positive"),
             (self.settle_s >= 0, "settle_s must not be negative"),
@@ -132,7 +135,10 @@ class WatchConfig:
     @property
     def request(self) -> ProductRequest | None:
         """The products made from an ensemble; None for a deterministic model."""
-        return None if self.members is None else ProductRequest(("pm_mean", "probabilities"), self.thresholds)
+        if self.members is None:
+            return None
+        products = ("pm_mean", "probabilities", "members") if self.write_members else ("pm_mean", "probabilities")
+        return ProductRequest(products, self.thresholds)
 
 
 def load_watch_config(path: str | os.PathLike[str], **overrides: Any) -> WatchConfig:
@@ -671,21 +677,22 @@ class Watcher:
                                                              "and fewer than 2 consecutive frames to extrapolate")
             reason = f"{self.model_label} needs {self.n_input} consecutive frames: " \
                      f"{_missing_text(missing, other_grid, self.n_input)}"
-            result, probabilities = self._fallback(past), None
+            result, ensemble = self._fallback(past), None
             fallback = ("missing_frames", reason)
         else:
             try:
-                result, probabilities = self._run_model(observed, when)
+                result, ensemble = self._run_model(observed, when)
                 fallback = None
                 self.metrics.model_seconds.observe(time.monotonic() - tic)
             except ModelUnavailableError as exc:
                 logger.warning("%s: %s (%s); falling back to %s", when, self.model_label, exc, FALLBACK_MODEL)
-                result, probabilities = self._fallback(observed), None
+                result, ensemble = self._fallback(observed), None
                 fallback = (exc.reason, f"{self.model_label}: {exc}")
-        return self._publish(when, observed, result, probabilities, fallback, len(missing),
+        return self._publish(when, observed, result, ensemble, fallback, len(missing),
                              time.monotonic() - tic)
 
-    def _run_model(self, observed: xr.DataArray, when: pd.Timestamp) -> tuple[xr.DataArray, xr.DataArray | None]:
+    def _run_model(self, observed: xr.DataArray, when: pd.Timestamp) -> tuple[xr.DataArray, xr.Dataset | None]:
+        """The deterministic forecast and, for an ensemble, its products (probabilities, and members if kept)."""
         members = self.config.members
         seed = None if members is None else int(when.timestamp() // 60) % (2**31)
         result = self.model.forecast(observed, self.config.steps, members=members, seed=seed,
@@ -694,7 +701,7 @@ class Watcher:
         if request is None:
             return result, None
         products = ensemble_products(result, request)
-        return products["pm_mean"], products["probabilities"]
+        return products["pm_mean"], products.drop_vars("pm_mean")
 
     def _fallback(self, past: xr.DataArray) -> xr.DataArray:
         from nowcast.forecasters import get_forecaster
@@ -705,7 +712,7 @@ class Watcher:
         return method.forecast(past, self.config.steps)
 
     def _publish(self, when: pd.Timestamp, observed: xr.DataArray, forecast: xr.DataArray,
-                 probabilities: xr.DataArray | None, fallback: tuple[str, str] | None, n_missing: int,
+                 ensemble: xr.Dataset | None, fallback: tuple[str, str] | None, n_missing: int,
                  seconds: float) -> Decision:
         frame = self.frames[when]
         arrived = datetime.fromtimestamp(frame.arrived, UTC)
@@ -717,15 +724,17 @@ class Watcher:
             valid_times=tuple(pd.Timestamp(t).to_pydatetime().replace(tzinfo=UTC)
                               for t in forecast["time"].values),
             model=made_by, fallback=fallback is not None, fallback_reason=reason,
-            members=self.config.members if probabilities is not None else None,
-            thresholds=self.config.thresholds if probabilities is not None else (),
+            members=self.config.members if ensemble is not None else None,
+            thresholds=self.config.thresholds if ensemble is not None else (),
             missing_frames=n_missing, frame_arrived_at=arrived,
         )
         attrs = {"model": made_by, "fallback": int(fallback is not None), "fallback_reason": reason,
                  "missing_frames": n_missing, "configured_model": self.model_label, "radar_source": self.source.name,
                  "frame_arrived_at": arrived.isoformat().replace("+00:00", "Z"),
                  "history": "nowcast watch"}
-        write_product(product_path(self.output_dir, entry), observed, forecast, probabilities=probabilities,
+        write_product(product_path(self.output_dir, entry), observed, forecast,
+                      probabilities=None if ensemble is None else ensemble["probabilities"],
+                      members=None if ensemble is None or "members" not in ensemble else ensemble["members"],
                       attrs=attrs)
         dropped = self._record(entry, when)
         latency = self.clock() - frame.arrived

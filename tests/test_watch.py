@@ -329,6 +329,21 @@ def test_an_ensemble_writes_its_probability_matched_mean_and_probabilities(feed)
     last = feed.rain.values[2]
     members = last[None] * np.linspace(0.5, 1.5, 4, dtype=np.float32)[:, None, None]
     np.testing.assert_allclose(fields.probabilities.values[0, 0], (members > 0.5).mean(axis=0), atol=1e-6)
+    assert fields.members is None  # not asked for: a product members times smaller
+
+
+def test_an_ensemble_keeps_its_members_when_asked(feed) -> None:
+    watcher = feed.watcher(Members, members=4, thresholds=(0.5,), write_members=True, max_missing_frames=0)
+    for k in range(3):
+        feed.deliver(k)
+    *_, decision = watcher.poll_once()
+    fields = read_product(feed.output / decision.entry.file)
+    assert fields.members is not None and fields.members.shape == (4, 3, 24, 32)
+    last = feed.rain.values[2]
+    np.testing.assert_allclose(fields.members.values[:, 0], last[None] * np.linspace(0.5, 1.5, 4)[:, None, None],
+                               rtol=1e-5)
+    with pytest.raises(ConfigError, match="write_members needs members"):
+        WatchConfig(input_dir="in", output_dir="out", source="synth", write_members=True)
 
 
 def test_a_restart_tidies_what_a_killed_run_left_and_goes_on_where_it_stopped(feed) -> None:
