@@ -9,8 +9,6 @@ x and ``[1]`` the y displacement, in pixels per time step.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 # pixels around no-data and the domain edge where no features are tracked
@@ -21,6 +19,7 @@ _IDW_DIST_OFFSET = 0.5
 _SIZE_OPENING = 3
 _OUTLIER_STD = 3.0
 _OUTLIER_NEIGHBOURS = 30
+_IDW_NEIGHBOURS = 20
 
 
 def to_dbr(rate: np.ndarray, threshold_mmh: float = 0.1) -> np.ndarray:
@@ -49,8 +48,6 @@ def lucas_kanade_coarse(past: np.ndarray, stride: int = 4, threshold_mmh: float 
     pixel), and the field is smooth, so the result matches :func:`lucas_kanade` to about
     0.01 px/step. Returns float32 (2, y, x); frames with nothing to track give zero motion.
     """
-    from pysteps.utils.interpolate import idwinterp2d
-
     dbr = to_dbr(past, threshold_mmh)
     ny, nx = dbr.shape[1:]
     try:
@@ -66,11 +63,36 @@ def lucas_kanade_coarse(past: np.ndarray, stride: int = 4, threshold_mmh: float 
     ys = np.arange(0, ny, stride, dtype=np.float64)
     # pysteps divides distances by the grid spacing before adding the offset; scaling the
     # offset keeps the weights of the full-resolution field at the coarse points
-    coarse = idwinterp2d(xy, uv, xs, ys, dist_offset=_IDW_DIST_OFFSET / stride)
-    coarse = np.asarray(coarse, dtype=np.float32).reshape(2, len(ys), len(xs))
+    coarse = inverse_distance(xy, uv, xs, ys, dist_offset=_IDW_DIST_OFFSET / stride).astype(np.float32)
     if stride == 1:
         return np.nan_to_num(coarse)
     return np.nan_to_num(_upsample_coarse(coarse, stride, ny, nx))
+
+
+def inverse_distance(positions: np.ndarray, vectors: np.ndarray, xs: np.ndarray, ys: np.ndarray, *,
+                     dist_offset: float, neighbours: int = _IDW_NEIGHBOURS, power: float = 0.5) -> np.ndarray:
+    """pysteps' ``idwinterp2d`` of (n, 2) vectors on the grid ``xs`` × ``ys``: (2, len(ys), len(xs)).
+
+    The same weights (the ``neighbours`` nearest vectors, distances in grid spacings plus
+    ``dist_offset``, to the power ``-power``), with the nearest-neighbour search on every core.
+    """
+    if len(positions) == 1 or vectors.max() == vectors.min():
+        # pysteps' shortcut: one vector, or all components equal, give a uniform field
+        return np.broadcast_to(vectors[0][:, None, None] if len(positions) == 1 else vectors.ravel()[0],
+                               (2, len(ys), len(xs))).astype(np.float64)
+    from scipy.spatial import cKDTree
+
+    grid_x, grid_y = np.meshgrid(xs, ys)
+    targets = np.column_stack((grid_x.ravel(), grid_y.ravel()))
+    k = min(neighbours, len(positions))
+    distance, nearest = cKDTree(positions).query(targets, k=k, workers=-1)
+    if k == 1:
+        distance, nearest = distance[:, None], nearest[:, None]
+    spacing = np.mean(np.abs([np.gradient(xs).mean(), np.gradient(ys).mean()]))
+    weights = 1.0 / np.power(distance / spacing + dist_offset, power)
+    weights /= weights.sum(axis=1, keepdims=True)
+    field = np.einsum("pk,pkc->cp", weights, vectors[nearest])
+    return field.reshape(2, len(ys), len(xs))
 
 
 def sparse_vectors(dbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,16 +104,15 @@ def sparse_vectors(dbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``dbr``: (time, y, x) finite values, as :func:`to_dbr` gives them.
     """
     from pysteps import feature
-    from pysteps.tracking.lucaskanade import track_features
-
     detect = feature.get_method("shitomasi")
     frames = [_without_speckle(frame) for frame in dbr]
+    images = [_as_uint8(frame) for frame in frames]
     positions, vectors = [np.empty((0, 2))], [np.empty((0, 2))]
-    for previous, following in itertools.pairwise(frames):
-        points = detect(previous, buffer_mask=LK_BUFFER_MASK).astype(np.float32)
+    for k in range(len(frames) - 1):
+        points = detect(frames[k], buffer_mask=LK_BUFFER_MASK).astype(np.float32)
         if points.shape[0] == 0:
             continue
-        xy, uv = track_features(previous, following, points)
+        xy, uv = _track(images[k], images[k + 1], points)
         positions.append(xy)
         vectors.append(uv)
     xy, uv = np.concatenate(positions).astype(np.float64), np.concatenate(vectors).astype(np.float64)
@@ -99,6 +120,25 @@ def sparse_vectors(dbr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return xy, uv
     keep = ~local_outliers(uv, xy)
     return xy[keep], uv[keep]
+
+
+def _as_uint8(frame: np.ndarray) -> np.ndarray:
+    """A finite frame stretched to 0..255 and truncated to bytes, as pysteps' ``track_features`` does."""
+    low, high = frame.min(), frame.max()
+    stretched = (frame - low) / (high - low) * 255 if high - low > 1e-8 else frame - low
+    return stretched.astype(np.uint8)
+
+
+def _track(previous: np.ndarray, following: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """pysteps' ``track_features`` on frames already in bytes (each frame converted once, not once per pair)."""
+    import cv2
+
+    moved, status, _ = cv2.calcOpticalFlowPyrLK(previous, following, points, None, winSize=(50, 50), maxLevel=3,
+                                                criteria=(3, 10, 0), flags=0, minEigThreshold=1e-4)
+    found = np.atleast_1d(status.squeeze()) == 1
+    if not np.any(found):
+        return np.empty((0, 2)), np.empty((0, 2))
+    return points[found], moved[found] - points[found]
 
 
 def decluster(positions: np.ndarray, vectors: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from nowcast.gan.advection import along, pixel_grid, sample, trajectories, warp
 from nowcast.gan.model import downsample, pyramid, sliding_max
-from nowcast.motion import LK_BUFFER_MASK, local_outliers, sparse_vectors, to_dbr
+from nowcast.motion import LK_BUFFER_MASK, inverse_distance, local_outliers, sparse_vectors, to_dbr
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
 
 
@@ -149,3 +149,19 @@ def test_decluster_is_pysteps_decluster(seed):
     got = decluster(xy, uv, 20)
     np.testing.assert_array_equal(got[0], expected[0])
     np.testing.assert_array_equal(got[1], expected[1])
+
+
+@pytest.mark.parametrize(("n_vectors", "stride", "seed"), [(349, 4, 0), (7, 2, 1), (1, 4, 2), (40, 1, 3)])
+def test_inverse_distance_is_pysteps_idw(n_vectors, stride, seed):
+    from pysteps.utils.interpolate import idwinterp2d
+
+    rng = np.random.default_rng(seed)
+    positions = rng.uniform(0, 200, (n_vectors, 2))
+    vectors = rng.normal(0, 2, (n_vectors, 2))
+    xs, ys = np.arange(0, 203, stride, dtype=float), np.arange(0, 157, stride, dtype=float)
+    expected = np.asarray(idwinterp2d(positions, vectors, xs, ys, dist_offset=0.5 / stride)).reshape(2, len(ys), -1)
+    got = inverse_distance(positions, vectors, xs, ys, dist_offset=0.5 / stride)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    same = np.full((min(n_vectors, 5), 2), 1.5)  # pysteps' shortcut for equal vectors
+    np.testing.assert_array_equal(inverse_distance(positions[:5], same, xs, ys, dist_offset=0.1),
+                                  np.asarray(idwinterp2d(positions[:5], same, xs, ys, dist_offset=0.1)))
