@@ -6,6 +6,7 @@ on bytes (request bodies), the radar-file reader the CLI uses, and the CLI itsel
 
 from __future__ import annotations
 
+import io
 import os
 import tracemalloc
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from hostile_files import declared, external_link, external_storage, fifo_storag
 from typer.testing import CliRunner
 
 from nowcast.cli import EXIT_USER_ERROR, app
-from nowcast.errors import FileTooLargeError, UnreadableFileError, UnsafeFileError
+from nowcast.errors import FileTooLargeError, InputError, UnreadableFileError, UnsafeFileError
 from nowcast.io.importers import read_radar_files
 from nowcast.io.netcdf import read_netcdf, read_netcdf_bytes
 from nowcast.io.safety import ReadLimits, check_hdf5, is_hdf5
@@ -214,3 +215,31 @@ def test_every_real_hdf5_file_passes_the_check(real_data_root: Path) -> None:
     assert len(files) > 100
     for path in files:
         check_hdf5(path)
+
+
+def _gnu_sparse_member(name: str, real_size: int) -> bytes:
+    """A GNU sparse tar member: one stored byte that the header expands to ``real_size`` bytes of holes."""
+    header = bytearray(512)
+    header[0:len(name)] = name.encode()
+    for offset, width, value in [(100, 8, 0o644), (108, 8, 0), (116, 8, 0), (124, 12, 512), (136, 12, 0)]:
+        header[offset:offset + width] = f"{value:0{width - 1}o}\0".encode()
+    header[156:157] = b"S"
+    header[257:265] = b"ustar  \0"
+    header[386:398] = f"{real_size - 1:011o}\0".encode()  # the one data byte sits at the very end
+    header[398:410] = f"{1:011o}\0".encode()
+    header[483:495] = f"{real_size:011o}\0".encode()
+    header[148:156] = b" " * 8
+    header[148:156] = f"{sum(header):06o}\0 ".encode()
+    return bytes(header) + b"\x01" + bytes(511)
+
+
+def test_a_tar_member_that_declares_more_than_the_archive_holds_is_refused() -> None:
+    import tarfile
+
+    from nowcast.io.bundle import read_radar_bundle
+
+    sparse = _gnu_sparse_member("frame.h5", 8 * 2**30) + bytes(1024)
+    with tarfile.open(fileobj=io.BytesIO(sparse)) as archive:
+        assert archive.getmembers()[0].size == 8 * 2**30  # what the header claims, not what is there
+    with pytest.raises(InputError, match="is not a plain file"):
+        read_radar_bundle(sparse, max_files=4)

@@ -31,7 +31,7 @@ def read_radar_bundle(data: bytes, *, max_files: int, limits: ReadLimits = DEFAU
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive, \
                 tempfile.TemporaryDirectory(prefix="nowcast-bundle-") as folder:
             paths = [_written(archive, member, Path(folder) / f"frame{index:03d}", limits, name)
-                     for index, member in enumerate(_checked_members(archive, max_files, name))]
+                     for index, member in enumerate(_checked_members(archive, data, max_files, name))]
             return read_radar_files(paths).load()
     except tarfile.TarError as exc:
         raise UnreadableFileError(f"{name}: not an uncompressed tar archive of radar files ({exc})") from exc
@@ -46,7 +46,7 @@ def _written(archive: tarfile.TarFile, member: tarfile.TarInfo, stem: Path, limi
     return path
 
 
-def _checked_members(archive: tarfile.TarFile, max_files: int, name: str) -> list[tarfile.TarInfo]:
+def _checked_members(archive: tarfile.TarFile, data: bytes, max_files: int, name: str) -> list[tarfile.TarInfo]:
     members = archive.getmembers()
     if not members:
         raise InputError(f"{name}: the archive holds no radar file")
@@ -54,8 +54,11 @@ def _checked_members(archive: tarfile.TarFile, max_files: int, name: str) -> lis
         raise InputError(f"{name}: {len(members)} files is more than the limit of {max_files} frames; "
                          "send only the latest ones")
     for member in members:
-        if not member.isfile():
+        if not member.isfile() or member.issparse():
             raise InputError(f"{name}: {member.name[:100]!r} is not a plain file; send radar files only")
+        if member.size > len(data):
+            # a header may declare any size; a plain file's bytes lie in the archive itself
+            raise InputError(f"{name}: {member.name[:100]!r} declares {member.size} bytes, more than the archive holds")
         if Path(member.name).suffix.lower() not in HDF5_SUFFIXES:
             raise InputError(f"{name}: {member.name[:100]!r} is not an HDF5 radar file "
                              f"({', '.join(HDF5_SUFFIXES)}); send CF-netCDF on its own")
