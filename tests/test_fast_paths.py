@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from nowcast.gan.advection import along, pixel_grid, sample, trajectories, warp
 from nowcast.gan.model import downsample, pyramid, sliding_max
-from nowcast.motion import LK_BUFFER_MASK, inverse_distance, local_outliers, sparse_vectors, to_dbr
+from nowcast.motion import LK_BUFFER_MASK, corners, inverse_distance, local_outliers, sparse_vectors, to_dbr
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
 
 
@@ -60,6 +60,19 @@ def test_local_outliers_mark_nothing_where_the_neighbours_agree_exactly():
     with pytest.warns(UserWarning, match="Singular"):
         reference = _pysteps_local_outliers(uv, xy)
     assert np.array_equal(local_outliers(uv, xy), reference)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_corners_are_pysteps_shitomasi_points(seed):
+    from pysteps.feature.shitomasi import detection
+
+    frames = to_dbr(synthetic_sequence(SyntheticRain(ny=96, nx=120, frames=2), seed=seed).values)
+    frames[0, 0, 5] = frames[0].min() - 3.0  # a minimum in the first row, which pysteps leaves out of the stretch
+    for frame in frames:
+        expected = detection(frame, buffer_mask=LK_BUFFER_MASK).astype(np.float32)
+        assert expected.shape[0] > 3
+        np.testing.assert_array_equal(corners(frame), expected)
+    assert corners(np.zeros((40, 40))).shape == (0, 2)
 
 
 def test_sparse_vectors_are_pysteps_vectors():

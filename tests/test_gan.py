@@ -718,6 +718,12 @@ def test_fine_tuning_starts_from_a_trained_generator_with_noise_inputs_added(tmp
     torch.testing.assert_close(state[first][:, :old_channels], trained[first])
     assert 0 < state[first][:, old_channels:].abs().max() < 0.1  # the noise inputs start small, not zero
     torch.testing.assert_close(state["scales.2.head.weight"], trained["scales.2.head.weight"])
+    louder = Generator(dataclasses.replace(TINY_MODEL, noise_channels=2))
+    torch.manual_seed(0)
+    initialise_from(louder, str(folder), extra_std=0.1)
+    torch.testing.assert_close(louder.state_dict()[first][:, old_channels:], state[first][:, old_channels:] * 10)
+    with pytest.raises(ValueError, match="init_noise_std must not be negative"):
+        TrainConfig(init_noise_std=-0.1)
     from nowcast.config import ConfigError
 
     with pytest.raises(ConfigError, match="has shape"):
@@ -771,3 +777,29 @@ def test_member_motion_shifts_are_the_members_own(events):
     with pytest.raises(ValueError, match="member_motion_sigma needs condition_on_advection"):
         ModelConfig(condition_on_advection=False, envelope_db=0.0, correction_deadzone_db=0.0,
                     correction_db_per_step=0.0, member_motion_sigma=0.5)
+
+
+def test_member_motion_in_kmh_spreads_members_as_far_on_every_grid(events):
+    """member_motion_kmh is a distance per hour: the same members on a 1 km, 5-min grid as member_motion_sigma
+    of 0.5 px per step, and 2.4 times that shift on a 500 m, 6-min grid."""
+    from nowcast.forecasters.base import Spacing
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    in_kmh = dataclasses.replace(TINY_MODEL, noise_channels=2, member_motion_kmh=6.0)
+    generator = Generator(in_kmh)
+    forecaster = GANForecaster(generator, Normalisation(), device="cpu")
+    in_pixels = GANForecaster(Generator(dataclasses.replace(in_kmh, member_motion_kmh=0.0, member_motion_sigma=0.5)),
+                              Normalisation(), device="cpu")
+    in_pixels.generator.load_state_dict(generator.state_dict())
+    past = events["syn0"].values[2:6][None]
+    reference = Spacing(pixel_km=1.0, step_minutes=5.0)
+    np.testing.assert_allclose(forecaster.predict(past, 5, members=3, seed=1, spacing=reference),
+                               in_pixels.predict(past, 5, members=3, seed=1, spacing=reference), rtol=1e-5, atol=1e-5)
+    assert forecaster.member_motion_pixels(Spacing(pixel_km=0.5, step_minutes=6.0)) == pytest.approx(1.2)
+    assert in_pixels.member_motion_pixels(Spacing(pixel_km=0.5, step_minutes=6.0)) == 0.5
+    fine = forecaster.predict(past, 5, members=3, seed=1, spacing=Spacing(pixel_km=0.5, step_minutes=6.0))
+    assert not np.allclose(fine, forecaster.predict(past, 5, members=3, seed=1, spacing=reference), equal_nan=True)
+    with pytest.raises(ValueError, match="not both"):
+        dataclasses.replace(in_kmh, member_motion_sigma=0.5)

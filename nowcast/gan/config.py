@@ -54,6 +54,10 @@ class ModelConfig:
     by its own constant vector drawn from N(0, sigma²) per component (pixels per step), so
     that members differ in where the rain goes as well as in how it grows (position
     uncertainty, as STEPS perturbs its motion). 0: every member shares the estimated motion.
+    ``member_motion_kmh``: the same shift with its standard deviation in km/h, turned into
+    pixels per step with each forecast's pixel size and time step, so that members spread
+    as far on a 500 m, 6-min grid as on a 1 km, 5-min one (6 km/h is 0.5 px per step on the
+    latter and 1.2 on the former). At most one of the two is set.
     """
 
     n_input: int = 4
@@ -69,12 +73,16 @@ class ModelConfig:
     correction_deadzone_db: float = 0.5
     correction_db_per_step: float = 0.5
     member_motion_sigma: float = 0.0
+    member_motion_kmh: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.member_motion_sigma < 0:
-            raise ValueError("member_motion_sigma must not be negative")
-        if self.member_motion_sigma > 0 and not self.condition_on_advection:
-            raise ValueError("member_motion_sigma needs condition_on_advection: it perturbs the advection's motion")
+        for name in ("member_motion_sigma", "member_motion_kmh"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+            if getattr(self, name) > 0 and not self.condition_on_advection:
+                raise ValueError(f"{name} needs condition_on_advection: it perturbs the advection's motion")
+        if self.member_motion_sigma > 0 and self.member_motion_kmh > 0:
+            raise ValueError("set member_motion_sigma (pixels per step) or member_motion_kmh (km/h), not both")
         if self.motion_downsample < 1:
             raise ValueError("motion_downsample >= 1")
         if self.envelope_db < 0 or self.envelope_radius < 0:
@@ -249,6 +257,8 @@ class TrainConfig:
     generator weights start this run (fine-tuning); input channels the new model has and
     that one lacks (noise) start with small random weights, so that different noise gives
     different futures from the first step. None: a fresh generator.
+    ``init_noise_std``: the standard deviation of those new noise weights; the larger, the
+    more the members differ before the ensemble loss has shaped them.
     ``ema_decay``: 0 (off), or the decay of an exponential moving average of G's weights
     (``torch.optim.swa_utils``, one update per G step) that validation, export and
     inference use instead of the last step's weights; 0.99 averages over about the last
@@ -273,8 +283,11 @@ class TrainConfig:
     correction_limits_in_training: bool = False
     ema_decay: float = 0.0
     init_from: str | None = None
+    init_noise_std: float = 0.01
 
     def __post_init__(self) -> None:
+        if self.init_noise_std < 0:
+            raise ValueError(f"init_noise_std must not be negative; got {self.init_noise_std}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1); got {self.ema_decay}")
         if self.lr_schedule not in LR_SCHEDULES:

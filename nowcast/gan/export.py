@@ -104,6 +104,8 @@ def _default_description(cfg: Any) -> str:
         text += f"; draws ensemble members from {cfg.model.noise_channels} noise maps per scale"
         if cfg.model.member_motion_sigma:
             text += f" and a motion shift per member (N(0, {cfg.model.member_motion_sigma:g}²) px per step)"
+        elif cfg.model.member_motion_kmh:
+            text += f" and a motion shift per member (N(0, {cfg.model.member_motion_kmh:g}²) km/h)"
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")

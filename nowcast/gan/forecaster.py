@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from nowcast import config as config_io
-from nowcast.forecasters.base import Forecaster, Spacing
+from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, Spacing
 from nowcast.gan.advection import along, lagrangian_past, pixel_grid, trajectories
 from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
@@ -48,7 +48,6 @@ class GANForecaster(Forecaster):
         self.normalisation = normalisation
         self.n_input_frames = self.model_config.n_input
         self.supports_members = self.model_config.noise_channels > 0
-        self.member_motion_sigma = self.model_config.member_motion_sigma
         # half precision only where the hardware is built for it
         self.half_precision = native_half_precision(self.device)
         self.half = half and self.half_precision is not None
@@ -81,7 +80,8 @@ class GANForecaster(Forecaster):
         draws = members or 1
         noise = self._noise_sources(len(past), draws, seed) if self.supports_members else None
         # members, and only members, go where their own shifted motion takes them, the same in every pass
-        offsets = self._motion_offsets(noise) if members is not None and self.member_motion_sigma > 0 else None
+        sigma = self.member_motion_pixels(spacing or DEFAULT_SPACING)
+        offsets = self._motion_offsets(noise, sigma) if members is not None and sigma > 0 else None
         out = self._predict(past, steps, draws, noise, offsets)
         return out if members is not None else out[:, 0]
 
@@ -168,11 +168,18 @@ class GANForecaster(Forecaster):
             outputs.append(z.float()[:, :, 0, :ny, :nx])
         return torch.cat(outputs), prior
 
-    def _motion_offsets(self, noise: list[torch.Generator] | None) -> torch.Tensor | None:
+    def member_motion_pixels(self, spacing: Spacing) -> float:
+        """The standard deviation of a member's motion shift on a grid of ``spacing``, pixels per step."""
+        cfg = self.model_config
+        if cfg.member_motion_kmh > 0:
+            return cfg.member_motion_kmh * spacing.step_minutes / 60.0 / spacing.pixel_km
+        return cfg.member_motion_sigma
+
+    def _motion_offsets(self, noise: list[torch.Generator] | None, sigma: float) -> torch.Tensor | None:
         """A constant motion shift per sequence and draw, (rows, 2) pixels per step, each from its draw's noise."""
         if noise is None:
             return None
-        return torch.stack([torch.randn(2, generator=g, device=self.device) for g in noise]) * self.member_motion_sigma
+        return torch.stack([torch.randn(2, generator=g, device=self.device) for g in noise]) * sigma
 
     def _conditioning(self, past: np.ndarray, valid: np.ndarray, draws: int = 1, offsets: torch.Tensor | None = None,
                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:

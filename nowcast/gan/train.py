@@ -174,7 +174,7 @@ class _Models:
                                  weight_decay=tc.weight_decay)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr_discriminator, betas=(0.5, 0.999))
         if tc.init_from and not (resume and checkpoint.is_file()):
-            initialise_from(generator, tc.init_from)
+            initialise_from(generator, tc.init_from, extra_std=tc.init_noise_std)
         models = cls(cfg, device, generator, discriminator, generator, discriminator, opt_g, opt_d,
                      _weight_average(generator, tc.ema_decay))
         if resume and checkpoint.is_file():
