@@ -68,11 +68,9 @@ class Normalisation:
         if _is_torch(rate):
             import torch
 
-            wet = rate >= self.threshold_mmh
-            safe = torch.where(wet, rate, torch.ones_like(rate))
-            dbr = 10.0 * torch.log10(safe)
-            z = torch.where(wet, (dbr - self.dry_dbr) / self.scale_db, torch.zeros_like(rate))
-            return torch.where(torch.isnan(rate), rate, z)
+            # wet rates are never clamped, NaN stays NaN through the clamp and the log: one where
+            z = (10.0 * torch.log10(torch.clamp(rate, min=self.threshold_mmh)) - self.dry_dbr) / self.scale_db
+            return torch.where((rate >= self.threshold_mmh) | torch.isnan(rate), z, 0.0)
         r = np.asarray(rate)
         with np.errstate(invalid="ignore", divide="ignore"):
             wet = r >= self.threshold_mmh
@@ -91,9 +89,8 @@ class Normalisation:
         if _is_torch(z):
             import torch
 
-            rate = torch.pow(10.0, (z * self.scale_db + self.dry_dbr) / 10.0)
-            rate = torch.where(z >= wet_from, torch.clamp(rate, min=self.threshold_mmh), torch.zeros_like(z))
-            return torch.where(torch.isnan(z), z, rate)
+            rate = torch.clamp(torch.pow(10.0, (z * self.scale_db + self.dry_dbr) / 10.0), min=self.threshold_mmh)
+            return torch.where((z >= wet_from) | torch.isnan(z), rate, 0.0)  # NaN stays NaN through pow and clamp
         a = np.asarray(z)
         with np.errstate(invalid="ignore", over="ignore"):
             rate = np.power(10.0, (a * self.scale_db + self.dry_dbr) / 10.0)
