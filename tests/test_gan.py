@@ -64,6 +64,24 @@ def test_generator_gives_every_scale_coarse_to_fine(batch):
     assert isinstance(generator.scales, torch.nn.ModuleList)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"envelope_db": 10.0, "envelope_radius": 2, "noise_channels": 2},
+                                       {"condition_on_advection": False}])
+def test_finest_only_gives_the_finest_prediction_of_all_scales(batch, overrides):
+    """Inference skips the coarser forecasts; the finest one must not move by a bit."""
+    torch.manual_seed(0)
+    generator = Generator(dataclasses.replace(TINY_MODEL, **overrides)).eval()
+    for scale in generator.scales:  # corrections at every scale, so that each one feeds the next
+        torch.nn.init.normal_(scale.head.weight, std=0.05)
+    conditioning = batch.conditioning() if generator.config.condition_on_advection else {}
+    with torch.no_grad():
+        every = generator(batch.past, batch.valid, noise_generator=torch.Generator().manual_seed(1), **conditioning)
+        finest = generator(batch.past, batch.valid, noise_generator=torch.Generator().manual_seed(1),
+                           finest_only=True, **conditioning)
+    assert len(finest) == 1
+    assert torch.equal(finest[0], every[-1])
+    assert not torch.equal(every[-1], batch.advected)  # the corrections did act
+
+
 def test_untrained_generator_returns_its_advection_prior(batch):
     # zero-initialised heads: the refinement starts as the identity, i.e. extrapolation
     generator = Generator(TINY_MODEL)
@@ -566,6 +584,36 @@ def test_correction_limits_hold_at_every_scale_and_still_train(batch):
         ModelConfig(condition_on_advection=False, envelope_db=0.0, correction_db_per_step=1.0)
     with pytest.raises(ValueError, match="must not be negative"):
         ModelConfig(correction_deadzone_db=-1.0)
+
+
+def test_lead_basis_makes_each_scale_a_smooth_curve_in_the_lead(batch):
+    """With lead_basis = 2 what a scale adds is a straight line over the leads, at every pixel."""
+    from nowcast.gan.model import lead_projection
+
+    projection = lead_projection(12, 3)
+    torch.testing.assert_close(projection @ projection, projection, atol=1e-6, rtol=0)
+    assert round(float(torch.trace(projection))) == 3
+    quadratic = torch.linspace(-1, 1, 12) ** 2 - 0.3
+    torch.testing.assert_close(projection @ quadratic, quadratic, atol=1e-6, rtol=0)
+
+    plain = dataclasses.replace(TINY_MODEL, condition_on_advection=False)
+    torch.manual_seed(0)
+    free = Generator(plain)
+    for scale in free.scales:
+        torch.nn.init.normal_(scale.head.weight, std=0.05)
+    smooth = Generator(dataclasses.replace(plain, lead_basis=2))
+    smooth.load_state_dict(free.state_dict())  # the projection is not a weight: any model can start from another
+    assert "lead_projection" not in smooth.state_dict()
+
+    def curvature(generator: Generator) -> torch.Tensor:
+        with torch.no_grad():
+            # the paper's model adds to the last frame, the same at every lead: its change over the leads is the scales'
+            return torch.diff(generator(batch.past, batch.valid)[-1], n=2, dim=1).abs().max()
+
+    assert curvature(free) > 1e-2
+    assert curvature(smooth) < 1e-5
+    with pytest.raises(ValueError, match="lead_basis must be between 0"):
+        ModelConfig(lead_basis=13)
 
 
 def test_cosine_schedule_decays_the_learning_rates_to_zero():

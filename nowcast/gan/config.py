@@ -58,6 +58,12 @@ class ModelConfig:
     pixels per step with each forecast's pixel size and time step, so that members spread
     as far on a 500 m, 6-min grid as on a 1 km, 5-min one (6 km/h is 0.5 px per step on the
     latter and 1.2 on the former). At most one of the two is set.
+    ``lead_basis``: when > 0, what each scale adds is projected onto polynomials of that
+    many degrees of freedom in the lead time (3: quadratic), so that a parcel's growth or
+    decay is a smooth curve over the hour. 0 leaves one free output per lead time, and
+    fine-tuning on small batches then let neighbouring leads drift apart: ensemble-gan v2's
+    domain-mean rain fell by a third from +30 to +45 min and rose back by +60 min on every
+    held-out event, where the observed rain changed smoothly.
     """
 
     n_input: int = 4
@@ -74,8 +80,11 @@ class ModelConfig:
     correction_db_per_step: float = 0.5
     member_motion_sigma: float = 0.0
     member_motion_kmh: float = 0.0
+    lead_basis: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.lead_basis <= self.n_output:
+            raise ValueError(f"lead_basis must be between 0 (off) and n_output ({self.n_output})")
         for name in ("member_motion_sigma", "member_motion_kmh"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

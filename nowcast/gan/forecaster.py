@@ -164,7 +164,8 @@ class GANForecaster(Forecaster):
             part_noise = noise[start:start + per_call] if noise is not None else None
             with torch.autocast(self.device.type, dtype=getattr(torch, self.half_precision or "float32"),
                                 enabled=self.half):
-                z = self.generator(part.pop("past"), part.pop("valid"), noise_generator=part_noise, **part)[-1]
+                z = self.generator(part.pop("past"), part.pop("valid"), noise_generator=part_noise, finest_only=True,
+                                   **part)[-1]
             outputs.append(z.float()[:, :, 0, :ny, :nx])
         return torch.cat(outputs), prior
 

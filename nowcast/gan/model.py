@@ -102,6 +102,18 @@ def limit_correction(correction: torch.Tensor, deadzone: float, per_step: float)
     return correction
 
 
+def lead_projection(n_output: int, degrees_of_freedom: int) -> torch.Tensor:
+    """(n_output, n_output): the least-squares projection of values per lead onto polynomials in the lead.
+
+    ``degrees_of_freedom`` polynomials (degree ``degrees_of_freedom`` - 1), orthonormalised
+    on the leads 1 … ``n_output`` (Legendre-like, well conditioned at any degree).
+    """
+    lead = torch.linspace(-1.0, 1.0, n_output, dtype=torch.float64)
+    vandermonde = torch.stack([lead ** k for k in range(degrees_of_freedom)], dim=1)
+    basis, _ = torch.linalg.qr(vandermonde)
+    return (basis @ basis.T).to(torch.float32)
+
+
 def sliding_max(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     """Maximum over a window of 2·radius + 1 centred on each element along ``dim`` (-1 or -2).
 
@@ -160,6 +172,9 @@ class Generator(nn.Module):
             ScaleGenerator(in_channels, width, config.generator_layers, n_out)
             for width in config.generator_channels
         )
+        # derived from the config, so not saved with the weights
+        projection = lead_projection(n_out, config.lead_basis) if config.lead_basis else None
+        self.register_buffer("lead_projection", projection, persistent=False)
 
     def factors(self) -> list[int]:
         k = self.config.n_scales
@@ -174,6 +189,7 @@ class Generator(nn.Module):
         *,
         displacement: torch.Tensor | None = None,
         lagrangian_past: torch.Tensor | None = None,
+        finest_only: bool = False,
     ) -> list[torch.Tensor]:
         """Predictions at every scale, coarsest first, each (batch, n_output, 1, y_k, x_k).
 
@@ -185,7 +201,10 @@ class Generator(nn.Module):
         per sample, so that a sample's noise does not depend on what it is batched with;
         ``displacement``: (batch, n_output, 2, y, x), the back-trajectories of the advection
         in pixels (x, y), and ``lagrangian_past``: (batch, n_input, 1, y, x), the past moved
-        to the last observation (normalised): both required with ``advected``.
+        to the last observation (normalised): both required with ``advected``;
+        ``finest_only``: return the finest scale's prediction alone (inference). Coarser
+        scales then pass on their corrections without turning them into forecasts: the
+        finest prediction is the same, for a third less interpolation.
         """
         cfg = self.config
         if cfg.condition_on_advection and (advected is None or displacement is None or lagrangian_past is None):
@@ -197,8 +216,10 @@ class Generator(nn.Module):
         # every scale's inputs pooled from the next finer scale's: the same averages, a fraction of the work
         valid_share = pyramid(valid, factors)
         if cfg.condition_on_advection:
-            past_k, advected_k, displacement_k = (pyramid(lagrangian_past, factors), pyramid(advected, factors),
-                                                  pyramid(displacement, factors))
+            # only the scales that make a forecast need the advection and trajectories at their resolution
+            forecast_factors = factors[-1:] if finest_only else factors
+            past_k, advected_k, displacement_k = (pyramid(lagrangian_past, factors), pyramid(advected, forecast_factors),
+                                                  pyramid(displacement, forecast_factors))
         else:
             past_k = pyramid(past, factors)
         predictions: list[torch.Tensor] = []
@@ -206,13 +227,15 @@ class Generator(nn.Module):
         for factor, scale in zip(factors, self.scales, strict=True):
             valid_k = valid if factor == 1 else (valid_share[factor] > 0.999).to(valid.dtype)
             if cfg.condition_on_advection:
-                prediction, previous = self._lagrangian_scale(
-                    scale, factor, valid_k, past_k[factor], advected_k[factor],
-                    displacement_k[factor] / factor, previous, limit, noise_generator)
+                previous = self._lagrangian_correction(scale, valid_k, past_k[factor], previous, limit,
+                                                       noise_generator)
+                if factor in advected_k:
+                    predictions.append(self._lagrangian_forecast(
+                        previous, factor, valid_k, advected_k[factor], displacement_k[factor] / factor))
             else:
-                prediction = previous = self._plain_scale(scale, past_k[factor], valid_k, previous, noise_generator)
-            predictions.append(prediction)
-        return predictions
+                previous = self._plain_scale(scale, past_k[factor], valid_k, previous, noise_generator)
+                predictions.append(previous)
+        return predictions[-1:] if finest_only else predictions
 
     def _plain_scale(self, scale: ScaleGenerator, past_k: torch.Tensor, valid_k: torch.Tensor,
                      coarser: torch.Tensor | None,
@@ -226,35 +249,48 @@ class Generator(nn.Module):
         inputs = [_flat(past_k), _flat(valid_k), _flat(prior)]
         if self.config.noise_channels:
             inputs.append(self._noise(past_k, size, noise_generator))
-        return prior + scale(_features(inputs)).unsqueeze(2)
+        return prior + self._refine(scale, inputs).unsqueeze(2)
 
-    def _lagrangian_scale(self, scale: ScaleGenerator, factor: int, valid_k: torch.Tensor,
-                          past_k: torch.Tensor, advected_k: torch.Tensor, displacement_k: torch.Tensor,
-                          coarser: torch.Tensor | None, limit: bool,
-                          noise_generator: torch.Generator | Sequence[torch.Generator] | None,
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One scale in the Lagrangian frame: (its forecast on the grid, its correction per parcel).
+    def _lagrangian_correction(self, scale: ScaleGenerator, valid_k: torch.Tensor, past_k: torch.Tensor,
+                               coarser: torch.Tensor | None, limit: bool,
+                               noise_generator: torch.Generator | Sequence[torch.Generator] | None,
+                               ) -> torch.Tensor:
+        """One scale's correction per parcel in the Lagrangian frame: the coarser scale's (upsampled) plus its own.
 
         ``coarser``: the coarser scale's correction per parcel, or None at the coarsest.
         """
         cfg = self.config
         size = past_k.shape[-2:]
         last = past_k[:, -1:]
-        correction = upsample(coarser, size) if coarser is not None else torch.zeros_like(advected_k)
+        if coarser is not None:
+            correction = upsample(coarser, size)
+        else:
+            correction = torch.zeros((past_k.shape[0], cfg.n_output, 1, *size), dtype=past_k.dtype,
+                                     device=past_k.device)
         inputs = [_flat(past_k), _flat(valid_k), _flat(last + correction)]
         if cfg.noise_channels:
             inputs.append(self._noise(past_k, size, noise_generator))
-        correction = correction + scale(_features(inputs)).unsqueeze(2)
-        if limit:
-            correction = self._limit_correction(correction)
+        correction = correction + self._refine(scale, inputs).unsqueeze(2)
+        return self._limit_correction(correction) if limit else correction
+
+    def _refine(self, scale: ScaleGenerator, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """A scale's output per lead (batch, n_output, y, x), smooth in the lead with ``lead_basis``."""
+        out = scale(_features(inputs))
+        if self.lead_projection is None:
+            return out
+        return F.conv2d(out, self.lead_projection.to(out.dtype)[:, :, None, None])
+
+    def _lagrangian_forecast(self, correction: torch.Tensor, factor: int, valid_k: torch.Tensor,
+                             advected_k: torch.Tensor, displacement_k: torch.Tensor) -> torch.Tensor:
+        """A scale's forecast on the grid: its correction carried along the trajectories onto the advection."""
         # a parcel with no data at the last observation has no rain to correct
         # correction and validity travel in one interpolation pass
         moved = warp(torch.cat([correction, valid_k.expand_as(correction)], dim=2), displacement_k)
         source_valid = moved[:, :, 1:] > 0.999
         prediction = advected_k + moved[:, :, :1] * source_valid
-        if cfg.envelope_db > 0:
+        if self.config.envelope_db > 0:
             prediction = torch.minimum(prediction, self._envelope(advected_k, factor))
-        return prediction, correction
+        return prediction
 
     def _limit_correction(self, correction: torch.Tensor) -> torch.Tensor:
         cfg = self.config
