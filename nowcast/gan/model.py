@@ -218,8 +218,8 @@ class Generator(nn.Module):
         if cfg.condition_on_advection:
             # only the scales that make a forecast need the advection and trajectories at their resolution
             forecast_factors = factors[-1:] if finest_only else factors
-            past_k, advected_k, displacement_k = (pyramid(lagrangian_past, factors), pyramid(advected, forecast_factors),
-                                                  pyramid(displacement, forecast_factors))
+            past_k = pyramid(lagrangian_past, factors)
+            advected_k, displacement_k = pyramid(advected, forecast_factors), pyramid(displacement, forecast_factors)
         else:
             past_k = pyramid(past, factors)
         predictions: list[torch.Tensor] = []
