@@ -659,7 +659,8 @@ def test_every_shipped_config_loads(path):
                                              ("ablation/lagrangian-gan.toml", "ablation/lagrangian-lp.toml"),
                                              ("ablation/lagrangian-gan-adv05.toml", "ablation/lagrangian-lp.toml"),
                                              ("ablation/default-gan-csi2.toml", "ablation/lp-only-csi2.toml"),
-                                             ("ensemble-gan.toml", "ensemble-crps.toml")])
+                                             ("ensemble-gan.toml", "ensemble-crps.toml"),
+                                             ("ablation/ensemble-gan-v2.toml", "ablation/ensemble-crps-v2.toml")])
 def test_lp_only_twins_differ_only_in_the_adversarial_and_gdl_terms(model, twin):
     """The sharpness claim compares like with like: same generator, data and optimisation."""
     gan, lp = (config_io.load(ExperimentConfig, CONFIGS / name) for name in (model, twin))
@@ -748,6 +749,46 @@ def test_a_tiny_ensemble_trains_on_several_samples_per_input(tmp_path, events):
     assert np.isfinite(last["g_crps"]) and last["g_crps"] > 0
     with pytest.raises(ValueError, match="lambda_crps needs samples >= 2"):
         LossConfig(lambda_crps=1.0)
+
+
+def test_training_draws_each_advect_along_their_own_shifted_motion(events):
+    """draws > 1: every patch again, sample-major, on the same frames and turns, each draw's
+    advection traced through the motion shifted by its own vector, reproducibly."""
+    from nowcast.gan.data import EventSamples
+
+    model = dataclasses.replace(TINY_MODEL, noise_channels=2, member_motion_kmh=6.0)
+    cfg = dataclasses.replace(tiny_experiment(), model=model)
+    loaded = [EventSamples(n, events[n], model) for n in ("syn0", "syn1")]
+    assert loaded[0].member_motion_pixels == pytest.approx(0.5)  # 6 km/h on a 1 km, 5-min grid
+    source = SampleSource(loaded, cfg.data, model, cfg.normalisation, seed=0)
+    once, drawn = source.batch(3, step=4), source.batch(3, step=4, draws=4)
+    assert len(drawn) == 12
+    for k in range(4):
+        rows = slice(3 * k, 3 * k + 3)
+        for name in ("past", "valid", "future", "future_mask"):
+            assert torch.equal(getattr(drawn, name)[rows], getattr(once, name)), name
+    advected = drawn.advected.reshape(4, 3, *drawn.advected.shape[1:])
+    assert all(not torch.equal(advected[0], advected[k]) for k in range(1, 4))
+    again = source.batch(3, step=4, draws=4)
+    assert all(torch.equal(getattr(drawn, f), getattr(again, f)) for f in drawn.FIELDS)
+    still = SampleSource([EventSamples("syn0", events["syn0"], TINY_MODEL)], cfg.data, TINY_MODEL,
+                         cfg.normalisation, seed=0)
+    unshifted = still.batch(2, step=1, draws=2)  # no member motion: the draws are copies
+    assert torch.equal(unshifted.advected[:2], unshifted.advected[2:])
+
+
+def test_a_tiny_ensemble_trains_with_member_motion_in_the_loop(tmp_path, events):
+    model = dataclasses.replace(TINY_MODEL, noise_channels=2, member_motion_kmh=6.0)
+    loss = LossConfig(lambda_lp=0.0, lambda_csi=0.0, samples=3, lambda_crps=1.0)
+    base = tiny_experiment(steps=2)
+    in_the_loop = dataclasses.replace(base.train, member_motion=True)
+    cfg = dataclasses.replace(base, model=model, loss=loss, train=in_the_loop)
+    last = train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    assert np.isfinite(last["g_crps"]) and last["g_crps"] > 0
+    with pytest.raises(ValueError, match=r"needs loss\.samples >= 2"):
+        dataclasses.replace(base, model=model, train=in_the_loop)
+    with pytest.raises(ValueError, match=r"needs model\.member_motion_kmh"):
+        dataclasses.replace(base, loss=loss, train=in_the_loop)
 
 
 def test_fine_tuning_starts_from_a_trained_generator_with_noise_inputs_added(tmp_path, events):

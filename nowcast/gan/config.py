@@ -112,6 +112,12 @@ class ModelConfig:
         if self.generator_layers < 2:
             raise ValueError("generator_layers >= 2")
 
+    def member_motion_pixels(self, pixel_km: float, step_minutes: float) -> float:
+        """The standard deviation of a member's motion shift on a grid, in pixels per step."""
+        if self.member_motion_kmh > 0:
+            return self.member_motion_kmh * step_minutes / 60.0 / pixel_km
+        return self.member_motion_sigma
+
     @property
     def trajectory_steps(self) -> int:
         """Steps of back-trajectories the model needs: its lead times, and the past frames' ages."""
@@ -268,6 +274,11 @@ class TrainConfig:
     different futures from the first step. None: a fresh generator.
     ``init_noise_std``: the standard deviation of those new noise weights; the larger, the
     more the members differ before the ensemble loss has shaped them.
+    ``member_motion``: each of the loss's ``samples`` of an input is drawn on its own
+    advection, its motion shifted as a member's is at inference (``member_motion_kmh`` or
+    ``member_motion_sigma`` of the model), so that G learns its correction on the displaced
+    advection the members will use. False: the samples share the estimated motion and differ
+    only by G's noise.
     ``ema_decay``: 0 (off), or the decay of an exponential moving average of G's weights
     (``torch.optim.swa_utils``, one update per G step) that validation, export and
     inference use instead of the last step's weights; 0.99 averages over about the last
@@ -293,6 +304,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     init_from: str | None = None
     init_noise_std: float = 0.01
+    member_motion: bool = False
 
     def __post_init__(self) -> None:
         if self.init_noise_std < 0:
@@ -324,3 +336,10 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     normalisation: Normalisation = field(default_factory=Normalisation)
+
+    def __post_init__(self) -> None:
+        if self.train.member_motion:
+            if self.loss.samples < 2:
+                raise ValueError("train.member_motion needs loss.samples >= 2: it shifts the motion of each sample")
+            if not (self.model.member_motion_kmh > 0 or self.model.member_motion_sigma > 0):
+                raise ValueError("train.member_motion needs model.member_motion_kmh (or member_motion_sigma) > 0")

@@ -10,7 +10,9 @@ a pure function of ``(seed, step, rank, substep)``: a resumed run sees exactly t
 batches an uninterrupted one would, and data-parallel ranks see different ones.
 
 Patches are biased towards rain (rejection sampling on the wet fraction of the last
-past frame) and randomly flipped and rotated by 90°.
+past frame) and randomly flipped and rotated by 90°. A batch can hold several draws of
+every patch, each traced through the event's motion shifted by its own constant vector,
+as ensemble members are at inference.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import xarray as xr
 from nowcast.gan.advection import along, lagrangian_past, pixel_grid, trajectories
 from nowcast.gan.config import DataConfig, ModelConfig
 from nowcast.motion import lucas_kanade_coarse
+from nowcast.sequence import pixel_size_km, time_step
 from nowcast.transforms import Normalisation
 
 logger = logging.getLogger(__name__)
@@ -82,6 +85,9 @@ class EventSamples:
             self.motion[i] = lucas_kanade_coarse(self.rate[start:start + model.n_input], model.motion_downsample)
         last = self.rate[self.starts + model.n_input - 1]
         self.wet_fraction = np.nanmean(last >= 1.0, axis=(1, 2))
+        step_minutes = time_step(sequence).total_seconds() / 60.0
+        #: a member's motion shift on this grid, pixels per step (0 without member motion)
+        self.member_motion_pixels = model.member_motion_pixels(pixel_size_km(sequence), step_minutes)
         logger.info("event %s: %d frames, %d start times, grid %s", name, n_frames, len(self.starts),
                     self.rate.shape[1:])
 
@@ -89,15 +95,19 @@ class EventSamples:
     def shape(self) -> tuple[int, int]:
         return self.rate.shape[1], self.rate.shape[2]
 
-    def moved(self, index: int, y0: int, x0: int, ny: int, nx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def moved(self, index: int, y0: int, x0: int, ny: int, nx: int, shift: np.ndarray | None = None,
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A patch's (advected last frame, back-trajectories, past moved to the last frame), mm/h.
 
         Traced and read on the whole grid: (n_output, ny, nx), (n_output, 2, ny, nx), (n_input, ny, nx).
+        ``shift``: a constant vector (2,) added to the motion, pixels per step, or None.
         """
         m = self.model
         start = self.starts[index]
         points = pixel_grid(1, ny, nx, origin=(y0, x0))
         velocity = torch.from_numpy(self.motion[index])[None]
+        if shift is not None:
+            velocity = velocity + torch.from_numpy(np.asarray(shift, dtype=np.float32))[None, :, None, None]
         displacement = trajectories(velocity, m.trajectory_steps, points)
         past = torch.from_numpy(self.filled[start:start + m.n_input])[None]
         advected = along(past[:, -1], displacement[:, :m.n_output], points)
@@ -123,12 +133,30 @@ class SampleSource:
             if min(e.shape) < data.patch_size:
                 raise ValueError(f"event {e.name}: grid {e.shape} smaller than a patch ({data.patch_size})")
 
-    def batch(self, batch_size: int, step: int, rank: int = 0, substep: int = 0) -> Batch:
+    def batch(self, batch_size: int, step: int, rank: int = 0, substep: int = 0, draws: int = 1) -> Batch:
+        """``batch_size`` patches; with ``draws`` > 1, every patch ``draws`` times, sample-major
+        (as :meth:`Batch.repeat`), each draw advected along the motion shifted by its own vector."""
         rng = np.random.default_rng([self.seed, step, rank, substep])
-        crops = [self._crop(rng) for _ in range(batch_size)]
-        return self.assemble(crops, rng if self.data.augment else None)
+        places = [self._place(rng) for _ in range(batch_size)]
+        if draws == 1:
+            return self.assemble([self._cut(place) for place in places], rng if self.data.augment else None)
+        # the same rng calls as for draws=1, so the patches and their turns are the same; the
+        # shifts come from a stream of their own
+        turns = [(int(rng.integers(4)), bool(rng.integers(2))) if self.data.augment else (0, False) for _ in places]
+        shift_rng = np.random.default_rng([self.seed, step, rank, substep, draws])
+        drawn = [self._cut(place, shift_rng.normal(0.0, place[0].member_motion_pixels, size=2)).augmented(*turn)
+                 for _ in range(draws) for place, turn in zip(places, turns, strict=True)]
+        return make_batch(drawn, self.model, self.normalisation)
 
-    def _crop(self, rng: np.random.Generator) -> Crop:
+    def _cut(self, place: tuple[EventSamples, int, int, int], shift: np.ndarray | None = None) -> Crop:
+        event, index, y0, x0 = place
+        size = self.data.patch_size
+        start = event.starts[index]
+        window = event.rate[start:start + self.model.n_input + self.model.n_output, y0:y0 + size, x0:x0 + size]
+        return Crop(window, *event.moved(index, y0, x0, size, size, shift))
+
+    def _place(self, rng: np.random.Generator) -> tuple[EventSamples, int, int, int]:
+        """An event, a start time and a patch corner: rainy ones preferred."""
         cfg, m = self.data, self.model
         event = self.events[rng.choice(len(self.events), p=self.event_weights)]
         # prefer rainy start times and rainy places, without ever excluding dry ones
@@ -149,8 +177,7 @@ class SampleSource:
             if wet >= cfg.min_wet_fraction:
                 break
         _, y0, x0 = best
-        window = frames[:, y0:y0 + size, x0:x0 + size]
-        return Crop(window, *event.moved(index, y0, x0, size, size))
+        return event, index, int(y0), int(x0)
 
     def assemble(self, crops: list[Crop], rng: np.random.Generator | None) -> Batch:
         """Augment and normalise a list of crops."""

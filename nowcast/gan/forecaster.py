@@ -171,10 +171,7 @@ class GANForecaster(Forecaster):
 
     def member_motion_pixels(self, spacing: Spacing) -> float:
         """The standard deviation of a member's motion shift on a grid of ``spacing``, pixels per step."""
-        cfg = self.model_config
-        if cfg.member_motion_kmh > 0:
-            return cfg.member_motion_kmh * spacing.step_minutes / 60.0 / spacing.pixel_km
-        return cfg.member_motion_sigma
+        return self.model_config.member_motion_pixels(spacing.pixel_km, spacing.step_minutes)
 
     def _motion_offsets(self, noise: list[torch.Generator] | None, sigma: float) -> torch.Tensor | None:
         """A constant motion shift per sequence and draw, (rows, 2) pixels per step, each from its draw's noise."""

@@ -217,7 +217,8 @@ class _Models:
         if self.cfg.loss.adversarial:
             for sub in range(tc.discriminator_steps):
                 parts.update(self._discriminator_step(source.batch(tc.batch_size, step, ctx.rank, substep=sub + 1)))
-        parts.update(self._generator_step(source.batch(tc.batch_size, step, ctx.rank, substep=0)))
+        draws = self.cfg.loss.samples if tc.member_motion else 1
+        parts.update(self._generator_step(source.batch(tc.batch_size, step, ctx.rank, substep=0, draws=draws)))
         return parts
 
     def _autocast(self) -> Any:
@@ -243,17 +244,23 @@ class _Models:
         return parts
 
     def _generator_step(self, b: Batch) -> dict[str, float]:
-        """G on ``samples`` draws of every input (its noise differs), judged by D one by one."""
+        """G on ``samples`` draws of every input (its noise differs), judged by D one by one.
+
+        ``b``: the inputs once, or already drawn ``samples`` times over on shifted motion
+        (``train.member_motion``).
+        """
         cfg = self.cfg
-        b = b.to(self.device)
-        drawn = b.repeat(cfg.loss.samples)
+        drawn = b.to(self.device)
+        if not cfg.train.member_motion:
+            drawn = drawn.repeat(cfg.loss.samples)
+        n = len(drawn) // cfg.loss.samples
         with self._autocast():
             predictions = self.g_model(drawn.past, drawn.valid, **drawn.conditioning())
             fake_logits = None
             if cfg.loss.adversarial:
                 self.discriminator.requires_grad_(False)
                 fake_logits = self.discriminator(drawn.past, drawn.valid, predictions)
-            g_loss, parts = generator_loss(predictions, b.future, b.future_mask, cfg.loss, fake_logits,
+            g_loss, parts = generator_loss(predictions, drawn.future[:n], drawn.future_mask[:n], cfg.loss, fake_logits,
                                            cfg.normalisation, samples=cfg.loss.samples)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
