@@ -142,7 +142,7 @@ class SampleSource:
             return self.assemble([self._cut(place) for place in places], rng if self.data.augment else None)
         # the same rng calls as for draws=1, so the patches and their turns are the same; the
         # shifts come from a stream of their own
-        turns = [(int(rng.integers(4)), bool(rng.integers(2))) if self.data.augment else (0, False) for _ in places]
+        turns = random_turns(rng, len(places)) if self.data.augment else [(0, False)] * len(places)
         shift_rng = np.random.default_rng([self.seed, step, rank, substep, draws])
         drawn = [self._cut(place, shift_rng.normal(0.0, place[0].member_motion_pixels, size=2)).augmented(*turn)
                  for _ in range(draws) for place, turn in zip(places, turns, strict=True)]
@@ -205,7 +205,7 @@ def make_batch(crops: Sequence[Crop], model: ModelConfig, normalisation: Normali
                rng: np.random.Generator | None = None) -> Batch:
     """Tensors from crops, each randomly rotated and flipped when ``rng`` is given."""
     if rng is not None:
-        crops = [c.augmented(int(rng.integers(4)), bool(rng.integers(2))) for c in crops]
+        crops = [c.augmented(*turn) for c, turn in zip(crops, random_turns(rng, len(crops)), strict=True)]
     frames = np.stack([c.frames for c in crops])
     n_in = model.n_input
     past, future = frames[:, :n_in], frames[:, n_in:]
@@ -227,6 +227,11 @@ def make_batch(crops: Sequence[Crop], model: ModelConfig, normalisation: Normali
         displacement=torch.from_numpy(np.stack([c.displacement for c in crops]).astype(np.float32)),
         lagrangian_past=encode(np.stack([c.lagrangian_past for c in crops])),
     )
+
+
+def random_turns(rng: np.random.Generator, n: int) -> list[tuple[int, bool]]:
+    """``n`` random (quarter turns, flip) pairs for :meth:`Crop.augmented`, drawn crop by crop."""
+    return [(int(rng.integers(4)), bool(rng.integers(2))) for _ in range(n)]
 
 
 def _augment(x: np.ndarray, k: int, flip: bool) -> np.ndarray:
