@@ -130,6 +130,26 @@ def test_advection_in_unit_coordinates_matches_pixel_arithmetic():
     torch.testing.assert_close(warp(field, reference), moved, atol=1e-4, rtol=0)
 
 
+def test_a_drift_is_a_uniform_velocity_added_in_each_step():
+    """A constant drift traces the same trajectories as the velocity shifted by it; a drift that
+    changes from step to step is added in its own step only."""
+    torch.manual_seed(0)
+    ny, nx = 40, 56
+    velocity = F.interpolate(torch.randn(2, 2, 5, 7), size=(ny, nx), mode="bilinear", align_corners=True)
+    points = pixel_grid(2, ny, nx)
+    shift = torch.tensor([[0.7, -0.4], [-1.1, 0.3]])
+    constant = shift[:, None].expand(-1, 6, -1)
+    torch.testing.assert_close(trajectories(velocity, 6, points, drift=constant),
+                               trajectories(velocity + shift[:, :, None, None], 6, points), atol=1e-4, rtol=0)
+    # in a still field a drift moves every point by the drifts summed up to each step
+    still = torch.zeros(2, 2, ny, nx)
+    varying = torch.rand(2, 6, 2) - 0.5
+    inner = points[:, :, 10:30, 10:40]
+    displacement = trajectories(still, 6, inner, drift=varying)
+    expected = -torch.cumsum(varying, dim=1)[..., None, None].expand_as(displacement)
+    torch.testing.assert_close(displacement, expected, atol=1e-4, rtol=0)
+
+
 def test_bfloat16_on_the_cpu_stays_within_the_service_tolerance():
     from nowcast.forecasters import get_forecaster
 

@@ -868,6 +868,42 @@ def test_member_motion_shifts_are_the_members_own(events):
                     correction_db_per_step=0.0, member_motion_sigma=0.5)
 
 
+def _centroid(frame: np.ndarray) -> np.ndarray:
+    weights = np.nan_to_num(frame)
+    ys, xs = np.mgrid[:frame.shape[0], :frame.shape[1]]
+    return np.array([(weights * xs).sum(), (weights * ys).sum()]) / weights.sum()
+
+
+@pytest.mark.parametrize("growth", [1.0, 0.5])
+def test_members_drift_as_far_as_member_motion_growth_says_in_every_pass(growth):
+    """A member's rain drifts by its shift times K·(n/K)^growth after n steps (K: steps in an hour),
+    also after the first pass of ``n_output`` steps, where motion is estimated again from the
+    member's own frames (which already hold its shift, so it is not added twice)."""
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY_MODEL, noise_channels=2, member_motion_sigma=1.0, member_motion_growth=growth)
+    forecaster = GANForecaster(Generator(config), Normalisation(), device="cpu")  # zero heads: members advect
+    ys, xs = np.mgrid[:128, :128]
+    blob = (20 * np.exp(-((ys - 64) ** 2 + (xs - 64) ** 2) / (2 * 6.0 ** 2))).astype(np.float32)
+    steps = 2 * config.n_output
+    members = forecaster.predict(np.repeat(blob[None, None], 4, axis=1), steps, members=2, seed=1)[0]
+    shifts = forecaster._motion_offsets(forecaster._noise_sources(1, 2, 1), 1.0).numpy()
+    per_hour = 12.0  # the default spacing's 5-min steps
+    expected = per_hour * (np.arange(1, steps + 1) / per_hour) ** growth
+    for member, shift in zip(members, shifts, strict=True):
+        drift = np.array([_centroid(frame) - 64.0 for frame in member])
+        along_shift = drift @ shift / (shift @ shift)
+        np.testing.assert_allclose(along_shift, expected, rtol=0.08)
+    profile = config.member_motion_profile(5.0, 24)
+    assert profile.sum() == pytest.approx(24 * (24 / 12) ** (growth - 1))
+    np.testing.assert_allclose(np.concatenate([config.member_motion_profile(5.0, 12),
+                                               config.member_motion_profile(5.0, 12, first_step=12)]), profile)
+    with pytest.raises(ValueError, match="member_motion_growth"):
+        dataclasses.replace(config, member_motion_growth=0.0)
+
+
 def test_member_motion_in_kmh_spreads_members_as_far_on_every_grid(events):
     """member_motion_kmh is a distance per hour: the same members on a 1 km, 5-min grid as member_motion_sigma
     of 0.5 px per step, and 2.4 times that shift on a 500 m, 6-min grid."""

@@ -46,14 +46,17 @@ def _grid_sample(field: torch.Tensor, unit_coords: torch.Tensor) -> torch.Tensor
                          align_corners=True)
 
 
-def trajectories(velocity: torch.Tensor, steps: int, points: torch.Tensor | None = None) -> torch.Tensor:
+def trajectories(velocity: torch.Tensor, steps: int, points: torch.Tensor | None = None,
+                 drift: torch.Tensor | None = None) -> torch.Tensor:
     """Back-trajectories through ``velocity`` (batch, 2, Y, X): (batch, steps, 2, y, x) displacements.
 
     Entry ``[:, n]`` is where the rain arriving at each point after n + 1 steps comes from,
     relative to the point, in pixels (x, y). ``points`` (batch, 2, y, x): pixel coordinates
     on the velocity's grid to start from (default: every pixel of it), so that a patch's
-    trajectories can run through the motion of the whole grid. Backward semi-Lagrangian
-    with the midpoint rule, traced one step at a time.
+    trajectories can run through the motion of the whole grid. ``drift`` (batch, steps, 2):
+    a uniform velocity (x, y) added to the field during each step, pixels per step (a
+    member's motion perturbation). Backward semi-Lagrangian with the midpoint rule, traced
+    one step at a time.
     """
     velocity = velocity.to(points.dtype if points is not None else velocity.dtype)
     if points is None:
@@ -63,11 +66,13 @@ def trajectories(velocity: torch.Tensor, steps: int, points: torch.Tensor | None
     scale = _pixel_to_unit(velocity, velocity.dtype)
     unit_velocity = velocity * scale
     start = torch.addcmul(scale.new_tensor(-1.0), points, scale)
+    unit_drift = drift.to(velocity.dtype)[..., None, None] * scale[:, None] if drift is not None else None
     position, ends = start, []
-    for _ in range(steps):
+    for step in range(steps):
+        field = unit_velocity if unit_drift is None else unit_velocity + unit_drift[:, step]
         # midpoint rule: the velocity half a step back along the trajectory
-        here = _grid_sample(unit_velocity, position)
-        position = position - _grid_sample(unit_velocity, torch.add(position, here, alpha=-0.5))
+        here = _grid_sample(field, position)
+        position = position - _grid_sample(field, torch.add(position, here, alpha=-0.5))
         ends.append(position)
     return (torch.stack(ends, dim=1) - start[:, None]) / scale[:, None]
 

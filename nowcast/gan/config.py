@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from nowcast.config import ConfigError
 from nowcast.transforms import Normalisation
 
@@ -58,6 +60,11 @@ class ModelConfig:
     pixels per step with each forecast's pixel size and time step, so that members spread
     as far on a 500 m, 6-min grid as on a 1 km, 5-min one (6 km/h is 0.5 px per step on the
     latter and 1.2 on the former). At most one of the two is set.
+    ``member_motion_growth``: how the displacement a member's shift causes grows with the
+    lead t: as t^growth, equal to the constant shift's at one hour. 1 is a constant shift
+    (displacement proportional to the lead); below 1 members part sooner and the shift
+    slows after the first steps. An ensemble whose spread is short of its error early in
+    the hour and too large at the end wants less than 1.
     ``lead_basis``: when > 0, what each scale adds is projected onto polynomials of that
     many degrees of freedom in the lead time (3: quadratic), so that a parcel's growth or
     decay is a smooth curve over the hour. 0 leaves one free output per lead time, and
@@ -80,6 +87,7 @@ class ModelConfig:
     correction_db_per_step: float = 0.5
     member_motion_sigma: float = 0.0
     member_motion_kmh: float = 0.0
+    member_motion_growth: float = 1.0
     lead_basis: int = 0
 
     def __post_init__(self) -> None:
@@ -90,6 +98,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must not be negative")
             if getattr(self, name) > 0 and not self.condition_on_advection:
                 raise ValueError(f"{name} needs condition_on_advection: it perturbs the advection's motion")
+        if not 0.0 < self.member_motion_growth <= 2.0:
+            raise ValueError("member_motion_growth must be in (0, 2]: the displacement grows as lead^growth")
         if self.member_motion_sigma > 0 and self.member_motion_kmh > 0:
             raise ValueError("set member_motion_sigma (pixels per step) or member_motion_kmh (km/h), not both")
         if self.motion_downsample < 1:
@@ -117,6 +127,18 @@ class ModelConfig:
         if self.member_motion_kmh > 0:
             return self.member_motion_kmh * step_minutes / 60.0 / pixel_km
         return self.member_motion_sigma
+
+    def member_motion_profile(self, step_minutes: float, steps: int, first_step: int = 0) -> np.ndarray:
+        """(steps,) multipliers of a member's motion shift in each step from ``first_step`` on.
+
+        After n steps the member has drifted by the shift times K·(n/K)^growth, K the steps in
+        an hour: all ones for a constant shift (growth 1).
+        """
+        if self.member_motion_growth == 1.0:
+            return np.ones(steps, dtype=np.float32)
+        per_hour = 60.0 / step_minutes
+        elapsed = np.arange(first_step, first_step + steps + 1, dtype=np.float64)
+        return np.diff(per_hour * (elapsed / per_hour) ** self.member_motion_growth).astype(np.float32)
 
     @property
     def trajectory_steps(self) -> int:

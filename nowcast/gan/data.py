@@ -85,9 +85,9 @@ class EventSamples:
             self.motion[i] = lucas_kanade_coarse(self.rate[start:start + model.n_input], model.motion_downsample)
         last = self.rate[self.starts + model.n_input - 1]
         self.wet_fraction = np.nanmean(last >= 1.0, axis=(1, 2))
-        step_minutes = time_step(sequence).total_seconds() / 60.0
+        self.step_minutes = time_step(sequence).total_seconds() / 60.0
         #: a member's motion shift on this grid, pixels per step (0 without member motion)
-        self.member_motion_pixels = model.member_motion_pixels(pixel_size_km(sequence), step_minutes)
+        self.member_motion_pixels = model.member_motion_pixels(pixel_size_km(sequence), self.step_minutes)
         logger.info("event %s: %d frames, %d start times, grid %s", name, n_frames, len(self.starts),
                     self.rate.shape[1:])
 
@@ -100,15 +100,18 @@ class EventSamples:
         """A patch's (advected last frame, back-trajectories, past moved to the last frame), mm/h.
 
         Traced and read on the whole grid: (n_output, ny, nx), (n_output, 2, ny, nx), (n_input, ny, nx).
-        ``shift``: a constant vector (2,) added to the motion, pixels per step, or None.
+        ``shift``: a member's motion shift (2,), pixels per step, drifting in time as the model's
+        ``member_motion_growth`` says; or None.
         """
         m = self.model
         start = self.starts[index]
         points = pixel_grid(1, ny, nx, origin=(y0, x0))
         velocity = torch.from_numpy(self.motion[index])[None]
+        drift = None
         if shift is not None:
-            velocity = velocity + torch.from_numpy(np.asarray(shift, dtype=np.float32))[None, :, None, None]
-        displacement = trajectories(velocity, m.trajectory_steps, points)
+            profile = m.member_motion_profile(self.step_minutes, m.trajectory_steps)
+            drift = torch.from_numpy(np.asarray(shift, dtype=np.float32)[None, None] * profile[None, :, None])
+        displacement = trajectories(velocity, m.trajectory_steps, points, drift=drift)
         past = torch.from_numpy(self.filled[start:start + m.n_input])[None]
         advected = along(past[:, -1], displacement[:, :m.n_output], points)
         moved_past = lagrangian_past(past, displacement, points)

@@ -80,9 +80,10 @@ class GANForecaster(Forecaster):
         draws = members or 1
         noise = self._noise_sources(len(past), draws, seed) if self.supports_members else None
         # members, and only members, go where their own shifted motion takes them, the same in every pass
-        sigma = self.member_motion_pixels(spacing or DEFAULT_SPACING)
+        spacing = spacing or DEFAULT_SPACING
+        sigma = self.member_motion_pixels(spacing)
         offsets = self._motion_offsets(noise, sigma) if members is not None and sigma > 0 else None
-        out = self._predict(past, steps, draws, noise, offsets)
+        out = self._predict(past, steps, draws, noise, offsets, spacing.step_minutes)
         return out if members is not None else out[:, 0]
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
@@ -101,28 +102,30 @@ class GANForecaster(Forecaster):
         return sources
 
     def _predict(self, past: np.ndarray, steps: int, draws: int, noise: list[torch.Generator] | None,
-                 offsets: torch.Tensor | None = None) -> np.ndarray:
+                 offsets: torch.Tensor | None = None, step_minutes: float = DEFAULT_SPACING.step_minutes,
+                 ) -> np.ndarray:
         """(batch, draws, steps, y, x): one pass of ``n_output`` frames, then the draws fed back as the past."""
         n_in, n_out = self.model_config.n_input, self.model_config.n_output
         batch, grid = len(past), past.shape[2:]
         valid = np.isfinite(past[:, -1])
-        chunks = [self._forward(past, valid, noise, draws, offsets)]
+        chunks = [self._forward(past, valid, noise, draws, self._drift(offsets, step_minutes, 0))]
         produced = n_out
         if produced < steps:
             history = np.concatenate([np.repeat(past[:, None], draws, axis=1), chunks[0]], axis=2)
             every_draw_valid = np.repeat(valid, draws, axis=0)
             while produced < steps:
                 window = history[:, :, -n_in:].reshape(batch * draws, n_in, *grid)
-                out = self._forward(window, every_draw_valid, noise, 1, offsets).reshape(batch, draws, n_out, *grid)
+                drift = self._drift(offsets, step_minutes, produced)
+                out = self._forward(window, every_draw_valid, noise, 1, drift).reshape(batch, draws, n_out, *grid)
                 chunks.append(out)
                 history = np.concatenate([history, out], axis=2)
                 produced += n_out
         return (np.concatenate(chunks, axis=2) if len(chunks) > 1 else chunks[0])[:, :, :steps]
 
     def _forward(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None,
-                 draws: int, offsets: torch.Tensor | None = None) -> np.ndarray:
+                 draws: int, drift: torch.Tensor | None = None) -> np.ndarray:
         """(batch, draws, n_output, y, x) mm/h from (batch, n_input, y, x)."""
-        z, _ = self.forward_normalised(past, valid, noise, draws, offsets)
+        z, _ = self.forward_normalised(past, valid, noise, draws, drift)
         # bounded like the input, so that a forecast (and what is fed back for longer horizons) stays finite
         rate = torch.clamp(self.normalisation.decode(z), min=0.0, max=MAX_RAIN_RATE_MMH)
         valid_t = torch.from_numpy(np.repeat(valid, draws, axis=0)).to(rate.device)
@@ -131,21 +134,22 @@ class GANForecaster(Forecaster):
 
     @torch.no_grad()
     def forward_normalised(self, past: np.ndarray, valid: np.ndarray, noise: list[torch.Generator] | None = None,
-                           draws: int = 1, offsets: torch.Tensor | None = None,
+                           draws: int = 1, drift: torch.Tensor | None = None,
                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n_output`` frames of ``draws`` futures per sequence, and the advection prior, normalised.
 
         ``past``: (batch, n_input, y, x) in mm/h, NaN for no data; ``valid``: (batch, y, x),
         True where the last frame has data; ``noise``: one generator per sequence and draw,
-        sequence-major; ``offsets``: (batch·draws, 2) shifts of each draw's motion, or None.
-        Motion is estimated once per sequence; draws without offsets share its advection.
+        sequence-major; ``drift``: (batch·draws, trajectory steps, 2) each draw's motion shift in
+        each step, pixels per step, or None. Motion is estimated once per sequence; draws
+        without a drift share its advection.
         Returns (batch·draws, n_output, y, x) tensors, sequence-major; the prior is None for a
         model not conditioned on advection.
         """
         cfg = self.model_config
         ny, nx = past.shape[2:]
-        if offsets is not None:
-            inputs, prior = self._conditioning(past, valid, draws, offsets)
+        if drift is not None:
+            inputs, prior = self._conditioning(past, valid, draws, drift)
         else:  # draws that share the motion share the advection too: computed once, repeated
             inputs, prior = self._conditioning(past, valid)
             if draws > 1:
@@ -179,12 +183,30 @@ class GANForecaster(Forecaster):
             return None
         return torch.stack([torch.randn(2, generator=g, device=self.device) for g in noise]) * sigma
 
-    def _conditioning(self, past: np.ndarray, valid: np.ndarray, draws: int = 1, offsets: torch.Tensor | None = None,
+    def _drift(self, offsets: torch.Tensor | None, step_minutes: float, first_step: int) -> torch.Tensor | None:
+        """(rows, trajectory steps, 2): each draw's motion shift in each step of a pass that starts
+        ``first_step`` steps into the forecast (``ModelConfig.member_motion_growth``), or None."""
+        if offsets is None:
+            return None
+        cfg = self.model_config
+        profile = cfg.member_motion_profile(step_minutes, cfg.trajectory_steps, first_step)
+        if first_step > 0:
+            # a later pass estimates motion from the member's own frames, which already moved with
+            # its shift: only what the shift has changed since is added (nothing for a constant one)
+            # (the window's steps before the forecast began are observed frames: they did not move)
+            window_start = max(first_step - cfg.n_input + 1, 0)
+            moved = cfg.member_motion_profile(step_minutes, first_step - window_start, window_start)
+            profile = profile - moved.sum() / (cfg.n_input - 1)
+            if not profile.any():
+                return None
+        return offsets[:, None, :] * torch.from_numpy(profile).to(offsets.device)[None, :, None]
+
+    def _conditioning(self, past: np.ndarray, valid: np.ndarray, draws: int = 1, drift: torch.Tensor | None = None,
                       ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         """The generator's inputs for each sequence and draw (sequence-major, normalised) and the advected prior.
 
-        Motion is estimated once per sequence; with ``offsets`` each draw's motion is shifted
-        by its own vector before the trajectories are traced.
+        Motion is estimated once per sequence; with ``drift`` each draw's trajectories are
+        traced through the motion shifted by its own vector in each step.
         """
         cfg = self.model_config
         _, _, ny, nx = past.shape
@@ -199,10 +221,8 @@ class GANForecaster(Forecaster):
         motion = torch.from_numpy(np.stack([lucas_kanade_coarse(p, cfg.motion_downsample) for p in past])).to(dev)
         if draws > 1:
             motion = motion.repeat_interleave(draws, dim=0)
-        if offsets is not None:
-            motion = motion + offsets[:, :, None, None].to(motion.dtype)
         points = pixel_grid(len(past_t), ny, nx, device=dev)
-        displacement = trajectories(motion, cfg.trajectory_steps, points)
+        displacement = trajectories(motion, cfg.trajectory_steps, points, drift=drift)
         advected = along(past_t[:, -1], displacement[:, :cfg.n_output], points)
         inputs["advected"] = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
         inputs["displacement"] = displacement[:, :cfg.n_output]
