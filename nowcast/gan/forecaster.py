@@ -79,7 +79,7 @@ class GANForecaster(Forecaster):
         past = np.asarray(past, dtype=np.float32)
         draws = members or 1
         noise = self._noise_sources(len(past), draws, seed) if self.supports_members else None
-        # members, and only members, go where their own shifted motion takes them, the same in every pass
+        # members, and only members, go where their own shifted motion takes them
         spacing = spacing or DEFAULT_SPACING
         sigma = self.member_motion_pixels(spacing)
         offsets = self._motion_offsets(noise, sigma) if members is not None and sigma > 0 else None
@@ -102,8 +102,7 @@ class GANForecaster(Forecaster):
         return sources
 
     def _predict(self, past: np.ndarray, steps: int, draws: int, noise: list[torch.Generator] | None,
-                 offsets: torch.Tensor | None = None, step_minutes: float = DEFAULT_SPACING.step_minutes,
-                 ) -> np.ndarray:
+                 offsets: torch.Tensor | None, step_minutes: float) -> np.ndarray:
         """(batch, draws, steps, y, x): one pass of ``n_output`` frames, then the draws fed back as the past."""
         n_in, n_out = self.model_config.n_input, self.model_config.n_output
         batch, grid = len(past), past.shape[2:]
