@@ -145,14 +145,18 @@ def test_a_model_outside_the_registry_is_as_unknown_as_a_missing_one(tmp_path: P
 class GatedFake(FakeBatched):
     """Once closed, holds every model call until the test opens the gate, so a full queue stays full.
 
-    The gate starts open because the service warms the model up before it takes requests.
+    The gate starts open because the service warms the model up before it takes requests. ``held`` is set once
+    a call waits at the closed gate: from then on the inference thread is taken and the queue no longer drains.
     """
 
     def __init__(self, gate: threading.Event) -> None:
         super().__init__()
         self.gate = gate
+        self.held = threading.Event()
 
     def predict(self, past: np.ndarray, steps: int, **kwargs: Any) -> np.ndarray:
+        if not self.gate.is_set():
+            self.held.set()
         assert self.gate.wait(timeout=30), "the test never opened the gate"
         return super().predict(past, steps, **kwargs)
 
@@ -160,7 +164,8 @@ class GatedFake(FakeBatched):
 def test_a_full_queue_or_memory_budget_refuses_before_reading_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
     gate = threading.Event()
     gate.set()
-    monkeypatch.setitem(forecasters.METHODS, "test-gated", lambda: GatedFake(gate))
+    fake = GatedFake(gate)
+    monkeypatch.setitem(forecasters.METHODS, "test-gated", lambda: fake)
     seq = sequence()
     with running(model="test-gated", max_batch=1, queue_size=1) as client:
         gate.clear()
@@ -168,10 +173,13 @@ def test_a_full_queue_or_memory_budget_refuses_before_reading_the_body(monkeypat
                 for _ in range(3)]
         for thread in busy:
             thread.start()
-        deadline = time.monotonic() + 10
-        while client.app.state.batcher.depth < 1 and time.monotonic() < deadline:
+        # The first request counts in the depth until the dispatcher takes it; only a held call and a
+        # waiting one make the queue full for good.
+        deadline = time.monotonic() + 60
+        while not (full := fake.held.is_set() and client.app.state.batcher.depth >= 1) and time.monotonic() < deadline:
             time.sleep(0.005)
         try:
+            assert full, "the queue never filled"
             refused = client.post(
                 "/v1/nowcasts", content=b"not JSON at all", headers={"Content-Type": "application/json"}
             )
