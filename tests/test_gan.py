@@ -369,6 +369,32 @@ def test_training_patches_see_the_advection_the_forecaster_computes(events):
     np.testing.assert_allclose(moved_past[-1], np.nan_to_num(past[-1])[10:40, 20:60], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shift_moves_past", [True, False])
+def test_a_members_past_moves_along_its_shift_only_where_the_model_says(events, shift_moves_past):
+    """``member_shift_moves_past``: the shift always moves a member's advection; its past frames follow
+    the shift, or the estimated motion every member shares, the same in training patches and forecasts."""
+    from nowcast.gan.data import EventSamples
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    model = dataclasses.replace(TINY_MODEL, noise_channels=2, member_motion_sigma=1.0,
+                                member_shift_moves_past=shift_moves_past)
+    samples = EventSamples("syn0", events["syn0"], model)
+    still = samples.moved(2, 10, 20, 30, 40)
+    shifted = samples.moved(2, 10, 20, 30, 40, shift=np.array([1.5, -1.0]))
+    assert not np.allclose(shifted[0], still[0], atol=1e-3)
+    assert np.allclose(shifted[2], still[2], atol=1e-5) is not shift_moves_past
+
+    forecaster = GANForecaster(Generator(model), Normalisation(), device="cpu")
+    past = events["syn0"].values[2:6][None]
+    drift = forecaster._drift(torch.tensor([[1.5, -1.0], [-0.5, 2.0]]), 5.0, 0)
+    inputs, _ = forecaster._conditioning(past, np.isfinite(past[:, -1]), draws=2, drift=drift)
+    alone, _ = forecaster._conditioning(past, np.isfinite(past[:, -1]))
+    assert not torch.allclose(inputs["advected"][0], inputs["advected"][1], atol=1e-3)
+    for draw in inputs["lagrangian_past"]:
+        assert torch.allclose(draw, alone["lagrangian_past"][0], atol=1e-5) is not shift_moves_past
+
+
 def _translated(shift: tuple[int, int], frames: int = 8, size: int = 48) -> np.ndarray:
     """A rain field moving ``shift`` = (dy, dx) whole pixels per step, (frames, size, size) mm/h."""
     field = synthetic_sequence(SyntheticRain(ny=size, nx=size, frames=1), seed=5).values[0]

@@ -65,6 +65,10 @@ class ModelConfig:
     (displacement proportional to the lead); below 1 members part sooner and the shift
     slows after the first steps. (Run 30 in docs/gan-experiments.md: 0.7 lowered the CRPS
     on training events and raised it on held-out ones.)
+    ``member_shift_moves_past``: whether a member's past frames are moved to the last one
+    along its shifted motion (True) or along the estimated motion all members share (False).
+    The shift is a guess about the future; the past was observed, and its parcels moved
+    with the estimated motion.
     ``lead_basis``: when > 0, what each scale adds is projected onto polynomials of that
     many degrees of freedom in the lead time (3: quadratic), so that a parcel's growth or
     decay is a smooth curve over the hour. 0 leaves one free output per lead time, and
@@ -88,6 +92,7 @@ class ModelConfig:
     member_motion_sigma: float = 0.0
     member_motion_kmh: float = 0.0
     member_motion_growth: float = 1.0
+    member_shift_moves_past: bool = True
     lead_basis: int = 0
 
     def __post_init__(self) -> None:

@@ -114,7 +114,11 @@ class EventSamples:
         displacement = trajectories(velocity, m.trajectory_steps, points, drift=drift)
         past = torch.from_numpy(self.filled[start:start + m.n_input])[None]
         advected = along(past[:, -1], displacement[:, :m.n_output], points)
-        moved_past = lagrangian_past(past, displacement, points)
+        if drift is not None and not m.member_shift_moves_past:
+            displacement_past = trajectories(velocity, m.n_input - 1, points)
+        else:
+            displacement_past = displacement
+        moved_past = lagrangian_past(past, displacement_past, points)
         return advected[0].numpy(), displacement[0, :m.n_output].numpy(), moved_past[0].numpy()
 
 

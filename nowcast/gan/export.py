@@ -108,6 +108,8 @@ def _default_description(cfg: Any) -> str:
             text += f" and a motion shift per member (N(0, {cfg.model.member_motion_kmh:g}²) km/h)"
         if (cfg.model.member_motion_sigma or cfg.model.member_motion_kmh) and cfg.model.member_motion_growth != 1.0:
             text += f", its displacement growing as lead^{cfg.model.member_motion_growth:g}"
+        if (cfg.model.member_motion_sigma or cfg.model.member_motion_kmh) and not cfg.model.member_shift_moves_past:
+            text += " (the past frames moved along the estimated motion, not the shifted one)"
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")

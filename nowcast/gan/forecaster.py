@@ -225,7 +225,11 @@ class GANForecaster(Forecaster):
         advected = along(past_t[:, -1], displacement[:, :cfg.n_output], points)
         inputs["advected"] = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
         inputs["displacement"] = displacement[:, :cfg.n_output]
-        moved = lagrangian_past(past_t, displacement, points)
+        if drift is not None and not cfg.member_shift_moves_past:
+            displacement_past = trajectories(motion, cfg.n_input - 1, points)
+        else:
+            displacement_past = displacement
+        moved = lagrangian_past(past_t, displacement_past, points)
         inputs["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
         return inputs, inputs["advected"][:, :, 0]
 
