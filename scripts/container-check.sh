@@ -19,7 +19,8 @@
 # HOST_PYTHON (default .venv/bin/python: makes the request and reads the answer); PIP_INDEX_URL,
 # PIP_EXTRA_INDEX_URL (http(s) ones are passed to the build) and the CA bundle pip uses here (PIP_CERT,
 # pip's global.cert, REQUESTS_CA_BUNDLE, SSL_CERT_FILE: a build secret, not stored in the image).
-# Where neither podman nor docker is installed and this runs as root on Debian, podman is installed.
+# Where neither podman nor a docker with a running daemon is here and this runs as root on Debian, podman is
+# installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -76,16 +77,17 @@ trap 'exit 130' INT TERM
 # --- the engine ------------------------------------------------------------------------------------------------
 if [ -z "${ENGINE:-}" ]; then
   if command -v podman >/dev/null; then ENGINE=podman
-  elif command -v docker >/dev/null; then ENGINE=docker
+  # a docker client without a daemon it can reach cannot build anything: podman is installed then
+  elif command -v docker >/dev/null && docker info >/dev/null 2>&1; then ENGINE=docker
   elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-    say "no podman or docker: installing Debian's podman, runc and debootstrap"
+    say "no podman, and no docker with a daemon: installing Debian's podman, runc and debootstrap"
     t=$SECONDS
     { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap; } \
       >"$WORK/apt.log" 2>&1 || { tail -n 20 "$WORK/apt.log" >&2; fail "apt-get install podman failed"; }
     say "podman installed in $((SECONDS - t)) s"
     ENGINE=podman
   else
-    fail "neither podman nor docker is installed (as root on Debian this script installs podman)"
+    fail "neither podman nor a docker with a running daemon is here (as root on Debian this script installs podman)"
   fi
 fi
 command -v "$ENGINE" >/dev/null || fail "ENGINE=$ENGINE is not installed"
