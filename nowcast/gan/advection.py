@@ -120,6 +120,27 @@ def lagrangian_past(past: torch.Tensor, displacement: torch.Tensor, points: torc
     return torch.stack(frames, dim=1)
 
 
+def conditioning_fields(past: torch.Tensor, velocity: torch.Tensor, points: torch.Tensor, *, steps: int,
+                        n_output: int, drift: torch.Tensor | None = None, drift_moves_past: bool = True,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The advection the generator is conditioned on: (advected last frame, displacement, moved past).
+
+    ``past`` (batch, t, Y, X) and ``velocity`` (batch, 2, Y, X) on the whole grid; ``points``
+    (batch, 2, y, x) where to trace from; ``steps`` of trajectories, of which the first
+    ``n_output`` are the leads. ``drift`` (batch, steps, 2) shifts a member's motion; the past
+    frames move along the shifted trajectories only with ``drift_moves_past``, otherwise along
+    the unshifted motion all members share. Returns (batch, n_output, y, x),
+    (batch, n_output, 2, y, x) and (batch, t, y, x). Training patches and forecasts both come
+    from here, so that a model sees in forecasts what it learned from.
+    """
+    displacement = trajectories(velocity, steps, points, drift=drift)
+    advected = along(past[:, -1], displacement[:, :n_output], points)
+    past_displacement = displacement
+    if drift is not None and not drift_moves_past:
+        past_displacement = trajectories(velocity, past.shape[1] - 1, points)
+    return advected, displacement[:, :n_output], lagrangian_past(past, past_displacement, points)
+
+
 def warp(field: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
     """(batch, time, channel, y, x) fields at the ends of their lead's back-trajectories on the same grid.
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from nowcast.gan.advection import along, lagrangian_past, pixel_grid, trajectories
+from nowcast.gan.advection import conditioning_fields, pixel_grid
 from nowcast.gan.config import DataConfig, ModelConfig
 from nowcast.motion import lucas_kanade_coarse
 from nowcast.sequence import pixel_size_km, time_step
@@ -111,15 +111,11 @@ class EventSamples:
         if shift is not None:
             profile = m.member_motion_profile(self.step_minutes, m.trajectory_steps)
             drift = torch.from_numpy(np.asarray(shift, dtype=np.float32)[None, None] * profile[None, :, None])
-        displacement = trajectories(velocity, m.trajectory_steps, points, drift=drift)
         past = torch.from_numpy(self.filled[start:start + m.n_input])[None]
-        advected = along(past[:, -1], displacement[:, :m.n_output], points)
-        if drift is not None and not m.member_shift_moves_past:
-            displacement_past = trajectories(velocity, m.n_input - 1, points)
-        else:
-            displacement_past = displacement
-        moved_past = lagrangian_past(past, displacement_past, points)
-        return advected[0].numpy(), displacement[0, :m.n_output].numpy(), moved_past[0].numpy()
+        advected, displacement, moved_past = conditioning_fields(
+            past, velocity, points, steps=m.trajectory_steps, n_output=m.n_output, drift=drift,
+            drift_moves_past=m.member_shift_moves_past)
+        return advected[0].numpy(), displacement[0].numpy(), moved_past[0].numpy()
 
 
 class SampleSource:

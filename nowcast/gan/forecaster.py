@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from nowcast import config as config_io
 from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, Spacing
-from nowcast.gan.advection import along, lagrangian_past, pixel_grid, trajectories
+from nowcast.gan.advection import conditioning_fields, pixel_grid
 from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
 from nowcast.motion import lucas_kanade_coarse
@@ -221,15 +221,11 @@ class GANForecaster(Forecaster):
         if draws > 1:
             motion = motion.repeat_interleave(draws, dim=0)
         points = pixel_grid(len(past_t), ny, nx, device=dev)
-        displacement = trajectories(motion, cfg.trajectory_steps, points, drift=drift)
-        advected = along(past_t[:, -1], displacement[:, :cfg.n_output], points)
+        advected, displacement, moved = conditioning_fields(
+            past_t, motion, points, steps=cfg.trajectory_steps, n_output=cfg.n_output, drift=drift,
+            drift_moves_past=cfg.member_shift_moves_past)
         inputs["advected"] = self.normalisation.encode(advected * valid_t[:, None]).unsqueeze(2)
-        inputs["displacement"] = displacement[:, :cfg.n_output]
-        if drift is not None and not cfg.member_shift_moves_past:
-            displacement_past = trajectories(motion, cfg.n_input - 1, points)
-        else:
-            displacement_past = displacement
-        moved = lagrangian_past(past_t, displacement_past, points)
+        inputs["displacement"] = displacement
         inputs["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
         return inputs, inputs["advected"][:, :, 0]
 
