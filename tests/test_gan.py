@@ -395,6 +395,30 @@ def test_a_members_past_moves_along_its_shift_only_where_the_model_says(events, 
         assert torch.allclose(draw, alone["lagrangian_past"][0], atol=1e-5) is not shift_moves_past
 
 
+def test_a_training_patch_is_conditioned_as_a_forecast_on_the_same_frames(events):
+    """The advection, trajectories and moved past of a training patch are the forecaster's on the same
+    frames, read at the patch: what the generator learns from is what it is given in forecasts."""
+    from nowcast.gan.data import EventSamples
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    normalisation = Normalisation()
+    samples = EventSamples("syn0", events["syn0"], TINY_MODEL)
+    advected, displacement, moved_past = samples.moved(3, 10, 20, 30, 40)
+    start = samples.starts[3]
+    past = events["syn0"].values[start:start + TINY_MODEL.n_input][None]
+    valid = np.isfinite(past[:, -1])
+    forecaster = GANForecaster(Generator(TINY_MODEL), normalisation, device="cpu")
+    inputs, _ = forecaster._conditioning(past, valid)
+    patch = (slice(10, 40), slice(20, 60))
+    torch.testing.assert_close(inputs["displacement"][0][(..., *patch)], torch.from_numpy(displacement))
+    torch.testing.assert_close(inputs["lagrangian_past"][0, :, 0][(..., *patch)],
+                               normalisation.encode(torch.from_numpy(moved_past)))
+    observed = torch.from_numpy(valid[0][patch])
+    torch.testing.assert_close(inputs["advected"][0, :, 0][(..., *patch)],
+                               normalisation.encode(torch.from_numpy(advected) * observed))
+
+
 def _translated(shift: tuple[int, int], frames: int = 8, size: int = 48) -> np.ndarray:
     """A rain field moving ``shift`` = (dy, dx) whole pixels per step, (frames, size, size) mm/h."""
     field = synthetic_sequence(SyntheticRain(ny=size, nx=size, frames=1), seed=5).values[0]
