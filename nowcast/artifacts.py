@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from nowcast.errors import InputError, UnknownNameError, UnreadableFileError
+from nowcast.files import write_text_atomically
 from nowcast.paths import models_dir as default_models_dir
 
 logger = logging.getLogger(__name__)
@@ -282,18 +283,7 @@ def _write_live(folder: Path, name: str, version: str, action: str, *, by: str, 
     record = {"name": name, "version": version, "promoted_at": entry["at"], "by": by, "reason": reason,
               "action": action, "gate_report": gate_report, "history": [*history, entry]}
     _check_live_record(record, folder / LIVE_FILE)
-    fd, tmp = tempfile.mkstemp(prefix=f".{LIVE_FILE}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / LIVE_FILE)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text_atomically(folder / LIVE_FILE, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
     logger.info("%s: %s@%s is live (%s by %s: %s)", action, name, version, action, by, reason)
     return record
 

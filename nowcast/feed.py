@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import InputError, UnreadableFileError
+from nowcast.files import write_text_atomically
 from nowcast.io.locks import NETCDF_LOCK
 from nowcast.io.netcdf import (
     PROBABILITY_NAME,
@@ -148,17 +148,7 @@ def write_manifest(folder: str | os.PathLike[str], entries: Iterable[ProductEntr
     ordered = sorted(entries, key=lambda e: e.reference_time)
     document = {**extra, "schema": MANIFEST_SCHEMA, "updated": _iso(datetime.now(UTC)),
                 "products": [e.to_json() for e in ordered]}
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(document, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, folder / MANIFEST)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(folder / MANIFEST, json.dumps(document, indent=1))
 
 
 def latest_product(folder: str | os.PathLike[str]) -> ProductEntry | None:

@@ -9,7 +9,6 @@ rendered with the Agg canvas and written atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FormatStrFormatter, NullLocator
+
+from nowcast.files import replaced_atomically
 
 WAVELENGTH_TICKS_KM = (2, 4, 8, 16, 32, 64, 128, 256, 512)
 RAIN_LEVELS_MMH = (0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
@@ -31,16 +32,9 @@ AXIS_NAMES = {"km": ("x (km)", "y (km)"), "°": ("longitude (°)", "latitude (°
 def save_figure(figure: Figure, path: str | os.PathLike[str], *, dpi: int = 110) -> Path:
     """Render ``figure`` as PNG into ``path`` (temporary file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     return path
 
 

@@ -60,6 +60,7 @@ from nowcast import config as config_io
 from nowcast.bootstrap import crps_difference_interval, csi_difference_interval
 from nowcast.config import ConfigError
 from nowcast.errors import InputError
+from nowcast.files import write_text_atomically
 from nowcast.gan.config import ExperimentConfig
 from nowcast.paths import models_dir as default_models_dir
 from nowcast.verification import key
@@ -272,7 +273,7 @@ def retrain(
               "compared_with": plan.live_version, "promotion": promotion, "finished": True,
               "finished_at": _now()}
     _write_json(work / RESULT_FILE, result)
-    _write_text(work / REPORT_FILE, render_report(cfg, plan, split, gate, result))
+    write_text_atomically(work / REPORT_FILE, render_report(cfg, plan, split, gate, result))
     logger.info("retrain %s: %s@%s %s%s", plan.id, cfg.name, version, gate["decision"],
                 "" if promotion["promoted"] else f" (not promoted: {promotion['why']})")
     return result
@@ -696,7 +697,7 @@ def render_report(cfg: RetrainConfig, plan: _Plan, split: dict[str, Any], gate: 
 
 
 def _write_json(path: Path, data: Any) -> None:
-    _write_text(path, json.dumps(_plain(data), indent=1, sort_keys=True, allow_nan=False) + "\n")
+    write_text_atomically(path, json.dumps(_plain(data), indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 def _plain(value: Any) -> Any:
@@ -710,17 +711,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-
-
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _mkdir(path: Path) -> Path:

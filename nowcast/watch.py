@@ -64,6 +64,7 @@ from nowcast.feed import (
     write_manifest,
     write_product,
 )
+from nowcast.files import replaced_atomically
 from nowcast.forecasters import FALLBACK_MODEL, default_model
 from nowcast.io.catalogue import Event, Source, find_event_files, get_source
 from nowcast.products import DEFAULT_THRESHOLDS_MMH, ProductRequest, ensemble_products
@@ -832,9 +833,8 @@ def replay_event(event: Event, to: str | os.PathLike[str], *, interval_s: float,
         if write_seconds > 0:
             _write_slowly(source, target, write_seconds, sleep)
         else:
-            tmp = folder / f".{source.name}.part"
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            with replaced_atomically(target, suffix=".part") as tmp:
+                shutil.copyfile(source, tmp)
         logger.info("replayed %s (%s)", target, when)
         written.append(target)
     return written

@@ -17,7 +17,7 @@ PACKAGES = ("nowcast", "service")
 
 # Lowest first. A module belongs to the layer of the longest prefix that matches its name.
 LAYERS: list[tuple[str, ...]] = [
-    ("nowcast.errors", "nowcast.paths", "nowcast.config", "nowcast.quiet"),
+    ("nowcast.errors", "nowcast.paths", "nowcast.config", "nowcast.quiet", "nowcast.files"),
     ("nowcast.sequence", "nowcast.transforms", "nowcast.motion", "nowcast.ensemble", "nowcast.products",
      "nowcast.io.safety"),
     ("nowcast.io", "nowcast.synthetic", "nowcast.feed"),

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from nowcast import config as config_io
+from nowcast.files import replaced_atomically, write_text_atomically
 from nowcast.gan.config import ExperimentConfig, upgrade_experiment_config
 from nowcast.gan.data import Batch, SampleSource, load_events, validation_batches
 from nowcast.gan.losses import discriminator_loss, generator_loss
@@ -143,7 +144,7 @@ def _start(cfg: ExperimentConfig, out: Path, resume: bool) -> tuple[DistributedC
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         _check_same_config(out, cfg, resume)
-        _atomic_write_text(out / CONFIG, json.dumps(config_io.to_dict(cfg), indent=2) + "\n")
+        write_text_atomically(out / CONFIG, json.dumps(config_io.to_dict(cfg), indent=2) + "\n")
     return ctx, device
 
 
@@ -382,14 +383,13 @@ def _served(generator: Generator, ema: AveragedModel | None) -> Generator:
 def _save_checkpoint(path: Path, step: int, generator: Generator, discriminator: Discriminator,
                      opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                      ema: AveragedModel | None = None) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     state = {"step": step, "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
              "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()}
     if ema is not None:
         # the whole AveragedModel (with its count of updates), so a resumed run averages on exactly
         state["generator_ema"] = ema.state_dict()
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _append_metrics(path: Path, record: dict[str, Any]) -> None:
@@ -402,13 +402,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    _atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomically(path, "".join(line + "\n" for line in kept))
 
 
 def _check_same_config(out: Path, cfg: ExperimentConfig, resume: bool) -> None:

@@ -30,6 +30,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import InputError, SequenceError, UnitsError, UnreadableFileError
+from nowcast.files import replaced_atomically
 from nowcast.io.locks import NETCDF_LOCK
 from nowcast.io.safety import DEFAULT_LIMITS, ReadLimits, check_hdf5, is_hdf5
 from nowcast.products import ProductRequest, ensemble_products
@@ -427,16 +428,8 @@ def write_netcdf(
 def write_dataset(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     """Write a CF dataset made here (:func:`sequence_to_dataset`, :func:`products_to_dataset`) atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with NETCDF_LOCK:
-            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced_atomically(path) as tmp, NETCDF_LOCK:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
     logger.info("wrote %s (%d frames)", path, ds.sizes["time"])
     return path
 

@@ -17,13 +17,13 @@ Network failures and files that do not match the manifest raise
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import os
 import re
-import tempfile
 import time
 import tomllib
 import urllib.error
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from nowcast.errors import InputError
+from nowcast.files import replaced_atomically
 from nowcast.io.catalogue import Event, cache_dir, get_event, parse_catalogue
 
 logger = logging.getLogger(__name__)
@@ -243,27 +244,15 @@ def _sha256_of(path: Path) -> str:
 def _download(item: SampleFile, base_url: str, root: Path, timeout_s: float) -> None:
     """Fetch one file into a temporary name beside its place; rename it there only once it matches."""
     target = root / item.path
-    part = _part_file(target)
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            part = stack.enter_context(replaced_atomically(target, suffix=".part"))
+        except OSError as exc:
+            raise SampleUnavailableError(f"cannot write the sample cache at {target.parent} ({exc})") from exc
         with part.open("wb") as out:
             size, digest = _copy_bounded(base_url + urllib.parse.quote(item.path), item, out, timeout_s)
         _check(item, size, digest)
-        os.replace(part, target)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
     logger.debug("fetched %s (%d bytes)", item.path, item.size)
-
-
-def _part_file(target: Path) -> Path:
-    """A new empty file in ``target``'s folder: the rename into place is then atomic."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    except OSError as exc:
-        raise SampleUnavailableError(f"cannot write the sample cache at {target.parent} ({exc})") from exc
-    os.close(handle)
-    return Path(name)
 
 
 def _copy_bounded(url: str, item: SampleFile, out: IO[bytes], timeout_s: float) -> tuple[int, str]:
