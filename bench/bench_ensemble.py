@@ -18,9 +18,10 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from nowcast.files import write_text_atomically
 
 
 def time_members(forecaster, past, steps: int, members: int, repeats: int) -> dict[str, float]:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(record, indent=2)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        write_text_atomically(args.output, text + "\n")
     return 0
 
 

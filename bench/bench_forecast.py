@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from nowcast.files import write_text_atomically
+
 #: DGMR's generator, 12 frames at 256×256 on this project's 2-core CPU, as quoted in the issue that set
 #: the target (not measured here: DGMR's weights come from a model hub this machine cannot reach)
 DGMR_256_REFERENCE_S = 1.7
@@ -222,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(record, indent=2)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        write_text_atomically(args.output, text + "\n")
     return 0
 
 

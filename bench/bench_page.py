@@ -43,6 +43,7 @@ import xarray as xr
 from load_service import LocalServer  # bench/ is on the path of a script run from it
 
 from nowcast.feed import ProductEntry, latest_product, product_file_name, read_product, write_manifest, write_product
+from nowcast.files import write_text_atomically
 from nowcast.render import classify, rain_scale, render_png
 from nowcast.sequence import future_times, like, make_sequence
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
@@ -295,7 +296,7 @@ def main() -> None:
     text = json.dumps(record, indent=1)
     print(text)
     if args.output:
-        args.output.write_text(text + "\n")
+        write_text_atomically(args.output, text + "\n")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from nowcast.feed import read_manifest, read_manifest_extras
+from nowcast.files import write_text_atomically
 from nowcast.io.catalogue import find_event_files, get_event, load_event
 from nowcast.io.netcdf import write_netcdf
 from nowcast.paths import data_root
@@ -208,7 +209,7 @@ def main() -> None:
     text = json.dumps(record, indent=1)
     print(text)
     if args.output:
-        args.output.write_text(text + "\n")
+        write_text_atomically(args.output, text + "\n")
 
 
 if __name__ == "__main__":
