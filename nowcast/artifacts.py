@@ -83,11 +83,7 @@ def list_versions(name: str, models_dir: str | Path | None = None) -> list[str]:
 def default_version(name: str, models_dir: str | Path | None = None) -> str:
     """The version ``name`` means without one: the live version where one is recorded, else the highest."""
     root = default_models_dir(models_dir)
-    versions = list_versions(name, root)
-    if not versions:
-        raise UnknownNameError(
-            f"no model {name!r} in {root}; models there: {', '.join(list_models(root)) or 'none'}"
-        )
+    versions = _known_versions(name, root)
     live = live_version(name, root)
     if live is None:
         return versions[-1]
@@ -100,16 +96,20 @@ def default_version(name: str, models_dir: str | Path | None = None) -> str:
 def resolve(name: str, version: str | None = None, models_dir: str | Path | None = None) -> Path:
     """The folder of ``name`` at ``version`` (the live one, else the latest, when None)."""
     root = default_models_dir(models_dir)
+    versions = _known_versions(name, root)
     if version is None:
         version = default_version(name, root)
-    versions = list_versions(name, root)
-    if not versions:
-        raise UnknownNameError(
-            f"no model {name!r} in {root}; models there: {', '.join(list_models(root)) or 'none'}"
-        )
     if version not in versions:
         raise UnknownNameError(f"model {name!r} has no version {version!r}; versions: {', '.join(versions)}")
     return root / name / version
+
+
+def _known_versions(name: str, root: Path) -> list[str]:
+    """``name``'s versions in the registry at ``root``; an error naming the models there if it has none."""
+    versions = list_versions(name, root)
+    if not versions:
+        raise UnknownNameError(f"no model {name!r} in {root}; models there: {', '.join(list_models(root)) or 'none'}")
+    return versions
 
 
 def read_json(path: Path) -> dict[str, Any]:
