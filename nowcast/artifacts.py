@@ -96,9 +96,9 @@ def default_version(name: str, models_dir: str | Path | None = None) -> str:
 def resolve(name: str, version: str | None = None, models_dir: str | Path | None = None) -> Path:
     """The folder of ``name`` at ``version`` (the live one, else the latest, when None)."""
     root = default_models_dir(models_dir)
-    versions = _known_versions(name, root)
     if version is None:
-        version = default_version(name, root)
+        return root / name / default_version(name, root)
+    versions = _known_versions(name, root)
     if version not in versions:
         raise UnknownNameError(f"model {name!r} has no version {version!r}; versions: {', '.join(versions)}")
     return root / name / version

@@ -418,20 +418,28 @@ def write_netcdf(
     ``forecast``: a sequence (time, y, x), members (member, time, y, x), or the products of
     :func:`nowcast.products.ensemble_products` (see :func:`products_to_dataset`).
     """
+    return write_dataset(_forecast_dataset(forecast, forecast_reference_time, attrs), path)
+
+
+def _forecast_dataset(forecast: xr.DataArray | xr.Dataset, forecast_reference_time: Any | None,
+                      attrs: dict[str, Any] | None) -> xr.Dataset:
     if isinstance(forecast, xr.Dataset):
-        ds = products_to_dataset(forecast, forecast_reference_time=forecast_reference_time, attrs=attrs)
-    else:
-        ds = sequence_to_dataset(forecast, forecast_reference_time=forecast_reference_time, attrs=attrs)
-    return write_dataset(ds, path)
+        return products_to_dataset(forecast, forecast_reference_time=forecast_reference_time, attrs=attrs)
+    return sequence_to_dataset(forecast, forecast_reference_time=forecast_reference_time, attrs=attrs)
 
 
 def write_dataset(ds: xr.Dataset, path: str | os.PathLike[str]) -> Path:
     """Write a CF dataset made here (:func:`sequence_to_dataset`, :func:`products_to_dataset`) atomically."""
     path = Path(path)
-    with replaced_atomically(path) as tmp, NETCDF_LOCK:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+    with replaced_atomically(path) as tmp:
+        _to_netcdf(ds, tmp)
     logger.info("wrote %s (%d frames)", path, ds.sizes["time"])
     return path
+
+
+def _to_netcdf(ds: xr.Dataset, path: Path) -> None:
+    with NETCDF_LOCK:
+        ds.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
@@ -449,8 +457,14 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     return encoding
 
 
-def to_netcdf_bytes(forecast: xr.DataArray | xr.Dataset, **kwargs: Any) -> bytes:
-    """The CF-netCDF file of ``forecast`` (see :func:`write_netcdf`) as bytes (for HTTP responses)."""
+def to_netcdf_bytes(forecast: xr.DataArray | xr.Dataset, *, forecast_reference_time: Any | None = None,
+                    attrs: dict[str, Any] | None = None) -> bytes:
+    """The CF-netCDF file of ``forecast`` (see :func:`write_netcdf`) as bytes (for HTTP responses).
+
+    Written into a private scratch folder and read back: nothing is published, so nothing is
+    renamed or flushed to disk on the request path.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        out = write_netcdf(forecast, Path(tmp) / "forecast.nc", **kwargs)
-        return out.read_bytes()
+        path = Path(tmp) / "forecast.nc"
+        _to_netcdf(_forecast_dataset(forecast, forecast_reference_time, attrs), path)
+        return path.read_bytes()
