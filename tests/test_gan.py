@@ -106,6 +106,34 @@ def test_discriminator_scores_each_scale(batch):
     assert [tuple(lg.shape) for lg in logits] == [(3,)] * 3
 
 
+def test_sharpness_terms_judge_only_the_first_leads_when_asked(batch):
+    torch.manual_seed(0)
+    predictions = Generator(TINY_MODEL)(batch.past, batch.valid, **batch.conditioning())
+    late_changed = [p.clone() for p in predictions]
+    for p in late_changed:
+        p[:, 2:] += torch.randn_like(p[:, 2:])
+    early_only, every_lead = Discriminator(TINY_MODEL, leads=2), Discriminator(TINY_MODEL)
+    for a, b in zip(early_only(batch.past, batch.valid, predictions),
+                    early_only(batch.past, batch.valid, late_changed), strict=True):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(every_lead(batch.past, batch.valid, predictions),
+                                                     every_lead(batch.past, batch.valid, late_changed), strict=True))
+    early = LossConfig(lambda_csi=0.0, sharpness_leads=2)
+    gdl = [generator_loss(p, batch.future, batch.future_mask, early)[1]["g_gdl"] for p in (predictions, late_changed)]
+    assert gdl[0] == pytest.approx(gdl[1])
+    everywhere = LossConfig(lambda_csi=0.0)
+    gdl = [generator_loss(p, batch.future, batch.future_mask, everywhere)[1]["g_gdl"]
+           for p in (predictions, late_changed)]
+    assert gdl[0] != pytest.approx(gdl[1])
+
+
+def test_sharpness_leads_must_fit_the_forecast():
+    with pytest.raises(ValueError, match="sharpness_leads must be 0"):
+        LossConfig(sharpness_leads=-1)
+    with pytest.raises(ValueError, match=r"sharpness_leads \(6\) exceeds model.n_output \(5\)"):
+        ExperimentConfig(model=TINY_MODEL, loss=LossConfig(sharpness_leads=6))
+
+
 def test_losses_and_gradients_are_finite(batch):
     torch.manual_seed(0)
     generator, discriminator = Generator(TINY_MODEL), Discriminator(TINY_MODEL)

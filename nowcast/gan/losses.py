@@ -130,7 +130,9 @@ def generator_loss(
     targets = scale_targets(target, mask, len(predictions))
     lp = sum(lp_loss(p, t, m, config.p, rain_weights(t, config, norm))
              for p, (t, m) in zip(predictions, targets, strict=True))
-    gdl = sum(gdl_loss(p, t, m, config.alpha) for p, (t, m) in zip(predictions, targets, strict=True))
+    leads = slice(0, config.sharpness_leads or None)
+    gdl = sum(gdl_loss(p[:, leads], t[:, leads], m[:, leads], config.alpha)
+              for p, (t, m) in zip(predictions, targets, strict=True))
     total = config.lambda_lp * lp + config.lambda_gdl * gdl + crps_total
     parts = {"g_lp": lp.item(), "g_gdl": gdl.item(), **crps_part}
     if config.lambda_csi > 0:

@@ -335,12 +335,13 @@ class ScaleDiscriminator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """One discriminator per scale."""
+    """One discriminator per scale, judging the past and the first ``leads`` future frames (0: all)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, leads: int = 0) -> None:
         super().__init__()
         self.config = config
-        in_channels = config.n_input + config.n_output + 1
+        self.leads = leads or config.n_output
+        in_channels = config.n_input + self.leads + 1
         k = config.n_scales
         self.scales = nn.ModuleList(
             ScaleDiscriminator(in_channels, width, downsamplings=min(k - 1 - i, 2) + 1)
@@ -354,6 +355,7 @@ class Discriminator(nn.Module):
         for i, (scale, future) in enumerate(zip(self.scales, futures, strict=True)):
             factor = 2 ** (k - 1 - i)
             valid_k = downsample_mask(valid, factor)
-            features = torch.cat([_flat(downsample(past, factor)), _flat(future * valid_k), _flat(valid_k)], 1)
+            judged = future[:, :self.leads] * valid_k
+            features = torch.cat([_flat(downsample(past, factor)), _flat(judged), _flat(valid_k)], 1)
             logits.append(scale(features))
         return logits

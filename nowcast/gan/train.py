@@ -170,7 +170,7 @@ class _Models:
         torch.manual_seed(tc.seed)  # identical initial weights on every rank
         generator = Generator(cfg.model, scale_db=cfg.normalisation.scale_db).to(device)
         generator.limits_in_training = tc.correction_limits_in_training
-        discriminator = Discriminator(cfg.model).to(device)
+        discriminator = Discriminator(cfg.model, leads=cfg.loss.sharpness_leads).to(device)
         opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr_generator, betas=(0.5, 0.999),
                                  weight_decay=tc.weight_decay)
         opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr_discriminator, betas=(0.5, 0.999))
