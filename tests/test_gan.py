@@ -819,6 +819,41 @@ def test_fair_crps_is_the_ensemble_score_it_claims():
     assert got == pytest.approx(expected, rel=1e-5)
 
 
+def test_the_rate_crps_scores_the_finest_samples_in_mm_per_hour():
+    """lambda_crps_rate adds the fair CRPS of the finest scale's samples decoded to mm/h, which
+    weighs an error in a storm core far above the same error in dB in drizzle."""
+    from nowcast.gan.losses import fair_crps, rate_crps
+    from nowcast.transforms import Normalisation
+
+    norm = Normalisation()
+    gen = torch.Generator().manual_seed(3)
+    target = torch.rand((2, 3, 1, 8, 8), generator=gen) * 2.0
+    mask = (torch.rand((2, 3, 1, 8, 8), generator=gen) > 0.2).float()
+    finest = (torch.rand((4 * 2, 3, 1, 8, 8), generator=gen) * 2.0).requires_grad_()
+    coarse = torch.rand((4 * 2, 3, 1, 4, 4), generator=gen)
+    expected = fair_crps(norm.decode(finest).reshape(4, 2, 3, 1, 8, 8), norm.decode(target), mask)
+    assert rate_crps(finest, target, mask, norm, samples=4).item() == pytest.approx(expected.item(), rel=1e-6)
+    storm, drizzle = torch.full((1, 1, 1, 2, 2), 1.5), torch.full((1, 1, 1, 2, 2), 0.5)
+    twice = 10 * np.log10(2) / norm.scale_db  # each sample off by a factor of two
+    ones = torch.ones_like(storm)
+    assert (rate_crps(torch.cat([storm + twice] * 2), storm, ones, norm, 2)
+            > 20 * rate_crps(torch.cat([drizzle + twice] * 2), drizzle, ones, norm, 2))
+
+    plain = LossConfig(lambda_adv=0.0, lambda_lp=0.0, lambda_gdl=0.0, lambda_csi=0.0, samples=4, lambda_crps=1.0)
+    with_rate = dataclasses.replace(plain, lambda_crps_rate=0.5)
+    base, parts = generator_loss([coarse, finest], target, mask, plain, normalisation=norm, samples=4)
+    both, parts_rate = generator_loss([coarse, finest], target, mask, with_rate, normalisation=norm, samples=4)
+    assert "g_crps_rate" not in parts
+    assert parts_rate["g_crps_rate"] == pytest.approx(expected.item(), rel=1e-6)
+    assert both.item() == pytest.approx(base.item() + 0.5 * expected.item(), rel=1e-5)
+    both.backward()
+    assert torch.isfinite(finest.grad).all() and finest.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="lambda_crps_rate needs samples >= 2"):
+        LossConfig(lambda_crps_rate=1.0)
+    with pytest.raises(ValueError, match="lambda_crps_rate must not be negative"):
+        LossConfig(samples=2, lambda_crps_rate=-1.0)
+
+
 def test_a_tiny_ensemble_trains_on_several_samples_per_input(tmp_path, events):
     model = dataclasses.replace(TINY_MODEL, noise_channels=2)
     cfg = dataclasses.replace(tiny_experiment(steps=2), model=model,

@@ -215,6 +215,10 @@ class LossConfig:
     every scale like L_p; the adversarial, GDL and soft-CSI terms act on every sample.
     A proper score on the samples rewards spread where the future is uncertain, which
     L_p on each sample would collapse.
+    ``lambda_crps_rate``: weight of the same fair CRPS on the finest scale's samples decoded
+    to rain rate in mm/h, the unit verification scores. The normalised (dB) CRPS weighs an
+    error of a factor two alike in drizzle and in a storm core; in mm/h the heavy rain, where
+    held-out CRPS and the Brier scores at 4 and 8 mm/h are decided, counts in proportion.
     ``sharpness_leads``: the adversarial and GDL terms judge only the first that many lead
     times (0: all). After them the proper score alone shapes the members: the GAN's spread
     swelled late in the hour where its CRPS-only twin's did not (run 32).
@@ -232,6 +236,7 @@ class LossConfig:
     csi_temperature_db: float = 1.0
     samples: int = 1
     lambda_crps: float = 0.0
+    lambda_crps_rate: float = 0.0
     sharpness_leads: int = 0
 
     def __post_init__(self) -> None:
@@ -239,10 +244,11 @@ class LossConfig:
             raise ValueError("sharpness_leads must be 0 (every lead) or positive")
         if self.samples < 1:
             raise ValueError("samples must be at least 1")
-        if self.lambda_crps < 0:
-            raise ValueError("lambda_crps must not be negative")
-        if self.lambda_crps > 0 and self.samples < 2:
-            raise ValueError("lambda_crps needs samples >= 2: the CRPS of one sample is its L1 error (lambda_lp)")
+        for name in ("lambda_crps", "lambda_crps_rate"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+            if getattr(self, name) > 0 and self.samples < 2:
+                raise ValueError(f"{name} needs samples >= 2: the CRPS of one sample is its L1 error (lambda_lp)")
         if self.p not in (1, 2):
             raise ValueError("p must be 1 or 2")
         if min(self.lambda_adv, self.lambda_lp, self.lambda_gdl, self.lambda_csi) < 0:
