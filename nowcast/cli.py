@@ -475,6 +475,36 @@ def export(
 
 @app.command()
 @user_errors
+def retune(
+    source: str = typer.Argument(..., help="The registered model to start from, NAME@VERSION."),
+    settings: list[str] = typer.Option(..., "--set", help="KEY=VALUE of a member setting (repeatable), e.g. "
+                                                           "member_intensity_db=1.0."),
+    version: str | None = typer.Option(None, "--version", help="v1, v2, ... (default: the next one)."),
+    evaluation: Path | None = typer.Option(None, "--evaluation", help="scores.json of `nowcast evaluate` that "
+                                                                      "scored the retuned model as NAME@VERSION."),
+    description: str = typer.Option("", "--description", help="One line for the model card."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/)."),
+) -> None:
+    """Register a new version of a model with its weights and other member settings (no retraining)."""
+    from nowcast.errors import InputError, UnreadableFileError
+    from nowcast.gan.export import retune_version
+
+    values: dict[str, float] = {}
+    for item in settings:
+        key, _, value = item.partition("=")
+        try:
+            values[key.strip()] = float(value)
+        except ValueError:
+            raise InputError(f"--set {item!r}: expected KEY=NUMBER", field="settings") from None
+    if evaluation is not None and not evaluation.is_file():
+        raise UnreadableFileError(f"{evaluation}: no such file")
+    folder = retune_version(source, values, version=version, models_dir=models_dir, evaluation=evaluation,
+                            description=description)
+    typer.echo(str(folder))
+
+
+@app.command()
+@user_errors
 def demo(
     out: Path = typer.Option(Path("demo-output"), "--out", help="Folder for input.nc, forecast.nc, maps.png."),
     model: str = typer.Option("default-gan", "--model", help="The model to run (NAME or NAME@VERSION)."),

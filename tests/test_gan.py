@@ -1041,3 +1041,70 @@ def test_member_motion_in_kmh_spreads_members_as_far_on_every_grid(events):
     assert not np.allclose(fine, forecaster.predict(past, 5, members=3, seed=1, spacing=reference), equal_nan=True)
     with pytest.raises(ValueError, match="not both"):
         dataclasses.replace(in_kmh, member_motion_sigma=0.5)
+
+
+def test_member_intensity_multiplies_each_member_by_its_own_lognormal_field(events):
+    """member_intensity_db: each member's rates times exp(σ·ε - σ²/2), ε a smooth unit field that evolves with the
+    lead; mean 1, the asked spread in dB, dry stays dry, no data stays no data, one forecast untouched, and a member
+    the same whatever it is drawn or batched with."""
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    plain_config = dataclasses.replace(TINY_MODEL, noise_channels=2)
+    plain = GANForecaster(Generator(plain_config), Normalisation(), device="cpu")  # zero heads: members advect
+    perturbed = GANForecaster(Generator(dataclasses.replace(plain_config, member_intensity_db=2.0)), Normalisation(),
+                              device="cpu")
+    past = events["syn0"].values[2:6].copy()[None]
+    past[0, -1, :5] = np.nan
+    base = plain.predict(past, 7, members=4, seed=3)
+    four = perturbed.predict(past, 7, members=4, seed=3)
+    wet = base > 0.5
+    db = 10 * np.log10(four[wet] / base[wet])
+    assert db.std() == pytest.approx(2.0, rel=0.15)
+    assert (four[wet] / base[wet]).mean() == pytest.approx(1.0, abs=0.08)
+    np.testing.assert_array_equal(four[base == 0], 0.0)
+    np.testing.assert_array_equal(np.isnan(four), np.isnan(base))
+    ratio = np.where(wet, 10 * np.log10(np.where(wet, four, 1) / np.where(wet, base, 1)), np.nan)
+    both = wet[0, :, :-1] & wet[0, :, 1:]  # consecutive leads of every member, where both are wet
+    step_correlation = np.corrcoef(ratio[0, :, :-1][both], ratio[0, :, 1:][both])[0, 1]
+    assert step_correlation == pytest.approx(np.exp(-5.0 / 45.0), abs=0.08)
+    np.testing.assert_allclose(perturbed.predict(past, 7, members=2, seed=3)[0], four[0, :2], rtol=1e-5)
+    batched = perturbed.predict(np.concatenate([events["syn1"].values[2:6][None], past]), 7, members=4, seed=3)
+    np.testing.assert_allclose(batched[1], four[0], rtol=1e-5)
+    np.testing.assert_array_equal(perturbed.predict(past, 7), plain.predict(past, 7))
+    with pytest.raises(ValueError, match="member_intensity_db"):
+        dataclasses.replace(plain_config, member_intensity_db=-1.0)
+    with pytest.raises(ValueError, match="member_intensity_km"):
+        dataclasses.replace(plain_config, member_intensity_km=0.0)
+
+
+def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, events):
+    """`nowcast retune NAME@VERSION --set KEY=VALUE`: a new version, byte-equal weights, the change on its card;
+    settings that the weights were trained for are refused."""
+    from typer.testing import CliRunner
+
+    from nowcast.cli import EXIT_USER_ERROR, app
+
+    cfg = dataclasses.replace(tiny_experiment(steps=2), model=dataclasses.replace(TINY_MODEL, noise_channels=2))
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    models = tmp_path / "models"
+    export_run(tmp_path / "run", "tiny-gan", models_dir=models)
+    result = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v1", "--set", "member_intensity_db=1.5",
+                                      "--models-dir", str(models)])
+    assert result.exit_code == 0, result.output
+    folder = Path(result.stdout.strip())
+    assert folder == models / "tiny-gan" / "v2"
+    assert (folder / "weights.pt").read_bytes() == (models / "tiny-gan" / "v1" / "weights.pt").read_bytes()
+    card = artifacts.card("tiny-gan", "v2", models)
+    assert card["retuned_from"] == {"model": "tiny-gan@v1", "settings": {"member_intensity_db": [0.0, 1.5]}}
+    assert card["training"] == artifacts.card("tiny-gan", "v1", models)["training"]
+    retuned, source = (get_forecaster(f"tiny-gan@{v}", models_dir=models) for v in ("v2", "v1"))
+    assert retuned.model_config.member_intensity_db == 1.5 and source.model_config.member_intensity_db == 0.0
+    past = events["syn0"].values[2:6][None]
+    np.testing.assert_array_equal(retuned.predict(past, 5), source.predict(past, 5))
+    for bad in (["--set", "noise_channels=3"], ["--set", "member_intensity_db=lots"],
+                ["--set", "member_intensity_db=-1"]):
+        refused = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v1", *bad, "--models-dir", str(models)])
+        assert refused.exit_code == EXIT_USER_ERROR, refused.output
+    assert artifacts.list_versions("tiny-gan", models) == ["v1", "v2"]

@@ -69,6 +69,14 @@ class ModelConfig:
     along its shifted motion (True) or along the estimated motion all members share (False).
     The shift is a guess about the future; the past was observed, and its parcels moved
     with the estimated motion.
+    ``member_intensity_db``: when members are drawn, each member's rain rates are multiplied
+    by its own random field, log-normal with this standard deviation in dB and mean 1, so
+    that members differ in how strong the rain is where the generator's noise barely acts:
+    early in the hour, where a nowcast's error is in intensity more than in position (run 35
+    in docs/gan-experiments.md). ``member_intensity_km``: the field's correlation length (a
+    Gaussian filter of that standard deviation over white noise), and
+    ``member_intensity_minutes``: the e-folding time of its correlation from one lead to the
+    next (an AR(1) process). 0 dB: no such perturbation. Dry pixels stay dry.
     ``lead_basis``: when > 0, what each scale adds is projected onto polynomials of that
     many degrees of freedom in the lead time (3: quadratic), so that a parcel's growth or
     decay is a smooth curve over the hour. 0 leaves one free output per lead time, and
@@ -93,6 +101,9 @@ class ModelConfig:
     member_motion_kmh: float = 0.0
     member_motion_growth: float = 1.0
     member_shift_moves_past: bool = True
+    member_intensity_db: float = 0.0
+    member_intensity_km: float = 2.0
+    member_intensity_minutes: float = 45.0
     lead_basis: int = 0
 
     def __post_init__(self) -> None:
@@ -105,6 +116,10 @@ class ModelConfig:
                 raise ValueError(f"{name} needs condition_on_advection: it perturbs the advection's motion")
         if not 0.0 < self.member_motion_growth <= 2.0:
             raise ValueError("member_motion_growth must be in (0, 2]: the displacement grows as lead^growth")
+        if self.member_intensity_db < 0:
+            raise ValueError("member_intensity_db must not be negative")
+        if self.member_intensity_km <= 0 or self.member_intensity_minutes <= 0:
+            raise ValueError("member_intensity_km and member_intensity_minutes must be positive")
         if self.member_motion_sigma > 0 and self.member_motion_kmh > 0:
             raise ValueError("set member_motion_sigma (pixels per step) or member_motion_kmh (km/h), not both")
         if self.motion_downsample < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,15 @@ import torch
 from nowcast import artifacts
 from nowcast import config as config_io
 from nowcast.errors import InputError
+from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.train import METRICS, load_generator
 from nowcast.report import card_evaluation, card_tables
 
 logger = logging.getLogger(__name__)
+
+#: model settings that act only where members are drawn: a new version may change them on the same weights
+MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", "member_intensity_db",
+                   "member_intensity_km", "member_intensity_minutes")
 
 
 def export_run(
@@ -83,6 +89,53 @@ def export_run(
     return folder
 
 
+def retune_version(
+    source: str,
+    settings: dict[str, float],
+    *,
+    version: str | None = None,
+    models_dir: str | Path | None = None,
+    evaluation: str | Path | None = None,
+    description: str = "",
+) -> Path:
+    """A new version of the model ``source`` (NAME@VERSION) with its weights and other ``MEMBER_SETTINGS``.
+
+    The card keeps the source's training record and says what changed (``retuned_from``); the
+    source's evaluation does not carry over, ``evaluation`` (a ``scores.json`` that scored the
+    retuned model as NAME@VERSION) takes its place.
+    """
+    name, _, source_version = source.partition("@")
+    if not source_version:
+        raise InputError(f"retune needs NAME@VERSION, got {source!r}", field="source")
+    unknown = sorted(set(settings) - set(MEMBER_SETTINGS))
+    if unknown or not settings:
+        raise InputError(f"settings {unknown or 'none'}: give one or more of {', '.join(MEMBER_SETTINGS)} "
+                         "(the others change what the weights were trained for)", field="settings")
+    folder = artifacts.verified_folder(name, source_version, models_dir)
+    spec = artifacts.read_json(folder / artifacts.CONFIG_FILE)
+    before = {key: spec["model"].get(key) for key in settings}
+    model = config_io.from_dict(ModelConfig, upgrade_model_config({**spec["model"], **settings}, where=source),
+                                where=f"{source} retuned")
+    spec = {**spec, "model": config_io.to_dict(model)}
+    if isinstance(spec.get("experiment"), dict):
+        spec["experiment"] = {**spec["experiment"], "model": spec["model"]}
+    version = version or artifacts.next_version(name, models_dir)
+    card = {key: value for key, value in artifacts.read_json(folder / artifacts.CARD_FILE).items()
+            if key not in ("name", "version", "evaluation")}
+    changes = ", ".join(f"{key} {before[key]} -> {value:g}" for key, value in settings.items())
+    card.update(
+        description=description or f"{card.get('description', name)}; retuned from {source}: {changes}",
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        retuned_from={"model": source, "settings": {key: [before[key], value] for key, value in settings.items()}},
+        evaluation=(_evaluation_summary(Path(evaluation), f"{name}@{version}", name) if evaluation else None),
+    )
+    return artifacts.write_artifact(
+        name, config=spec, weights_writer=lambda path: shutil.copyfile(folder / artifacts.WEIGHTS_FILE, path),
+        card_data=card, card_markdown=card_markdown(name, {**card, "version": version}),
+        models_dir=models_dir, version=version,
+    )
+
+
 def _default_description(cfg: Any) -> str:
     losses = []
     if cfg.loss.lambda_adv:
@@ -112,6 +165,9 @@ def _default_description(cfg: Any) -> str:
             text += f", its displacement growing as lead^{cfg.model.member_motion_growth:g}"
         if (cfg.model.member_motion_sigma or cfg.model.member_motion_kmh) and not cfg.model.member_shift_moves_past:
             text += " (the past frames moved along the estimated motion, not the shifted one)"
+        if cfg.model.member_intensity_db:
+            text += (f", each member's rain times a log-normal field of {cfg.model.member_intensity_db:g} dB "
+                     f"({cfg.model.member_intensity_km:g} km, {cfg.model.member_intensity_minutes:g} min)")
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")

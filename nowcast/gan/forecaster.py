@@ -84,7 +84,11 @@ class GANForecaster(Forecaster):
         sigma = self.member_motion_pixels(spacing)
         offsets = self._motion_offsets(noise, sigma) if members is not None and sigma > 0 else None
         out = self._predict(past, steps, draws, noise, offsets, spacing.step_minutes)
-        return out if members is not None else out[:, 0]
+        if members is None:
+            return out[:, 0]
+        if noise is not None and self.model_config.member_intensity_db > 0:
+            self._perturb_intensity(out, noise, spacing)
+        return out
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
         """One generator per sequence and member, sequence-major, seeded from (seed, member).
@@ -182,6 +186,30 @@ class GANForecaster(Forecaster):
             return None
         return torch.stack([torch.randn(2, generator=g, device=self.device) for g in noise]) * sigma
 
+    def _perturb_intensity(self, members: np.ndarray, noise: list[torch.Generator], spacing: Spacing) -> None:
+        """Multiply each member (in place) by its own log-normal field of mean 1 (``ModelConfig.member_intensity_db``).
+
+        ``members``: (batch, draws, steps, y, x) mm/h; ``noise``: their generators, sequence-major,
+        so that a member's field, like its noise maps, does not depend on what it is batched with.
+        """
+        cfg = self.model_config
+        _, draws, steps, ny, nx = members.shape
+        sigma = cfg.member_intensity_db * math.log(10.0) / 10.0
+        kernel = _gaussian_kernel(cfg.member_intensity_km / spacing.pixel_km, self.device)
+        # white noise filtered by the kernel has variance (sum of its squares)^2: divided out
+        unit = float((kernel ** 2).sum())
+        rho = math.exp(-spacing.step_minutes / cfg.member_intensity_minutes)
+        radius = len(kernel) // 2
+        for row, source in enumerate(noise):
+            # white noise on a margin as wide as the kernel: the filtered field is stationary to the edges
+            white = torch.randn((steps, 1, ny + 2 * radius, nx + 2 * radius), generator=source, device=self.device)
+            fields = _separable_filter(white, kernel) / unit
+            for lead in range(1, steps):  # an AR(1) process in the lead: the field evolves, it does not jump
+                fields[lead] = rho * fields[lead - 1] + math.sqrt(1.0 - rho ** 2) * fields[lead]
+            factor = torch.exp(sigma * fields[:, 0] - sigma ** 2 / 2).cpu().numpy()
+            member = members[row // draws, row % draws]
+            np.minimum(member * factor, MAX_RAIN_RATE_MMH, out=member)
+
     def _drift(self, offsets: torch.Tensor | None, step_minutes: float, first_step: int) -> torch.Tensor | None:
         """(rows, trajectory steps, 2): each draw's motion shift in each step of a pass that starts
         ``first_step`` steps into the forecast (``ModelConfig.member_motion_growth``), or None."""
@@ -237,6 +265,19 @@ def native_half_precision(device: torch.device) -> str | None:
     if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "bfloat16"
     return None
+
+
+def _gaussian_kernel(sigma_pixels: float, device: torch.device) -> torch.Tensor:
+    """A normalised 1-D Gaussian kernel, three standard deviations each side."""
+    radius = max(1, math.ceil(3 * sigma_pixels))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    kernel = torch.exp(-x ** 2 / (2 * max(sigma_pixels, 1e-3) ** 2))
+    return kernel / kernel.sum()
+
+
+def _separable_filter(fields: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``fields`` (n, 1, y, x) filtered by ``kernel`` along x, then along y: smaller by the kernel's length - 1."""
+    return F.conv2d(F.conv2d(fields, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
 
 
 def _pad(x: torch.Tensor, pad_y: int, pad_x: int) -> torch.Tensor:
