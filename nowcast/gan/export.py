@@ -113,9 +113,11 @@ def retune_version(
                          "(the others change what the weights were trained for)", field="settings")
     folder = artifacts.verified_folder(name, source_version, models_dir)
     spec = artifacts.read_json(folder / artifacts.CONFIG_FILE)
-    before = {key: spec["model"].get(key) for key in settings}
-    model = config_io.from_dict(ModelConfig, upgrade_model_config({**spec["model"], **settings}, where=source),
-                                where=f"{source} retuned")
+    # the source's values as it runs, defaults filled in for settings older artifacts do not spell out
+    current = config_io.to_dict(config_io.from_dict(ModelConfig, upgrade_model_config(spec["model"], where=source),
+                                                    where=source))
+    before = {key: current[key] for key in settings}
+    model = config_io.from_dict(ModelConfig, {**current, **settings}, where=f"{source} retuned")
     spec = {**spec, "model": config_io.to_dict(model)}
     if isinstance(spec.get("experiment"), dict):
         spec["experiment"] = {**spec["experiment"], "model": spec["model"]}
