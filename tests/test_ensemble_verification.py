@@ -2,10 +2,13 @@
 
 Known cases: a perfect ensemble, one drawn from the observation's own distribution (flat
 rank histogram, spread/skill near 1), an under-dispersive one (U shape, spread/skill
-below 1), and pysteps' own functions on the same numbers.
+below 1), pysteps' own functions on the same numbers, and the CRPS against its integral
+definition (where pysteps' ``CRPS_accum`` is wrong on ties).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ from pysteps.verification import CRPS, ROC_curve, rankhist
 
 from nowcast.ensemble import exceedance_probability, probability_matched_mean
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
-from nowcast.verification import Scores, ScoreSettings, accumulate, verify
+from nowcast.verification import Scores, ScoreSettings, accumulate, crps_sums, verify
 
 M = 8
 
@@ -67,7 +70,28 @@ def test_a_perfect_ensemble_has_crps_and_brier_zero():
     assert deterministic["categorical"]["1"]["CSI"] == 1.0 and deterministic["mae"] == 0.0
 
 
-def test_crps_is_pysteps_crps_on_the_valid_pixels():
+def integrated_crps(members: np.ndarray, observed: float) -> float:
+    """The CRPS from its definition: the integral of (F(x) - H(x - y))² over the breakpoints of F and H."""
+    points = np.sort(np.append(members, observed))
+    total = 0.0
+    for left, right in itertools.pairwise(points):
+        cdf = np.mean(members <= left)
+        total += (cdf - float(observed <= left)) ** 2 * (right - left)
+    return total
+
+
+@pytest.mark.parametrize(("members", "observed", "expected"), [
+    ([0.0, 0.0, 1.0, 2.0], 0.0, 0.3125),  # a dry observation, two dry members: pysteps says 0.0625
+    ([0.5, 1.0, 2.0, 3.0], 1.0, 0.34375),  # the observation equals a member: pysteps says 0.0625
+    ([0.0] * 19 + [5.0], 0.0, 0.0125),  # one wet member over dry ground: pysteps says 0
+])
+def test_crps_is_exact_where_the_observation_ties_members(members, observed, expected):
+    members = np.array(members)[:, None]
+    assert crps_sums(members, np.array([observed])) == pytest.approx(expected, rel=1e-12)
+    assert integrated_crps(members[:, 0], observed) == pytest.approx(expected, rel=1e-12)
+
+
+def test_crps_is_the_integral_definition_on_the_valid_pixels():
     rng = np.random.default_rng(1)
     observed = rain(rng, (24, 30))
     members = rain(rng, (M, 24, 30))
@@ -76,7 +100,15 @@ def test_crps_is_pysteps_crps_on_the_valid_pixels():
     valid = np.isfinite(observed) & np.all(np.isfinite(members), axis=0)
     lead = lead_of(score_ensemble(members, observed))
     assert lead["n_pixels"] == valid.sum()
-    assert lead["crps"] == pytest.approx(CRPS(members[:, valid], observed[valid]), rel=1e-12)
+    expected = np.mean([integrated_crps(f, o) for f, o in zip(members[:, valid].T, observed[valid], strict=True)])
+    assert lead["crps"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_crps_is_pysteps_crps_where_nothing_ties():
+    rng = np.random.default_rng(2)
+    observed = rng.gamma(0.8, 4.0, 500)
+    members = rng.gamma(0.8, 4.0, (M, 500))
+    assert crps_sums(members, observed) / observed.size == pytest.approx(CRPS(members, observed), rel=1e-12)
 
 
 def test_an_ensemble_from_the_observations_distribution_is_flat_and_consistent():

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from pysteps.verification import CRPS
 from typer.testing import CliRunner
 
 from nowcast import forecasters, plots
@@ -21,7 +20,7 @@ from nowcast.errors import InputError
 from nowcast.evaluate import RANK_HISTOGRAM_PLOT, RELIABILITY_PLOT, SCORES_JSON, SCORES_MARKDOWN, evaluate
 from nowcast.forecasters.base import Forecaster, Spacing
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
-from nowcast.verification import Contingency
+from nowcast.verification import Contingency, crps_sums
 
 MEMBERS = 5
 ENSEMBLES = ("noisy", "wide")
@@ -131,7 +130,7 @@ def test_an_ensemble_is_scored_by_its_members_and_their_probability_matched_mean
     assert record["categorical"]["noisy"]["30"]["1"] == list(table.counts())
     crps_sum, n_pixels = record["crps"]["noisy"]["30"]
     assert n_pixels == valid.sum()
-    assert crps_sum / n_pixels == pytest.approx(CRPS(members[:, lead][:, valid], observed[valid]), rel=1e-9)
+    assert crps_sum == pytest.approx(crps_sums(members[:, lead][:, valid], observed[valid]), rel=1e-9)
 
 
 def test_start_time_sums_add_up_to_the_event_scores(ensemble_run):

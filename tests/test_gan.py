@@ -1079,6 +1079,41 @@ def test_member_intensity_multiplies_each_member_by_its_own_lognormal_field(even
         dataclasses.replace(plain_config, member_intensity_km=0.0)
 
 
+def test_member_spread_gain_scales_wet_members_log_rates_about_their_mean(events):
+    """member_spread_gain_start/_end: at each pixel and lead, wet members' log rates move about their mean by a gain
+    linear in the lead (start at 0 min, end at 60 min, held after); dry stays dry, wet stays wet, no data stays no
+    data, and one forecast is untouched."""
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    # zero heads: members advect; the log-normal field makes them differ
+    varied_config = dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0)
+    varied = GANForecaster(Generator(varied_config), Normalisation(), device="cpu")
+    gained_config = dataclasses.replace(varied_config, member_spread_gain_start=1.5, member_spread_gain_end=0.5)
+    gained = GANForecaster(Generator(gained_config), Normalisation(), device="cpu")
+    past = events["syn0"].values[2:6].copy()[None]
+    past[0, -1, :5] = np.nan
+    base = varied.predict(past, 14, members=4, seed=3)[0]
+    spread = gained.predict(past, 14, members=4, seed=3)[0]
+    gains = [1.5 - min(5.0 * k / 60.0, 1.0) for k in range(1, 15)]
+    assert gained_config.member_spread_gains(5.0, 14) == pytest.approx(gains)
+    all_wet = np.all(base >= 0.1, axis=0)
+    assert all_wet[0].sum() > 100 and all_wet[-1].sum() > 100
+    for lead, gain in enumerate(gains):
+        logs = np.log(base[:, lead][:, all_wet[lead]].astype(np.float64))
+        centre = logs.mean(axis=0)
+        expected = np.clip(np.exp(centre + gain * (logs - centre)), 0.1, None)
+        np.testing.assert_allclose(spread[:, lead][:, all_wet[lead]], expected, rtol=1e-4)
+    np.testing.assert_array_equal(spread[base == 0], 0.0)
+    assert np.all(spread[base >= 0.1] >= 0.1)
+    np.testing.assert_array_equal(np.isnan(spread), np.isnan(base))
+    np.testing.assert_array_equal(gained.predict(past, 7), varied.predict(past, 7))
+    for bad in (0.0, 3.5):
+        with pytest.raises(ValueError, match="member_spread_gain_end"):
+            dataclasses.replace(varied_config, member_spread_gain_end=bad)
+
+
 def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, events):
     """`nowcast retune NAME@VERSION --set KEY=VALUE`: a new version, byte-equal weights, the change on its card;
     settings that the weights were trained for are refused."""

@@ -77,6 +77,15 @@ class ModelConfig:
     Gaussian filter of that standard deviation over white noise), and
     ``member_intensity_minutes``: the e-folding time of its correlation from one lead to the
     next (an AR(1) process). 0 dB: no such perturbation. Dry pixels stay dry.
+    ``member_spread_gain_start``/``member_spread_gain_end``: when members are drawn, at each
+    pixel every wet member's log rain rate is moved away from (gain above 1) or towards
+    (below 1) the mean log rate of the wet members there, by a gain linear in the lead time
+    from the first value at 0 min to the second at 60 min (and held after). An ensemble
+    that is too narrow early and too wide late in the hour (v4: spread/skill 0.6 at +5 min,
+    1.4 at +60 on training events) is calibrated that way without retraining, and a member's
+    intensity, not its position or wet area, is what changes: dry members stay dry, wet ones
+    wet. Unlike every other member setting this makes a member depend on the others drawn
+    with it (their mean), so 10 members are not the first 10 of 20. 1 and 1: off.
     ``lead_basis``: when > 0, what each scale adds is projected onto polynomials of that
     many degrees of freedom in the lead time (3: quadratic), so that a parcel's growth or
     decay is a smooth curve over the hour. 0 leaves one free output per lead time, and
@@ -104,6 +113,8 @@ class ModelConfig:
     member_intensity_db: float = 0.0
     member_intensity_km: float = 2.0
     member_intensity_minutes: float = 45.0
+    member_spread_gain_start: float = 1.0
+    member_spread_gain_end: float = 1.0
     lead_basis: int = 0
 
     def __post_init__(self) -> None:
@@ -120,6 +131,9 @@ class ModelConfig:
             raise ValueError("member_intensity_db must not be negative")
         if self.member_intensity_km <= 0 or self.member_intensity_minutes <= 0:
             raise ValueError("member_intensity_km and member_intensity_minutes must be positive")
+        for name in ("member_spread_gain_start", "member_spread_gain_end"):
+            if not 0.0 < getattr(self, name) <= 3.0:
+                raise ValueError(f"{name} must be in (0, 3]: a gain on the members' log rain rates around their mean")
         if self.member_motion_sigma > 0 and self.member_motion_kmh > 0:
             raise ValueError("set member_motion_sigma (pixels per step) or member_motion_kmh (km/h), not both")
         if self.motion_downsample < 1:
@@ -159,6 +173,16 @@ class ModelConfig:
         per_hour = 60.0 / step_minutes
         elapsed = np.arange(first_step, first_step + steps + 1, dtype=np.float64)
         return np.diff(per_hour * (elapsed / per_hour) ** self.member_motion_growth).astype(np.float32)
+
+    @property
+    def spreads_members(self) -> bool:
+        """Whether members are drawn with a spread gain other than 1 at some lead."""
+        return self.member_spread_gain_start != 1.0 or self.member_spread_gain_end != 1.0
+
+    def member_spread_gains(self, step_minutes: float, steps: int) -> list[float]:
+        """The spread gain at each of ``steps`` lead times: linear from start (0 min) to end (60 min), then held."""
+        start, end = self.member_spread_gain_start, self.member_spread_gain_end
+        return [start + (end - start) * min(step * step_minutes / 60.0, 1.0) for step in range(1, steps + 1)]
 
     @property
     def trajectory_steps(self) -> int:

@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 
 #: model settings that act only where members are drawn: a new version may change them on the same weights
 MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", "member_intensity_db",
-                   "member_intensity_km", "member_intensity_minutes")
+                   "member_intensity_km", "member_intensity_minutes", "member_spread_gain_start",
+                   "member_spread_gain_end")
 
 
 def export_run(
@@ -170,6 +171,9 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.member_intensity_db:
             text += (f", each member's rain times a log-normal field of {cfg.model.member_intensity_db:g} dB "
                      f"({cfg.model.member_intensity_km:g} km, {cfg.model.member_intensity_minutes:g} min)")
+        if cfg.model.spreads_members:
+            start, end = cfg.model.member_spread_gain_start, cfg.model.member_spread_gain_end
+            text += f", wet members' log rain rates spread about their mean by {start:g} (0 min) to {end:g} (60 min)"
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")

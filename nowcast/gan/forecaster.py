@@ -88,6 +88,8 @@ class GANForecaster(Forecaster):
             return out[:, 0]
         if noise is not None and self.model_config.member_intensity_db > 0:
             self._perturb_intensity(out, noise, spacing)
+        if noise is not None and self.model_config.spreads_members:
+            self._gain_spread(out, spacing)
         return out
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
@@ -209,6 +211,23 @@ class GANForecaster(Forecaster):
             factor = torch.exp(sigma * fields[:, 0] - sigma ** 2 / 2).cpu().numpy()
             member = members[row // draws, row % draws]
             np.minimum(member * factor, MAX_RAIN_RATE_MMH, out=member)
+
+    def _gain_spread(self, members: np.ndarray, spacing: Spacing) -> None:
+        """Scale (in place) each wet member's log rate about the wet members' mean log rate at each pixel,
+        by ``ModelConfig.member_spread_gain`` at each lead; ``members``: (batch, draws, steps, y, x) mm/h."""
+        wet_from = self.normalisation.threshold_mmh
+        gains = self.model_config.member_spread_gains(spacing.step_minutes, members.shape[2])
+        for sequence in members:
+            for lead, gain in enumerate(gains):
+                if gain == 1.0:
+                    continue
+                rates = sequence[:, lead]
+                wet = rates >= wet_from  # NaN compares False: no data stays no data
+                logs = np.log(np.where(wet, rates, 1.0))
+                n_wet = wet.sum(axis=0)
+                centre = np.where(n_wet > 0, logs.sum(axis=0) / np.maximum(n_wet, 1), 0.0)
+                spread = np.clip(np.exp(centre + gain * (logs - centre)), wet_from, MAX_RAIN_RATE_MMH)
+                np.copyto(rates, spread.astype(rates.dtype), where=wet)
 
     def _drift(self, offsets: torch.Tensor | None, step_minutes: float, first_step: int) -> torch.Tensor | None:
         """(rows, trajectory steps, 2): each draw's motion shift in each step of a pass that starts
