@@ -19,7 +19,7 @@ from nowcast.errors import InputError
 from nowcast.forecasters import get_forecaster
 from nowcast.gan.config import DataConfig, ExperimentConfig, LossConfig, ModelConfig, TrainConfig
 from nowcast.gan.data import SampleSource, load_events
-from nowcast.gan.export import export_run
+from nowcast.gan.export import MEMBER_POSTPROCESSING, export_run
 from nowcast.gan.losses import discriminator_loss, gdl_loss, generator_loss, lp_loss
 from nowcast.gan.model import Discriminator, Generator
 from nowcast.gan.train import CHECKPOINT, METRICS, load_generator, train
@@ -730,11 +730,6 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 def test_every_shipped_config_loads(path):
     cfg = config_io.load(ExperimentConfig, path)
     assert cfg.name == path.stem
-
-
-#: member settings applied to the generator's output only, not in training
-MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
-                         "member_spread_gain_start", "member_spread_gain_end")
 
 
 @pytest.mark.parametrize(("model", "twin"), [("default-gan.toml", "lp-only.toml"),

@@ -81,10 +81,9 @@ class ModelConfig:
     pixel every wet member's log rain rate is moved away from (gain above 1) or towards
     (below 1) the mean log rate of the wet members there, by a gain linear in the lead time
     from the first value at 0 min to the second at 60 min (and held after). An ensemble
-    that is too narrow early and too wide late in the hour (v4: spread/skill 0.6 at +5 min,
-    1.4 at +60 on training events) is calibrated that way without retraining, and a member's
-    intensity, not its position or wet area, is what changes: dry members stay dry, wet ones
-    wet. Unlike every other member setting this makes a member depend on the others drawn
+    that is too narrow early and too wide late in the hour is calibrated that way without
+    retraining, and a member's intensity, not its position or wet area, is what changes:
+    dry members stay dry, wet ones wet. Unlike every other member setting this makes a member depend on the others drawn
     with it (their mean), so 10 members are not the first 10 of 20. 1 and 1: off.
     ``lead_basis``: when > 0, what each scale adds is projected onto polynomials of that
     many degrees of freedom in the lead time (3: quadratic), so that a parcel's growth or

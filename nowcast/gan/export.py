@@ -20,10 +20,11 @@ from nowcast.report import card_evaluation, card_tables
 
 logger = logging.getLogger(__name__)
 
+#: member settings that act on the generator's output only, never in training
+MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
+                         "member_spread_gain_start", "member_spread_gain_end")
 #: model settings that act only where members are drawn: a new version may change them on the same weights
-MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", "member_intensity_db",
-                   "member_intensity_km", "member_intensity_minutes", "member_spread_gain_start",
-                   "member_spread_gain_end")
+MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING)
 
 
 def export_run(
