@@ -9,7 +9,8 @@ interval of the difference from a paired bootstrap over start times
 and the fraction of resamples where the model is not ahead. Then the spectrum ratio
 (forecast power / observed power) at 8–64 km at +30 and +60 min for every method, plain
 and with the forecast matched to the observed distribution; with ``--twin NAME``, the
-model's ratio minus that method's, with intervals from the same bootstrap.
+model's ratio minus that method's, with intervals from the same bootstrap (and, for ensembles,
+the same of their first members).
 When the model was scored as an ensemble (``nowcast evaluate --members``): its CRPS
 minus that of ``--reference`` (default: the evaluation's Brier skill reference) and its
 Brier skill against it per threshold, with intervals from the same bootstrap.
@@ -80,11 +81,13 @@ def main() -> None:
                 text = " ".join(f"{km} km {r:.2f}" for km, r in picked.items())
                 print(f"  {method:>15} +{float(lead):.0f} min: {text}")
     if args.twin and args.bootstrap:
-        for matched in (False, True):
+        records = next(iter(report["events"].values())).get("start_times") or [{}]
+        of_members = (False, True) if "spectrum_member" in records[0] else (False,)
+        for member, matched in ((member, matched) for member in of_members for matched in (False, True)):
             intervals = spectrum_ratio_difference_interval(report, args.model, args.twin, matched=matched,
-                                                           n_resamples=args.bootstrap)
-            print(f"\nspectrum ratio{', matched,' if matched else ''} {args.model} minus {args.twin}: "
-                  "difference [90 % interval] P(not more power)")
+                                                           member=member, n_resamples=args.bootstrap)
+            print(f"\n{'one member' if member else 'spectrum'} ratio{', matched,' if matched else ''} "
+                  f"{args.model} minus {args.twin}: difference [90 % interval] P(not more power)")
             for lead, by_wavelength in sorted(intervals.items(), key=lambda kv: float(kv[0])):
                 text = "  ".join(f"{w} km {ci['difference']:+.2f} [{ci['low']:+.2f}, {ci['high']:+.2f}] "
                                  f"{ci['p_not_ahead']:.2f}" for w, ci in by_wavelength.items())

@@ -43,15 +43,16 @@ def csi_difference_interval(report: dict[str, Any], model: str, baseline: str, *
 
 
 def spectrum_ratio_difference_interval(report: dict[str, Any], model: str, other: str, *, matched: bool = False,
-                                       n_resamples: int = 2000, level: float = 0.9,
+                                       member: bool = False, n_resamples: int = 2000, level: float = 0.9,
                                        seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """Forecast/observed power of ``model`` minus that of ``other``, per lead and wavelength.
 
-    ``matched``: of the forecasts matched to the observed distribution. Returns
+    ``matched``: of the forecasts matched to the observed distribution; ``member``: of the first
+    member of ensembles (both scored with ``nowcast evaluate --members``). Returns
     ``{lead: {wavelength_km: {"difference", "low", "high", "p_not_ahead"}}}``, where
     "ahead" means more power than ``other``.
     """
-    kind = "spectrum_matched" if matched else "spectrum"
+    kind = "spectrum" + ("_member" if member else "") + ("_matched" if matched else "")
     return _intervals(_samples(report, kind, model, other), _difference_of(_power_ratio), n_resamples=n_resamples,
                       level=level, seed=seed)
 
@@ -80,7 +81,7 @@ def brier_skill_interval(report: dict[str, Any], model: str, reference: str, *, 
                       level=level, seed=seed, name="skill")
 
 
-_ENSEMBLE_KINDS = ("crps", "brier")
+_ENSEMBLE_KINDS = ("crps", "brier", "spectrum_member", "spectrum_member_matched")
 # the key of sums kept per lead time only (the CRPS), as if they were per threshold
 _WHOLE_LEAD = ""
 
@@ -91,7 +92,7 @@ def _samples(report: dict[str, Any], kind: str, model: str, other: str) -> dict[
     for event_id, event in report["events"].items():
         records = event.get("start_times")
         if records is None or (records and kind not in records[0]):
-            if kind in _ENSEMBLE_KINDS and records is not None:
+            if kind in _ENSEMBLE_KINDS and records is not None and "crps" not in records[0]:
                 raise InputError(f"event {event_id}: no method was scored as an ensemble; run nowcast evaluate "
                                  "with --members")
             raise InputError(f"event {event_id}: the report has no per-start-time {kind} sums (written before "

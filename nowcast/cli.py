@@ -478,7 +478,7 @@ def export(
 def retune(
     source: str = typer.Argument(..., help="The registered model to start from, NAME@VERSION."),
     settings: list[str] = typer.Option(..., "--set", help="KEY=VALUE of a member setting (repeatable), e.g. "
-                                                           "member_intensity_db=1.0."),
+                                                           "member_intensity_db=1.0 or member_matching=pooled."),
     version: str | None = typer.Option(None, "--version", help="v1, v2, ... (default: the next one)."),
     evaluation: Path | None = typer.Option(None, "--evaluation", help="scores.json of `nowcast evaluate` that "
                                                                       "scored the retuned model as NAME@VERSION."),
@@ -489,13 +489,15 @@ def retune(
     from nowcast.errors import InputError, UnreadableFileError
     from nowcast.gan.export import retune_version
 
-    values: dict[str, float] = {}
+    values: dict[str, float | str] = {}
     for item in settings:
-        key, _, value = item.partition("=")
+        key, separator, value = item.partition("=")
+        if not separator or not value.strip():
+            raise InputError(f"--set {item!r}: expected KEY=VALUE", field="settings")
         try:
             values[key.strip()] = float(value)
         except ValueError:
-            raise InputError(f"--set {item!r}: expected KEY=NUMBER", field="settings") from None
+            values[key.strip()] = value.strip()  # a named choice, e.g. member_matching=pooled
     if evaluation is not None and not evaluation.is_file():
         raise UnreadableFileError(f"{evaluation}: no such file")
     folder = retune_version(source, values, version=version, models_dir=models_dir, evaluation=evaluation,

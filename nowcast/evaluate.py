@@ -84,6 +84,9 @@ RELIABILITY_PLOT = "reliability.png"
 RANK_HISTOGRAM_PLOT = "rank_histogram.png"
 #: The Brier skill reference when it is among the methods scored as ensembles.
 DEFAULT_BRIER_REFERENCE = "steps"
+#: spectrum sums kept per start time: of the forecast, of it matched to the observed distribution, and the same of
+#: an ensemble's first member
+SPECTRUM_KINDS = ("spectrum", "spectrum_matched", "spectrum_member", "spectrum_member_matched")
 # Pixel sizes outside this range (km) are no radar grid: most likely its units were misread.
 _PLAUSIBLE_PIXEL_KM = (0.05, 50.0)
 
@@ -451,7 +454,7 @@ def _add_start(result: _EventResult, start: _Start, added: _StartScores, setting
         result.scores[name].merge(scores)
         forecast_seconds[name].append(added.seconds[name])
         nonfinite[name] = [a + b for a, b in zip(nonfinite[name], added.nonfinite[name], strict=True)]
-    zero: dict[str, Any] = {"categorical": {}, "spectrum": {}, "spectrum_matched": {}, "crps": {}, "brier": {}}
+    zero: dict[str, Any] = {"categorical": {}, **{kind: {} for kind in SPECTRUM_KINDS}, "crps": {}, "brier": {}}
     totals = {name: _totals(scores) for name, scores in added.scores.items()}
     record: dict[str, Any] = {"time": start.reference.isoformat(),
                               **_added(dict.fromkeys(totals, zero), totals, settings)}
@@ -579,7 +582,9 @@ def _totals(scores: Scores) -> dict[str, Any]:
     totals = {"categorical": scores.contingency_counts(), "spectrum": scores.spectrum_totals(),
               "spectrum_matched": scores.spectrum_totals(matched=True)}
     if scores.members is not None:
-        totals.update(crps=scores.crps_totals(), brier=scores.brier_totals())
+        totals.update(crps=scores.crps_totals(), brier=scores.brier_totals(),
+                      spectrum_member=scores.spectrum_totals(member=True),
+                      spectrum_member_matched=scores.spectrum_totals(matched=True, member=True))
     return totals
 
 
@@ -589,10 +594,11 @@ def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
 
     ``categorical``: method -> lead -> threshold -> [hits, misses, false alarms];
     ``spectrum`` and ``spectrum_matched``: method -> lead -> ratio wavelength -> [observed,
-    forecast] power (0 where the grid does not resolve the wavelength).
+    forecast] power (0 where the grid does not resolve the wavelength); ``spectrum_member``
+    and ``spectrum_member_matched``: the same of an ensemble's first member (ensembles only).
     """
     ratio_index = settings.ratio_wavelength_indices()
-    added: dict[str, Any] = {"categorical": {}, "spectrum": {}, "spectrum_matched": {}}
+    added: dict[str, Any] = {"categorical": {}, **{kind: {} for kind in SPECTRUM_KINDS}}
     for name, now in after.items():
         prior = before[name]
         for lead, by_threshold in now["categorical"].items():
@@ -600,13 +606,14 @@ def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
                 old = prior["categorical"].get(lead, {}).get(thr, (0, 0, 0))
                 added["categorical"].setdefault(name, {}).setdefault(key(lead), {})[key(thr)] = [
                     a - b for a, b in zip(counts, old, strict=True)]
-        for kind in ("spectrum", "spectrum_matched"):
-            for lead, (observed, forecast) in now[kind].items():
+        for kind in SPECTRUM_KINDS:
+            for lead, (observed, forecast) in now.get(kind, {}).items():
                 old_observed, old_forecast = prior[kind].get(lead, (0.0, 0.0))
                 added_observed, added_forecast = observed - old_observed, forecast - old_forecast
                 added[kind].setdefault(name, {})[key(lead)] = {
                     key(w): [float(added_observed[i]), float(added_forecast[i])] for w, i in ratio_index.items()}
-    return added
+    return {kind: sums for kind, sums in added.items() if sums or kind in ("categorical", "spectrum",
+                                                                          "spectrum_matched")}
 
 
 def _added_ensemble(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:

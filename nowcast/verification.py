@@ -652,9 +652,11 @@ class Scores:
         return {lead: {thr: table.counts() for thr, table in scores.contingency.items()}
                 for lead, scores in self.leads.items()}
 
-    def spectrum_totals(self, *, matched: bool = False) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-        """Summed (observed, forecast) power per lead time, so far (copies)."""
-        spectra = self.matched_spectra if matched else self.spectra
+    def spectrum_totals(self, *, matched: bool = False,
+                        member: bool = False) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+        """Summed (observed, forecast) power per lead time, so far (copies); ``member``: an ensemble's first
+        member's."""
+        spectra = self._spectra(matched=matched, member=member)
         return {lead: (sums.observed.copy(), sums.forecast.copy()) for lead, sums in spectra.items()}
 
     def crps_totals(self) -> dict[float, tuple[float, int]]:

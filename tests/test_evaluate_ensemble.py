@@ -14,7 +14,7 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from nowcast import forecasters, plots
-from nowcast.bootstrap import brier_skill_interval, crps_difference_interval
+from nowcast.bootstrap import brier_skill_interval, crps_difference_interval, spectrum_ratio_difference_interval
 from nowcast.ensemble import probability_matched_mean
 from nowcast.errors import InputError
 from nowcast.evaluate import RANK_HISTOGRAM_PLOT, RELIABILITY_PLOT, SCORES_JSON, SCORES_MARKDOWN, evaluate
@@ -98,8 +98,10 @@ def test_only_the_ensembles_get_ensemble_scores(ensemble_run):
     # the stand-in's noise only spreads persistence's error: too little spread for its skill
     assert scores["noisy"]["ensemble"]["leads"]["60"]["spread_skill"] < 1.0
     record = report["events"]["east"]["start_times"][0]
-    assert set(record) == {"time", "categorical", "spectrum", "spectrum_matched", "seed", "crps", "brier"}
-    assert set(record["crps"]) == set(record["brier"]) == set(ENSEMBLES)
+    assert set(record) == {"time", "categorical", "spectrum", "spectrum_matched", "seed", "crps", "brier",
+                           "spectrum_member", "spectrum_member_matched"}
+    assert (set(record["crps"]) == set(record["brier"]) == set(record["spectrum_member"])
+            == set(record["spectrum_member_matched"]) == set(ENSEMBLES))
 
 
 def test_deterministic_methods_are_scored_as_without_members(ensemble_run, events, tmp_path):
@@ -197,6 +199,36 @@ def test_bootstrap_intervals_of_crps_and_brier_skill(ensemble_run, tmp_path):
         for k, e in report["events"].items()}}
     with pytest.raises(InputError, match="no method was scored as an ensemble"):
         brier_skill_interval(deterministic, "noisy", "wide")
+
+
+def test_bootstrap_intervals_of_member_spectra(ensemble_run):
+    """Each start time keeps what its ensembles' first members added to the member spectra, plain and matched: the
+    intervals of the power-ratio difference centre on the evaluation's own ratios."""
+    report, _ = ensemble_run
+    scores = report["overall"]["scores"]
+    record = report["events"]["east"]["start_times"][0]
+    assert set(record["spectrum_member"]) == {"noisy", "wide"}  # ensembles only
+    for matched, kind in ((False, "spectrum_member"), (True, "spectrum_member_matched")):
+        intervals = spectrum_ratio_difference_interval(report, "noisy", "wide", matched=matched, member=True,
+                                                       n_resamples=200)
+        assert set(intervals) == {"30", "60"}
+        compared = 0
+        for lead, by_wavelength in intervals.items():
+            for wavelength, interval in by_wavelength.items():
+                ratios = [scores[name][kind][lead]["power_ratio"].get(wavelength) for name in ("noisy", "wide")]
+                expected = np.nan if None in ratios else ratios[0] - ratios[1]  # None: a wavelength not resolved
+                if np.isfinite(expected):
+                    assert interval["difference"] == pytest.approx(expected)
+                    assert interval["low"] - 1e-12 <= interval["difference"] <= interval["high"] + 1e-12
+                    compared += 1
+        assert compared >= 2
+    with pytest.raises(InputError, match="'persistence' was not scored as an ensemble"):
+        spectrum_ratio_difference_interval(report, "persistence", "wide", member=True)
+    older = {**report, "events": {k: {**e, "start_times": [
+        {kind: v for kind, v in r.items() if not kind.startswith("spectrum_member")} for r in e["start_times"]]}
+        for k, e in report["events"].items()}}
+    with pytest.raises(InputError, match="no per-start-time spectrum_member sums"):
+        spectrum_ratio_difference_interval(older, "noisy", "wide", member=True)
 
 
 def test_ensemble_options_are_checked_before_any_event_is_loaded(tmp_path):

@@ -1119,6 +1119,53 @@ def test_member_spread_gain_scales_wet_members_log_rates_about_their_mean(events
             dataclasses.replace(varied_config, member_spread_gain_end=bad)
 
 
+def _fraction_at_least(values: np.ndarray, threshold: float) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.mean(finite >= threshold))
+
+
+@pytest.mark.parametrize("mode", ["each", "pooled"])
+def test_member_matching_gives_wet_pixels_the_last_frames_rates_of_the_same_exceedance(events, mode):
+    """member_matching: the k-th wettest of n valid pixels (of each member, or of all members pooled) takes the rate
+    the last observed frame exceeds on a fraction k/n of its pixels; order kept, wet area never grows, dry and no
+    data untouched, one forecast untouched."""
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    varied_config = dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0)
+    varied = GANForecaster(Generator(varied_config), Normalisation(), device="cpu")
+    matched_config = dataclasses.replace(varied_config, member_matching=mode)
+    matching = GANForecaster(Generator(matched_config), Normalisation(), device="cpu")
+    past = events["syn0"].values[2:6].copy()[None]
+    past[0, -1, :5] = np.nan
+    base = varied.predict(past, 6, members=4, seed=3)[0]
+    matched = matching.predict(past, 6, members=4, seed=3)[0]
+    last = past[0, -1]
+    np.testing.assert_array_equal(np.isnan(matched), np.isnan(base))
+    dry = base < 0.1
+    np.testing.assert_array_equal(matched[dry], base[dry])
+    observed_values = set(last[np.isfinite(last)].tolist())
+    for lead in range(6):
+        groups = [matched[:, lead]] if mode == "pooled" else list(matched[:, lead:lead + 1])
+        sources = [base[:, lead]] if mode == "pooled" else list(base[:, lead:lead + 1])
+        for after, before in zip(groups, sources, strict=True):
+            wet = before >= 0.1
+            assert set(after[wet].tolist()) <= observed_values
+            in_order = after[wet][np.argsort(before[wet], kind="stable")]
+            assert np.all(np.diff(in_order) >= 0)
+            rounding = 1.0 / np.isfinite(before).sum() + 1.0 / np.isfinite(last).sum()
+            for threshold in (0.5, 2.0, 5.0):
+                wanted = min(_fraction_at_least(last, threshold), _fraction_at_least(before, 0.1))
+                assert abs(_fraction_at_least(after, threshold) - wanted) <= rounding
+    wet_fractions = [_fraction_at_least(member[-1], 0.1) for member in matched]
+    if mode == "pooled":  # members keep their differences; only their ensemble fits the observed rain
+        assert len(set(wet_fractions)) > 1
+    np.testing.assert_array_equal(matching.predict(past, 6), varied.predict(past, 6))
+    with pytest.raises(ValueError, match="member_matching 'sideways': one of none, each, pooled"):
+        dataclasses.replace(varied_config, member_matching="sideways")
+
+
 def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, events):
     """`nowcast retune NAME@VERSION --set KEY=VALUE`: a new version, byte-equal weights, the change on its card;
     settings that the weights were trained for are refused."""
@@ -1143,8 +1190,13 @@ def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, 
     assert retuned.model_config.member_intensity_db == 1.5 and source.model_config.member_intensity_db == 0.0
     past = events["syn0"].values[2:6][None]
     np.testing.assert_array_equal(retuned.predict(past, 5), source.predict(past, 5))
+    pooled = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v1", "--set", "member_matching=pooled",
+                                      "--models-dir", str(models)])
+    assert pooled.exit_code == 0, pooled.output
+    assert get_forecaster("tiny-gan@v3", models_dir=models).model_config.member_matching == "pooled"
     for bad in (["--set", "noise_channels=3"], ["--set", "member_intensity_db=lots"],
-                ["--set", "member_intensity_db=-1"]):
+                ["--set", "member_intensity_db=-1"], ["--set", "member_matching=sideways"],
+                ["--set", "member_matching=1"], ["--set", "member_matching="]):
         refused = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v1", *bad, "--models-dir", str(models)])
         assert refused.exit_code == EXIT_USER_ERROR, refused.output
-    assert artifacts.list_versions("tiny-gan", models) == ["v1", "v2"]
+    assert artifacts.list_versions("tiny-gan", models) == ["v1", "v2", "v3"]

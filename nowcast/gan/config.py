@@ -18,6 +18,8 @@ import numpy as np
 from nowcast.config import ConfigError
 from nowcast.transforms import Normalisation
 
+#: ``ModelConfig.member_matching``: no matching, each member on its own, all members together
+MEMBER_MATCHING = ("none", "each", "pooled")
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -85,6 +87,18 @@ class ModelConfig:
     retraining, and a member's intensity, not its position or wet area, is what changes:
     dry members stay dry, wet ones wet. Unlike every other member setting this makes a member depend on the others drawn
     with it (their mean), so 10 members are not the first 10 of 20. 1 and 1: off.
+    ``member_matching``: when members are drawn, after the settings above, at each lead the
+    wet pixels of each member ("each", as STEPS matches its members' distribution) or of
+    all members together ("pooled") take the observed rain rate of the same exceedance
+    fraction in the last observed frame: the k-th wettest of n valid pixels takes the
+    observed rate exceeded by a fraction k/n of the observed pixels. The forecast wet
+    area can shrink (its weakest pixels take dry values) but never grows, and the
+    observed rain's distribution replaces the generator's, whose domain rain drifts with
+    the lead. "pooled" leaves members their differences from one another (a member wetter
+    than another stays so) and fits only their ensemble to the observed distribution;
+    like the spread gain it makes a member depend on the others drawn with it. "none": off.
+    (Run 37 in docs/gan-experiments.md: on the training events the generator's growth and
+    decay were worth more than the observed distribution; no shipped model matches.)
     ``lead_basis``: when > 0, what each scale adds is projected onto polynomials of that
     many degrees of freedom in the lead time (3: quadratic), so that a parcel's growth or
     decay is a smooth curve over the hour. 0 leaves one free output per lead time, and
@@ -114,6 +128,7 @@ class ModelConfig:
     member_intensity_minutes: float = 45.0
     member_spread_gain_start: float = 1.0
     member_spread_gain_end: float = 1.0
+    member_matching: str = "none"
     lead_basis: int = 0
 
     def __post_init__(self) -> None:
@@ -133,6 +148,8 @@ class ModelConfig:
         for name in ("member_spread_gain_start", "member_spread_gain_end"):
             if not 0.0 < getattr(self, name) <= 3.0:
                 raise ValueError(f"{name} must be in (0, 3]: a gain on the members' log rain rates around their mean")
+        if self.member_matching not in MEMBER_MATCHING:
+            raise ValueError(f"member_matching {self.member_matching!r}: one of {', '.join(MEMBER_MATCHING)}")
         if self.member_motion_sigma > 0 and self.member_motion_kmh > 0:
             raise ValueError("set member_motion_sigma (pixels per step) or member_motion_kmh (km/h), not both")
         if self.motion_downsample < 1:

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 #: member settings that act on the generator's output only, never in training
 MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
-                         "member_spread_gain_start", "member_spread_gain_end")
+                         "member_spread_gain_start", "member_spread_gain_end", "member_matching")
 #: model settings that act only where members are drawn: a new version may change them on the same weights
 MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING)
 
@@ -93,7 +93,7 @@ def export_run(
 
 def retune_version(
     source: str,
-    settings: dict[str, float],
+    settings: dict[str, float | str],
     *,
     version: str | None = None,
     models_dir: str | Path | None = None,
@@ -126,7 +126,7 @@ def retune_version(
     version = version or artifacts.next_version(name, models_dir)
     card = {key: value for key, value in artifacts.read_json(folder / artifacts.CARD_FILE).items()
             if key not in ("name", "version", "evaluation")}
-    changes = ", ".join(f"{key} {before[key]} -> {value:g}" for key, value in settings.items())
+    changes = ", ".join(f"{key} {before[key]} -> {_setting_text(value)}" for key, value in settings.items())
     card.update(
         description=description or f"{card.get('description', name)}; retuned from {source}: {changes}",
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -138,6 +138,10 @@ def retune_version(
         card_data=card, card_markdown=card_markdown(name, {**card, "version": version}),
         models_dir=models_dir, version=version,
     )
+
+
+def _setting_text(value: float | str) -> str:
+    return value if isinstance(value, str) else format(value, "g")
 
 
 def _default_description(cfg: Any) -> str:
@@ -175,6 +179,9 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.spreads_members:
             start, end = cfg.model.member_spread_gain_start, cfg.model.member_spread_gain_end
             text += f", wet members' log rain rates spread about their mean by {start:g} (0 min) to {end:g} (60 min)"
+        if cfg.model.member_matching != "none":
+            whose = "each member's" if cfg.model.member_matching == "each" else "the members' pooled"
+            text += f", {whose} wet rain rates matched to the last observed frame's distribution"
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")

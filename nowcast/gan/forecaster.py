@@ -90,6 +90,8 @@ class GANForecaster(Forecaster):
             self._perturb_intensity(out, noise, spacing)
         if noise is not None and self.model_config.spreads_members:
             self._gain_spread(out, spacing)
+        if noise is not None and self.model_config.member_matching != "none":
+            self._match_observed(out, past[:, -1])
         return out
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
@@ -229,6 +231,22 @@ class GANForecaster(Forecaster):
                 spread = np.clip(np.exp(centre + gain * (logs - centre)), wet_from, MAX_RAIN_RATE_MMH)
                 np.copyto(rates, spread.astype(rates.dtype), where=wet)
 
+    def _match_observed(self, members: np.ndarray, last: np.ndarray) -> None:
+        """Give (in place) the members' wet pixels the last frame's rain rates of the same exceedance
+        fraction (``ModelConfig.member_matching``); ``members``: (batch, draws, steps, y, x),
+        ``last``: (batch, y, x) mm/h."""
+        wet_from = self.normalisation.threshold_mmh
+        pooled = self.model_config.member_matching == "pooled"
+        for sequence, observed in zip(members, last, strict=True):
+            seen = observed[np.isfinite(observed)]
+            if seen.size == 0:
+                continue
+            descending = -np.sort(-seen)
+            for lead in range(sequence.shape[1]):
+                groups = [sequence[:, lead]] if pooled else [sequence[m:m + 1, lead] for m in range(len(sequence))]
+                for fields in groups:
+                    _match_exceedance(fields, descending, wet_from)
+
     def _drift(self, offsets: torch.Tensor | None, step_minutes: float, first_step: int) -> torch.Tensor | None:
         """(rows, trajectory steps, 2): each draw's motion shift in each step of a pass that starts
         ``first_step`` steps into the forecast (``ModelConfig.member_motion_growth``), or None."""
@@ -284,6 +302,21 @@ def native_half_precision(device: torch.device) -> str | None:
     if device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "bfloat16"
     return None
+
+
+def _match_exceedance(fields: np.ndarray, descending: np.ndarray, wet_from: float) -> None:
+    """Set (in place) the k-th largest of the n valid values of ``fields`` at or above ``wet_from``
+    to ``descending``'s value at the fraction (k + 1/2)/n of its length; NaN and dry values stay."""
+    wet = fields >= wet_from  # NaN compares False
+    n_valid = int(np.isfinite(fields).sum())
+    values = fields[wet]
+    if values.size == 0:
+        return
+    order = np.argsort(-values, kind="stable")
+    index = ((np.arange(values.size) + 0.5) / n_valid * descending.size).astype(np.int64)
+    matched = np.empty_like(values)
+    matched[order] = descending[np.minimum(index, descending.size - 1)]
+    fields[wet] = matched
 
 
 def _gaussian_kernel(sigma_pixels: float, device: torch.device) -> torch.Tensor:
