@@ -598,7 +598,7 @@ def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
     and ``spectrum_member_matched``: the same of an ensemble's first member (ensembles only).
     """
     ratio_index = settings.ratio_wavelength_indices()
-    added: dict[str, Any] = {"categorical": {}, **{kind: {} for kind in SPECTRUM_KINDS}}
+    added: dict[str, Any] = {"categorical": {}, "spectrum": {}, "spectrum_matched": {}}  # member kinds as they come
     for name, now in after.items():
         prior = before[name]
         for lead, by_threshold in now["categorical"].items():
@@ -610,10 +610,9 @@ def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
             for lead, (observed, forecast) in now.get(kind, {}).items():
                 old_observed, old_forecast = prior[kind].get(lead, (0.0, 0.0))
                 added_observed, added_forecast = observed - old_observed, forecast - old_forecast
-                added[kind].setdefault(name, {})[key(lead)] = {
+                added.setdefault(kind, {}).setdefault(name, {})[key(lead)] = {
                     key(w): [float(added_observed[i]), float(added_forecast[i])] for w, i in ratio_index.items()}
-    return {kind: sums for kind, sums in added.items() if sums or kind in ("categorical", "spectrum",
-                                                                          "spectrum_matched")}
+    return added
 
 
 def _added_ensemble(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:

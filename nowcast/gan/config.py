@@ -21,6 +21,7 @@ from nowcast.transforms import Normalisation
 #: ``ModelConfig.member_matching``: no matching, each member on its own, all members together
 MEMBER_MATCHING = ("none", "each", "pooled")
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The generator and discriminators; the defaults build the shipped ``default-gan``.
