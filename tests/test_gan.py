@@ -694,6 +694,33 @@ def test_lead_basis_makes_each_scale_a_smooth_curve_in_the_lead(batch):
         ModelConfig(lead_basis=13)
 
 
+def test_discriminator_warmup_trains_the_discriminators_alone_first(tmp_path, events):
+    cfg = tiny_experiment(discriminator_warmup_steps=2, checkpoint_every=1, log_every=1)
+    torch.manual_seed(cfg.train.seed)  # as the run builds them: G first, then D
+    initial_g = Generator(cfg.model, scale_db=cfg.normalisation.scale_db).state_dict()
+    initial_d = Discriminator(cfg.model, leads=cfg.loss.sharpness_leads).state_dict()
+    train(cfg, tmp_path, loader=events.__getitem__, progress=False, stop_after=2)
+    warm = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert all(torch.equal(warm["generator"][k], v) for k, v in initial_g.items())
+    assert not all(torch.equal(warm["discriminator"][k], v) for k, v in initial_d.items())
+    train(cfg, tmp_path, loader=events.__getitem__, progress=False, resume=True)
+    done = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert not all(torch.equal(done["generator"][k], v) for k, v in initial_g.items())
+    records = [json.loads(line) for line in (tmp_path / METRICS).read_text().splitlines()]
+    assert ["g_total" in r for r in records] == [False, False, True, True, True, True]
+    assert all("d_loss" in r for r in records)
+
+
+def test_discriminator_warmup_delays_the_schedule_and_needs_a_discriminator():
+    cfg = TrainConfig(steps=10, discriminator_warmup_steps=4, lr_schedule="cosine")
+    assert [round(cfg.lr_factor(s), 6) for s in (0, 4, 7, 10)] == [1.0, 1.0, 0.5, 0.0]
+    assert [cfg.trains_generator(s) for s in (3, 4)] == [False, True]
+    with pytest.raises(ValueError, match="discriminator_warmup_steps must be in"):
+        TrainConfig(steps=10, discriminator_warmup_steps=10)
+    with pytest.raises(ValueError, match="needs an adversarial term"):
+        ExperimentConfig(loss=LossConfig(lambda_adv=0.0), train=TrainConfig(discriminator_warmup_steps=1))
+
+
 def test_cosine_schedule_decays_the_learning_rates_to_zero():
     cfg = TrainConfig(steps=10, lr_schedule="cosine")
     assert [round(cfg.lr_factor(s), 6) for s in (0, 5, 10)] == [1.0, 0.5, 0.0]

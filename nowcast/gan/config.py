@@ -378,6 +378,10 @@ class TrainConfig:
     (``torch.optim.swa_utils``, one update per G step) that validation, export and
     inference use instead of the last step's weights; 0.99 averages over about the last
     100 steps of the GAN game (Yazıcı et al., ICLR 2019).
+    ``discriminator_warmup_steps``: the run's first steps update the discriminators alone,
+    against the generator as ``init_from`` left it, and the learning-rate schedule starts
+    after them. A fine-tune's new discriminators otherwise judge at chance for hundreds of
+    steps, and the generator meanwhile learns from its Lp/CRPS terms alone, which blur.
     """
 
     steps: int = 1000
@@ -400,6 +404,7 @@ class TrainConfig:
     init_from: str | None = None
     init_noise_std: float = 0.01
     member_motion: bool = False
+    discriminator_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.init_noise_std < 0:
@@ -410,12 +415,19 @@ class TrainConfig:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
+        if not 0 <= self.discriminator_warmup_steps < self.steps:
+            raise ValueError(f"discriminator_warmup_steps must be in [0, steps); got {self.discriminator_warmup_steps}")
 
     def lr_factor(self, step: int) -> float:
-        """The learning rates' multiplier at ``step`` (0-based)."""
+        """The learning rates' multiplier at ``step`` (0-based): 1 in the warm-up, then the schedule."""
         if self.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+            into, length = step - self.discriminator_warmup_steps, self.steps - self.discriminator_warmup_steps
+            return 0.5 * (1.0 + math.cos(math.pi * min(max(into, 0), length) / length))
         return 1.0
+
+    def trains_generator(self, step: int) -> bool:
+        """Whether ``step`` (0-based) updates the generator, not the discriminators alone."""
+        return step >= self.discriminator_warmup_steps
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -441,3 +453,5 @@ class ExperimentConfig:
                 raise ValueError("train.member_motion needs loss.samples >= 2: it shifts the motion of each sample")
             if not (self.model.member_motion_kmh > 0 or self.model.member_motion_sigma > 0):
                 raise ValueError("train.member_motion needs model.member_motion_kmh (or member_motion_sigma) > 0")
+        if self.train.discriminator_warmup_steps and not self.loss.adversarial:
+            raise ValueError("train.discriminator_warmup_steps needs an adversarial term (loss.lambda_adv > 0)")

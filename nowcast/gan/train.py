@@ -2,8 +2,9 @@
 
 One step: ``discriminator_steps`` updates of the per-scale discriminators on generated
 futures (detached), then one update of the generator on λ_adv·L_adv + λ_lp·L_p +
-λ_gdl·L_gdl. Everything a resumed run needs (weights, optimiser states, the step) is in
-one checkpoint written atomically; batches depend only on the seed and the step, so a
+λ_gdl·L_gdl (none in the discriminators' warm-up, ``discriminator_warmup_steps``).
+Everything a resumed run needs (weights, optimiser states, the step) is in one checkpoint
+written atomically; batches depend only on the seed and the step, so a
 killed run resumed from its last checkpoint continues exactly where it was.
 
 Run under ``torchrun --nproc_per_node N`` it trains data-parallel with PyTorch's
@@ -114,7 +115,8 @@ def train(
     end_step = tc.steps if stop_after is None else min(tc.steps, run.start_step + stop_after)
     for step in range(run.start_step, end_step):
         parts = run.step(step, source, ctx)
-        samples += tc.batch_size * ctx.world_size * (1 + (tc.discriminator_steps if cfg.loss.adversarial else 0))
+        samples += tc.batch_size * ctx.world_size * (tc.trains_generator(step)
+                                                     + (tc.discriminator_steps if cfg.loss.adversarial else 0))
         done = step + 1
         if bar is not None:
             bar.advance(parts)
@@ -218,6 +220,8 @@ class _Models:
         if self.cfg.loss.adversarial:
             for sub in range(tc.discriminator_steps):
                 parts.update(self._discriminator_step(source.batch(tc.batch_size, step, ctx.rank, substep=sub + 1)))
+        if not tc.trains_generator(step):
+            return parts
         draws = self.cfg.loss.samples if tc.member_motion else 1
         parts.update(self._generator_step(source.batch(tc.batch_size, step, ctx.rank, substep=0, draws=draws)))
         return parts
