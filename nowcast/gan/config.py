@@ -380,8 +380,9 @@ class TrainConfig:
     100 steps of the GAN game (Yazıcı et al., ICLR 2019).
     ``discriminator_warmup_steps``: the run's first steps update the discriminators alone,
     against the generator as ``init_from`` left it, and the learning-rate schedule starts
-    after them. A fine-tune's new discriminators otherwise judge at chance for hundreds of
-    steps, and the generator meanwhile learns from its Lp/CRPS terms alone, which blur.
+    after them, so that a fine-tune's first generator steps are judged by discriminators
+    that have already seen its output (a fresh one judged at chance for all 500 steps of
+    run 39; warmed up 1000 steps in run 40 it reached 65 % and the members blurred alike).
     """
 
     steps: int = 1000
