@@ -886,6 +886,61 @@ def test_the_rate_crps_scores_the_finest_samples_in_mm_per_hour():
         LossConfig(samples=2, lambda_crps_rate=-1.0)
 
 
+def test_the_wet_area_crps_scores_the_samples_wet_fraction_in_squares():
+    """lambda_wet_area adds the fair CRPS of the samples' wet fraction in squares: samples whose
+    rain covers the observed area score lower than samples twice as wet, though per pixel the
+    swollen ones are barely worse; no-data pixels count in neither fraction."""
+    from nowcast.gan.losses import wet_fraction_crps
+    from nowcast.transforms import Normalisation
+
+    norm = Normalisation()
+    z = float(norm.encode(np.float64(1.0)))
+    wet, dry = z + 1.0, z - 1.0
+    observed = torch.full((1, 2, 1, 4, 4), dry)
+    observed[..., :, :1] = wet  # a quarter of every square wet
+    mask = torch.ones_like(observed)
+    right = observed.clone()
+    swollen = observed.clone()
+    swollen[..., :, :2] = wet
+    temperature = 0.01
+
+    def score(*samples: torch.Tensor) -> float:
+        return wet_fraction_crps(torch.cat(samples), observed, mask, [z], temperature, 2, len(samples)).item()
+
+    assert score(right, right) == pytest.approx(0.0, abs=1e-6)
+    # squares of the first two columns: observed 1/2 wet, swollen samples 1; the others 0 in all
+    assert score(swollen, swollen) == pytest.approx(0.25)
+    # by hand, fractions {1/2, 1, 1} against 1/2: mean error 1/3 less half the mean pair distance 1/6
+    assert score(right, swollen, swollen) == pytest.approx((1 / 3 - 1 / 6) / 2)
+    # no-data pixels leave both fractions (top-left square: 2 of 3 valid observed wet, the samples 3
+    # of 3); a square with none leaves the mean: (1/3 + 1/2 + 0) / 3 squares
+    holes = mask.clone()
+    holes[..., 0, 1] = 0.0
+    holes[..., 2:, 2:] = 0.0
+    got = wet_fraction_crps(torch.cat([swollen, swollen]), observed, holes, [z], temperature, 2, 2)
+    assert got.item() == pytest.approx((1 / 3 + 1 / 2) / 3, abs=1e-5)
+
+    target = torch.rand((2, 3, 1, 8, 8), generator=torch.Generator().manual_seed(5)) * 2.0
+    finest = (torch.rand((4 * 2, 3, 1, 8, 8), generator=torch.Generator().manual_seed(6)) * 2.0).requires_grad_()
+    valid = torch.ones_like(target)
+    plain = LossConfig(lambda_adv=0.0, lambda_lp=0.0, lambda_gdl=0.0, lambda_csi=0.0, samples=4, lambda_crps=1.0)
+    with_area = dataclasses.replace(plain, lambda_wet_area=3.0, wet_area_window=4)
+    base, parts = generator_loss([finest], target, valid, plain, normalisation=norm, samples=4)
+    both, parts_area = generator_loss([finest], target, valid, with_area, normalisation=norm, samples=4)
+    expected = wet_fraction_crps(finest, target, valid, [z], 1.0 / norm.scale_db, 4, 4)
+    assert "g_wet_area" not in parts
+    assert parts_area["g_wet_area"] == pytest.approx(expected.item(), rel=1e-6)
+    assert both.item() == pytest.approx(base.item() + 3.0 * expected.item(), rel=1e-5)
+    expected.backward()
+    assert torch.isfinite(finest.grad).all() and finest.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="lambda_wet_area needs samples >= 2"):
+        LossConfig(lambda_wet_area=1.0)
+    with pytest.raises(ValueError, match="wet_area_window must be at least 1"):
+        LossConfig(samples=2, lambda_wet_area=1.0, wet_area_window=0)
+    with pytest.raises(ValueError, match="lambda_wet_area > 0 needs wet_area_thresholds_mmh"):
+        LossConfig(samples=2, lambda_wet_area=1.0, wet_area_thresholds_mmh=())
+
+
 def test_a_tiny_ensemble_trains_on_several_samples_per_input(tmp_path, events):
     model = dataclasses.replace(TINY_MODEL, noise_channels=2)
     cfg = dataclasses.replace(tiny_experiment(steps=2), model=model,

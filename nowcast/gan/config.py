@@ -275,6 +275,11 @@ class LossConfig:
     to rain rate in mm/h, the unit verification scores. The normalised (dB) CRPS weighs an
     error of a factor two alike in drizzle and in a storm core; in mm/h the heavy rain, where
     held-out CRPS and the Brier scores at 4 and 8 mm/h are decided, counts in proportion.
+    ``lambda_wet_area``: weight of a fair CRPS of the samples' wet fraction (rate above each of
+    ``wet_area_thresholds_mmh``, soft as in the CSI term) in squares of ``wet_area_window``
+    pixels at the finest scale. The per-pixel CRPS scores each pixel alone; trained on it, v6's
+    members' area at 1 mm/h grew to 1.2-1.8 times the observed by +60 min on its own training
+    events (run 40), which the Brier score at 1 mm/h punishes. This term scores the area.
     ``sharpness_leads``: the adversarial and GDL terms judge only the first that many lead
     times (0: all). After them the proper score alone shapes the members: the GAN's spread
     swelled late in the hour where its CRPS-only twin's did not (run 32).
@@ -293,6 +298,9 @@ class LossConfig:
     samples: int = 1
     lambda_crps: float = 0.0
     lambda_crps_rate: float = 0.0
+    lambda_wet_area: float = 0.0
+    wet_area_thresholds_mmh: tuple[float, ...] = (1.0,)
+    wet_area_window: int = 32
     sharpness_leads: int = 0
 
     def __post_init__(self) -> None:
@@ -300,7 +308,7 @@ class LossConfig:
             raise ValueError("sharpness_leads must be 0 (every lead) or positive")
         if self.samples < 1:
             raise ValueError("samples must be at least 1")
-        for name in ("lambda_crps", "lambda_crps_rate"):
+        for name in ("lambda_crps", "lambda_crps_rate", "lambda_wet_area"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
             if getattr(self, name) > 0 and self.samples < 2:
@@ -319,6 +327,12 @@ class LossConfig:
             raise ValueError("lambda_csi > 0 needs csi_thresholds_mmh")
         if any(t <= 0 for t in self.csi_thresholds_mmh):
             raise ValueError("csi_thresholds_mmh must be positive")
+        if self.lambda_wet_area > 0 and not self.wet_area_thresholds_mmh:
+            raise ValueError("lambda_wet_area > 0 needs wet_area_thresholds_mmh")
+        if any(t <= 0 for t in self.wet_area_thresholds_mmh):
+            raise ValueError("wet_area_thresholds_mmh must be positive")
+        if self.wet_area_window < 1:
+            raise ValueError("wet_area_window must be at least 1 pixel")
         if self.csi_temperature_db <= 0:
             raise ValueError("csi_temperature_db must be positive")
 

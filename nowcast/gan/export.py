@@ -156,6 +156,10 @@ def _default_description(cfg: Any) -> str:
         losses.append(f"fair CRPS of {cfg.loss.samples} samples per input (λ={cfg.loss.lambda_crps:g})")
     if cfg.loss.lambda_crps_rate:
         losses.append(f"fair CRPS in mm/h at the finest scale (λ={cfg.loss.lambda_crps_rate:g})")
+    if cfg.loss.lambda_wet_area:
+        thresholds = "/".join(f"{t:g}" for t in cfg.loss.wet_area_thresholds_mmh)
+        losses.append(f"fair CRPS of the wet fraction above {thresholds} mm/h in {cfg.loss.wet_area_window}-px "
+                      f"squares (λ={cfg.loss.lambda_wet_area:g})")
     if cfg.loss.lambda_csi:
         thresholds = "/".join(f"{t:g}" for t in cfg.loss.csi_thresholds_mmh)
         losses.append(f"soft CSI at {thresholds} mm/h (λ={cfg.loss.lambda_csi:g})")

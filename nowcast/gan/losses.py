@@ -2,7 +2,8 @@
 
 G: lambda_adv·L_adv + lambda_lp·L_p + lambda_gdl·L_gdl, summed over scales (Mathieu et
 al., eqs. 2, 6 and 11), plus optionally lambda_csi·(1 - soft CSI) at full resolution and,
-when G draws several samples per input, lambda_crps·fair CRPS of those samples.
+when G draws several samples per input, lambda_crps·fair CRPS of those samples and
+lambda_wet_area·fair CRPS of their wet fractions in windows.
 D: binary cross-entropy of real vs generated, summed over scales.
 
 Several samples per input lie on the batch axis as blocks, sample-major: ``(samples·batch,
@@ -104,6 +105,30 @@ def rate_crps(finest: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, no
     return fair_crps(rates, norm.decode(target.float()), mask)
 
 
+def wet_fraction_crps(finest: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, thresholds_z: list[float],
+                      temperature: float, window: int, samples: int) -> torch.Tensor:
+    """The fair CRPS of the samples' wet fraction in ``window``-pixel squares, per lead and threshold.
+
+    ``finest``: ``samples`` normalised forecasts per input of ``target`` (sample-major on the
+    batch axis). A sample's wet fraction is its soft exceedance (a sigmoid ``temperature``
+    wide, as the soft CSI) averaged over a square's valid pixels; the observed one counts
+    "above the threshold" as verification does. Squares without a valid pixel are left out.
+    """
+    def fractions(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, t, c, h, w = x.shape
+        wet = F.avg_pool2d((x * m).reshape(n, t * c, h, w), window, ceil_mode=True)
+        valid = F.avg_pool2d(m.expand_as(x).reshape(n, t * c, h, w), window, ceil_mode=True)
+        return wet / valid.clamp_min(1e-6), (valid > 0).to(x.dtype)
+
+    terms = []
+    repeated = mask.repeat(samples, 1, 1, 1, 1)
+    for z in thresholds_z:
+        forecast, _ = fractions(torch.sigmoid((finest - z) / temperature), repeated)
+        observed, valid = fractions((target > z).to(finest.dtype), mask)
+        terms.append(fair_crps(forecast.reshape(samples, *observed.shape), observed, valid))
+    return torch.stack(terms).mean()
+
+
 def scale_targets(target: torch.Tensor, mask: torch.Tensor, n_scales: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The target and its mask at every scale, coarsest first."""
     out = []
@@ -140,6 +165,12 @@ def generator_loss(
             crps_rate = rate_crps(predictions[-1], target, mask, norm, samples)
             crps_total = crps_total + config.lambda_crps_rate * crps_rate
             crps_part["g_crps_rate"] = crps_rate.item()
+        if config.lambda_wet_area > 0:
+            thresholds_z = [float(norm.encode(np.float64(t))) for t in config.wet_area_thresholds_mmh]
+            wet = wet_fraction_crps(predictions[-1], target, mask, thresholds_z,
+                                    config.csi_temperature_db / norm.scale_db, config.wet_area_window, samples)
+            crps_total = crps_total + config.lambda_wet_area * wet
+            crps_part["g_wet_area"] = wet.item()
         target, mask = target.repeat(samples, 1, 1, 1, 1), mask.repeat(samples, 1, 1, 1, 1)
     targets = scale_targets(target, mask, len(predictions))
     lp = sum(lp_loss(p, t, m, config.p, rain_weights(t, config, norm))
