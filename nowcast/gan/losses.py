@@ -114,17 +114,19 @@ def wet_fraction_crps(finest: torch.Tensor, target: torch.Tensor, mask: torch.Te
     wide, as the soft CSI) averaged over a square's valid pixels; the observed one counts
     "above the threshold" as verification does. Squares without a valid pixel are left out.
     """
-    def fractions(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def pooled(x: torch.Tensor) -> torch.Tensor:
         n, t, c, h, w = x.shape
-        wet = F.avg_pool2d((x * m).reshape(n, t * c, h, w), window, ceil_mode=True)
-        valid = F.avg_pool2d(m.expand_as(x).reshape(n, t * c, h, w), window, ceil_mode=True)
-        return wet / valid.clamp_min(1e-6), (valid > 0).to(x.dtype)
+        return F.avg_pool2d(x.reshape(n, t * c, h, w), window, ceil_mode=True)
 
-    terms = []
+    # the same divisor serves both fractions, so squares cut by the edge need no care
+    valid_share = pooled(mask.expand_as(target))
+    valid = (valid_share > 0).to(finest.dtype)
+    divisor = valid_share.clamp_min(1e-6)
     repeated = mask.repeat(samples, 1, 1, 1, 1)
+    terms = []
     for z in thresholds_z:
-        forecast, _ = fractions(torch.sigmoid((finest - z) / temperature), repeated)
-        observed, valid = fractions((target > z).to(finest.dtype), mask)
+        forecast = pooled(torch.sigmoid((finest - z) / temperature) * repeated) / divisor.repeat(samples, 1, 1, 1)
+        observed = pooled((target > z).to(finest.dtype) * mask) / divisor
         terms.append(fair_crps(forecast.reshape(samples, *observed.shape), observed, valid))
     return torch.stack(terms).mean()
 
@@ -154,6 +156,9 @@ def generator_loss(
     ensemble, every other term compares each sample with it.
     """
     norm = normalisation or Normalisation()
+    def encoded(thresholds_mmh: tuple[float, ...]) -> list[float]:
+        return [float(norm.encode(np.float64(t))) for t in thresholds_mmh]
+
     crps_part: dict[str, float] = {}
     crps_total: torch.Tensor | float = 0.0
     if samples > 1:
@@ -166,8 +171,7 @@ def generator_loss(
             crps_total = crps_total + config.lambda_crps_rate * crps_rate
             crps_part["g_crps_rate"] = crps_rate.item()
         if config.lambda_wet_area > 0:
-            thresholds_z = [float(norm.encode(np.float64(t))) for t in config.wet_area_thresholds_mmh]
-            wet = wet_fraction_crps(predictions[-1], target, mask, thresholds_z,
+            wet = wet_fraction_crps(predictions[-1], target, mask, encoded(config.wet_area_thresholds_mmh),
                                     config.csi_temperature_db / norm.scale_db, config.wet_area_window, samples)
             crps_total = crps_total + config.lambda_wet_area * wet
             crps_part["g_wet_area"] = wet.item()
@@ -181,9 +185,9 @@ def generator_loss(
     total = config.lambda_lp * lp + config.lambda_gdl * gdl + crps_total
     parts = {"g_lp": lp.item(), "g_gdl": gdl.item(), **crps_part}
     if config.lambda_csi > 0:
-        thresholds_z = [float(norm.encode(np.float64(t))) for t in config.csi_thresholds_mmh]
         finest, (t_fine, m_fine) = predictions[-1], targets[-1]
-        csi = soft_csi_loss(finest, t_fine, m_fine, thresholds_z, config.csi_temperature_db / norm.scale_db)
+        csi = soft_csi_loss(finest, t_fine, m_fine, encoded(config.csi_thresholds_mmh),
+                            config.csi_temperature_db / norm.scale_db)
         total = total + config.lambda_csi * csi
         parts["g_csi"] = csi.item()
     if config.adversarial and fake_logits is not None:
