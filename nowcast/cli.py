@@ -505,6 +505,84 @@ def retune(
     typer.echo(str(folder))
 
 
+@app.command("fit-spread-gain")
+@user_errors
+def fit_spread_gain(
+    model: str = typer.Argument(..., help="The registered GAN ensemble, NAME@VERSION."),
+    events: str = typer.Option(..., "--events", help="Comma-separated event ids of the catalogue to fit on: "
+                                                     "training events, not the ones it will be scored on."),
+    starts: str | None = typer.Option(None, "--starts", help="Comma-separated candidate gains at 0 min "
+                                                              "(default: 1, 1.1, 1.25)."),
+    ends: str | None = typer.Option(None, "--ends", help="Comma-separated candidate gains at 60 min and after "
+                                                          "(default: 0.8, 0.9, 1, 1.1, 1.2, 1.35)."),
+    members: int = typer.Option(20, "--members", min=2, help="Members drawn per start time."),
+    steps: int = typer.Option(12, "--steps", min=1, help="Frames forecast from each start time."),
+    stride: int = typer.Option(6, "--stride", min=1, help="Frames between consecutive start times."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Start time k of an event draws from seed + k."),
+    register: bool = typer.Option(False, "--register", help="Register the best gains as the model's next "
+                                                            "version (see `nowcast retune`)."),
+    version: str | None = typer.Option(None, "--version", help="With --register: v1, v2, ... (default: the "
+                                                               "next one)."),
+    out: Path | None = typer.Option(None, "--out", help="Write every candidate's scores to this JSON file."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Radar archive (default: $NOWCAST_DATA_ROOT "
+                                                                    "or ../shared/data/pysteps-data)."),
+    catalogue: Path | None = typer.Option(None, "--catalogue", help="Event catalogue file (default: the "
+                                                                     "packaged one)."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/)."),
+) -> None:
+    """Fit a GAN ensemble's spread gain (start, end) to its own members on training events by the CRPS."""
+    from nowcast.files import write_text_atomically
+    from nowcast.gan.export import retune_version
+    from nowcast.io.catalogue import get_event, load_catalogue, load_event
+    from nowcast.io.importers import quiet_pysteps_io
+    from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS
+    from nowcast.spread_gain import fit_spread_gain as run_fit
+
+    quiet_pysteps_io()
+    known = load_catalogue(catalogue)
+    event_ids = [get_event(event_id, known).id for event_id in _split_names(events, "event")]
+    fit = run_fit(model, event_ids, starts=_gain_list(starts, "--starts") if starts else DEFAULT_STARTS,
+                  ends=_gain_list(ends, "--ends") if ends else DEFAULT_ENDS,
+                  members=members, steps=steps, stride=stride, seed=seed, models_dir=models_dir,
+                  loader=lambda event_id: load_event(known[event_id], root=data_root, on_missing="nan"))
+    if out is not None:
+        write_text_atomically(out, json.dumps(fit.to_dict(), indent=1))
+    # a table read from a log or a pipe is still whole: rich's 80 columns there would cut the event names
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(_gain_table(fit))
+    if register:
+        start, end = fit.best
+        off = fit.candidates.index((1.0, 1.0)) if (1.0, 1.0) in fit.candidates else None
+        against = f"; off (1 -> 1): {fit.score[off]:.4f}" if off is not None else ""
+        description = (f"spread gain {start:g} -> {end:g} fitted on {', '.join(fit.events)} "
+                       f"({members} members, mean CRPS {fit.score.min():.4f}{against})")
+        folder = retune_version(model, {"member_spread_gain_start": start, "member_spread_gain_end": end},
+                                version=version, models_dir=models_dir, description=description)
+        typer.echo(str(folder))
+
+
+def _gain_list(text: str, option: str) -> list[float]:
+    try:
+        return [float(item) for item in _split_names(text, "gain")]
+    except ValueError as exc:
+        raise InputError(f"{option} {text!r}: expected comma-separated numbers", field=option) from exc
+
+
+def _gain_table(fit: Any) -> Any:
+    """The candidates, best first: mean CRPS, per event, and spread/skill at the first, middle and last lead."""
+    import numpy as np
+
+    leads = sorted({0, (fit.spread_skill.shape[1] - 1) // 2, fit.spread_skill.shape[1] - 1})
+    table = Table("start", "end", "CRPS", *fit.events, *(f"s/s lead {k + 1}" for k in leads),
+                  title=f"{fit.model}: spread gain candidates ({sum(fit.start_times.values())} start times)")
+    per_event = np.nanmean(fit.crps, axis=2)
+    for c in np.argsort(fit.score):
+        start, end = fit.candidates[c]
+        table.add_row(f"{start:g}", f"{end:g}", f"{fit.score[c]:.4f}", *(f"{v:.4f}" for v in per_event[c]),
+                      *(f"{fit.spread_skill[c, k]:.2f}" for k in leads))
+    return table
+
+
 @app.command()
 @user_errors
 def demo(

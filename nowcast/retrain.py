@@ -9,7 +9,9 @@
 2. **train**: the candidate, with :func:`nowcast.gan.train.train` (resumable, exact on
    resume; data-parallel under torchrun), by default fine-tuned from the live model.
 3. **evaluate**: the candidate, the live model and the baselines on the same held-out start
-   times (:func:`nowcast.evaluate.evaluate`, on Dask's distributed scheduler).
+   times (:func:`nowcast.evaluate.evaluate`, on Dask's distributed scheduler); with
+   ``[spread_gain] fit = true`` an ensemble candidate first gets its own spread gain, fitted on
+   the training events (``WORK/spread_gain.json``), and is scored and exported with it.
 4. **gate**: the criteria of the config, each with the paired bootstrap of
    :mod:`nowcast.bootstrap`: passed or failed, by how much, with the interval.
 5. **export**: the candidate as the next version of its name, whatever the decision, its card
@@ -63,6 +65,7 @@ from nowcast.errors import InputError
 from nowcast.files import write_text_atomically
 from nowcast.gan.config import ExperimentConfig
 from nowcast.paths import models_dir as default_models_dir
+from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS
 from nowcast.verification import key
 
 logger = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ RUN_DIR = "run"
 STAGING_DIR = "registry"
 EVALUATION_DIR = "evaluation"
 GATE_FILE = "gate.json"
+SPREAD_GAIN_FILE = "spread_gain.json"
 REPORT_FILE = "report.md"
 RESULT_FILE = "result.json"
 #: the names the candidate and the live model are scored under
@@ -169,6 +173,30 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class SpreadGainConfig:
+    """Fit the candidate's spread gain to its own members on the training events before it is scored.
+
+    The gain (``ModelConfig.member_spread_gain_start``/``_end``) corrects the spread of the members
+    one generator draws; a fine-tuned generator draws others, and scored with the gain fitted to
+    the one it started from it is scored with the wrong one. With ``fit``, every (start, end) of
+    ``starts`` × ``ends`` is tried on ``members`` members per start time of the training events
+    (:func:`nowcast.spread_gain.fit_spread_gain`) and the best goes with the candidate into the
+    evaluation and the registry. Only for a model that draws members.
+    """
+
+    fit: bool = False
+    starts: tuple[float, ...] = DEFAULT_STARTS
+    ends: tuple[float, ...] = DEFAULT_ENDS
+    members: int = 20
+
+    def __post_init__(self) -> None:
+        if self.members < 2:
+            raise ValueError("spread_gain.members must be at least 2")
+        if not self.starts or not self.ends:
+            raise ValueError("spread_gain.starts and spread_gain.ends need at least one gain each")
+
+
+@dataclass(frozen=True)
 class RetrainConfig:
     """A retraining job (``nowcast retrain --config FILE``); unknown keys are an error.
 
@@ -177,7 +205,8 @@ class RetrainConfig:
     ``init_from_live``: fine-tune from the live version (else ``experiment.train.init_from``).
     ``catalogue``/``data_root``: the event catalogue and archive (default: the packaged one and
     ``NOWCAST_DATA_ROOT``). ``experiment``: the training recipe (``nowcast train``'s config);
-    its events and seed come from ``split`` and ``seed``.
+    its events and seed come from ``split`` and ``seed``. ``spread_gain``: an ensemble's spread
+    gain fitted after training.
     """
 
     split: SplitConfig
@@ -189,6 +218,7 @@ class RetrainConfig:
     data_root: str | None = None
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    spread_gain: SpreadGainConfig = field(default_factory=SpreadGainConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def __post_init__(self) -> None:
@@ -196,6 +226,8 @@ class RetrainConfig:
             raise ValueError(f"name {self.name!r}: use letters, digits, '_', '.', '-'")
         if self.seed < 0:
             raise ValueError("seed must not be negative")
+        if self.spread_gain.fit and self.experiment.model.noise_channels == 0:
+            raise ValueError("spread_gain.fit needs a model that draws members (experiment.model.noise_channels > 0)")
 
     def training(self, init_from: str | None) -> ExperimentConfig:
         """The experiment the job trains: the split's events, the job's seed and data, ``init_from``."""
@@ -448,6 +480,7 @@ def _evaluate_phase(cfg: RetrainConfig, plan: _Plan, work: Path, root: Path, loa
 
     ev = cfg.evaluation
     staging = _stage_models(cfg, plan, work, root)
+    _spread_gain_phase(cfg, work, staging, load)
     methods = [CANDIDATE, *([LIVE] if plan.live_version else []), *ev.baselines]
     out = work / EVALUATION_DIR
     if (out / SCORES_JSON).is_file():
@@ -482,6 +515,32 @@ def _stage_models(cfg: RetrainConfig, plan: _Plan, work: Path, root: Path) -> Pa
     for name in (CANDIDATE, *([LIVE] if plan.live_version else [])):
         artifacts.verified_folder(name, "v1", staging)
     return staging
+
+
+def _spread_gain_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Loader) -> None:
+    """With ``spread_gain.fit``: the staged candidate's gain fitted on the training events (a fit already
+    written is kept), registered in the staging registry as the candidate's next version, which the evaluation
+    then scores and the export phase exports."""
+    if not cfg.spread_gain.fit:
+        return
+    from nowcast.gan.export import retune_version
+    from nowcast.spread_gain import fit_spread_gain
+
+    path = work / SPREAD_GAIN_FILE
+    if path.is_file():
+        fitted = artifacts.read_json(path)
+    else:
+        sg, ev = cfg.spread_gain, cfg.evaluation
+        fit = fit_spread_gain(f"{CANDIDATE}@v1", list(cfg.split.train), starts=sg.starts, ends=sg.ends,
+                              members=sg.members, n_input=ev.n_input, steps=ev.steps, stride=ev.stride,
+                              seed=cfg.seed, loader=load, models_dir=staging)
+        fitted = fit.to_dict()
+        _write_json(path, fitted)
+        logger.info("spread gain fitted on %s: %g -> %g", ", ".join(fit.events), *fit.best)
+    if artifacts.list_versions(CANDIDATE, staging) == ["v1"]:
+        retune_version(f"{CANDIDATE}@v1", {"member_spread_gain_start": fitted["best"][0],
+                                          "member_spread_gain_end": fitted["best"][1]},
+                       version="v2", models_dir=staging, description="the candidate with its fitted spread gain")
 
 
 # --- gate ---------------------------------------------------------------------------------------
@@ -620,10 +679,15 @@ def _export_phase(cfg: RetrainConfig, plan: _Plan, work: Path, root: Path, gate:
     _write_json(work / STATE_FILE, {**state, "exported_version": version})  # reserved before it is written
     record = {"id": plan.id, "decision": gate["decision"], "gate": gate, "reproduce": _reproduce(cfg, plan, split),
               "work_folder": str(work.resolve())}
+    fitted = artifacts.read_json(work / SPREAD_GAIN_FILE) if cfg.spread_gain.fit else None
+    if fitted:
+        record["spread_gain_fit"] = {key: fitted[key] for key in ("events", "members", "start_times", "best")}
     export_run(work / RUN_DIR, cfg.name, version=version, models_dir=root, evaluation=work / EVALUATION_DIR /
                SCORES_JSON, evaluated_as=CANDIDATE, card_extra={"retrain": _plain(record)},
                description=f"{cfg.name} retrained by job {plan.id} ({gate['decision']} by its gate)",
-               extra_markdown=gate_markdown(gate))
+               extra_markdown=gate_markdown(gate),
+               member_settings={"member_spread_gain_start": fitted["best"][0],
+                                "member_spread_gain_end": fitted["best"][1]} if fitted else None)
     return str(version)
 
 

@@ -20,6 +20,7 @@ from nowcast import config as config_io
 from nowcast.cli import app
 from nowcast.config import ConfigError
 from nowcast.errors import InputError, UnreadableFileError
+from nowcast.forecasters import get_forecaster
 from nowcast.gan.export import export_run
 from nowcast.gan.train import train
 from nowcast.retrain import (
@@ -241,6 +242,31 @@ def test_configs_are_checked(tmp_path):
     bad.write_text('name = "x"\n')
     with pytest.raises(ConfigError, match=r"\[split\]"):
         load_config(bad)
+    with pytest.raises(ConfigError, match="draws members"):
+        build({**config(), "spread_gain": {"fit": True}})
+    with pytest.raises(ConfigError, match=r"spread_gain\.members"):
+        build({**config(), "spread_gain": {"members": 1}})
+
+
+def test_an_ensemble_candidate_is_scored_and_exported_with_its_own_fitted_spread_gain(tmp_path):
+    """[spread_gain] fit = true: the candidate's gain is fitted on the training events, the staged candidate is
+    scored with it and the exported version carries it, with the fit on its card."""
+    data = config()
+    data["experiment"]["model"] = {**MODEL, "noise_channels": 2, "member_intensity_db": 3.0}
+    data["evaluation"]["members"] = 4
+    data["spread_gain"] = {"fit": True, "starts": [1.0], "ends": [0.5, 1.5], "members": 4}
+    models = tmp_path / "models"
+    result = retrain(build(data), tmp_path / "work", models_dir=models, progress=False)
+    fitted = json.loads((tmp_path / "work" / "spread_gain.json").read_text())
+    assert fitted["events"] == ["1", "2"] and fitted["members"] == 4 and len(fitted["candidates"]) == 2
+    best = fitted["best"]
+    lowest = min(fitted["candidates"], key=lambda candidate: candidate["crps"])
+    assert best == [lowest["start"], lowest["end"]]
+    staged = get_forecaster("candidate", models_dir=tmp_path / "work" / "registry").model_config
+    exported = get_forecaster(f"{NAME}@{result['version']}", models_dir=models).model_config
+    for model in (staged, exported):
+        assert [model.member_spread_gain_start, model.member_spread_gain_end] == best
+    assert artifacts.card(NAME, result["version"], models)["retrain"]["spread_gain_fit"]["best"] == best
 
 
 # --- the live pointer -------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -38,6 +39,7 @@ def export_run(
     evaluated_as: str | None = None,
     card_extra: dict[str, Any] | None = None,
     extra_markdown: str = "",
+    member_settings: dict[str, float | str] | None = None,
 ) -> Path:
     """Write the run's generator as ``models/NAME/VERSION`` and return that folder.
 
@@ -45,9 +47,13 @@ def export_run(
     events, against the baselines) go into the model card; ``evaluated_as``: the name the
     model was scored under there (default: ``name``). ``card_extra``: more entries of the
     card (the retrain job's gate report), ``extra_markdown``: a section of its README.
+    ``member_settings``: ``MEMBER_SETTINGS`` to export with other values than the run's.
     """
     run = Path(run_dir)
     generator, cfg, step = load_generator(run)
+    if member_settings:
+        _check_member_settings(member_settings)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **member_settings))
     metrics = _read_metrics(run / METRICS)
     validation = next((m for m in reversed(metrics) if any(k.startswith("val_") for k in m)), {})
     eval_summary = _evaluation_summary(Path(evaluation), evaluated_as or name, name) if evaluation else None
@@ -109,10 +115,7 @@ def retune_version(
     name, _, source_version = source.partition("@")
     if not source_version:
         raise InputError(f"retune needs NAME@VERSION, got {source!r}", field="source")
-    unknown = sorted(set(settings) - set(MEMBER_SETTINGS))
-    if unknown or not settings:
-        raise InputError(f"settings {unknown or 'none'}: give one or more of {', '.join(MEMBER_SETTINGS)} "
-                         "(the others change what the weights were trained for)", field="settings")
+    _check_member_settings(settings)
     folder = artifacts.verified_folder(name, source_version, models_dir)
     spec = artifacts.read_json(folder / artifacts.CONFIG_FILE)
     # the source's values as it runs, defaults filled in for settings older artifacts do not spell out
@@ -138,6 +141,13 @@ def retune_version(
         card_data=card, card_markdown=card_markdown(name, {**card, "version": version}),
         models_dir=models_dir, version=version,
     )
+
+
+def _check_member_settings(settings: dict[str, float | str]) -> None:
+    unknown = sorted(set(settings) - set(MEMBER_SETTINGS))
+    if unknown or not settings:
+        raise InputError(f"settings {unknown or 'none'}: give one or more of {', '.join(MEMBER_SETTINGS)} "
+                         "(the others change what the weights were trained for)", field="settings")
 
 
 def _setting_text(value: float | str) -> str:

@@ -9,9 +9,12 @@ predictions back as the past.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +91,26 @@ class GANForecaster(Forecaster):
             return out[:, 0]
         if noise is not None and self.model_config.member_intensity_db > 0:
             self._perturb_intensity(out, noise, spacing)
-        if noise is not None and self.model_config.spreads_members:
-            self._gain_spread(out, spacing)
-        if noise is not None and self.model_config.member_matching != "none":
-            self._match_observed(out, past[:, -1])
+        if noise is not None:
+            self.adjust_members(out, past[:, -1], spacing)
         return out
+
+    def with_member_settings(self, **settings: Any) -> GANForecaster:
+        """The same generator under other member settings (``ModelConfig`` fields the weights do not depend on)."""
+        other = copy.copy(self)
+        other.model_config = dataclasses.replace(self.model_config, **settings)
+        return other
+
+    def adjust_members(self, members: np.ndarray, last: np.ndarray, spacing: Spacing,
+                       gains: Sequence[float] | None = None) -> None:
+        """What follows the draw, in place: the spread gain at each lead (``gains``, default the model's
+        ``member_spread_gain``), then matching to the last frame's rates (``member_matching``).
+        ``members``: (batch, draws, steps, y, x) mm/h; ``last``: (batch, y, x) mm/h."""
+        if gains is None:
+            gains = self.model_config.member_spread_gains(spacing.step_minutes, members.shape[2])
+        self._gain_spread(members, gains)
+        if self.model_config.member_matching != "none":
+            self._match_observed(members, last)
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
         """One generator per sequence and member, sequence-major, seeded from (seed, member).
@@ -214,11 +232,10 @@ class GANForecaster(Forecaster):
             member = members[row // draws, row % draws]
             np.minimum(member * factor, MAX_RAIN_RATE_MMH, out=member)
 
-    def _gain_spread(self, members: np.ndarray, spacing: Spacing) -> None:
+    def _gain_spread(self, members: np.ndarray, gains: Sequence[float]) -> None:
         """Scale (in place) each wet member's log rate about the wet members' mean log rate at each pixel,
-        by ``ModelConfig.member_spread_gain`` at each lead; ``members``: (batch, draws, steps, y, x) mm/h."""
+        by ``gains[lead]``; ``members``: (batch, draws, steps, y, x) mm/h."""
         wet_from = self.normalisation.threshold_mmh
-        gains = self.model_config.member_spread_gains(spacing.step_minutes, members.shape[2])
         for sequence in members:
             for lead, gain in enumerate(gains):
                 if gain == 1.0:
