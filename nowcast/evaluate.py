@@ -329,6 +329,23 @@ def _forecasters(methods: list[str], n_input: int,
     return forecasters
 
 
+def event_time_steps(event_id: str, sequence: xr.DataArray) -> tuple[pd.DatetimeIndex, np.ndarray, int]:
+    """A loaded event checked (a (time, y, x) DataArray in mm/h with increasing times): its times, the seconds
+    between consecutive frames and its regular step (their median)."""
+    if not isinstance(sequence, xr.DataArray) or tuple(sequence.dims) != DIMS:
+        raise SequenceError(f"event {event_id}: loader must return a (time, y, x) DataArray")
+    if sequence.attrs.get("units") != UNITS:
+        raise SequenceError(f"event {event_id}: units must be {UNITS!r}, got {sequence.attrs.get('units')!r}")
+    times = pd.DatetimeIndex(sequence["time"].values)
+    if len(times) < 2:
+        raise SequenceError(f"event {event_id}: a single frame has no time step")
+    steps_s = np.diff(times.values).astype("timedelta64[s]").astype(np.int64)
+    step_s = int(np.median(steps_s))
+    if step_s <= 0:
+        raise SequenceError(f"event {event_id}: timestamps are not increasing")
+    return times, steps_s, step_s
+
+
 def start_indices(n_frames: int, n_input: int, steps: int, stride: int) -> list[int]:
     """Index of the first past frame of every start time that has past and future frames."""
     return list(range(0, n_frames - n_input - steps + 1, stride))
@@ -347,17 +364,7 @@ class _Clock:
 
     @classmethod
     def of(cls, event_id: str, sequence: xr.DataArray, steps: int, settings: ScoreSettings) -> _Clock:
-        if not isinstance(sequence, xr.DataArray) or tuple(sequence.dims) != DIMS:
-            raise SequenceError(f"event {event_id}: loader must return a (time, y, x) DataArray")
-        if sequence.attrs.get("units") != UNITS:
-            raise SequenceError(f"event {event_id}: units must be {UNITS!r}, got {sequence.attrs.get('units')!r}")
-        times = pd.DatetimeIndex(sequence["time"].values)
-        if len(times) < 2:
-            raise SequenceError(f"event {event_id}: a single frame has no time step")
-        steps_s = np.diff(times.values).astype("timedelta64[s]").astype(np.int64)
-        step_s = int(np.median(steps_s))
-        if step_s <= 0:
-            raise SequenceError(f"event {event_id}: timestamps are not increasing")
+        times, steps_s, step_s = event_time_steps(event_id, sequence)
         lead_minutes = [step_s / 60.0 * (k + 1) for k in range(steps)]
         map_leads = [lead for lead in lead_minutes if lead in settings.spectrum_leads_minutes] or sorted(
             {lead_minutes[(steps - 1) // 2], lead_minutes[-1]})

@@ -65,7 +65,7 @@ from nowcast.errors import InputError
 from nowcast.files import write_text_atomically
 from nowcast.gan.config import ExperimentConfig
 from nowcast.paths import models_dir as default_models_dir
-from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS
+from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS, candidate_gains
 from nowcast.verification import key
 
 logger = logging.getLogger(__name__)
@@ -192,8 +192,10 @@ class SpreadGainConfig:
     def __post_init__(self) -> None:
         if self.members < 2:
             raise ValueError("spread_gain.members must be at least 2")
-        if not self.starts or not self.ends:
-            raise ValueError("spread_gain.starts and spread_gain.ends need at least one gain each")
+        try:
+            candidate_gains(self.starts, self.ends)
+        except ValueError as exc:
+            raise ValueError(f"spread_gain.starts/ends: {exc}") from exc
 
 
 @dataclass(frozen=True)

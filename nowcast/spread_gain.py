@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from nowcast.errors import InputError
-from nowcast.evaluate import MIN_RAIN_MMH, Loader, skip_reason, start_indices
+from nowcast.evaluate import MIN_RAIN_MMH, Loader, event_time_steps, skip_reason, start_indices
 from nowcast.forecasters import get_forecaster
 from nowcast.gan.config import ModelConfig
 from nowcast.verification import SpreadSkillSums, crps_sums
@@ -97,7 +97,10 @@ def fit_spread_gain(
     ``steps`` future frames, those without rain or with gaps skipped as ``nowcast evaluate`` does;
     the members of start time k of an event are drawn with seed ``seed + k``.
     """
-    candidates = _candidates(starts, ends)
+    try:
+        candidates = candidate_gains(starts, ends)
+    except ValueError as exc:
+        raise InputError(str(exc), field="gains") from exc
     if members < 2:
         raise InputError(f"members must be at least 2 to have a spread, got {members}", field="members")
     if not events:
@@ -119,7 +122,7 @@ def fit_spread_gain(
     spread = [[SpreadSkillSums() for _ in range(steps)] for _ in candidates]
     counted: dict[str, int] = {}
     for e, event in enumerate(events):
-        starts_here = _start_times(loader(event), n_input, steps, stride, seed, min_rain_mmh)
+        starts_here = _start_times(event, loader(event), n_input, steps, stride, seed, min_rain_mmh)
         sums, counted[event] = _fit_event(forecaster, drawer, starts_here, candidates, members, steps, spread)
         with np.errstate(invalid="ignore", divide="ignore"):
             crps[:, e] = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], np.nan)
@@ -146,27 +149,26 @@ def _fit_event(forecaster: Any, drawer: Any, starts: Any, candidates: list[tuple
     return sums, n_starts
 
 
-def _candidates(starts: Sequence[float], ends: Sequence[float]) -> list[tuple[float, float]]:
+def candidate_gains(starts: Sequence[float], ends: Sequence[float]) -> list[tuple[float, float]]:
+    """Every (start, end) of ``starts`` × ``ends``; ValueError where one is no valid ``ModelConfig`` gain."""
     if not starts or not ends:
-        raise InputError("give at least one start and one end gain", field="gains")
+        raise ValueError("give at least one start and one end gain")
     for gain in (*starts, *ends):
         try:
             ModelConfig(member_spread_gain_start=gain)
         except ValueError as exc:
-            raise InputError(f"spread gain {gain:g}: {exc}", field="gains") from exc
+            raise ValueError(f"spread gain {gain:g}: {exc}") from exc
     return [(float(s), float(e)) for s in dict.fromkeys(starts) for e in dict.fromkeys(ends)]
 
 
-def _start_times(sequence: Any, n_input: int, steps: int, stride: int, seed: int, min_rain_mmh: float):
+def _start_times(event: str, sequence: Any, n_input: int, steps: int, stride: int, seed: int, min_rain_mmh: float):
     """(past sequence, observed (steps, y, x), seed) of every start time that ``nowcast evaluate`` would score."""
+    times, steps_s, step_s = event_time_steps(event, sequence)
     values = sequence.values
-    times = sequence["time"].values
-    step_s = np.diff(times).astype("timedelta64[s]").astype(np.int64)
-    nominal = int(np.median(step_s)) if step_s.size else 0
     for k, index in enumerate(start_indices(len(times), n_input, steps, stride)):
         stop = index + n_input + steps
-        if skip_reason(values[index:index + n_input], values[index + n_input:stop], step_s[index:stop - 1],
-                       nominal, min_rain_mmh) is None:
+        if skip_reason(values[index:index + n_input], values[index + n_input:stop], steps_s[index:stop - 1],
+                       step_s, min_rain_mmh) is None:
             yield sequence.isel(time=slice(index, index + n_input)), values[index + n_input:stop], seed + k
 
 

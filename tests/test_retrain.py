@@ -246,6 +246,8 @@ def test_configs_are_checked(tmp_path):
         build({**config(), "spread_gain": {"fit": True}})
     with pytest.raises(ConfigError, match=r"spread_gain\.members"):
         build({**config(), "spread_gain": {"members": 1}})
+    with pytest.raises(ConfigError, match="spread gain 5"):
+        build({**config(), "spread_gain": {"ends": [5.0]}})
 
 
 def test_an_ensemble_candidate_is_scored_and_exported_with_its_own_fitted_spread_gain(tmp_path):
