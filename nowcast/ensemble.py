@@ -1,5 +1,5 @@
 """What an ensemble of rain-rate forecasts says: its mean, its probability-matched mean,
-exceedance probabilities and quantiles.
+exceedance probabilities (raw or neighbourhood-processed) and quantiles.
 
 Members lie on the first axis of every array here: ``(member, ...)`` in mm/h, NaN = no
 data. A pixel is no data in a product where every member is; members that lack data at a
@@ -57,6 +57,46 @@ def exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float])
     with np.errstate(invalid="ignore", divide="ignore"):
         probabilities = [np.where(finite, members > t, False).sum(axis=0) / count for t in thresholds_mmh]
     return np.stack(probabilities).astype(np.float32)
+
+
+def neighbourhood_window_pixels(lead_minutes: float, km_per_minute: float, pixel_size_km: float) -> int:
+    """The side in pixels (odd, at least 1) of the square window at a lead time.
+
+    The side grows linearly with the lead, ``km_per_minute`` km per minute: the position
+    error of a nowcast grows with the lead, and a window as wide as that error turns a
+    member's displaced cell into a probability spread over where it may be. 0 km per
+    minute is no neighbourhood (one pixel).
+    """
+    if not (np.isfinite(km_per_minute) and km_per_minute >= 0):
+        raise ValueError(f"the neighbourhood grows by a non-negative number of km per minute; got {km_per_minute}")
+    if not (np.isfinite(pixel_size_km) and pixel_size_km > 0):
+        raise ValueError(f"pixel size must be a positive number of km; got {pixel_size_km}")
+    return int(np.rint(km_per_minute * max(lead_minutes, 0.0) / pixel_size_km)) | 1
+
+
+def neighbourhood_probability(probability: np.ndarray, window_pixels: int) -> np.ndarray:
+    """Each pixel's mean probability over the ``window_pixels`` square around it, of the pixels with data.
+
+    ``probability``: (..., y, x), every leading index one field; NaN (no data) is left out of the
+    means and stays NaN; near an edge the window holds the pixels inside the grid. This is
+    IMPROVER's square neighbourhood processing of probabilities (``nbhood``), with no-data
+    pixels masked: a probability then reads "rain above the threshold within about half a
+    window of here", which a forecast whose cells are displaced by that much earns.
+    """
+    from scipy.ndimage import uniform_filter
+
+    probability = np.asarray(probability, dtype=np.float64)
+    if window_pixels <= 1:
+        return probability.copy()
+    valid = np.isfinite(probability)
+    size = (1,) * (probability.ndim - 2) + (window_pixels, window_pixels)
+    total = uniform_filter(np.where(valid, probability, 0.0), size, mode="constant")
+    weight = uniform_filter(valid.astype(np.float64), size, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # the filter's running sums leave rounding of ~1e-16, even where a window holds no data
+        out = np.clip(np.where(weight > 1e-9, total / weight, np.nan), 0.0, 1.0)
+    out[~valid] = np.nan
+    return out
 
 
 def ensemble_quantiles(members: np.ndarray, levels: Sequence[float]) -> np.ndarray:

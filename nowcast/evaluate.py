@@ -53,6 +53,7 @@ import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,7 +63,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from nowcast.ensemble import exceedance_probability, probability_matched_mean
+from nowcast.ensemble import (
+    exceedance_probability,
+    neighbourhood_probability,
+    neighbourhood_window_pixels,
+    probability_matched_mean,
+)
 from nowcast.errors import InputError, SequenceError
 from nowcast.forecasters import Forecaster, get_forecaster
 from nowcast.quiet import quiet_stdout
@@ -100,6 +106,8 @@ LOCAL_CLUSTER = "local"
 CONNECT_TIMEOUT_S = 30.0
 # start times in flight per Dask worker thread: enough to keep each busy while one is added up
 _TASKS_PER_THREAD = 2
+#: times a start time lost with its Dask worker is submitted again
+LOST_START_RETRIES = 2
 
 
 @dataclass
@@ -245,8 +253,8 @@ def evaluate(
     methods, events = list(dict.fromkeys(methods)), list(dict.fromkeys(events))
     out_dir = Path(out_dir)
     _check_arguments(methods, events, n_input=n_input, steps=steps, stride=stride, out_dir=out_dir)
-    _check_ensemble_arguments(members, seed)
     settings = settings or ScoreSettings()
+    _check_ensemble_arguments(members, seed, settings)
     plan = _plan(_forecasters(methods, n_input, models_dir), members, seed, brier_reference)
     if loader is None:
         from nowcast.io.catalogue import load_event
@@ -296,7 +304,10 @@ def _check_arguments(methods: list[str], events: list[str], *, n_input: int, ste
         raise InputError(f"{out_dir}: exists and is not a folder")
 
 
-def _check_ensemble_arguments(members: int | None, seed: int) -> None:
+def _check_ensemble_arguments(members: int | None, seed: int, settings: ScoreSettings) -> None:
+    if members is None and settings.probability_neighbourhood_km_per_minute:
+        raise InputError("probability_neighbourhood: given, but no members are drawn (it processes ensemble "
+                         "probabilities)", field="probability_neighbourhood")
     if members is not None and members < 2:
         raise InputError(f"members must be at least 2 to score an ensemble, got {members}", field="members")
     if seed < 0:
@@ -349,6 +360,19 @@ def event_time_steps(event_id: str, sequence: xr.DataArray) -> tuple[pd.Datetime
 def start_indices(n_frames: int, n_input: int, steps: int, stride: int) -> list[int]:
     """Index of the first past frame of every start time that has past and future frames."""
     return list(range(0, n_frames - n_input - steps + 1, stride))
+
+
+def scored_start_times(event_id: str, sequence: xr.DataArray, *, n_input: int, steps: int, stride: int, seed: int,
+                       min_rain_mmh: float = MIN_RAIN_MMH) -> Iterator[tuple[xr.DataArray, np.ndarray, int]]:
+    """(past frames, observed (steps, y, x), ``seed + k``) of the event's k-th start time, for each start time
+    this job would score (with rain, without gaps): what the fits that draw members on training events use."""
+    times, steps_s, step_s = event_time_steps(event_id, sequence)
+    values = sequence.values
+    for k, index in enumerate(start_indices(len(times), n_input, steps, stride)):
+        stop = index + n_input + steps
+        if skip_reason(values[index:index + n_input], values[index + n_input:stop], steps_s[index:stop - 1],
+                       step_s, min_rain_mmh) is None:
+            yield sequence.isel(time=slice(index, index + n_input)), values[index + n_input:stop], seed + k
 
 
 @dataclass(frozen=True)
@@ -495,9 +519,20 @@ def _map_case(start: _Start, forecasts: _Forecasts, settings: ScoreSettings) -> 
         reference_time=start.reference, wet_pixels=wet,
         observed={lead: observed[i].copy() for lead, i in pairs},
         forecasts={name: {lead: fc[i].copy() for lead, i in pairs} for name, fc in forecasts.deterministic.items()},
-        probabilities={name: {lead: exceedance_probability(members[:, i], threshold)[0] for lead, i in pairs}
+        probabilities={name: {lead: _map_probability(members[:, i], threshold, lead, start.pixel_size_km, settings)
+                              for lead, i in pairs}
                        for name, members in forecasts.members.items()},
     )
+
+
+def _map_probability(members: np.ndarray, threshold: Sequence[float], lead: float, pixel_size_km: float,
+                     settings: ScoreSettings) -> np.ndarray:
+    """The probability map as it is scored: neighbourhood-processed where the settings ask for it."""
+    probability = exceedance_probability(members, threshold)[0]
+    rate = settings.probability_neighbourhood_km_per_minute
+    if not rate:
+        return probability
+    return neighbourhood_probability(probability, neighbourhood_window_pixels(lead, rate, pixel_size_km))
 
 
 Run = Callable[[_Methods, Iterator[tuple[_EventResult, _Start]], ScoreSettings],
@@ -525,30 +560,68 @@ def _run_here(plan: _Methods, starts: Iterator[tuple[_EventResult, _Start]],
 def _run_on_dask(client: Any, plan: _Methods, starts: Iterator[tuple[_EventResult, _Start]],
                  settings: ScoreSettings) -> Iterator[tuple[_EventResult, _Start, _StartScores]]:
     """Submit a few start times per worker thread ahead; wait for them in order, submitting the next as each
-    one is taken (the events are cut into start times here, so a worker holds one start time's frames)."""
-    shared = client.scatter(plan, broadcast=True, hash=False)  # the forecasters travel once to every worker
+    one is taken (the events are cut into start times here, so a worker holds one start time's frames).
+
+    A start time whose worker died (Dask restarts a worker past its memory budget) is lost with the frames
+    scattered to it: it is submitted again, up to :data:`LOST_START_RETRIES` times, so that one worker's
+    death does not end the whole evaluation.
+    """
+    tasks = _DaskTasks(client, plan, settings)
     window = _TASKS_PER_THREAD * max(1, sum(client.nthreads().values()))
     pending: deque[tuple[_EventResult, _Start, Any]] = deque()
 
     def submit_next() -> None:
         item = next(starts, None)
         if item is not None:
-            # the frames go straight to a worker, not through the scheduler's task graph
-            frames = client.scatter(item[1], hash=False)
-            pending.append((*item, client.submit(score_start, shared, frames, settings, pure=False)))
+            pending.append((*item, tasks.submit(item[1])))
 
     for _ in range(window):
         submit_next()
     try:
         while pending:
             result, start, future = pending.popleft()
-            added = future.result()
-            future.release()
+            added = tasks.result(future, start)
             submit_next()
             yield result, start, added
     finally:
         for *_, future in pending:
             future.cancel()
+
+
+class _DaskTasks:
+    """Start times scored on Dask workers: the forecasters scattered once to every worker, each start time's
+    frames straight to one worker (not through the scheduler's task graph)."""
+
+    def __init__(self, client: Any, plan: _Methods, settings: ScoreSettings) -> None:
+        self.client, self.plan, self.settings = client, plan, settings
+        self.shared = client.scatter(plan, broadcast=True, hash=False)
+
+    def submit(self, start: _Start) -> Any:
+        frames = self.client.scatter(start, hash=False)
+        return self.client.submit(score_start, self.shared, frames, self.settings, pure=False)
+
+    def result(self, future: Any, start: _Start) -> _StartScores:
+        """The start time's scores, submitting it again where its worker died under it."""
+        from distributed import KilledWorker
+
+        lost = 0
+        while True:
+            try:
+                added = future.result()
+                future.release()
+                return added
+            except (CancelledError, KilledWorker) as exc:
+                lost += 1
+                if lost > LOST_START_RETRIES:
+                    raise InputError(
+                        f"event {start.event_id}, start time {start.reference}: lost with its Dask worker {lost} "
+                        f"times ({type(exc).__name__}); Dask restarts a worker past its memory budget: run with "
+                        "fewer workers (each then has more memory), or without Dask", field="workers") from exc
+                logger.warning("event %s, start time %s: lost with its Dask worker (%s); submitting it again",
+                               start.event_id, start.reference, type(exc).__name__)
+                # the forecasters may have gone with every worker that held them
+                self.shared = self.client.scatter(self.plan, broadcast=True, hash=False)
+                future = self.submit(start)
 
 
 @contextlib.contextmanager

@@ -219,7 +219,12 @@ def _pooled_reliability(ensemble: Mapping[str, Any], threshold: str) -> tuple[np
     reliabilities = [lead["probability"][threshold]["reliability"] for lead in ensemble["leads"].values()]
     event = np.sum([r["n_event"] for r in reliabilities], axis=0).astype(np.float64)
     no_event = np.sum([r["n_no_event"] for r in reliabilities], axis=0).astype(np.float64)
-    return event, no_event, np.asarray(reliabilities[0]["probability"])
+    # each bin at the mean probability of its pixels over all leads (smoothed probabilities fill a bin unevenly)
+    probability_sum = np.sum([r["probability_sum"] for r in reliabilities], axis=0)
+    n_at = event + no_event
+    with np.errstate(invalid="ignore", divide="ignore"):
+        probability = np.where(n_at > 0, probability_sum / n_at, np.asarray(reliabilities[0]["probability"]))
+    return event, no_event, probability
 
 
 def rank_histogram_figure(scores: Mapping[str, Mapping[str, Any]], *, title: str = "") -> Figure:

@@ -123,11 +123,17 @@ def ensemble_tables(scores: dict[str, Any], methods: list[str], config: dict[str
     thresholds = sorted({t for m in ensembles for lead in views[m]["leads"].values() for t in lead["probability"]},
                         key=float)
     reference = config.get("ensemble", {}).get("brier_reference")
+    neighbourhood = config.get("ensemble", {}).get("probability_neighbourhood_km_per_minute") or 0.0
     sizes = ", ".join(f"{m} {views[m]['members']}" for m in ensembles)
+    probabilities = ("Probabilities are the fraction of members above the threshold (an event is rate > "
+                     "threshold)")
+    if neighbourhood:
+        probabilities += (f", then the mean of that fraction over a square window (valid pixels only) whose side "
+                          f"grows {neighbourhood:g} km per minute of lead, for every ensemble alike; the CRPS, "
+                          "rank histogram and spread/skill score the members themselves")
     lines = ["", f"{heading} Ensembles", "",
              f"Members: {sizes}. The tables above score each ensemble's probability-matched mean under its "
-             "name; these score its members, on the same pixels. Probabilities are the fraction of members "
-             "above the threshold (an event is rate > threshold).", "",
+             f"name; these score its members, on the same pixels. {probabilities}.", "",
              f"{heading} CRPS (mm/h)", ""]
     lines += _lead_table(views, ensembles, {m: (lambda lead: lead["crps"]) for m in ensembles}, best=min)
     lines += ["", f"{heading} Brier score", ""]

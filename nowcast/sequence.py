@@ -224,3 +224,15 @@ def like(sequence: xr.DataArray, rate: np.ndarray, times: pd.DatetimeIndex) -> x
         ypixelsize=float(sequence.attrs.get("ypixelsize", 1000.0)),
         attrs=geo,
     )
+
+
+def lead_minutes_of(forecast: xr.DataArray, reference_time: Any | None = None) -> list[float]:
+    """Lead time of each forecast frame in minutes after the forecast reference time."""
+    reference = reference_time
+    if reference is None:
+        reference = forecast.attrs.get("forecast_reference_time")
+    if reference is None:
+        raise SequenceError("forecast has no forecast_reference_time; pass reference_time")
+    reference = pd.Timestamp(reference)
+    times = pd.DatetimeIndex(forecast["time"].values)
+    return [float((t - reference).total_seconds() / 60.0) for t in times]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from nowcast.errors import InputError
-from nowcast.evaluate import MIN_RAIN_MMH, Loader, event_time_steps, skip_reason, start_indices
+from nowcast.evaluate import MIN_RAIN_MMH, Loader, scored_start_times
 from nowcast.forecasters import get_forecaster
 from nowcast.gan.config import ModelConfig
 from nowcast.verification import SpreadSkillSums, crps_sums
@@ -122,7 +122,8 @@ def fit_spread_gain(
     spread = [[SpreadSkillSums() for _ in range(steps)] for _ in candidates]
     counted: dict[str, int] = {}
     for e, event in enumerate(events):
-        starts_here = _start_times(event, loader(event), n_input, steps, stride, seed, min_rain_mmh)
+        starts_here = scored_start_times(event, loader(event), n_input=n_input, steps=steps, stride=stride,
+                                         seed=seed, min_rain_mmh=min_rain_mmh)
         sums, counted[event] = _fit_event(forecaster, drawer, starts_here, candidates, members, steps, spread)
         with np.errstate(invalid="ignore", divide="ignore"):
             crps[:, e] = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], np.nan)
@@ -159,17 +160,6 @@ def candidate_gains(starts: Sequence[float], ends: Sequence[float]) -> list[tupl
         except ValueError as exc:
             raise ValueError(f"spread gain {gain:g}: {exc}") from exc
     return [(float(s), float(e)) for s in dict.fromkeys(starts) for e in dict.fromkeys(ends)]
-
-
-def _start_times(event: str, sequence: Any, n_input: int, steps: int, stride: int, seed: int, min_rain_mmh: float):
-    """(past sequence, observed (steps, y, x), seed) of every start time that ``nowcast evaluate`` would score."""
-    times, steps_s, step_s = event_time_steps(event, sequence)
-    values = sequence.values
-    for k, index in enumerate(start_indices(len(times), n_input, steps, stride)):
-        stop = index + n_input + steps
-        if skip_reason(values[index:index + n_input], values[index + n_input:stop], steps_s[index:stop - 1],
-                       step_s, min_rain_mmh) is None:
-            yield sequence.isel(time=slice(index, index + n_input)), values[index + n_input:stop], seed + k
 
 
 def _score_start(forecaster: Any, drawn: np.ndarray, prepared: Any, observed: np.ndarray,

@@ -60,10 +60,12 @@ member finite):
   not pysteps' ``CRPS_accum``, which drops an interval wherever the observation equals a
   member, as a dry observation equals every dry member, and so scored wet members over
   dry ground too kindly);
-* per threshold of ``probability_thresholds_mmh`` the pixels counted by how many members
-  exceed it, with and without the event observed (:class:`ProbabilityCounts`): the Brier
-  score, reliability diagram and ROC curve all come from these counts, so they add
-  exactly over forecasts and events; the Brier skill against a reference method is
+* per threshold of ``probability_thresholds_mmh`` the pixels binned by their forecast
+  probability (the fraction of members above it, or that fraction neighbourhood-processed
+  where ``probability_neighbourhood_km_per_minute`` asks for it, for every ensemble alike),
+  with and without the event observed (:class:`ProbabilityCounts`): the Brier score,
+  reliability diagram and ROC curve all come from these bins, so they add exactly over
+  forecasts and events; the Brier skill against a reference method is
   ``1 - BS / BS_reference`` from the summed Brier scores;
 * the rank histogram (:class:`RankHistogram`, pysteps' with its ``X_min``, ties shared
   evenly instead of drawn at random so that a run is reproducible);
@@ -88,9 +90,14 @@ import pandas as pd
 import xarray as xr
 from scipy.ndimage import uniform_filter
 
-from nowcast.ensemble import ensemble_mean, probability_matched_mean
+from nowcast.ensemble import (
+    ensemble_mean,
+    neighbourhood_probability,
+    neighbourhood_window_pixels,
+    probability_matched_mean,
+)
 from nowcast.errors import SequenceError
-from nowcast.sequence import pixel_size_km
+from nowcast.sequence import lead_minutes_of, pixel_size_km
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +128,15 @@ class ScoreSettings:
     spectrum_ratio_wavelengths_km: tuple[float, ...] = SPECTRUM_RATIO_WAVELENGTHS_KM
     probability_thresholds_mmh: tuple[float, ...] = THRESHOLDS_MMH
     rank_histogram_min_mmh: float = RANK_HISTOGRAM_MIN_MMH
+    #: Every ensemble's probabilities scored after neighbourhood processing, in a square
+    #: window growing this many km per minute of lead (0: the members' own fractions).
+    probability_neighbourhood_km_per_minute: float = 0.0
+
+    def __post_init__(self) -> None:
+        rate = self.probability_neighbourhood_km_per_minute
+        if not (np.isfinite(rate) and rate >= 0):
+            raise ValueError(f"the probability neighbourhood grows by a non-negative number of km per minute; "
+                             f"got {rate}")
 
     def ratio_wavelength_indices(self) -> dict[float, int]:
         """Each ratio wavelength's index on the spectrum's wavelength grid (the nearest)."""
@@ -141,6 +157,7 @@ class ScoreSettings:
         return {
             "probability_thresholds_mmh": list(self.probability_thresholds_mmh),
             "rank_histogram_min_mmh": self.rank_histogram_min_mmh,
+            "probability_neighbourhood_km_per_minute": self.probability_neighbourhood_km_per_minute,
         }
 
 
@@ -342,11 +359,14 @@ class LeadScores:
 
 
 class ProbabilityCounts:
-    """Valid pixels counted by how many of the M members exceed a threshold (0 to M), with and without the event.
+    """Valid pixels binned by forecast probability, with and without the event.
 
-    Every probabilistic score at the threshold comes from these 2 x (M + 1) counts, so they
-    add up exactly over forecasts and events: the Brier score (the forecast probability of
-    a pixel is k / M), the reliability diagram (one point per probability k / M) and the
+    There are M + 1 bins, centred on k / M (k = 0 to M). An ensemble's own probabilities,
+    the fraction k / M of its members above the threshold, fall on the centres; smoothed
+    ones (neighbourhood-processed, :func:`nowcast.ensemble.neighbourhood_probability`) go
+    to the nearest. Each bin also sums its probabilities and their squares, so the Brier
+    score is exact either way, and all of it adds up over forecasts and events. From the
+    bins come the reliability diagram (one point per bin, at its mean probability) and the
     ROC curve (one point per probability threshold k / M, pysteps' ``ROC_curve_compute``).
     An event is ``rate > threshold``, as in :class:`Contingency` and
     :func:`nowcast.ensemble.exceedance_probability`.
@@ -357,30 +377,55 @@ class ProbabilityCounts:
         self.n_members = n_members
         self.event = np.zeros(n_members + 1, dtype=np.int64)
         self.no_event = np.zeros(n_members + 1, dtype=np.int64)
+        # per bin, (no event, event): the sum of the probabilities and of their squares
+        self.probability_sum = np.zeros((2, n_members + 1))
+        self.square_sum = np.zeros((2, n_members + 1))
 
     def add(self, members: np.ndarray, observed: np.ndarray) -> None:
         """Count pixels: ``members`` (member, pixel) and ``observed`` (pixel), all finite."""
-        members_above = np.count_nonzero(members > self.threshold, axis=0)
+        self.add_probabilities(np.count_nonzero(members > self.threshold, axis=0) / self.n_members, observed)
+
+    def add_probabilities(self, probability: np.ndarray, observed: np.ndarray) -> None:
+        """Count pixels: forecast ``probability`` in [0, 1] and ``observed`` (pixel), all finite."""
+        probability = np.asarray(probability, dtype=np.float64)
+        if probability.shape != np.shape(observed):
+            raise ValueError(f"probabilities of shape {probability.shape} for observations of {np.shape(observed)}")
+        if probability.size and not (probability.min() >= 0.0 and probability.max() <= 1.0):
+            raise ValueError("forecast probabilities must lie in [0, 1]")
+        bins = np.rint(probability * self.n_members).astype(np.intp)
         event = observed > self.threshold
-        self.event += np.bincount(members_above[event], minlength=self.n_members + 1)
-        self.no_event += np.bincount(members_above[~event], minlength=self.n_members + 1)
+        size = self.n_members + 1
+        for row, pixels in ((0, ~event), (1, event)):
+            self.probability_sum[row] += np.bincount(bins[pixels], probability[pixels], minlength=size)
+            self.square_sum[row] += np.bincount(bins[pixels], probability[pixels] ** 2, minlength=size)
+        self.event += np.bincount(bins[event], minlength=size)
+        self.no_event += np.bincount(bins[~event], minlength=size)
 
     def merge(self, other: ProbabilityCounts) -> None:
         self.event += other.event
         self.no_event += other.no_event
+        self.probability_sum += other.probability_sum
+        self.square_sum += other.square_sum
 
     @property
     def probabilities(self) -> np.ndarray:
+        """The bins' centres, k / M."""
         return np.arange(self.n_members + 1) / self.n_members
+
+    def mean_probabilities(self) -> np.ndarray:
+        """Each bin's mean forecast probability (its centre where it is empty)."""
+        n_at = self.event + self.no_event
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n_at > 0, self.probability_sum.sum(axis=0) / n_at, self.probabilities)
 
     @property
     def n_pixels(self) -> int:
         return int(self.event.sum() + self.no_event.sum())
 
     def brier_sum(self) -> float:
-        """The squared probability errors summed over the pixels."""
-        p = self.probabilities
-        return float(np.sum(self.event * (1.0 - p) ** 2) + np.sum(self.no_event * p**2))
+        """The squared probability errors summed over the pixels: sum (1 - p)² with the event, p² without."""
+        with_event = self.event.sum() - 2.0 * self.probability_sum[1].sum() + self.square_sum[1].sum()
+        return float(with_event + self.square_sum[0].sum())
 
     def brier(self) -> float:
         return self.brier_sum() / self.n_pixels if self.n_pixels else float("nan")
@@ -389,7 +434,7 @@ class ProbabilityCounts:
         """POFD and POD at each probability threshold k / M (k = 0 to M), and the area under the curve."""
         from pysteps.verification import ROC_curve_compute
 
-        # "probability at or above k / M" is "k members or more above the threshold"
+        # "probability at or above k / M" is "in bin k or above"
         event_at_or_above = np.cumsum(self.event[::-1])[::-1]
         no_event_at_or_above = np.cumsum(self.no_event[::-1])[::-1]
         table = {"X_min": self.threshold, "prob_thrs": self.probabilities, "hits": event_at_or_above,
@@ -411,9 +456,10 @@ class ProbabilityCounts:
             "base_rate": float(self.event.sum() / self.n_pixels) if self.n_pixels else float("nan"),
             "roc_area": area,
             "roc": {"pofd": pofd.tolist(), "pod": pod.tolist()},
-            "reliability": {"probability": self.probabilities.tolist(),
+            "reliability": {"probability": self.mean_probabilities().tolist(),
                             "observed_frequency": observed_frequency.tolist(),
-                            "n_event": self.event.tolist(), "n_no_event": self.no_event.tolist()},
+                            "n_event": self.event.tolist(), "n_no_event": self.no_event.tolist(),
+                            "probability_sum": self.probability_sum.sum(axis=0).tolist()},
         }
         if reference is not None:
             result["brier_skill"] = brier_skill(self.brier(), reference.brier())
@@ -535,8 +581,13 @@ class EnsembleLeadScores:
         self.rank_histogram = RankHistogram(n_members, settings.rank_histogram_min_mmh)
         self.spread = SpreadSkillSums()
 
-    def add(self, members: np.ndarray, observed: np.ndarray) -> None:
-        """One forecast's valid pixels: ``members`` (member, pixel) and ``observed`` (pixel), all finite."""
+    def add(self, members: np.ndarray, observed: np.ndarray, *,
+            probabilities: Mapping[float, np.ndarray] | None = None) -> None:
+        """One forecast's valid pixels: ``members`` (member, pixel) and ``observed`` (pixel), all finite.
+
+        ``probabilities``: threshold -> the forecast probability of each pixel, where it is
+        not the members' fraction above the threshold (neighbourhood-processed, say).
+        """
         members = np.asarray(members, dtype=np.float64)
         observed = np.asarray(observed, dtype=np.float64)
         self.n_forecasts += 1
@@ -545,8 +596,11 @@ class EnsembleLeadScores:
         dry = (observed == 0.0) & np.all(members == 0.0, axis=0)
         self.crps_pixels += int(observed.size)
         self.crps_sum += crps_sums(members[:, ~dry], observed[~dry])
-        for counts in self.probability.values():
-            counts.add(members, observed)
+        for thr, counts in self.probability.items():
+            if probabilities is None:
+                counts.add(members, observed)
+            else:
+                counts.add_probabilities(probabilities[thr], observed)
         self.rank_histogram.add(members, observed)
         self.spread.add(members, observed)
 
@@ -905,9 +959,26 @@ def _add_deterministic(scores: Scores, lead: float, forecast: np.ndarray, observ
 
 def _add_ensemble(scores: Scores, lead: float, members: np.ndarray, observed: _Observed,
                   pixel_size_km: float) -> None:
-    scores.ensemble_lead(lead).add(members[:, observed.valid], observed.values)
+    rate = scores.settings.probability_neighbourhood_km_per_minute
+    probabilities = None  # the members' own fractions, counted from the members
+    if rate:
+        probabilities = valid_pixel_probabilities(members, observed.valid, scores.settings.probability_thresholds_mmh,
+                                                  neighbourhood_window_pixels(lead, rate, pixel_size_km))
+    scores.ensemble_lead(lead).add(members[:, observed.valid], observed.values, probabilities=probabilities)
     if observed.spectrum is not None:
         _add_spectra(scores, lead, members[0], observed, pixel_size_km, member=True)
+
+
+def valid_pixel_probabilities(members: np.ndarray, valid: np.ndarray, thresholds: Iterable[float],
+                              window_pixels: int) -> dict[float, np.ndarray]:
+    """Each threshold's forecast probability at the ``valid`` pixels of ``members`` (member, y, x): the
+    members' fraction above it, averaged over the ``window_pixels`` square of valid pixels around
+    each pixel (1: the fraction itself)."""
+    result = {}
+    for thr in thresholds:
+        fraction = np.where(valid, np.count_nonzero(members > thr, axis=0) / members.shape[0], np.nan)
+        result[thr] = neighbourhood_probability(fraction, window_pixels)[valid]
+    return result
 
 
 def _add_spectra(scores: Scores, lead: float, forecast: np.ndarray, observed: _Observed, pixel_size_km: float, *,
@@ -920,18 +991,6 @@ def _add_spectra(scores: Scores, lead: float, forecast: np.ndarray, observed: _O
     matched[observed.valid] = matched_to_observed(forecast[observed.valid], observed.values)
     scores.spectrum(lead, matched=True, member=member).add(observed.spectrum,
                                                            spectrum_on_grid(matched, pixel_size_km, wavelengths))
-
-
-def lead_minutes_of(forecast: xr.DataArray, reference_time: Any | None = None) -> list[float]:
-    """Lead time of each forecast frame in minutes after the forecast reference time."""
-    reference = reference_time
-    if reference is None:
-        reference = forecast.attrs.get("forecast_reference_time")
-    if reference is None:
-        raise SequenceError("forecast has no forecast_reference_time; pass reference_time")
-    reference = pd.Timestamp(reference)
-    times = pd.DatetimeIndex(forecast["time"].values)
-    return [float((t - reference).total_seconds() / 60.0) for t in times]
 
 
 def verify(forecast: xr.DataArray, observed: xr.DataArray, *, scores: Scores | None = None,

@@ -15,9 +15,14 @@ import pytest
 import xarray as xr
 from pysteps.verification import CRPS, ROC_curve, rankhist
 
-from nowcast.ensemble import exceedance_probability, probability_matched_mean
+from nowcast.ensemble import (
+    exceedance_probability,
+    neighbourhood_probability,
+    neighbourhood_window_pixels,
+    probability_matched_mean,
+)
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
-from nowcast.verification import Scores, ScoreSettings, accumulate, crps_sums, verify
+from nowcast.verification import ProbabilityCounts, Scores, ScoreSettings, accumulate, crps_sums, verify
 
 M = 8
 
@@ -159,6 +164,90 @@ def test_brier_reliability_and_roc_are_those_of_the_exceedance_probability():
         assert scores["roc"]["pod"] == pytest.approx(pod)
         assert scores["roc_area"] == pytest.approx(area)
         assert 0.4 < scores["roc_area"] < 0.6  # members unrelated to the observation: no discrimination
+
+
+def brute_force_window_mean(field: np.ndarray, side: int) -> np.ndarray:
+    """The mean of the finite values in the side x side square around each finite pixel, cut at the edges."""
+    half = side // 2
+    out = np.full(field.shape, np.nan)
+    for y, x in zip(*np.nonzero(np.isfinite(field)), strict=True):
+        window = field[max(0, y - half):y + half + 1, max(0, x - half):x + half + 1]
+        out[y, x] = np.nanmean(window)
+    return out
+
+
+def test_neighbourhood_probability_is_the_mean_over_the_pixels_with_data_in_its_window():
+    rng = np.random.default_rng(11)
+    probability = rng.integers(0, M + 1, (2, 23, 31)) / M
+    probability[0, :4, :] = np.nan  # no data: left out of every window, and stays no data
+    probability[1, 10:14, 5:9] = np.nan
+    for side in (3, 7):
+        smoothed = neighbourhood_probability(probability, side)
+        for field, expected in zip(smoothed, probability, strict=True):
+            np.testing.assert_allclose(field, brute_force_window_mean(expected, side), atol=1e-12)
+    np.testing.assert_array_equal(neighbourhood_probability(probability, 1), probability)
+    flat = np.full((9, 9), 0.375)
+    np.testing.assert_allclose(neighbourhood_probability(flat, 5), flat, atol=1e-15)
+    assert np.nanmin(neighbourhood_probability(probability, 9)) >= 0.0  # no rounding below 0
+
+
+def test_the_neighbourhood_window_grows_with_the_lead_in_km():
+    assert neighbourhood_window_pixels(5.0, 0.0, 1.0) == 1  # no neighbourhood
+    assert neighbourhood_window_pixels(5.0, 0.8, 1.0) == 5  # 4 km on 1 km pixels, made odd
+    assert neighbourhood_window_pixels(60.0, 0.8, 1.0) == 49
+    assert neighbourhood_window_pixels(60.0, 0.8, 0.5) == 97  # the same 48 km on a finer grid
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="non-negative number of km per minute"):
+            neighbourhood_window_pixels(5.0, bad, 1.0)
+    with pytest.raises(ValueError, match="pixel size"):
+        neighbourhood_window_pixels(5.0, 0.8, 0.0)
+    with pytest.raises(ValueError, match="non-negative number of km per minute"):
+        ScoreSettings(probability_neighbourhood_km_per_minute=-1.0)
+
+
+def test_the_brier_score_of_any_probabilities_is_exact_and_their_bins_the_nearest_member_fraction():
+    rng = np.random.default_rng(12)
+    probability = rng.random(5000)
+    observed = rain(rng, (5000,))
+    counts = ProbabilityCounts(1.0, M)
+    counts.add_probabilities(probability[:3000], observed[:3000])
+    rest = ProbabilityCounts(1.0, M)
+    rest.add_probabilities(probability[3000:], observed[3000:])
+    counts.merge(rest)
+    event = observed > 1.0
+    assert counts.brier() == pytest.approx(np.mean((probability - event) ** 2), rel=1e-12)
+    nearest = np.rint(probability * M)
+    reliability = counts.to_dict()["reliability"]
+    for k in range(M + 1):
+        assert reliability["n_event"][k] == np.sum(event & (nearest == k))
+        assert reliability["probability"][k] == pytest.approx(probability[nearest == k].mean())
+    # the members' own fractions give the same counts and Brier score as counting members
+    members = rain(rng, (M, 5000))
+    by_members, by_fraction = ProbabilityCounts(1.0, M), ProbabilityCounts(1.0, M)
+    by_members.add(members, observed)
+    by_fraction.add_probabilities(np.count_nonzero(members > 1.0, axis=0) / M, observed)
+    assert by_members.to_dict() == by_fraction.to_dict()
+    with pytest.raises(ValueError, match=r"lie in \[0, 1\]"):
+        counts.add_probabilities(np.array([1.5]), np.array([0.0]))
+
+
+def test_scores_take_the_neighbourhood_processed_probabilities_on_the_valid_pixels_only():
+    rng = np.random.default_rng(13)
+    members, observed = rain(rng, (M, 40, 50)), rain(rng, (40, 50))
+    observed[:, :6] = np.nan  # the window never averages in what is not scored
+    settings = ScoreSettings(probability_neighbourhood_km_per_minute=0.8)
+    smoothed = lead_of(score_ensemble(members, observed, lead=10.0, settings=settings), "10")
+    raw = lead_of(score_ensemble(members, observed, lead=10.0), "10")
+    valid = np.isfinite(observed)
+    for threshold in (1.0, 4.0):
+        fraction = np.where(valid, np.count_nonzero(members > threshold, axis=0) / M, np.nan)
+        expected = brute_force_window_mean(fraction, 9)[valid]  # 8 km at 1 km pixels, made odd
+        event = observed[valid] > threshold
+        scores = smoothed["probability"][f"{threshold:g}"]
+        assert scores["brier"] == pytest.approx(np.mean((expected - event) ** 2), rel=1e-10)
+        assert scores["brier"] < raw["probability"][f"{threshold:g}"]["brier"]  # members unrelated to the rain
+    for name in ("crps", "spread_skill", "rank_histogram"):  # the members themselves are scored as they are
+        assert smoothed[name] == raw[name]
 
 
 def test_brier_skill_comes_from_summed_brier_scores():

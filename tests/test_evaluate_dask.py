@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 
+from nowcast import forecasters
 from nowcast.errors import InputError
 from nowcast.evaluate import LOCAL_CLUSTER, evaluate
+from nowcast.forecasters.base import Forecaster
 from nowcast.gan.export import export_run
 from nowcast.gan.train import train
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
@@ -56,6 +61,34 @@ def test_local_cluster_scores_equal_the_single_process_ones(tmp_path, events, re
         assert there["timing"][name]["n_forecasts"] == here["timing"][name]["n_forecasts"]
     assert here["nonfinite"]["persistence"]["inf"] == 0 and here["nonfinite"]["tiny-gan"]["values"] > 0
     assert (tmp_path / "dask" / "scores.json").read_text() != ""
+
+
+class DiesOnce(Forecaster):
+    """Persistence whose first forecast kills the process running it, as Dask kills a worker past its memory
+    budget; the frames scattered to that worker go with it."""
+
+    name = "dies-once"
+    n_input_frames = 1
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def predict(self, past: np.ndarray, steps: int, **_: object) -> np.ndarray:
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os._exit(1)
+        return np.repeat(past[:, -1:], steps, axis=1)
+
+
+def test_a_start_time_lost_with_its_worker_is_scored_again(tmp_path, events, monkeypatch):
+    marker = tmp_path / "died"
+    monkeypatch.setitem(forecasters.METHODS, "dies-once", lambda: DiesOnce(marker))
+    arguments = dict(n_input=4, steps=5, stride=3, loader=events.__getitem__, progress=False)
+    there = evaluate(["dies-once"], list(events), out_dir=tmp_path / "dask", scheduler=LOCAL_CLUSTER, workers=2,
+                     **arguments)
+    assert marker.exists()  # a worker did die
+    here = evaluate(["dies-once"], list(events), out_dir=tmp_path / "here", **arguments)
+    assert _scores(there) == _scores(here)
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, events, monkeypatch):

@@ -20,7 +20,7 @@ from nowcast.errors import InputError
 from nowcast.evaluate import RANK_HISTOGRAM_PLOT, RELIABILITY_PLOT, SCORES_JSON, SCORES_MARKDOWN, evaluate
 from nowcast.forecasters.base import Forecaster, Spacing
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
-from nowcast.verification import Contingency, crps_sums
+from nowcast.verification import Contingency, ScoreSettings, crps_sums
 
 MEMBERS = 5
 ENSEMBLES = ("noisy", "wide")
@@ -80,7 +80,8 @@ def test_only_the_ensembles_get_ensemble_scores(ensemble_run):
     report, _ = ensemble_run
     assert report["config"]["ensemble"] == {
         "members": MEMBERS, "seed": 0, "methods": list(ENSEMBLES), "brier_reference": "wide",
-        "probability_thresholds_mmh": [1.0, 4.0, 8.0], "rank_histogram_min_mmh": 0.1}
+        "probability_thresholds_mmh": [1.0, 4.0, 8.0], "rank_histogram_min_mmh": 0.1,
+        "probability_neighbourhood_km_per_minute": 0.0}
     scores = report["overall"]["scores"]
     assert set(scores["persistence"]) == {"leads", "spectrum", "spectrum_matched"}
     for name in ENSEMBLES:
@@ -243,6 +244,9 @@ def test_ensemble_options_are_checked_before_any_event_is_loaded(tmp_path):
         with pytest.raises(InputError, match="reference 'persistence' is not among the methods scored as ensembles"):
             evaluate(["persistence", "noisy"], ["e"], members=4, brier_reference="persistence", loader=loader,
                      out_dir=tmp_path, progress=False)
+        with pytest.raises(InputError, match="probability_neighbourhood: given, but no members are drawn"):
+            evaluate(["noisy"], ["e"], loader=loader, out_dir=tmp_path, progress=False,
+                     settings=ScoreSettings(probability_neighbourhood_km_per_minute=0.8))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -258,6 +262,28 @@ def test_without_steps_there_is_no_brier_reference_and_maps_show_probabilities(e
     finite = probabilities["noisy"][30.0][np.isfinite(probabilities["noisy"][30.0])]
     assert finite.min() >= 0.0 and finite.max() <= 1.0 and 0.0 < finite.mean() < 1.0
     assert "### Brier skill" not in (tmp_path / SCORES_MARKDOWN).read_text()
+
+
+def test_every_ensemble_is_scored_with_neighbourhood_processed_probabilities_alike(ensemble_run, events, tmp_path,
+                                                                                  monkeypatch):
+    maps_drawn = []
+    draw_maps = plots.maps_figure
+    monkeypatch.setattr(plots, "maps_figure", lambda *a, **kw: maps_drawn.append(kw) or draw_maps(*a, **kw))
+    raw, _ = ensemble_run
+    report = run(events, tmp_path, members=MEMBERS, brier_reference="wide",
+                 settings=ScoreSettings(probability_neighbourhood_km_per_minute=0.5))
+    assert report["config"]["ensemble"]["probability_neighbourhood_km_per_minute"] == 0.5
+    for method in ENSEMBLES:
+        smoothed = report["overall"]["scores"][method]["ensemble"]["leads"]
+        unsmoothed = raw["overall"]["scores"][method]["ensemble"]["leads"]
+        assert [lead["crps"] for lead in smoothed.values()] == [lead["crps"] for lead in unsmoothed.values()]
+        # noise per pixel averages out in a window: every lead's Brier score falls
+        for lead, scores in smoothed.items():
+            assert scores["probability"]["1"]["brier"] < unsmoothed[lead]["probability"]["1"]["brier"]
+    assert "grows 0.5 km per minute of lead, for every ensemble alike" in (tmp_path / SCORES_MARKDOWN).read_text()
+    # the map shows the probability as it is scored: smoother than the members' own fractions
+    probability = maps_drawn[0]["probabilities"]["noisy"][30.0]
+    assert len(np.unique(probability[np.isfinite(probability)])) > MEMBERS + 1
 
 
 def test_the_command_line_passes_the_ensemble_options(tmp_path, monkeypatch):
@@ -278,8 +304,12 @@ def test_the_command_line_passes_the_ensemble_options(tmp_path, monkeypatch):
     assert (calls[0]["members"], calls[0]["seed"], calls[0]["brier_reference"]) == (12, 7, None)
     result = runner.invoke(app, common)
     assert (calls[1]["members"], calls[1]["seed"], calls[1]["brier_reference"]) == (None, 0, "steps")
+    assert calls[1]["settings"].probability_neighbourhood_km_per_minute == 0.0
     result = runner.invoke(app, [*common, "--members", "1"])
     assert result.exit_code == EXIT_USER_ERROR
+    result = runner.invoke(app, [*common, "--members", "20", "--probability-neighbourhood", "0.8"])
+    assert result.exit_code == 0, result.output
+    assert calls[2]["settings"].probability_neighbourhood_km_per_minute == 0.8
 
 
 def test_a_model_card_keeps_the_ensemble_scores(ensemble_run):
