@@ -2,8 +2,9 @@
 
 An ensemble forecast (member, time, y, x) in mm/h becomes the products a
 :class:`ProductRequest` asks for, computed by :mod:`nowcast.ensemble`: the ``members``
-themselves, exceedance ``probabilities`` at thresholds, the ensemble ``mean``, the
-probability-matched mean ``pm_mean`` and ``quantiles`` at levels. They travel together as
+themselves, exceedance ``probabilities`` at thresholds (neighbourhood-processed where the
+request asks for it), the ensemble ``mean``, the probability-matched mean ``pm_mean`` and
+``quantiles`` at levels. They travel together as
 an :class:`xarray.Dataset` with one variable per product, on the forecast's grid and times
 (the CF-netCDF writer, the command line and the service all take this form).
 """
@@ -19,11 +20,20 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from nowcast.ensemble import ensemble_mean, ensemble_quantiles, exceedance_probability, probability_matched_mean
+from nowcast.ensemble import (
+    ensemble_mean,
+    ensemble_quantiles,
+    exceedance_probability,
+    neighbourhood_probability,
+    neighbourhood_window_pixels,
+    probability_matched_mean,
+)
 from nowcast.errors import InputError
-from nowcast.sequence import MAX_RAIN_RATE_MMH
+from nowcast.sequence import MAX_RAIN_RATE_MMH, lead_minutes_of, pixel_size_km
 
 PRODUCTS = ("members", "probabilities", "mean", "pm_mean", "quantiles")
+#: the widest neighbourhood a request may ask for: 10 km per minute is 600 km at +60 min
+MAX_NEIGHBOURHOOD_KM_PER_MINUTE = 10.0
 #: what an ensemble forecast gives when no products are named
 DEFAULT_PRODUCTS = ("members", "probabilities")
 DEFAULT_THRESHOLDS_MMH = (1.0, 4.0, 8.0)
@@ -34,30 +44,39 @@ DEFAULT_QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 class ProductRequest:
     """Which products to make from an ensemble, at which thresholds (mm/h) and quantile levels.
 
-    Lists are kept as tuples in the order given; errors name the field at fault
-    (``products``, ``thresholds``, ``quantile_levels``).
+    ``neighbourhood``: the probabilities' square neighbourhood, whose side grows this many
+    km per minute of lead (0: the members' own fractions; see
+    :func:`nowcast.ensemble.neighbourhood_probability`). Lists are kept as tuples in the
+    order given; errors name the field at fault (``products``, ``thresholds``,
+    ``quantile_levels``, ``neighbourhood``).
     """
 
     products: tuple[str, ...] = DEFAULT_PRODUCTS
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS_MMH
     quantile_levels: tuple[float, ...] = DEFAULT_QUANTILE_LEVELS
+    neighbourhood: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "products", _product_names(self.products))
         object.__setattr__(self, "thresholds", _numbers(self.thresholds, "thresholds", 0.0, MAX_RAIN_RATE_MMH))
         object.__setattr__(self, "quantile_levels", _numbers(self.quantile_levels, "quantile_levels", 0.0, 1.0))
+        object.__setattr__(self, "neighbourhood",
+                           _numbers((self.neighbourhood,), "neighbourhood", 0.0, MAX_NEIGHBOURHOOD_KM_PER_MINUTE)[0])
 
     @classmethod
     def from_options(cls, products: Iterable[str] | None = None, thresholds: Iterable[float] | None = None,
-                     quantile_levels: Iterable[float] | None = None) -> ProductRequest:
-        """A request from options, None meaning the default; thresholds or levels of a product not asked: refused."""
+                     quantile_levels: Iterable[float] | None = None,
+                     neighbourhood: float | None = None) -> ProductRequest:
+        """A request from options, None meaning the default; options of a product not asked for: refused."""
         request = cls(
             tuple(products) if products is not None else DEFAULT_PRODUCTS,
             tuple(thresholds) if thresholds is not None else DEFAULT_THRESHOLDS_MMH,
             tuple(quantile_levels) if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS,
+            neighbourhood if neighbourhood is not None else 0.0,
         )
         for given, field, product in [(thresholds, "thresholds", "probabilities"),
-                                      (quantile_levels, "quantile_levels", "quantiles")]:
+                                      (quantile_levels, "quantile_levels", "quantiles"),
+                                      (neighbourhood, "neighbourhood", "probabilities")]:
             if given is not None and product not in request.products:
                 raise InputError(f"{field}: given, but {product} are not among the products asked for "
                                  f"({', '.join(request.products)})", field=field)
@@ -114,7 +133,7 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     frame_dims = forecast.dims[1:]
     made = {
         "members": lambda: (forecast.dims, members),
-        "probabilities": lambda: (("threshold", *frame_dims), exceedance_probability(members, request.thresholds)),
+        "probabilities": lambda: (("threshold", *frame_dims), _probabilities(forecast, members, request)),
         "mean": lambda: (frame_dims, ensemble_mean(members)),
         "pm_mean": lambda: (frame_dims, probability_matched_mean(members)),
         "quantiles": lambda: (("quantile", *frame_dims), ensemble_quantiles(members, request.quantile_levels)),
@@ -129,4 +148,18 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     products = xr.Dataset({name: made[name]() for name in request.products}, coords=coords)
     products.attrs = dict(forecast.attrs)
     products.attrs["ensemble_members"] = int(members.shape[0])
+    if "probabilities" in request.products and request.neighbourhood:
+        products["probabilities"].attrs["neighbourhood_km_per_minute"] = request.neighbourhood
     return products
+
+
+def _probabilities(forecast: xr.DataArray, members: np.ndarray, request: ProductRequest) -> np.ndarray:
+    """Exceedance probabilities (threshold, time, y, x), each lead's neighbourhood-processed where asked."""
+    probabilities = exceedance_probability(members, request.thresholds)
+    if not request.neighbourhood:
+        return probabilities
+    size_km = pixel_size_km(forecast)
+    for i, lead in enumerate(lead_minutes_of(forecast)):
+        window = neighbourhood_window_pixels(lead, request.neighbourhood, size_km)
+        probabilities[:, i] = neighbourhood_probability(probabilities[:, i], window)
+    return probabilities

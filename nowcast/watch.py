@@ -86,7 +86,8 @@ class WatchConfig:
     ``source`` names a ``[sources.NAME]`` table of the event catalogue (``catalogue``, default:
     ``NOWCAST_EVENT_CATALOGUE`` or the packaged one). ``model``, ``model_version``, ``models_dir``
     and ``device`` default to the service's ``NOWCAST_*`` settings. ``members``: draw an ensemble
-    and write its probability-matched mean and exceedance probabilities at ``thresholds`` (mm/h);
+    and write its probability-matched mean and exceedance probabilities at ``thresholds`` (mm/h),
+    neighbourhood-processed with a window growing ``neighbourhood`` km per minute of lead (0: none);
     ``write_members``: the members themselves too (a product ``members`` times larger).
     Times in seconds, except ``retention_hours``.
     """
@@ -102,6 +103,8 @@ class WatchConfig:
     steps: int = 12
     members: int | None = None
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS_MMH
+    #: the probabilities' square neighbourhood, km per minute of lead (0: none; see ProductRequest)
+    neighbourhood: float = 0.0
     write_members: bool = False
     retention_hours: float = 24.0
     poll_interval_s: float = 2.0
@@ -116,6 +119,7 @@ class WatchConfig:
             (self.steps >= 1, "steps must be at least 1"),
             (self.members is None or self.members >= 2, "members must be at least 2 (or left out)"),
             (self.members is not None or not self.write_members, "write_members needs members"),
+            (self.members is not None or not self.neighbourhood, "neighbourhood needs members"),
             (self.retention_hours > 0, "retention_hours must be positive"),
             (self.poll_interval_s > 0, "poll_interval_s must be positive"),
             (self.settle_s >= 0, "settle_s must not be negative"),
@@ -127,7 +131,8 @@ class WatchConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        ProductRequest(("pm_mean", "probabilities"), self.thresholds)  # refuses bad thresholds
+        # refuses bad thresholds and neighbourhoods
+        ProductRequest(("pm_mean", "probabilities"), self.thresholds, neighbourhood=self.neighbourhood)
 
     @property
     def retention(self) -> pd.Timedelta:
@@ -139,7 +144,7 @@ class WatchConfig:
         if self.members is None:
             return None
         products = ("pm_mean", "probabilities", "members") if self.write_members else ("pm_mean", "probabilities")
-        return ProductRequest(products, self.thresholds)
+        return ProductRequest(products, self.thresholds, neighbourhood=self.neighbourhood)
 
 
 def load_watch_config(path: str | os.PathLike[str], **overrides: Any) -> WatchConfig:

@@ -119,7 +119,8 @@ def parse_json_request(body: bytes, settings: Settings) -> ForecastQuery:
         members=request.members,
         seed=request.seed,
         output_encoding=request.output_encoding or default_encoding,
-        products=product_request(request.members, request.products, request.thresholds, request.quantile_levels),
+        products=product_request(request.members, request.products, request.thresholds, request.quantile_levels,
+                                 request.neighbourhood),
     )
 
 
@@ -128,16 +129,18 @@ def product_request(
     products: list[str] | None,
     thresholds: list[float] | None,
     quantile_levels: list[float] | None,
+    neighbourhood: float | None = None,
 ) -> ProductRequest | None:
     """The products a request asks for (None: the forecast's frames), checked with the field at fault named."""
     if products is None:
-        for given, field in [(thresholds, "thresholds"), (quantile_levels, "quantile_levels")]:
+        for given, field in [(thresholds, "thresholds"), (quantile_levels, "quantile_levels"),
+                             (neighbourhood, "neighbourhood")]:
             if given is not None:
                 raise InputError(f"{field}: given without products; ask for products too", field=field)
         return None
     if members is None:
         raise InputError("products: ensemble products are made from members; give members too", field="products")
-    return ProductRequest.from_options(products, thresholds, quantile_levels)
+    return ProductRequest.from_options(products, thresholds, quantile_levels, neighbourhood)
 
 
 def query_numbers(text: str | None, field: str) -> list[float] | None:
@@ -208,6 +211,7 @@ def parse_netcdf_request(
     products: str | None = None,
     thresholds: str | None = None,
     quantile_levels: str | None = None,
+    neighbourhood: float | None = None,
 ) -> ForecastQuery:
     """Decode a CF-netCDF body (steps, members, seed and the products, comma-separated, come from the query string).
 
@@ -224,6 +228,7 @@ def parse_netcdf_request(
         [name.strip() for name in products.split(",") if name.strip()] if products is not None else None,
         query_numbers(thresholds, "thresholds"),
         query_numbers(quantile_levels, "quantile_levels"),
+        neighbourhood,
     )
 
     def check_shape(n_t: int, n_y: int, n_x: int) -> None:
@@ -554,6 +559,8 @@ def _products_text(products: xr.Dataset, encoding: Encoding) -> Iterator[bytes]:
                                         "units": "1" if name == "probabilities" else "mm/h"}
         if name == "probabilities":
             described["thresholds"] = products["threshold"].values.tolist()
+            neighbourhood = products[name].attrs.get("neighbourhood_km_per_minute", 0.0)
+            described["neighbourhood_km_per_minute"] = float(neighbourhood)
         elif name == "quantiles":
             described["levels"] = products["quantile"].values.tolist()
         key = (b"," if index else b"") + json.dumps(str(name)).encode() + b":"

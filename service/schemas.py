@@ -78,6 +78,13 @@ class NowcastOptions(BaseModel):
         max_length=64,
         description="levels in [0, 1] of the quantiles, increasing (default 0.1, 0.5, 0.9)",
     )
+    neighbourhood: float | None = Field(
+        default=None,
+        ge=0,
+        le=10,
+        description="with probabilities: each becomes the mean over a square window whose side grows this many km "
+        "per minute of lead (IMPROVER's square neighbourhood processing; default 0, none)",
+    )
     projection: str = Field(
         default="", max_length=4096, pattern=r"^[^\x00-\x1f]*$", description="PROJ string of the grid"
     )
@@ -141,6 +148,9 @@ class ProductFrames(BaseModel):
 
 class ProbabilityFrames(ProductFrames):
     thresholds: list[float] = Field(description="P(rate > threshold), thresholds in mm/h, one per leading index")
+    neighbourhood_km_per_minute: float = Field(
+        default=0.0, description="the square neighbourhood the probabilities were processed with (0: none)"
+    )
 
 
 class QuantileFrames(ProductFrames):

@@ -422,7 +422,14 @@ def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
         "members": write_netcdf(forecast, tmp_path / "members.nc", forecast_reference_time=reference),
         "probabilities": write_netcdf(ensemble_products(forecast, ProductRequest(("probabilities",))),
                                       tmp_path / "probabilities.nc", forecast_reference_time=reference),
+        "neighbourhood": write_netcdf(
+            ensemble_products(forecast, ProductRequest(("probabilities",), neighbourhood=1.0)),
+            tmp_path / "neighbourhood.nc", forecast_reference_time=reference),
     }
+    with xr.open_dataset(files["neighbourhood"]) as ds:
+        probability = ds["probability_of_lwe_precipitation_rate_above_threshold"]
+        assert probability.attrs["neighbourhood_km_per_minute"] == 1.0
+        assert "grows 1 km per minute of lead" in probability.attrs["comment"]
     for kind, path in files.items():
         assert _cf_errors(checker, path, tmp_path / f"{kind}.json") == [], kind
 

@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from nowcast.ensemble import ensemble_mean, ensemble_quantiles, exceedance_probability, probability_matched_mean
+from nowcast.ensemble import (
+    ensemble_mean,
+    ensemble_quantiles,
+    exceedance_probability,
+    neighbourhood_probability,
+    probability_matched_mean,
+)
 from nowcast.errors import InputError
 from nowcast.products import (
     DEFAULT_PRODUCTS,
@@ -53,6 +59,8 @@ def test_defaults() -> None:
         ({"thresholds": (float("nan"),)}, "thresholds", "not a finite number"),
         ({"quantile_levels": (0.5, 1.5)}, "quantile_levels", "outside [0, 1]"),
         ({"quantile_levels": ("0.5",)}, "quantile_levels", "not a finite number"),
+        ({"neighbourhood": -0.5}, "neighbourhood", "outside [0, 10]"),
+        ({"neighbourhood": float("inf")}, "neighbourhood", "not a finite number"),
     ],
 )
 def test_bad_requests_name_the_field(kwargs: dict, field: str, words: str) -> None:
@@ -70,6 +78,9 @@ def test_options_for_products_not_asked_are_refused() -> None:
     with pytest.raises(InputError, match="probabilities are not among") as refused:
         ProductRequest.from_options(["mean"], [2.0], None)
     assert refused.value.field == "thresholds"
+    with pytest.raises(InputError, match="probabilities are not among") as refused:
+        ProductRequest.from_options(["members"], None, None, 0.8)
+    assert refused.value.field == "neighbourhood"
 
 
 def test_products_are_what_nowcast_ensemble_computes() -> None:
@@ -90,6 +101,23 @@ def test_products_are_what_nowcast_ensemble_computes() -> None:
     assert products.attrs["ensemble_members"] == 5
     assert np.isnan(products["probabilities"].values[:, :, 0, 0]).all()
     assert np.isfinite(products["probabilities"].values[:, :, 1, 1]).all()
+
+
+def test_neighbourhood_probabilities_widen_their_window_with_the_lead() -> None:
+    forecast = ensemble(members=6, steps=3, ny=30, nx=31)  # 1 km pixels, leads 5, 10 and 15 min
+    products = ensemble_products(forecast, ProductRequest(("probabilities",), (1.0, 4.0), neighbourhood=0.6))
+    raw = exceedance_probability(forecast.values, (1.0, 4.0))
+    for lead, window in enumerate((3, 7, 9)):  # 3, 6 and 9 km, made odd
+        np.testing.assert_allclose(products["probabilities"].values[:, lead],
+                                   neighbourhood_probability(raw[:, lead], window), atol=1e-6)
+    assert products["probabilities"].attrs["neighbourhood_km_per_minute"] == 0.6
+    assert np.isnan(products["probabilities"].values[:, :, 0, 0]).all()  # no data stays no data
+    unprocessed = ensemble_products(forecast, ProductRequest(("probabilities",), (1.0, 4.0)))
+    assert "neighbourhood_km_per_minute" not in unprocessed["probabilities"].attrs
+    without_reference = forecast.copy()
+    del without_reference.attrs["forecast_reference_time"]
+    with pytest.raises(ValueError, match="no forecast_reference_time"):
+        ensemble_products(without_reference, ProductRequest(("probabilities",), neighbourhood=0.6))
 
 
 def test_only_the_products_asked_are_made() -> None:

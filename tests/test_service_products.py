@@ -87,6 +87,29 @@ def test_netcdf_answers_carry_the_products(fake_members: None) -> None:
             assert "precipitation_rate" not in ds.variables
 
 
+def test_neighbourhood_probabilities_over_http_are_the_librarys(fake_members: None) -> None:
+    seq = sequence(ny=30, nx=32, frames=3, border=2)
+    asked = ProductRequest(("probabilities",), (1.0,), neighbourhood=0.8)
+    expected = ensemble_products(FakeMembers().forecast(seq, 2, members=4), asked)["probabilities"].values
+    body = json_body(seq, steps=2, members=4, products=["probabilities"], thresholds=[1.0], neighbourhood=0.8)
+    with running(model="test-members") as client:
+        as_json = client.post("/v1/nowcasts", json=body)
+        as_netcdf = client.post(
+            "/v1/nowcasts", content=to_netcdf_bytes(seq),
+            params={"steps": 2, "members": 4, "products": "probabilities", "thresholds": "1", "neighbourhood": 0.8},
+            headers={"Content-Type": NETCDF, "Accept": NETCDF},
+        )
+    assert as_json.status_code == 200, as_json.text
+    probabilities = as_json.json()["products"]["probabilities"]
+    np.testing.assert_array_equal(product_frames(probabilities), expected)
+    assert probabilities["neighbourhood_km_per_minute"] == 0.8
+    assert as_netcdf.status_code == 200, as_netcdf.text
+    with _open_bytes(as_netcdf.content) as ds:
+        probability = ds["probability_of_lwe_precipitation_rate_above_threshold"]
+        np.testing.assert_array_equal(probability.values, expected)
+        assert probability.attrs["neighbourhood_km_per_minute"] == 0.8
+
+
 @pytest.mark.parametrize(
     ("extra", "params", "field", "words"),
     [
@@ -96,6 +119,11 @@ def test_netcdf_answers_carry_the_products(fake_members: None) -> None:
         ({"members": 2, "products": ["probabilities"], "thresholds": [4.0, 1.0]}, None, "thresholds", "increasing"),
         ({"members": 2, "products": ["maxima"]}, None, "products.0", "probabilities"),
         ({"members": 2}, {"products": "mean"}, "steps", "in the body"),
+        ({"members": 2, "products": ["mean"], "neighbourhood": 0.8}, None, "neighbourhood",
+         "not among the products"),
+        ({"members": 2, "neighbourhood": 0.8}, None, "neighbourhood", "given without products"),
+        ({"members": 2, "products": ["probabilities"], "neighbourhood": 11}, None, "neighbourhood",
+         "less than or equal"),
     ],
 )
 def test_bad_product_requests_name_the_field(fake_members: None, extra: dict, params: dict | None, field: str,

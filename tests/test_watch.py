@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 
 from nowcast.config import ConfigError
+from nowcast.ensemble import neighbourhood_probability, neighbourhood_window_pixels
 from nowcast.feed import MANIFEST, read_manifest, read_manifest_extras, read_product
 from nowcast.forecasters.persistence import Persistence
 from nowcast.io.catalogue import load_sources
@@ -332,6 +333,23 @@ def test_an_ensemble_writes_its_probability_matched_mean_and_probabilities(feed)
     assert fields.members is None  # not asked for: a product members times smaller
 
 
+def test_an_ensemble_writes_neighbourhood_processed_probabilities_when_asked(feed) -> None:
+    watcher = feed.watcher(Members, members=4, thresholds=(0.5,), neighbourhood=0.6, max_missing_frames=0)
+    for k in range(3):
+        feed.deliver(k)
+    *_, decision = watcher.poll_once()
+    fields = read_product(feed.output / decision.entry.file)
+    last = feed.rain.values[2]
+    members = last[None] * np.linspace(0.5, 1.5, 4, dtype=np.float32)[:, None, None]
+    raw = np.where(np.isfinite(last), (members > 0.5).mean(axis=0), np.nan)
+    lead = (fields.probabilities["time"].values[0] - feed.rain["time"].values[2]) / np.timedelta64(1, "m")
+    window = neighbourhood_window_pixels(float(lead), 0.6, 1.0)
+    assert window > 1
+    np.testing.assert_allclose(fields.probabilities.values[0, 0], neighbourhood_probability(raw, window), atol=1e-6)
+    with pytest.raises(Exception, match="neighbourhood"):
+        WatchConfig(input_dir="in", output_dir="out", source="synth", members=4, neighbourhood=-1.0)
+
+
 def test_an_ensemble_keeps_its_members_when_asked(feed) -> None:
     watcher = feed.watcher(Members, members=4, thresholds=(0.5,), write_members=True, max_missing_frames=0)
     for k in range(3):
@@ -344,6 +362,8 @@ def test_an_ensemble_keeps_its_members_when_asked(feed) -> None:
                                rtol=1e-5)
     with pytest.raises(ConfigError, match="write_members needs members"):
         WatchConfig(input_dir="in", output_dir="out", source="synth", write_members=True)
+    with pytest.raises(ConfigError, match="neighbourhood needs members"):
+        WatchConfig(input_dir="in", output_dir="out", source="synth", neighbourhood=0.8)
 
 
 def test_a_restart_tidies_what_a_killed_run_left_and_goes_on_where_it_stopped(feed) -> None:

@@ -314,6 +314,11 @@ def _product_variable(product: str, products: xr.Dataset) -> tuple[str, xr.Varia
             "standard_name": "lwe_precipitation_rate", "long_name": "rain rate threshold", "units": "mm h-1",
             "spp__relative_to_threshold": "greater_than"})}
         attrs = {"long_name": "probability of rain rate above threshold", "units": "1", "grid_mapping": "crs"}
+        neighbourhood = data.attrs.get("neighbourhood_km_per_minute")
+        if neighbourhood:
+            attrs["neighbourhood_km_per_minute"] = float(neighbourhood)
+            attrs["comment"] = (f"neighbourhood-processed: each probability is the mean over a square window whose "
+                                f"side grows {neighbourhood:g} km per minute of lead")
         return name, xr.Variable(("threshold", *DIMS), values, attrs), coord
     if product == "quantiles":
         percentiles = (100.0 * products["quantile"].values).astype(np.float32)
