@@ -150,6 +150,11 @@ def forecast(
     quantiles: str | None = typer.Option(
         None, "--quantiles", help="Quantile levels in [0, 1] of the members (default: 0.1,0.5,0.9).",
     ),
+    neighbourhood: float | None = typer.Option(
+        None, "--neighbourhood",
+        help="Neighbourhood-process the probabilities: each becomes the mean over a square window whose side "
+             "grows this many km per minute of lead (IMPROVER's square neighbourhood; default 0, none).",
+    ),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed of the ensemble's noise (same seed, same "
                                                                 "members)."),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/ or "
@@ -173,7 +178,7 @@ def forecast(
     quiet_pysteps_io()
     if output.is_dir():
         raise InputError(f"{output}: is a folder; give the name of the netCDF file to write")
-    request = _product_request(members, products, thresholds, quantiles)
+    request = _product_request(members, products, thresholds, quantiles, neighbourhood)
     forecaster = get_forecaster(model, models_dir=models_dir, device=device)
     past = read_radar_files(inputs, importer=importer)
     logger.info("read %d frames of %dx%d from %d file(s)", past.sizes["time"], past.sizes["y"],
@@ -190,13 +195,14 @@ def forecast(
 
 
 def _product_request(members: int | None, products: str | None, thresholds: str | None,
-                     quantiles: str | None) -> Any:
+                     quantiles: str | None, neighbourhood: float | None) -> Any:
     """The products the forecast command writes (a :class:`~nowcast.products.ProductRequest`), None for a single
     forecast."""
     from nowcast.products import ProductRequest
 
     if members is None:
-        for value, option in [(products, "--products"), (thresholds, "--thresholds"), (quantiles, "--quantiles")]:
+        for value, option in [(products, "--products"), (thresholds, "--thresholds"), (quantiles, "--quantiles"),
+                              (neighbourhood, "--neighbourhood")]:
             if value is not None:
                 raise InputError(f"{option}: ensemble products are made from members; give --members N too",
                                  field="members")
@@ -205,6 +211,7 @@ def _product_request(members: int | None, products: str | None, thresholds: str 
         _split_names(products, "product") if products is not None else None,
         _split_numbers(thresholds, "thresholds") if thresholds is not None else None,
         _split_numbers(quantiles, "quantile_levels") if quantiles is not None else None,
+        neighbourhood,
     )
 
 
@@ -257,11 +264,17 @@ def evaluate(
     ),
     workers: int | None = typer.Option(None, "--workers", min=1, help="With --scheduler local: worker processes "
                                                                        "(default: one per core)."),
+    probability_neighbourhood: float = typer.Option(
+        0.0, "--probability-neighbourhood", min=0.0,
+        help="With --members: score every ensemble's probabilities neighbourhood-processed, in a square window "
+             "growing this many km per minute of lead (0: the members' own fractions).",
+    ),
 ) -> None:
     """Score forecasters over sliding start times of catalogue events; write tables and plots."""
     from nowcast.evaluate import evaluate as run_evaluation
     from nowcast.io.catalogue import get_event, load_catalogue, load_event
     from nowcast.io.importers import quiet_pysteps_io
+    from nowcast.verification import ScoreSettings
 
     quiet_pysteps_io()
     method_names = _split_names(methods, "method")
@@ -282,7 +295,8 @@ def evaluate(
     report = run_evaluation(method_names, event_ids, n_input=n_input, steps=steps, stride=stride,
                             loader=loader, out_dir=out, progress=progress, models_dir=models_dir,
                             console=stderr_console(), members=members, seed=seed, brier_reference=reference,
-                            scheduler=_scheduler(scheduler), workers=workers)
+                            scheduler=_scheduler(scheduler), workers=workers,
+                            settings=ScoreSettings(probability_neighbourhood_km_per_minute=probability_neighbourhood))
     timing = ", ".join(f"{name} {t['mean_seconds_per_forecast']:.2f} s"
                        for name, t in report["timing"].items() if t["mean_seconds_per_forecast"] is not None)
     logger.info("%d start times evaluated in %.0f s (mean per forecast: %s)",
@@ -559,6 +573,64 @@ def fit_spread_gain(
         folder = retune_version(model, {"member_spread_gain_start": start, "member_spread_gain_end": end},
                                 version=version, models_dir=models_dir, description=description)
         typer.echo(str(folder))
+
+
+@app.command("fit-neighbourhood")
+@user_errors
+def fit_neighbourhood(
+    model: str = typer.Argument(..., help="A forecaster that draws members: a GAN ensemble (NAME@VERSION), steps."),
+    events: str = typer.Option(..., "--events", help="Comma-separated event ids of the catalogue to fit on: "
+                                                     "training events, not the ones it will be scored on."),
+    rates: str | None = typer.Option(None, "--rates", help="Comma-separated candidate km per minute of lead "
+                                                            "(default: 0.2, 0.4, 0.6, 0.8, 1, 1.3; 0 is always one)."),
+    thresholds: str | None = typer.Option(None, "--thresholds", help="Rain rates (mm/h) of the probabilities "
+                                                                      "scored (default: 1,4,8)."),
+    members: int = typer.Option(20, "--members", min=2, help="Members drawn per start time."),
+    steps: int = typer.Option(12, "--steps", min=1, help="Frames forecast from each start time."),
+    stride: int = typer.Option(6, "--stride", min=1, help="Frames between consecutive start times."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Start time k of an event draws from seed + k."),
+    out: Path | None = typer.Option(None, "--out", help="Write every candidate's scores to this JSON file."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Radar archive (default: $NOWCAST_DATA_ROOT "
+                                                                    "or ../shared/data/pysteps-data)."),
+    catalogue: Path | None = typer.Option(None, "--catalogue", help="Event catalogue file (default: the "
+                                                                     "packaged one)."),
+    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/)."),
+) -> None:
+    """Fit the probabilities' neighbourhood (km per minute of lead) to an ensemble on training events by the
+    Brier skill against none."""
+    from nowcast.files import write_text_atomically
+    from nowcast.io.catalogue import get_event, load_catalogue, load_event
+    from nowcast.io.importers import quiet_pysteps_io
+    from nowcast.neighbourhood_fit import DEFAULT_RATES
+    from nowcast.neighbourhood_fit import fit_neighbourhood as run_fit
+    from nowcast.verification import THRESHOLDS_MMH
+
+    quiet_pysteps_io()
+    known = load_catalogue(catalogue)
+    event_ids = [get_event(event_id, known).id for event_id in _split_names(events, "event")]
+    fit = run_fit(model, event_ids, rates=_split_numbers(rates, "rates") if rates else DEFAULT_RATES,
+                  thresholds=_split_numbers(thresholds, "thresholds") if thresholds else THRESHOLDS_MMH,
+                  members=members, steps=steps, stride=stride, seed=seed, models_dir=models_dir,
+                  loader=lambda event_id: load_event(known[event_id], root=data_root, on_missing="nan"))
+    if out is not None:
+        write_text_atomically(out, json.dumps(fit.to_dict(), indent=1))
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(_neighbourhood_table(fit))
+    typer.echo(f"best: {fit.best:g} km per minute of lead")
+
+
+def _neighbourhood_table(fit: Any) -> Any:
+    """The candidates, best first: Brier skill against none, per event, and mean Brier per threshold."""
+    import numpy as np
+
+    table = Table("km/min", "skill", *fit.events, *(f"Brier >{t:g}" for t in fit.thresholds),
+                  title=f"{fit.model}: neighbourhood candidates ({sum(fit.start_times.values())} start times)")
+    per_event = fit.skill_per_event()
+    mean_brier = np.nanmean(fit.brier, axis=(1, 2))  # (rate, threshold)
+    for r in np.argsort(-fit.skill):
+        table.add_row(f"{fit.rates[r]:g}", f"{fit.skill[r]:+.4f}", *(f"{v:+.4f}" for v in per_event[r]),
+                      *(f"{v:.5f}" for v in mean_brier[r]))
+    return table
 
 
 def _gain_list(text: str, option: str) -> list[float]:

@@ -117,6 +117,21 @@ def test_forecast_steps_products_are_the_librarys(past_file, tmp_path):
         assert ds.attrs["forecast_method"] == "steps"
 
 
+def test_forecast_writes_neighbourhood_processed_probabilities(past_file, tmp_path):
+    out = tmp_path / "steps.nc"
+    result = run("forecast", str(past_file), "-m", "steps", "-n", "2", "--members", "3", "--seed", "7",
+                 "--products", "probabilities", "--neighbourhood", "0.8", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    expected = forecasters.get_forecaster("steps").forecast(read_netcdf(past_file), 2, members=3, seed=7)
+    products = ensemble_products(expected, ProductRequest(("probabilities",), neighbourhood=0.8))
+    import xarray as xr
+
+    with xr.open_dataset(out) as ds:
+        probability = ds["probability_of_lwe_precipitation_rate_above_threshold"]
+        np.testing.assert_array_equal(probability.values, products["probabilities"].values)
+        assert probability.attrs["neighbourhood_km_per_minute"] == 0.8
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -124,6 +139,9 @@ def test_forecast_steps_products_are_the_librarys(past_file, tmp_path):
         (["--members", "2", "--thresholds", "1,x"], "thresholds: 'x' is not a number"),
         (["--members", "2", "--products", "mean", "--quantiles", "0.5"], "quantile_levels: given, but quantiles"),
         (["--thresholds", "1"], "--thresholds: ensemble products are made from members; give --members N"),
+        (["--neighbourhood", "0.8"], "--neighbourhood: ensemble products are made from members; give --members N"),
+        (["--members", "2", "--products", "mean", "--neighbourhood", "0.8"], "neighbourhood: given, but probabilities"),
+        (["--members", "2", "--neighbourhood", "11"], "neighbourhood: 11 is outside [0, 10]"),
     ],
 )
 def test_bad_product_options(past_file, tmp_path, options, message):
