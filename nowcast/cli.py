@@ -272,25 +272,12 @@ def evaluate(
 ) -> None:
     """Score forecasters over sliding start times of catalogue events; write tables and plots."""
     from nowcast.evaluate import evaluate as run_evaluation
-    from nowcast.io.catalogue import get_event, load_catalogue, load_event
     from nowcast.io.importers import quiet_pysteps_io
     from nowcast.verification import ScoreSettings
 
     quiet_pysteps_io()
     method_names = _split_names(methods, "method")
-    known = load_catalogue(catalogue)
-    if events.strip().lower() == "all":
-        event_ids = list(known)
-    else:
-        event_ids = [get_event(event_id, known).id for event_id in _split_names(events, "event")]
-    if not event_ids:
-        raise InputError("the catalogue holds no event")
-
-    def loader(event_id: str) -> Any:
-        # Missing files become all-NaN frames, so that only the start times that need
-        # them are skipped rather than the whole event.
-        return load_event(known[event_id], root=data_root, on_missing="nan")
-
+    event_ids, loader = _catalogue_events(events, catalogue, data_root, allow_all=True)
     reference = None if brier_reference.strip().lower() in ("", "none") else brier_reference.strip()
     report = run_evaluation(method_names, event_ids, n_input=n_input, steps=steps, stride=stride,
                             loader=loader, out_dir=out, progress=progress, models_dir=models_dir,
@@ -547,23 +534,18 @@ def fit_spread_gain(
     """Fit a GAN ensemble's spread gain (start, end) to its own members on training events by the CRPS."""
     from nowcast.files import write_text_atomically
     from nowcast.gan.export import retune_version
-    from nowcast.io.catalogue import get_event, load_catalogue, load_event
     from nowcast.io.importers import quiet_pysteps_io
     from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS
     from nowcast.spread_gain import fit_spread_gain as run_fit
 
     quiet_pysteps_io()
-    known = load_catalogue(catalogue)
-    event_ids = [get_event(event_id, known).id for event_id in _split_names(events, "event")]
+    event_ids, loader = _catalogue_events(events, catalogue, data_root)
     fit = run_fit(model, event_ids, starts=_gain_list(starts, "--starts") if starts else DEFAULT_STARTS,
                   ends=_gain_list(ends, "--ends") if ends else DEFAULT_ENDS,
-                  members=members, steps=steps, stride=stride, seed=seed, models_dir=models_dir,
-                  loader=lambda event_id: load_event(known[event_id], root=data_root, on_missing="nan"))
+                  members=members, steps=steps, stride=stride, seed=seed, models_dir=models_dir, loader=loader)
     if out is not None:
         write_text_atomically(out, json.dumps(fit.to_dict(), indent=1))
-    # a table read from a log or a pipe is still whole: rich's 80 columns there would cut the event names
-    console = Console()
-    (console if console.is_terminal else Console(width=200)).print(_gain_table(fit))
+    _print_whole(_gain_table(fit))
     if register:
         start, end = fit.best
         off = fit.candidates.index((1.0, 1.0)) if (1.0, 1.0) in fit.candidates else None
@@ -599,24 +581,47 @@ def fit_neighbourhood(
     """Fit the probabilities' neighbourhood (km per minute of lead) to an ensemble on training events by the
     Brier skill against none."""
     from nowcast.files import write_text_atomically
-    from nowcast.io.catalogue import get_event, load_catalogue, load_event
     from nowcast.io.importers import quiet_pysteps_io
     from nowcast.neighbourhood_fit import DEFAULT_RATES
     from nowcast.neighbourhood_fit import fit_neighbourhood as run_fit
     from nowcast.verification import THRESHOLDS_MMH
 
     quiet_pysteps_io()
-    known = load_catalogue(catalogue)
-    event_ids = [get_event(event_id, known).id for event_id in _split_names(events, "event")]
+    event_ids, loader = _catalogue_events(events, catalogue, data_root)
     fit = run_fit(model, event_ids, rates=_split_numbers(rates, "rates") if rates else DEFAULT_RATES,
                   thresholds=_split_numbers(thresholds, "thresholds") if thresholds else THRESHOLDS_MMH,
-                  members=members, steps=steps, stride=stride, seed=seed, models_dir=models_dir,
-                  loader=lambda event_id: load_event(known[event_id], root=data_root, on_missing="nan"))
+                  members=members, steps=steps, stride=stride, seed=seed, models_dir=models_dir, loader=loader)
     if out is not None:
         write_text_atomically(out, json.dumps(fit.to_dict(), indent=1))
-    console = Console()
-    (console if console.is_terminal else Console(width=200)).print(_neighbourhood_table(fit))
+    _print_whole(_neighbourhood_table(fit))
     typer.echo(f"best: {fit.best:g} km per minute of lead")
+
+
+def _catalogue_events(events: str, catalogue: Path | None, data_root: Path | None, *,
+                      allow_all: bool = False) -> tuple[list[str], Callable[[str], Any]]:
+    """The catalogue's ids of the comma-separated ``events`` ("all": every event, where allowed) and a loader of
+    their frames."""
+    from nowcast.io.catalogue import get_event, load_catalogue, load_event
+
+    known = load_catalogue(catalogue)
+    if allow_all and events.strip().lower() == "all":
+        event_ids = list(known)
+    else:
+        event_ids = [get_event(event_id, known).id for event_id in _split_names(events, "event")]
+    if not event_ids:
+        raise InputError("the catalogue holds no event")
+
+    def loader(event_id: str) -> Any:
+        # missing files become all-NaN frames: only the start times that need them are skipped, not the event
+        return load_event(known[event_id], root=data_root, on_missing="nan")
+
+    return event_ids, loader
+
+
+def _print_whole(table: Any) -> None:
+    """Print a table; read from a log or a pipe it is still whole (rich's 80 columns there would cut it)."""
+    console = Console()
+    (console if console.is_terminal else Console(width=200)).print(table)
 
 
 def _neighbourhood_table(fit: Any) -> Any:
