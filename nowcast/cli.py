@@ -153,7 +153,8 @@ def forecast(
     neighbourhood: float | None = typer.Option(
         None, "--neighbourhood",
         help="Neighbourhood-process the probabilities: each becomes the mean over a square window whose side "
-             "grows this many km per minute of lead (IMPROVER's square neighbourhood; default 0, none).",
+             "grows this many km per minute of lead (IMPROVER's square neighbourhood; 0: none; default: the "
+             "model's fitted one, none where it has none).",
     ),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Seed of the ensemble's noise (same seed, same "
                                                                 "members)."),
@@ -571,6 +572,11 @@ def fit_neighbourhood(
     steps: int = typer.Option(12, "--steps", min=1, help="Frames forecast from each start time."),
     stride: int = typer.Option(6, "--stride", min=1, help="Frames between consecutive start times."),
     seed: int = typer.Option(0, "--seed", min=0, help="Start time k of an event draws from seed + k."),
+    register: bool = typer.Option(False, "--register", help="Register the best as the GAN ensemble's next "
+                                                            "version, whose probability products then use it "
+                                                            "where a request does not name one."),
+    version: str | None = typer.Option(None, "--version", help="With --register: v1, v2, ... (default: the "
+                                                               "next one)."),
     out: Path | None = typer.Option(None, "--out", help="Write every candidate's scores to this JSON file."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Radar archive (default: $NOWCAST_DATA_ROOT "
                                                                     "or ../shared/data/pysteps-data)."),
@@ -581,12 +587,15 @@ def fit_neighbourhood(
     """Fit the probabilities' neighbourhood (km per minute of lead) to an ensemble on training events by the
     Brier skill against none."""
     from nowcast.files import write_text_atomically
+    from nowcast.gan.export import retune_version
     from nowcast.io.importers import quiet_pysteps_io
     from nowcast.neighbourhood_fit import DEFAULT_RATES
     from nowcast.neighbourhood_fit import fit_neighbourhood as run_fit
     from nowcast.verification import THRESHOLDS_MMH
 
     quiet_pysteps_io()
+    if register and "@" not in model:
+        raise InputError(f"--register: {model} is no registered GAN ensemble (NAME@VERSION)", field="model")
     event_ids, loader = _catalogue_events(events, catalogue, data_root)
     fit = run_fit(model, event_ids, rates=_split_numbers(rates, "rates") if rates else DEFAULT_RATES,
                   thresholds=_split_numbers(thresholds, "thresholds") if thresholds else THRESHOLDS_MMH,
@@ -595,6 +604,13 @@ def fit_neighbourhood(
         write_text_atomically(out, json.dumps(fit.to_dict(), indent=1))
     _print_whole(_neighbourhood_table(fit))
     typer.echo(f"best: {fit.best:g} km per minute of lead")
+    if register:
+        description = (f"probability neighbourhood {fit.best:g} km per minute of lead fitted on "
+                       f"{', '.join(fit.events)} ({members} members, Brier skill against none "
+                       f"{fit.skill[fit.rates.index(fit.best)]:+.4f})")
+        folder = retune_version(model, {"probability_neighbourhood_km_per_minute": fit.best}, version=version,
+                                models_dir=models_dir, description=description)
+        typer.echo(str(folder))
 
 
 def _catalogue_events(events: str, catalogue: Path | None, data_root: Path | None, *,

@@ -59,6 +59,10 @@ def exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float])
     return np.stack(probabilities).astype(np.float32)
 
 
+#: the widest neighbourhood a product may ask for: 10 km per minute is 600 km at +60 min
+MAX_NEIGHBOURHOOD_KM_PER_MINUTE = 10.0
+
+
 def neighbourhood_window_pixels(lead_minutes: float, km_per_minute: float, pixel_size_km: float) -> int:
     """The side in pixels (odd, at least 1) of the square window at a lead time.
 

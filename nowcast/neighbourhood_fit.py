@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from nowcast.ensemble import neighbourhood_window_pixels
+from nowcast.ensemble import MAX_NEIGHBOURHOOD_KM_PER_MINUTE, neighbourhood_window_pixels
 from nowcast.errors import InputError
 from nowcast.evaluate import MIN_RAIN_MMH, Loader, scored_start_times
 from nowcast.forecasters import get_forecaster
-from nowcast.products import MAX_NEIGHBOURHOOD_KM_PER_MINUTE
 from nowcast.sequence import lead_minutes_of, pixel_size_km
 from nowcast.verification import THRESHOLDS_MMH, brier_skill, valid_pixel_probabilities
 

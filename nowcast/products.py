@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from nowcast.ensemble import (
+    MAX_NEIGHBOURHOOD_KM_PER_MINUTE,
     ensemble_mean,
     ensemble_quantiles,
     exceedance_probability,
@@ -32,12 +33,12 @@ from nowcast.errors import InputError
 from nowcast.sequence import MAX_RAIN_RATE_MMH, lead_minutes_of, pixel_size_km
 
 PRODUCTS = ("members", "probabilities", "mean", "pm_mean", "quantiles")
-#: the widest neighbourhood a request may ask for: 10 km per minute is 600 km at +60 min
-MAX_NEIGHBOURHOOD_KM_PER_MINUTE = 10.0
 #: what an ensemble forecast gives when no products are named
 DEFAULT_PRODUCTS = ("members", "probabilities")
 DEFAULT_THRESHOLDS_MMH = (1.0, 4.0, 8.0)
 DEFAULT_QUANTILE_LEVELS = (0.1, 0.5, 0.9)
+#: the attribute of an ensemble forecast that carries its forecaster's fitted neighbourhood
+NEIGHBOURHOOD_ATTR = "probability_neighbourhood_km_per_minute"
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class ProductRequest:
 
     ``neighbourhood``: the probabilities' square neighbourhood, whose side grows this many
     km per minute of lead (0: the members' own fractions; see
-    :func:`nowcast.ensemble.neighbourhood_probability`). Lists are kept as tuples in the
+    :func:`nowcast.ensemble.neighbourhood_probability`); None: the one the forecaster
+    fitted (the forecast's ``probability_neighbourhood_km_per_minute``, else none). Lists are kept as tuples in the
     order given; errors name the field at fault (``products``, ``thresholds``,
     ``quantile_levels``, ``neighbourhood``).
     """
@@ -54,14 +56,15 @@ class ProductRequest:
     products: tuple[str, ...] = DEFAULT_PRODUCTS
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS_MMH
     quantile_levels: tuple[float, ...] = DEFAULT_QUANTILE_LEVELS
-    neighbourhood: float = 0.0
+    neighbourhood: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "products", _product_names(self.products))
         object.__setattr__(self, "thresholds", _numbers(self.thresholds, "thresholds", 0.0, MAX_RAIN_RATE_MMH))
         object.__setattr__(self, "quantile_levels", _numbers(self.quantile_levels, "quantile_levels", 0.0, 1.0))
-        object.__setattr__(self, "neighbourhood",
-                           _numbers((self.neighbourhood,), "neighbourhood", 0.0, MAX_NEIGHBOURHOOD_KM_PER_MINUTE)[0])
+        if self.neighbourhood is not None:
+            object.__setattr__(self, "neighbourhood", _numbers((self.neighbourhood,), "neighbourhood", 0.0,
+                                                               MAX_NEIGHBOURHOOD_KM_PER_MINUTE)[0])
 
     @classmethod
     def from_options(cls, products: Iterable[str] | None = None, thresholds: Iterable[float] | None = None,
@@ -72,7 +75,7 @@ class ProductRequest:
             tuple(products) if products is not None else DEFAULT_PRODUCTS,
             tuple(thresholds) if thresholds is not None else DEFAULT_THRESHOLDS_MMH,
             tuple(quantile_levels) if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS,
-            neighbourhood if neighbourhood is not None else 0.0,
+            neighbourhood,
         )
         for given, field, product in [(thresholds, "thresholds", "probabilities"),
                                       (quantile_levels, "quantile_levels", "quantiles"),
@@ -148,18 +151,28 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     products = xr.Dataset({name: made[name]() for name in request.products}, coords=coords)
     products.attrs = dict(forecast.attrs)
     products.attrs["ensemble_members"] = int(members.shape[0])
-    if "probabilities" in request.products and request.neighbourhood:
-        products["probabilities"].attrs["neighbourhood_km_per_minute"] = request.neighbourhood
+    neighbourhood = probability_neighbourhood(forecast, request)
+    if "probabilities" in request.products and neighbourhood:
+        products["probabilities"].attrs["neighbourhood_km_per_minute"] = neighbourhood
     return products
+
+
+def probability_neighbourhood(forecast: xr.DataArray, request: ProductRequest) -> float:
+    """The neighbourhood (km per minute of lead) the probabilities are processed with: the request's, else the
+    forecaster's fitted one that the forecast carries, else 0."""
+    if request.neighbourhood is not None:
+        return request.neighbourhood
+    return float(forecast.attrs.get(NEIGHBOURHOOD_ATTR, 0.0))
 
 
 def _probabilities(forecast: xr.DataArray, members: np.ndarray, request: ProductRequest) -> np.ndarray:
     """Exceedance probabilities (threshold, time, y, x), each lead's neighbourhood-processed where asked."""
     probabilities = exceedance_probability(members, request.thresholds)
-    if not request.neighbourhood:
+    neighbourhood = probability_neighbourhood(forecast, request)
+    if not neighbourhood:
         return probabilities
     size_km = pixel_size_km(forecast)
     for i, lead in enumerate(lead_minutes_of(forecast)):
-        window = neighbourhood_window_pixels(lead, request.neighbourhood, size_km)
+        window = neighbourhood_window_pixels(lead, neighbourhood, size_km)
         probabilities[:, i] = neighbourhood_probability(probabilities[:, i], window)
     return probabilities

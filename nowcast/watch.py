@@ -87,7 +87,8 @@ class WatchConfig:
     ``NOWCAST_EVENT_CATALOGUE`` or the packaged one). ``model``, ``model_version``, ``models_dir``
     and ``device`` default to the service's ``NOWCAST_*`` settings. ``members``: draw an ensemble
     and write its probability-matched mean and exceedance probabilities at ``thresholds`` (mm/h),
-    neighbourhood-processed with a window growing ``neighbourhood`` km per minute of lead (0: none);
+    neighbourhood-processed with a window growing ``neighbourhood`` km per minute of lead (0: none;
+    left out: the model's fitted one, if it has one);
     ``write_members``: the members themselves too (a product ``members`` times larger).
     Times in seconds, except ``retention_hours``.
     """
@@ -103,8 +104,9 @@ class WatchConfig:
     steps: int = 12
     members: int | None = None
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS_MMH
-    #: the probabilities' square neighbourhood, km per minute of lead (0: none; see ProductRequest)
-    neighbourhood: float = 0.0
+    #: the probabilities' square neighbourhood, km per minute of lead (0: none; None: the model's; see
+    #: ProductRequest)
+    neighbourhood: float | None = None
     write_members: bool = False
     retention_hours: float = 24.0
     poll_interval_s: float = 2.0
@@ -119,7 +121,7 @@ class WatchConfig:
             (self.steps >= 1, "steps must be at least 1"),
             (self.members is None or self.members >= 2, "members must be at least 2 (or left out)"),
             (self.members is not None or not self.write_members, "write_members needs members"),
-            (self.members is not None or not self.neighbourhood, "neighbourhood needs members"),
+            (self.members is not None or self.neighbourhood is None, "neighbourhood needs members"),
             (self.retention_hours > 0, "retention_hours must be positive"),
             (self.poll_interval_s > 0, "poll_interval_s must be positive"),
             (self.settle_s >= 0, "settle_s must not be negative"),

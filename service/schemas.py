@@ -83,7 +83,8 @@ class NowcastOptions(BaseModel):
         ge=0,
         le=10,
         description="with probabilities: each becomes the mean over a square window whose side grows this many km "
-        "per minute of lead (IMPROVER's square neighbourhood processing; default 0, none)",
+        "per minute of lead (IMPROVER's square neighbourhood processing; 0: none; default: the model's fitted "
+        "one, none where it has none)",
     )
     projection: str = Field(
         default="", max_length=4096, pattern=r"^[^\x00-\x1f]*$", description="PROJ string of the grid"

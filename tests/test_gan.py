@@ -1263,6 +1263,48 @@ def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tm
                                                      "models_dir": models, **bad})
 
 
+def test_a_fitted_neighbourhood_registered_with_the_model_processes_its_probability_products(tmp_path, events,
+                                                                                              monkeypatch):
+    """`nowcast fit-neighbourhood --register` makes the best rate the model's next version: the same members, and
+    probability products processed with it where a request names no neighbourhood (0 still gives the raw ones)."""
+    from typer.testing import CliRunner
+
+    from nowcast import cli, neighbourhood_fit
+    from nowcast.cli import EXIT_USER_ERROR, app
+    from nowcast.neighbourhood_fit import NeighbourhoodFit
+    from nowcast.products import ProductRequest, ensemble_products
+
+    cfg = dataclasses.replace(tiny_experiment(steps=2), model=dataclasses.replace(TINY_MODEL, noise_channels=2))
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    models = tmp_path / "models"
+    export_run(tmp_path / "run", "tiny-gan", models_dir=models)
+    # 1.5 km per minute lowers the Brier score most on both events
+    brier = np.array([0.03, 0.02, 0.025])[:, None, None, None] * np.ones((3, 2, 5, 1))
+    fit = NeighbourhoodFit("tiny-gan@v1", ("syn0", "syn1"), (0.0, 1.5, 3.0), (1.0,), brier, {"syn0": 2, "syn1": 2}, 4)
+    monkeypatch.setattr(neighbourhood_fit, "fit_neighbourhood", lambda model, event_ids, **kwargs: fit)
+    monkeypatch.setattr(cli, "_catalogue_events", lambda *args, **kwargs: (["syn0", "syn1"], events.__getitem__))
+    result = CliRunner().invoke(app, ["-q", "fit-neighbourhood", "tiny-gan@v1", "--events", "syn0,syn1",
+                                      "--register", "--models-dir", str(models)])
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip().splitlines()[-1]) == models / "tiny-gan" / "v2"
+    assert "fitted on syn0, syn1" in artifacts.card("tiny-gan", "v2", models)["description"]
+    source, fitted = (get_forecaster(f"tiny-gan@{v}", models_dir=models) for v in ("v1", "v2"))
+    assert fitted.probability_neighbourhood_km_per_minute == 1.5 == fitted.describe()["probability_neighbourhood"]
+    past = events["syn0"].isel(time=slice(0, 4))
+    members = {name: model.forecast(past, 5, members=4, seed=2) for name, model in (("v1", source), ("v2", fitted))}
+    np.testing.assert_array_equal(members["v1"].values, members["v2"].values)
+    assert "probability_neighbourhood_km_per_minute" not in fitted.forecast(past, 5).attrs
+    for asked, expected in ((None, 1.5), (0.0, 0.0), (0.5, 0.5)):
+        request = ProductRequest(("probabilities",), (1.0,), neighbourhood=asked)
+        same = ensemble_products(members["v1"], ProductRequest(("probabilities",), (1.0,), neighbourhood=expected))
+        np.testing.assert_array_equal(ensemble_products(members["v2"], request)["probabilities"].values,
+                                      same["probabilities"].values)
+    refused = CliRunner().invoke(app, ["-q", "fit-neighbourhood", "steps", "--events", "syn0", "--register"])
+    assert refused.exit_code == EXIT_USER_ERROR and "no registered GAN ensemble" in refused.output
+    with pytest.raises(ValueError, match="probability_neighbourhood_km_per_minute"):
+        dataclasses.replace(TINY_MODEL, probability_neighbourhood_km_per_minute=-1.0)
+
+
 def _fraction_at_least(values: np.ndarray, threshold: float) -> float:
     finite = values[np.isfinite(values)]
     return float(np.mean(finite >= threshold))

@@ -120,6 +120,17 @@ def test_neighbourhood_probabilities_widen_their_window_with_the_lead() -> None:
         ensemble_products(without_reference, ProductRequest(("probabilities",), neighbourhood=0.6))
 
 
+def test_a_request_without_a_neighbourhood_takes_the_forecasters_fitted_one() -> None:
+    forecast = ensemble(members=6, steps=3, ny=30, nx=31)
+    asked = ensemble_products(forecast, ProductRequest(("probabilities",), (1.0,), neighbourhood=0.6))
+    fitted = forecast.assign_attrs(probability_neighbourhood_km_per_minute=0.6)
+    unsaid = ensemble_products(fitted, ProductRequest(("probabilities",), (1.0,)))
+    xr.testing.assert_identical(unsaid["probabilities"], asked["probabilities"])
+    none = ensemble_products(fitted, ProductRequest(("probabilities",), (1.0,), neighbourhood=0.0))
+    np.testing.assert_array_equal(none["probabilities"].values, exceedance_probability(forecast.values, (1.0,)))
+    assert "neighbourhood_km_per_minute" not in none["probabilities"].attrs
+
+
 def test_only_the_products_asked_are_made() -> None:
     products = ensemble_products(ensemble(), ProductRequest(("probabilities",)))
     assert list(products.data_vars) == ["probabilities"] and "member" not in products.coords

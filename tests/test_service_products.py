@@ -110,6 +110,27 @@ def test_neighbourhood_probabilities_over_http_are_the_librarys(fake_members: No
         assert probability.attrs["neighbourhood_km_per_minute"] == 0.8
 
 
+def test_without_a_neighbourhood_the_models_fitted_one_applies(fake_members: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(FakeMembers, "probability_neighbourhood_km_per_minute", 1.5)
+    seq = sequence(ny=30, nx=32, frames=3, border=2)
+    fitted = ensemble_products(FakeMembers().forecast(seq, 2, members=4),
+                               ProductRequest(("probabilities",), (1.0,), neighbourhood=1.5))["probabilities"]
+    raw = ensemble_products(FakeMembers().forecast(seq, 2, members=4),
+                            ProductRequest(("probabilities",), (1.0,), neighbourhood=0.0))["probabilities"]
+    assert not np.array_equal(fitted.values, raw.values, equal_nan=True)
+    with running(model="test-members") as client:
+        unsaid = client.post("/v1/nowcasts", json=json_body(seq, steps=2, members=4, products=["probabilities"],
+                                                            thresholds=[1.0]))
+        none = client.post("/v1/nowcasts", json=json_body(seq, steps=2, members=4, products=["probabilities"],
+                                                          thresholds=[1.0], neighbourhood=0))
+    for answer, expected, neighbourhood in ((unsaid, fitted, 1.5), (none, raw, 0.0)):
+        assert answer.status_code == 200, answer.text
+        probabilities = answer.json()["products"]["probabilities"]
+        np.testing.assert_array_equal(product_frames(probabilities), expected.values)
+        assert probabilities["neighbourhood_km_per_minute"] == neighbourhood
+
+
 @pytest.mark.parametrize(
     ("extra", "params", "field", "words"),
     [

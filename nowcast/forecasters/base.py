@@ -25,6 +25,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import SequenceError
+from nowcast.products import NEIGHBOURHOOD_ATTR
 from nowcast.sequence import MAX_RAIN_RATE_MMH, future_times, like, pixel_size_km, validate_sequence
 
 logger = logging.getLogger(__name__)
@@ -65,11 +66,15 @@ class Forecaster(abc.ABC):
     ``n_input_frames``: how many past frames the method uses (the last ones of the
     input); inputs with fewer frames are refused.
     ``supports_members``: whether :meth:`predict` can draw several ensemble members.
+    ``probability_neighbourhood_km_per_minute``: the square neighbourhood its members'
+    exceedance probabilities are processed with where a product request does not say
+    (:mod:`nowcast.products`): a trained ensemble's fitted value, 0 (none) otherwise.
     """
 
     name: ClassVar[str] = "forecaster"
     n_input_frames: int = 2
     supports_members: bool = False
+    probability_neighbourhood_km_per_minute: float = 0.0
     #: where the method runs ("cpu", "cuda", ...)
     device: Any = "cpu"
     #: methods with a half-precision path set this, and the service turns ``half`` on where it is safe
@@ -102,8 +107,11 @@ class Forecaster(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         """What the forecaster is, for logs, model cards and the service."""
-        return {"name": self.name, "n_input_frames": self.n_input_frames,
-                "supports_members": self.supports_members}
+        described = {"name": self.name, "n_input_frames": self.n_input_frames,
+                     "supports_members": self.supports_members}
+        if self.supports_members:
+            described["probability_neighbourhood"] = self.probability_neighbourhood_km_per_minute
+        return described
 
     def warmup(self, ny: int = 128, nx: int = 128) -> None:
         """Run once on dry input, so that the first real forecast pays no start-up cost."""
@@ -148,6 +156,8 @@ class Forecaster(abc.ABC):
             result.attrs = stacked[0].attrs
         result.attrs["forecast_reference_time"] = str(reference)
         result.attrs["forecast_method"] = self.name
+        if prepared.members is not None and self.probability_neighbourhood_km_per_minute:
+            result.attrs[NEIGHBOURHOOD_ATTR] = float(self.probability_neighbourhood_km_per_minute)
         return result
 
     def forecast(self, past: xr.DataArray, steps: int, *, members: int | None = None,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from nowcast.config import ConfigError
+from nowcast.ensemble import MAX_NEIGHBOURHOOD_KM_PER_MINUTE
 from nowcast.transforms import Normalisation
 
 #: ``ModelConfig.member_matching``: no matching, each member on its own, all members together
@@ -100,6 +101,10 @@ class ModelConfig:
     like the spread gain it makes a member depend on the others drawn with it. "none": off.
     (Run 37 in docs/gan-experiments.md: on the training events the generator's growth and
     decay were worth more than the observed distribution; no shipped model matches.)
+    ``probability_neighbourhood_km_per_minute``: the square neighbourhood, growing this many
+    km per minute of lead, that the members' exceedance probabilities are processed with
+    where a product request does not name one (:mod:`nowcast.products`); fitted on training
+    events by ``nowcast fit-neighbourhood``. The members themselves do not change. 0: none.
     ``lead_basis``: when > 0, what each scale adds is projected onto polynomials of that
     many degrees of freedom in the lead time (3: quadratic), so that a parcel's growth or
     decay is a smooth curve over the hour. 0 leaves one free output per lead time, and
@@ -130,6 +135,7 @@ class ModelConfig:
     member_spread_gain_start: float = 1.0
     member_spread_gain_end: float = 1.0
     member_matching: str = "none"
+    probability_neighbourhood_km_per_minute: float = 0.0
     lead_basis: int = 0
 
     def __post_init__(self) -> None:
@@ -149,6 +155,9 @@ class ModelConfig:
         for name in ("member_spread_gain_start", "member_spread_gain_end"):
             if not 0.0 < getattr(self, name) <= 3.0:
                 raise ValueError(f"{name} must be in (0, 3]: a gain on the members' log rain rates around their mean")
+        if not 0.0 <= self.probability_neighbourhood_km_per_minute <= MAX_NEIGHBOURHOOD_KM_PER_MINUTE:
+            raise ValueError(f"probability_neighbourhood_km_per_minute must be in [0, "
+                             f"{MAX_NEIGHBOURHOOD_KM_PER_MINUTE:g}] km per minute of lead")
         if self.member_matching not in MEMBER_MATCHING:
             raise ValueError(f"member_matching {self.member_matching!r}: one of {', '.join(MEMBER_MATCHING)}")
         if self.member_motion_sigma > 0 and self.member_motion_kmh > 0:

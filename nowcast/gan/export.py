@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: member settings that act on the generator's output only, never in training
 MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
-                         "member_spread_gain_start", "member_spread_gain_end", "member_matching")
+                         "member_spread_gain_start", "member_spread_gain_end", "member_matching",
+                         "probability_neighbourhood_km_per_minute")
 #: model settings that act only where members are drawn: a new version may change them on the same weights
 MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING)
 
@@ -196,6 +197,9 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.member_matching != "none":
             whose = "each member's" if cfg.model.member_matching == "each" else "the members' pooled"
             text += f", {whose} wet rain rates matched to the last observed frame's distribution"
+        if cfg.model.probability_neighbourhood_km_per_minute:
+            text += (f"; exceedance probabilities neighbourhood-processed in a square growing "
+                     f"{cfg.model.probability_neighbourhood_km_per_minute:g} km per minute of lead")
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")
