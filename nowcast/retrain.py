@@ -11,7 +11,10 @@
 3. **evaluate**: the candidate, the live model and the baselines on the same held-out start
    times (:func:`nowcast.evaluate.evaluate`, on Dask's distributed scheduler); with
    ``[spread_gain] fit = true`` an ensemble candidate first gets its own spread gain, fitted on
-   the training events (``WORK/spread_gain.json``), and is scored and exported with it.
+   the training events (``WORK/spread_gain.json``), and is scored and exported with it; with
+   ``[neighbourhood] fit = true`` it also gets the neighbourhood its probability products are
+   processed with, fitted on the training events (``WORK/neighbourhood.json``) and exported
+   with it (the evaluation scores every ensemble's raw probabilities alike).
 4. **gate**: the criteria of the config, each with the paired bootstrap of
    :mod:`nowcast.bootstrap`: passed or failed, by how much, with the interval.
 5. **export**: the candidate as the next version of its name, whatever the decision, its card
@@ -64,6 +67,7 @@ from nowcast.config import ConfigError
 from nowcast.errors import InputError
 from nowcast.files import write_text_atomically
 from nowcast.gan.config import ExperimentConfig
+from nowcast.neighbourhood_fit import DEFAULT_RATES, candidate_rates
 from nowcast.paths import models_dir as default_models_dir
 from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS, candidate_gains
 from nowcast.verification import key
@@ -79,6 +83,7 @@ STAGING_DIR = "registry"
 EVALUATION_DIR = "evaluation"
 GATE_FILE = "gate.json"
 SPREAD_GAIN_FILE = "spread_gain.json"
+NEIGHBOURHOOD_FILE = "neighbourhood.json"
 REPORT_FILE = "report.md"
 RESULT_FILE = "result.json"
 #: the names the candidate and the live model are scored under
@@ -199,6 +204,31 @@ class SpreadGainConfig:
 
 
 @dataclass(frozen=True)
+class NeighbourhoodConfig:
+    """Fit the neighbourhood of the candidate's probability products on the training events.
+
+    A model carries the neighbourhood (``ModelConfig.probability_neighbourhood_km_per_minute``)
+    its exceedance probabilities are processed with where a request names none; it depends on
+    how far the generator's members miss the rain, so a retrained generator gets its own. With
+    ``fit``, every rate of ``rates`` (and none) is scored by the Brier score on ``members``
+    members per start time of the training events (:func:`nowcast.neighbourhood_fit.fit_neighbourhood`)
+    and the best is exported with the candidate. Only for a model that draws members.
+    """
+
+    fit: bool = False
+    rates: tuple[float, ...] = DEFAULT_RATES
+    members: int = 20
+
+    def __post_init__(self) -> None:
+        if self.members < 2:
+            raise ValueError("neighbourhood.members must be at least 2")
+        try:
+            candidate_rates(self.rates)
+        except InputError as exc:
+            raise ValueError(f"neighbourhood.rates: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class RetrainConfig:
     """A retraining job (``nowcast retrain --config FILE``); unknown keys are an error.
 
@@ -208,7 +238,8 @@ class RetrainConfig:
     ``catalogue``/``data_root``: the event catalogue and archive (default: the packaged one and
     ``NOWCAST_DATA_ROOT``). ``experiment``: the training recipe (``nowcast train``'s config);
     its events and seed come from ``split`` and ``seed``. ``spread_gain``: an ensemble's spread
-    gain fitted after training.
+    gain fitted after training; ``neighbourhood``: its probability products' neighbourhood, fitted
+    after that.
     """
 
     split: SplitConfig
@@ -221,6 +252,7 @@ class RetrainConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     spread_gain: SpreadGainConfig = field(default_factory=SpreadGainConfig)
+    neighbourhood: NeighbourhoodConfig = field(default_factory=NeighbourhoodConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
     def __post_init__(self) -> None:
@@ -228,8 +260,10 @@ class RetrainConfig:
             raise ValueError(f"name {self.name!r}: use letters, digits, '_', '.', '-'")
         if self.seed < 0:
             raise ValueError("seed must not be negative")
-        if self.spread_gain.fit and self.experiment.model.noise_channels == 0:
-            raise ValueError("spread_gain.fit needs a model that draws members (experiment.model.noise_channels > 0)")
+        for fitted in ("spread_gain", "neighbourhood"):
+            if getattr(self, fitted).fit and self.experiment.model.noise_channels == 0:
+                raise ValueError(f"{fitted}.fit needs a model that draws members "
+                                 "(experiment.model.noise_channels > 0)")
 
     def training(self, init_from: str | None) -> ExperimentConfig:
         """The experiment the job trains: the split's events, the job's seed and data, ``init_from``."""
@@ -483,6 +517,7 @@ def _evaluate_phase(cfg: RetrainConfig, plan: _Plan, work: Path, root: Path, loa
     ev = cfg.evaluation
     staging = _stage_models(cfg, plan, work, root)
     _spread_gain_phase(cfg, work, staging, load)
+    _neighbourhood_phase(cfg, work, staging, load)
     methods = [CANDIDATE, *([LIVE] if plan.live_version else []), *ev.baselines]
     out = work / EVALUATION_DIR
     if (out / SCORES_JSON).is_file():
@@ -543,6 +578,38 @@ def _spread_gain_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Load
         retune_version(f"{CANDIDATE}@v1", {"member_spread_gain_start": fitted["best"][0],
                                           "member_spread_gain_end": fitted["best"][1]},
                        version="v2", models_dir=staging, description="the candidate with its fitted spread gain")
+
+
+def _neighbourhood_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Loader) -> None:
+    """With ``neighbourhood.fit``: the probability neighbourhood of the staged candidate (with its spread gain,
+    where one was fitted) fitted on the training events, for the export phase (a fit already written is kept)."""
+    path = work / NEIGHBOURHOOD_FILE
+    if not cfg.neighbourhood.fit or path.is_file():
+        return
+    from nowcast.neighbourhood_fit import fit_neighbourhood
+
+    nb, ev = cfg.neighbourhood, cfg.evaluation
+    candidate = f"{CANDIDATE}@{artifacts.list_versions(CANDIDATE, staging)[-1]}"
+    fit = fit_neighbourhood(candidate, list(cfg.split.train), rates=nb.rates, members=nb.members,
+                            n_input=ev.n_input, steps=ev.steps, stride=ev.stride, seed=cfg.seed, loader=load,
+                            models_dir=staging)
+    _write_json(path, fit.to_dict())
+    logger.info("probability neighbourhood fitted on %s: %g km per minute of lead", ", ".join(fit.events), fit.best)
+
+
+def _member_settings(cfg: RetrainConfig, work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fitted member settings the candidate is exported with, and the fits for its card."""
+    settings: dict[str, Any] = {}
+    fits: dict[str, Any] = {}
+    if cfg.spread_gain.fit:
+        fitted = artifacts.read_json(work / SPREAD_GAIN_FILE)
+        settings.update(member_spread_gain_start=fitted["best"][0], member_spread_gain_end=fitted["best"][1])
+        fits["spread_gain_fit"] = {key: fitted[key] for key in ("events", "members", "start_times", "best")}
+    if cfg.neighbourhood.fit:
+        fitted = artifacts.read_json(work / NEIGHBOURHOOD_FILE)
+        settings["probability_neighbourhood_km_per_minute"] = fitted["best"]
+        fits["neighbourhood_fit"] = {key: fitted[key] for key in ("events", "members", "start_times", "best")}
+    return settings, fits
 
 
 # --- gate ---------------------------------------------------------------------------------------
@@ -681,15 +748,13 @@ def _export_phase(cfg: RetrainConfig, plan: _Plan, work: Path, root: Path, gate:
     _write_json(work / STATE_FILE, {**state, "exported_version": version})  # reserved before it is written
     record = {"id": plan.id, "decision": gate["decision"], "gate": gate, "reproduce": _reproduce(cfg, plan, split),
               "work_folder": str(work.resolve())}
-    fitted = artifacts.read_json(work / SPREAD_GAIN_FILE) if cfg.spread_gain.fit else None
-    if fitted:
-        record["spread_gain_fit"] = {key: fitted[key] for key in ("events", "members", "start_times", "best")}
+    member_settings, fits = _member_settings(cfg, work)
+    record.update(fits)
     export_run(work / RUN_DIR, cfg.name, version=version, models_dir=root, evaluation=work / EVALUATION_DIR /
                SCORES_JSON, evaluated_as=CANDIDATE, card_extra={"retrain": _plain(record)},
                description=f"{cfg.name} retrained by job {plan.id} ({gate['decision']} by its gate)",
                extra_markdown=gate_markdown(gate),
-               member_settings={"member_spread_gain_start": fitted["best"][0],
-                                "member_spread_gain_end": fitted["best"][1]} if fitted else None)
+               member_settings=member_settings or None)
     return str(version)
 
 

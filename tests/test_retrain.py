@@ -248,15 +248,21 @@ def test_configs_are_checked(tmp_path):
         build({**config(), "spread_gain": {"members": 1}})
     with pytest.raises(ConfigError, match="spread gain 5"):
         build({**config(), "spread_gain": {"ends": [5.0]}})
+    with pytest.raises(ConfigError, match=r"neighbourhood\.fit needs a model that draws members"):
+        build({**config(), "neighbourhood": {"fit": True}})
+    with pytest.raises(ConfigError, match=r"neighbourhood\.rates: .*outside \[0, 10\]"):
+        build({**config(), "neighbourhood": {"rates": [12.0]}})
 
 
-def test_an_ensemble_candidate_is_scored_and_exported_with_its_own_fitted_spread_gain(tmp_path):
+def test_an_ensemble_candidate_is_scored_and_exported_with_its_own_fitted_spread_gain_and_neighbourhood(tmp_path):
     """[spread_gain] fit = true: the candidate's gain is fitted on the training events, the staged candidate is
-    scored with it and the exported version carries it, with the fit on its card."""
+    scored with it and the exported version carries it, with the fit on its card; [neighbourhood] fit = true: so
+    is its probability products' neighbourhood, fitted on the members it draws with that gain."""
     data = config()
     data["experiment"]["model"] = {**MODEL, "noise_channels": 2, "member_intensity_db": 3.0}
     data["evaluation"]["members"] = 4
     data["spread_gain"] = {"fit": True, "starts": [1.0], "ends": [0.5, 1.5], "members": 4}
+    data["neighbourhood"] = {"fit": True, "rates": [1.0, 3.0], "members": 4}
     models = tmp_path / "models"
     result = retrain(build(data), tmp_path / "work", models_dir=models, progress=False)
     fitted = json.loads((tmp_path / "work" / "spread_gain.json").read_text())
@@ -269,6 +275,13 @@ def test_an_ensemble_candidate_is_scored_and_exported_with_its_own_fitted_spread
     for model in (staged, exported):
         assert [model.member_spread_gain_start, model.member_spread_gain_end] == best
     assert artifacts.card(NAME, result["version"], models)["retrain"]["spread_gain_fit"]["best"] == best
+    neighbourhood = json.loads((tmp_path / "work" / "neighbourhood.json").read_text())
+    assert neighbourhood["model"] == "candidate@v2"  # the members as the gain leaves them
+    assert [c["km_per_minute"] for c in neighbourhood["candidates"]] == [0.0, 1.0, 3.0]
+    highest = max(neighbourhood["candidates"], key=lambda candidate: candidate["brier_skill"])
+    assert exported.probability_neighbourhood_km_per_minute == highest["km_per_minute"] == neighbourhood["best"]
+    assert artifacts.card(NAME, result["version"], models)["retrain"]["neighbourhood_fit"]["best"] == (
+        neighbourhood["best"])
 
 
 # --- the live pointer -------------------------------------------------------------------------------------
