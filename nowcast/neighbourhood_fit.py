@@ -12,7 +12,9 @@ the same whatever its size). Fit it on training events, never on the events it w
 
 ``nowcast fit-neighbourhood NAME --events …`` runs it and prints the candidates; the rate it
 finds is what ``--neighbourhood`` (forecast, watch, service) and ``--probability-neighbourhood``
-(evaluate) take.
+(evaluate) take. With ``--register`` it becomes a GAN ensemble's next version
+(``ModelConfig.probability_neighbourhood_km_per_minute``), whose probability products then use
+it where a request names no neighbourhood; the retraining job fits it with ``[neighbourhood]``.
 """
 
 from __future__ import annotations
