@@ -35,6 +35,7 @@ from nowcast.io.netcdf import (
     sequence_to_dataset,
     write_dataset,
 )
+from nowcast.products import PROCESSED_NEIGHBOURHOOD_ATTR
 from nowcast.sequence import DIMS, VARIABLE_NAME
 
 MANIFEST = "manifest.json"
@@ -244,8 +245,11 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
                                    variable=OBSERVED_NAME, source=source)
     probabilities = None
     if PROBABILITY_NAME in ds:
-        probabilities = ds[PROBABILITY_NAME].transpose("threshold", *DIMS).astype(np.float32)
-        probabilities.attrs = dict(forecast.attrs)
+        variable = ds[PROBABILITY_NAME]
+        probabilities = variable.transpose("threshold", *DIMS).astype(np.float32)
+        # the forecast's grid and times, and what the probabilities are: neighbourhood-processed or not
+        probabilities.attrs = {**forecast.attrs, PROCESSED_NEIGHBOURHOOD_ATTR:
+                               float(variable.attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0))}
     members = None
     if "realization" in ds.dims and VARIABLE_NAME in ds and "realization" in ds[VARIABLE_NAME].dims:
         members = ds[VARIABLE_NAME].rename(realization="member").transpose("member", *DIMS).astype(np.float32)

@@ -39,6 +39,8 @@ DEFAULT_THRESHOLDS_MMH = (1.0, 4.0, 8.0)
 DEFAULT_QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 #: the attribute of an ensemble forecast that carries its forecaster's fitted neighbourhood
 NEIGHBOURHOOD_ATTR = "probability_neighbourhood_km_per_minute"
+#: the attribute of processed probabilities (and of their netCDF variable) that says their neighbourhood
+PROCESSED_NEIGHBOURHOOD_ATTR = "neighbourhood_km_per_minute"
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     products.attrs["ensemble_members"] = int(members.shape[0])
     neighbourhood = probability_neighbourhood(forecast, request)
     if "probabilities" in request.products and neighbourhood:
-        products["probabilities"].attrs["neighbourhood_km_per_minute"] = neighbourhood
+        products["probabilities"].attrs[PROCESSED_NEIGHBOURHOOD_ATTR] = neighbourhood
     return products
 
 

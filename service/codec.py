@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from nowcast.errors import FileTooLargeError, InputError, SequenceError
 from nowcast.io.netcdf import read_netcdf_bytes, to_netcdf_bytes
 from nowcast.io.safety import ReadLimits
-from nowcast.products import ProductRequest, ensemble_products
+from nowcast.products import PROCESSED_NEIGHBOURHOOD_ATTR, ProductRequest, ensemble_products
 from nowcast.sequence import check_rate_bound, make_sequence, time_step
 from nowcast.transforms import to_mmh
 from service.core.config import Settings
@@ -559,7 +559,7 @@ def _products_text(products: xr.Dataset, encoding: Encoding) -> Iterator[bytes]:
                                         "units": "1" if name == "probabilities" else "mm/h"}
         if name == "probabilities":
             described["thresholds"] = products["threshold"].values.tolist()
-            neighbourhood = products[name].attrs.get("neighbourhood_km_per_minute", 0.0)
+            neighbourhood = products[name].attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0)
             described["neighbourhood_km_per_minute"] = float(neighbourhood)
         elif name == "quantiles":
             described["levels"] = products["quantile"].values.tolist()

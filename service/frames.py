@@ -21,6 +21,7 @@ import pandas as pd
 
 from nowcast.errors import InputError
 from nowcast.feed import ProductFields
+from nowcast.products import PROCESSED_NEIGHBOURHOOD_ATTR
 from nowcast.render import image_extent, map_projection, probability_scale, rain_scale, render_png
 from service.core.errors import NotFoundError
 
@@ -150,9 +151,11 @@ def frame_index(fields: ProductFields, url: Callable[[str, int, str], str]) -> d
     valid_times = pd.DatetimeIndex(forecast["time"].values)
     probabilities = []
     if fields.probabilities is not None:
+        neighbourhood = float(fields.probabilities.attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0))
         for value in fields.probabilities["threshold"].values:
             label = threshold_label(value)
             probabilities.append({"threshold_mmh": float(value),
+                                  "neighbourhood_km_per_minute": neighbourhood,
                                   "frames": [url("probability", i, label) for i in range(len(valid_times))]})
     return {
         "reference_time": _iso(reference),

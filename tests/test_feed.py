@@ -59,6 +59,7 @@ def test_a_product_file_round_trips_observed_frames_forecast_and_probabilities(t
     forecast = like(observed, observed.values[-1:].repeat(3, axis=0) * 1.5, future_times(observed, 3))
     probabilities = xr.DataArray((forecast.values[None] > [[[[1.0]]], [[[4.0]]]]).astype(np.float32),
                                  dims=("threshold", *forecast.dims), coords={"threshold": [1.0, 4.0]})
+    probabilities.attrs["neighbourhood_km_per_minute"] = 0.8
     members = xr.concat([forecast * 0.5, forecast * 1.5], dim="member")
     for with_probabilities in (False, True):
         path = tmp_path / f"p{with_probabilities}.nc"
@@ -75,6 +76,7 @@ def test_a_product_file_round_trips_observed_frames_forecast_and_probabilities(t
             assert fields.probabilities is not None
             np.testing.assert_array_equal(fields.probabilities.values, probabilities.values)
             assert list(fields.probabilities["threshold"].values) == [1.0, 4.0]
+            assert fields.probabilities.attrs["neighbourhood_km_per_minute"] == 0.8  # what they are, kept
             assert fields.members is not None and fields.members.dims == ("member", "time", "y", "x")
             np.testing.assert_allclose(fields.members.values, members.values, rtol=1e-6)
         else:

@@ -33,7 +33,7 @@ from nowcast.errors import InputError, SequenceError, UnitsError, UnreadableFile
 from nowcast.files import replaced_atomically
 from nowcast.io.locks import NETCDF_LOCK
 from nowcast.io.safety import DEFAULT_LIMITS, ReadLimits, check_hdf5, is_hdf5
-from nowcast.products import ProductRequest, ensemble_products
+from nowcast.products import PROCESSED_NEIGHBOURHOOD_ATTR, ProductRequest, ensemble_products
 from nowcast.sequence import DIMS, VARIABLE_NAME, make_sequence, time_step
 from nowcast.transforms import to_mmh
 
@@ -314,9 +314,9 @@ def _product_variable(product: str, products: xr.Dataset) -> tuple[str, xr.Varia
             "standard_name": "lwe_precipitation_rate", "long_name": "rain rate threshold", "units": "mm h-1",
             "spp__relative_to_threshold": "greater_than"})}
         attrs = {"long_name": "probability of rain rate above threshold", "units": "1", "grid_mapping": "crs"}
-        neighbourhood = data.attrs.get("neighbourhood_km_per_minute")
+        neighbourhood = data.attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR)
         if neighbourhood:
-            attrs["neighbourhood_km_per_minute"] = float(neighbourhood)
+            attrs[PROCESSED_NEIGHBOURHOOD_ATTR] = float(neighbourhood)
             attrs["comment"] = (f"neighbourhood-processed: each probability is the mean over a square window whose "
                                 f"side grows {neighbourhood:g} km per minute of lead")
         return name, xr.Variable(("threshold", *DIMS), values, attrs), coord

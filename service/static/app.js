@@ -479,7 +479,10 @@
     const select = $("field-select");
     const options = [new Option("rain rate (mm/h)", "rain")];
     for (const p of index.probabilities) {
-      options.push(new Option(`probability of rain rate > ${p.threshold_mmh} mm/h`, `p:${p.threshold_mmh}`));
+      // neighbourhood-processed: "rain above the threshold near here", its window widening with the lead
+      const near = p.neighbourhood_km_per_minute
+        ? ` nearby (window ${p.neighbourhood_km_per_minute} km per min of lead)` : "";
+      options.push(new Option(`probability of rain rate > ${p.threshold_mmh} mm/h${near}`, `p:${p.threshold_mmh}`));
     }
     if (!index.probabilities.length) {
       const none = new Option("probabilities: none (no ensemble members)", "none");
