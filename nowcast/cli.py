@@ -484,7 +484,8 @@ def retune(
     version: str | None = typer.Option(None, "--version", help="v1, v2, ... (default: the next one)."),
     evaluation: Path | None = typer.Option(None, "--evaluation", help="scores.json of `nowcast evaluate` that "
                                                                       "scored the retuned model as NAME@VERSION."),
-    description: str = typer.Option("", "--description", help="One line for the model card."),
+    description: str = typer.Option("", "--description", help="Why, in a few words: added to the card's "
+                                                              "description after the source's and the change."),
     models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/)."),
 ) -> None:
     """Register a new version of a model with its weights and other member settings (no retraining)."""

@@ -109,9 +109,10 @@ def retune_version(
 ) -> Path:
     """A new version of the model ``source`` (NAME@VERSION) with its weights and other ``MEMBER_SETTINGS``.
 
-    The card keeps the source's training record and says what changed (``retuned_from``); the
-    source's evaluation does not carry over, ``evaluation`` (a ``scores.json`` that scored the
-    retuned model as NAME@VERSION) takes its place.
+    The card keeps the source's training record and description and says what changed
+    (``retuned_from``, and in the description, followed by ``description``: why, or how it
+    was found); the source's evaluation does not carry over, ``evaluation`` (a ``scores.json``
+    that scored the retuned model as NAME@VERSION) takes its place.
     """
     name, _, source_version = source.partition("@")
     if not source_version:
@@ -132,7 +133,8 @@ def retune_version(
             if key not in ("name", "version", "evaluation")}
     changes = ", ".join(f"{key} {before[key]} -> {_setting_text(value)}" for key, value in settings.items())
     card.update(
-        description=description or f"{card.get('description', name)}; retuned from {source}: {changes}",
+        description=f"{card.get('description', name)}; retuned from {source}: {changes}"
+                    + (f" ({description})" if description else ""),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         retuned_from={"model": source, "settings": {key: [before[key], value] for key, value in settings.items()}},
         evaluation=(_evaluation_summary(Path(evaluation), f"{name}@{version}", name) if evaluation else None),
