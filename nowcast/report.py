@@ -279,5 +279,8 @@ def card_tables(evaluation: dict[str, Any]) -> str:
     methods = [model, *(m for m in evaluation["scores"] if m != model)]
     lines = [f"Events: {', '.join(evaluation['events'])}; {evaluation['n_evaluated']} of "
              f"{evaluation['n_start_times']} start times evaluated (`{evaluation['source']}`).", ""]
+    if evaluation.get("carried_from"):
+        lines[0] += (f" Scored as {evaluation['carried_from']}, whose members this version draws alike: it "
+                     "changes only how products are made from them.")
     lines += score_tables(evaluation["scores"], methods, evaluation["settings"], heading="###")
     return "\n".join(lines).rstrip() + "\n"

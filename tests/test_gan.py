@@ -19,7 +19,7 @@ from nowcast.errors import InputError
 from nowcast.forecasters import get_forecaster
 from nowcast.gan.config import DataConfig, ExperimentConfig, LossConfig, ModelConfig, TrainConfig
 from nowcast.gan.data import SampleSource, load_events
-from nowcast.gan.export import MEMBER_POSTPROCESSING, export_run
+from nowcast.gan.export import MEMBER_POSTPROCESSING, PRODUCT_SETTINGS, export_run, retune_version
 from nowcast.gan.losses import discriminator_loss, gdl_loss, generator_loss, lp_loss
 from nowcast.gan.model import Discriminator, Generator
 from nowcast.gan.train import CHECKPOINT, METRICS, load_generator, train
@@ -292,6 +292,14 @@ def test_the_card_keeps_the_model_and_the_baselines_scores(tmp_path, events):
     with pytest.raises(InputError, match="has no scores of 'unscored'"):
         export_run(tmp_path / "run", "unscored", models_dir=models, evaluation=scores)
     assert not artifacts.list_versions("unscored", models)
+    # a version that changes only how products are made keeps the scores: its members are the same
+    products_only = retune_version(f"tiny-gan@{folder.name}", {"probability_neighbourhood_km_per_minute": 0.5},
+                                   models_dir=models)
+    kept = artifacts.card("tiny-gan", products_only.name, models)["evaluation"]
+    assert kept == {**evaluation, "carried_from": f"tiny-gan@{folder.name}"}
+    assert f"Scored as tiny-gan@{folder.name}" in (products_only / "README.md").read_text()
+    members_changed = retune_version(f"tiny-gan@{folder.name}", {"member_intensity_db": 1.0}, models_dir=models)
+    assert artifacts.card("tiny-gan", members_changed.name, models)["evaluation"] is None
 
 
 def test_forecaster_pads_odd_grids_and_crops_back(events):
@@ -776,7 +784,8 @@ def test_lp_only_twins_differ_only_in_the_adversarial_and_gdl_terms(model, twin)
     assert gan.loss.lambda_adv > 0 and gan.loss.lambda_gdl > 0
     assert lp.loss.lambda_adv == 0 and lp.loss.lambda_gdl == 0
     same_loss = dataclasses.replace(lp.loss, lambda_adv=gan.loss.lambda_adv, lambda_gdl=gan.loss.lambda_gdl)
-    same_members = dataclasses.replace(lp.model, **{k: getattr(gan.model, k) for k in MEMBER_POSTPROCESSING})
+    same_members = dataclasses.replace(lp.model, **{k: getattr(gan.model, k)
+                                                    for k in (*MEMBER_POSTPROCESSING, *PRODUCT_SETTINGS)})
     assert dataclasses.replace(lp, name=gan.name, loss=same_loss, model=same_members) == gan
 
 
@@ -1210,7 +1219,6 @@ def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tm
 
     from nowcast import spread_gain
     from nowcast.cli import EXIT_USER_ERROR, app
-    from nowcast.gan.export import retune_version
     from nowcast.spread_gain import fit_spread_gain
     from nowcast.verification import crps_sums
 

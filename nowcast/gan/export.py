@@ -23,10 +23,13 @@ logger = logging.getLogger(__name__)
 
 #: member settings that act on the generator's output only, never in training
 MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
-                         "member_spread_gain_start", "member_spread_gain_end", "member_matching",
-                         "probability_neighbourhood_km_per_minute")
+                         "member_spread_gain_start", "member_spread_gain_end", "member_matching")
+#: settings of the products made from the members, which never change the members: a version that changes only
+#: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
+PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
 #: model settings that act only where members are drawn: a new version may change them on the same weights
-MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING)
+MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING,
+                   *PRODUCT_SETTINGS)
 
 
 def export_run(
@@ -111,8 +114,10 @@ def retune_version(
 
     The card keeps the source's training record and description and says what changed
     (``retuned_from``, and in the description, followed by ``description``: why, or how it
-    was found); the source's evaluation does not carry over, ``evaluation`` (a ``scores.json``
-    that scored the retuned model as NAME@VERSION) takes its place.
+    was found). ``evaluation`` (a ``scores.json`` that scored the retuned model as
+    NAME@VERSION) goes into the card; without one, the source's evaluation carries over only
+    where every change is one of ``PRODUCT_SETTINGS`` (the members, and so every score, stay
+    the same), marked ``carried_from`` the source.
     """
     name, _, source_version = source.partition("@")
     if not source_version:
@@ -129,15 +134,21 @@ def retune_version(
     if isinstance(spec.get("experiment"), dict):
         spec["experiment"] = {**spec["experiment"], "model": spec["model"]}
     version = version or artifacts.next_version(name, models_dir)
-    card = {key: value for key, value in artifacts.read_json(folder / artifacts.CARD_FILE).items()
-            if key not in ("name", "version", "evaluation")}
+    source_card = artifacts.read_json(folder / artifacts.CARD_FILE)
+    card = {key: value for key, value in source_card.items() if key not in ("name", "version", "evaluation")}
+    if evaluation:
+        scored = _evaluation_summary(Path(evaluation), f"{name}@{version}", name)
+    elif source_card.get("evaluation") and set(settings) <= set(PRODUCT_SETTINGS):
+        scored = {**source_card["evaluation"], "carried_from": source}
+    else:
+        scored = None
     changes = ", ".join(f"{key} {before[key]} -> {_setting_text(value)}" for key, value in settings.items())
     card.update(
         description=f"{card.get('description', name)}; retuned from {source}: {changes}"
                     + (f" ({description})" if description else ""),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         retuned_from={"model": source, "settings": {key: [before[key], value] for key, value in settings.items()}},
-        evaluation=(_evaluation_summary(Path(evaluation), f"{name}@{version}", name) if evaluation else None),
+        evaluation=scored,
     )
     return artifacts.write_artifact(
         name, config=spec, weights_writer=lambda path: shutil.copyfile(folder / artifacts.WEIGHTS_FILE, path),
