@@ -26,6 +26,7 @@ import pandas as pd
 
 from nowcast.errors import InputError, UnreadableFileError
 from nowcast.feed import MANIFEST, ProductEntry, ProductFields, product_path, read_manifest, read_product
+from nowcast.products import PROCESSED_NEIGHBOURHOOD_ATTR
 from nowcast.sequence import pixel_size_km
 from service.core.errors import NotReadyError
 
@@ -200,10 +201,11 @@ class Product:
         forecast = self.fields.forecast
         rates = forecast.values[:, row, col]
         reference = self.fields.reference_time
-        probabilities = None
+        probabilities = neighbourhood = None
         if self.fields.probabilities is not None:
             probabilities = self.fields.probabilities.values[:, :, row, col]  # (threshold, time)
             thresholds = [str(float(t)) for t in self.fields.probabilities["threshold"].values]
+            neighbourhood = float(self.fields.probabilities.attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0))
         steps = []
         for index, (time, rate) in enumerate(zip(pd.DatetimeIndex(forecast["time"].values), rates, strict=True)):
             probability = None
@@ -217,6 +219,7 @@ class Product:
                          for t, v in zip(pd.DatetimeIndex(observed["time"].values), observed.values[:, row, col],
                                          strict=True)],
             "forecast": steps,
+            "probability_neighbourhood_km_per_minute": neighbourhood,
             "no_data": not bool(np.isfinite(rates).any()),
         }
 

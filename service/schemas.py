@@ -331,6 +331,10 @@ class PointForecast(BaseModel):
     location: PointLocation
     observed: list[ObservedRate]
     forecast: list[ForecastRate]
+    probability_neighbourhood_km_per_minute: float | None = Field(
+        default=None, description="the square neighbourhood the probabilities were processed with, growing this "
+        "many km per minute of lead: a probability of rain within about half a window of here (0: the members' own "
+        "fractions; null: no probabilities)")
     no_data: bool = Field(description="no forecast value at this cell (outside radar range): nothing to say")
 
 

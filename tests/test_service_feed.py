@@ -208,6 +208,7 @@ def test_a_point_is_the_nearest_cell_of_the_product_with_its_probabilities(tmp_p
     first = point["forecast"][0]
     assert set(first["probabilities"]) == {"0.5", "4.0"}
     assert first["probabilities"]["0.5"] == pytest.approx(float(fields.probabilities.values[0, 0, row, col]))
+    assert point["probability_neighbourhood_km_per_minute"] == 0.0  # the members' own fractions
 
 
 def test_a_point_without_data_is_no_data_and_nulls_never_a_number(tmp_path: Path) -> None:
