@@ -50,9 +50,9 @@ class ProductRequest:
     ``neighbourhood``: the probabilities' square neighbourhood, whose side grows this many
     km per minute of lead (0: the members' own fractions; see
     :func:`nowcast.ensemble.neighbourhood_probability`); None: the one the forecaster
-    fitted (the forecast's ``probability_neighbourhood_km_per_minute``, else none). Lists are kept as tuples in the
-    order given; errors name the field at fault (``products``, ``thresholds``,
-    ``quantile_levels``, ``neighbourhood``).
+    fitted (the forecast's ``probability_neighbourhood_km_per_minute``, else none). Lists
+    are kept as tuples in the order given; errors name the field at fault (``products``,
+    ``thresholds``, ``quantile_levels``, ``neighbourhood``).
     """
 
     products: tuple[str, ...] = DEFAULT_PRODUCTS

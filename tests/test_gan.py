@@ -1297,7 +1297,8 @@ def test_a_fitted_neighbourhood_registered_with_the_model_processes_its_probabil
     assert Path(result.stdout.strip().splitlines()[-1]) == models / "tiny-gan" / "v2"
     assert "fitted on syn0, syn1" in artifacts.card("tiny-gan", "v2", models)["description"]
     source, fitted = (get_forecaster(f"tiny-gan@{v}", models_dir=models) for v in ("v1", "v2"))
-    assert fitted.probability_neighbourhood_km_per_minute == 1.5 == fitted.describe()["probability_neighbourhood"]
+    assert fitted.probability_neighbourhood_km_per_minute == 1.5
+    assert fitted.describe()["probability_neighbourhood_km_per_minute"] == 1.5
     past = events["syn0"].isel(time=slice(0, 4))
     members = {name: model.forecast(past, 5, members=4, seed=2) for name, model in (("v1", source), ("v2", fitted))}
     np.testing.assert_array_equal(members["v1"].values, members["v2"].values)

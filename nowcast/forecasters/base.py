@@ -110,7 +110,7 @@ class Forecaster(abc.ABC):
         described = {"name": self.name, "n_input_frames": self.n_input_frames,
                      "supports_members": self.supports_members}
         if self.supports_members:
-            described["probability_neighbourhood"] = self.probability_neighbourhood_km_per_minute
+            described["probability_neighbourhood_km_per_minute"] = self.probability_neighbourhood_km_per_minute
         return described
 
     def warmup(self, ny: int = 128, nx: int = 128) -> None:
