@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -508,30 +508,43 @@ def retune(
     typer.echo(str(folder))
 
 
+# the options of the fits on training events (fit-spread-gain, fit-neighbourhood)
+FitEvents = Annotated[str, typer.Option("--events", help="Comma-separated event ids of the catalogue to fit on: "
+                                                         "training events, not the ones it will be scored on.")]
+FitMembers = Annotated[int, typer.Option("--members", min=2, help="Members drawn per start time.")]
+FitSteps = Annotated[int, typer.Option("--steps", min=1, help="Frames forecast from each start time.")]
+FitStride = Annotated[int, typer.Option("--stride", min=1, help="Frames between consecutive start times.")]
+FitSeed = Annotated[int, typer.Option("--seed", min=0, help="Start time k of an event draws from seed + k.")]
+FitVersion = Annotated[str | None, typer.Option("--version", help="With --register: v1, v2, ... (default: the "
+                                                                  "next one).")]
+FitOut = Annotated[Path | None, typer.Option("--out", help="Write every candidate's scores to this JSON file.")]
+FitDataRoot = Annotated[Path | None, typer.Option("--data-root", help="Radar archive (default: $NOWCAST_DATA_ROOT "
+                                                                      "or ../shared/data/pysteps-data).")]
+FitCatalogue = Annotated[Path | None, typer.Option("--catalogue", help="Event catalogue file (default: the "
+                                                                       "packaged one).")]
+FitModelsDir = Annotated[Path | None, typer.Option("--models-dir", help="Model registry (default: models/).")]
+
+
 @app.command("fit-spread-gain")
 @user_errors
 def fit_spread_gain(
-    model: str = typer.Argument(..., help="The registered GAN ensemble, NAME@VERSION."),
-    events: str = typer.Option(..., "--events", help="Comma-separated event ids of the catalogue to fit on: "
-                                                     "training events, not the ones it will be scored on."),
+    model: Annotated[str, typer.Argument(help="The registered GAN ensemble, NAME@VERSION.")],
+    events: FitEvents,
     starts: str | None = typer.Option(None, "--starts", help="Comma-separated candidate gains at 0 min "
                                                               "(default: 1, 1.1, 1.25)."),
     ends: str | None = typer.Option(None, "--ends", help="Comma-separated candidate gains at 60 min and after "
                                                           "(default: 0.8, 0.9, 1, 1.1, 1.2, 1.35)."),
-    members: int = typer.Option(20, "--members", min=2, help="Members drawn per start time."),
-    steps: int = typer.Option(12, "--steps", min=1, help="Frames forecast from each start time."),
-    stride: int = typer.Option(6, "--stride", min=1, help="Frames between consecutive start times."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Start time k of an event draws from seed + k."),
+    members: FitMembers = 20,
+    steps: FitSteps = 12,
+    stride: FitStride = 6,
+    seed: FitSeed = 0,
     register: bool = typer.Option(False, "--register", help="Register the best gains as the model's next "
                                                             "version (see `nowcast retune`)."),
-    version: str | None = typer.Option(None, "--version", help="With --register: v1, v2, ... (default: the "
-                                                               "next one)."),
-    out: Path | None = typer.Option(None, "--out", help="Write every candidate's scores to this JSON file."),
-    data_root: Path | None = typer.Option(None, "--data-root", help="Radar archive (default: $NOWCAST_DATA_ROOT "
-                                                                    "or ../shared/data/pysteps-data)."),
-    catalogue: Path | None = typer.Option(None, "--catalogue", help="Event catalogue file (default: the "
-                                                                     "packaged one)."),
-    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/)."),
+    version: FitVersion = None,
+    out: FitOut = None,
+    data_root: FitDataRoot = None,
+    catalogue: FitCatalogue = None,
+    models_dir: FitModelsDir = None,
 ) -> None:
     """Fit a GAN ensemble's spread gain (start, end) to its own members on training events by the CRPS."""
     from nowcast.files import write_text_atomically
@@ -562,28 +575,25 @@ def fit_spread_gain(
 @app.command("fit-neighbourhood")
 @user_errors
 def fit_neighbourhood(
-    model: str = typer.Argument(..., help="A forecaster that draws members: a GAN ensemble (NAME@VERSION), steps."),
-    events: str = typer.Option(..., "--events", help="Comma-separated event ids of the catalogue to fit on: "
-                                                     "training events, not the ones it will be scored on."),
+    model: Annotated[str, typer.Argument(help="A forecaster that draws members: a GAN ensemble (NAME@VERSION), "
+                                              "steps.")],
+    events: FitEvents,
     rates: str | None = typer.Option(None, "--rates", help="Comma-separated candidate km per minute of lead "
                                                             "(default: 0.2, 0.4, 0.6, 0.8, 1, 1.3; 0 is always one)."),
     thresholds: str | None = typer.Option(None, "--thresholds", help="Rain rates (mm/h) of the probabilities "
                                                                       "scored (default: 1,4,8)."),
-    members: int = typer.Option(20, "--members", min=2, help="Members drawn per start time."),
-    steps: int = typer.Option(12, "--steps", min=1, help="Frames forecast from each start time."),
-    stride: int = typer.Option(6, "--stride", min=1, help="Frames between consecutive start times."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Start time k of an event draws from seed + k."),
+    members: FitMembers = 20,
+    steps: FitSteps = 12,
+    stride: FitStride = 6,
+    seed: FitSeed = 0,
     register: bool = typer.Option(False, "--register", help="Register the best as the GAN ensemble's next "
                                                             "version, whose probability products then use it "
                                                             "where a request does not name one."),
-    version: str | None = typer.Option(None, "--version", help="With --register: v1, v2, ... (default: the "
-                                                               "next one)."),
-    out: Path | None = typer.Option(None, "--out", help="Write every candidate's scores to this JSON file."),
-    data_root: Path | None = typer.Option(None, "--data-root", help="Radar archive (default: $NOWCAST_DATA_ROOT "
-                                                                    "or ../shared/data/pysteps-data)."),
-    catalogue: Path | None = typer.Option(None, "--catalogue", help="Event catalogue file (default: the "
-                                                                     "packaged one)."),
-    models_dir: Path | None = typer.Option(None, "--models-dir", help="Model registry (default: models/)."),
+    version: FitVersion = None,
+    out: FitOut = None,
+    data_root: FitDataRoot = None,
+    catalogue: FitCatalogue = None,
+    models_dir: FitModelsDir = None,
 ) -> None:
     """Fit the probabilities' neighbourhood (km per minute of lead) to an ensemble on training events by the
     Brier skill against none."""
