@@ -103,6 +103,17 @@ def neighbourhood_probability(probability: np.ndarray, window_pixels: int) -> np
     return out
 
 
+def lead_exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float], lead_minutes: float,
+                                km_per_minute: float, pixel_size_km: float) -> np.ndarray:
+    """Exceedance probabilities (threshold, y, x) of one lead's members (member, y, x), neighbourhood-processed
+    in the window of that lead (``km_per_minute`` 0: the members' own fractions)."""
+    probability = exceedance_probability(members, thresholds_mmh)
+    if not km_per_minute:
+        return probability
+    window = neighbourhood_window_pixels(lead_minutes, km_per_minute, pixel_size_km)
+    return neighbourhood_probability(probability, window).astype(np.float32)
+
+
 def ensemble_quantiles(members: np.ndarray, levels: Sequence[float]) -> np.ndarray:
     """Quantiles of the members per pixel (linear interpolation between members): (level, ...).
 

@@ -63,12 +63,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from nowcast.ensemble import (
-    exceedance_probability,
-    neighbourhood_probability,
-    neighbourhood_window_pixels,
-    probability_matched_mean,
-)
+from nowcast.ensemble import lead_exceedance_probability, probability_matched_mean
 from nowcast.errors import InputError, SequenceError
 from nowcast.forecasters import Forecaster, get_forecaster
 from nowcast.quiet import quiet_stdout
@@ -515,24 +510,16 @@ def _map_case(start: _Start, forecasts: _Forecasts, settings: ScoreSettings) -> 
     wet = int(sum(np.count_nonzero(observed[i] >= settings.thresholds_mmh[0]) for i in start.map_lead_index))
     pairs = list(zip(start.map_leads, start.map_lead_index, strict=True))
     threshold = settings.probability_thresholds_mmh[:1]
+    rate = settings.probability_neighbourhood_km_per_minute  # the maps show probabilities as they are scored
     return _Case(
         reference_time=start.reference, wet_pixels=wet,
         observed={lead: observed[i].copy() for lead, i in pairs},
         forecasts={name: {lead: fc[i].copy() for lead, i in pairs} for name, fc in forecasts.deterministic.items()},
-        probabilities={name: {lead: _map_probability(members[:, i], threshold, lead, start.pixel_size_km, settings)
+        probabilities={name: {lead: lead_exceedance_probability(members[:, i], threshold, lead, rate,
+                                                                start.pixel_size_km)[0]
                               for lead, i in pairs}
                        for name, members in forecasts.members.items()},
     )
-
-
-def _map_probability(members: np.ndarray, threshold: Sequence[float], lead: float, pixel_size_km: float,
-                     settings: ScoreSettings) -> np.ndarray:
-    """The probability map as it is scored: neighbourhood-processed where the settings ask for it."""
-    probability = exceedance_probability(members, threshold)[0]
-    rate = settings.probability_neighbourhood_km_per_minute
-    if not rate:
-        return probability
-    return neighbourhood_probability(probability, neighbourhood_window_pixels(lead, rate, pixel_size_km))
 
 
 Run = Callable[[_Methods, Iterator[tuple[_EventResult, _Start]], ScoreSettings],

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from nowcast.ensemble import MAX_NEIGHBOURHOOD_KM_PER_MINUTE
 from nowcast.errors import InputError, UnreadableFileError
 from nowcast.files import write_text_atomically
 from nowcast.io.locks import NETCDF_LOCK
@@ -248,8 +249,8 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
         variable = ds[PROBABILITY_NAME]
         probabilities = variable.transpose("threshold", *DIMS).astype(np.float32)
         # the forecast's grid and times, and what the probabilities are: neighbourhood-processed or not
-        probabilities.attrs = {**forecast.attrs, PROCESSED_NEIGHBOURHOOD_ATTR:
-                               float(variable.attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0))}
+        probabilities.attrs = {**forecast.attrs,
+                               PROCESSED_NEIGHBOURHOOD_ATTR: _neighbourhood_of(variable, path)}
     members = None
     if "realization" in ds.dims and VARIABLE_NAME in ds and "realization" in ds[VARIABLE_NAME].dims:
         members = ds[VARIABLE_NAME].rename(realization="member").transpose("member", *DIMS).astype(np.float32)
@@ -257,6 +258,19 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
     return ProductFields(observed=observed, forecast=forecast, probabilities=probabilities,
                          reference_time=pd.Timestamp(ds["forecast_reference_time"].values),
                          attrs=dict(ds.attrs), members=members)
+
+
+def _neighbourhood_of(variable: xr.DataArray, path: Path) -> float:
+    """The neighbourhood (km per minute of lead) a product says its probabilities have, checked."""
+    value = variable.attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0)
+    try:
+        neighbourhood = float(value)
+    except (TypeError, ValueError):
+        neighbourhood = float("nan")
+    if not 0.0 <= neighbourhood <= MAX_NEIGHBOURHOOD_KM_PER_MINUTE:
+        raise UnreadableFileError(f"{path}: {PROCESSED_NEIGHBOURHOOD_ATTR} {value!r} is no neighbourhood in [0, "
+                                  f"{MAX_NEIGHBOURHOOD_KM_PER_MINUTE:g}] km per minute")
+    return neighbourhood
 
 
 def _forecast_name(ds: xr.Dataset) -> str:

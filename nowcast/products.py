@@ -25,8 +25,7 @@ from nowcast.ensemble import (
     ensemble_mean,
     ensemble_quantiles,
     exceedance_probability,
-    neighbourhood_probability,
-    neighbourhood_window_pixels,
+    lead_exceedance_probability,
     probability_matched_mean,
 )
 from nowcast.errors import InputError
@@ -169,12 +168,9 @@ def probability_neighbourhood(forecast: xr.DataArray, request: ProductRequest) -
 
 def _probabilities(forecast: xr.DataArray, members: np.ndarray, request: ProductRequest) -> np.ndarray:
     """Exceedance probabilities (threshold, time, y, x), each lead's neighbourhood-processed where asked."""
-    probabilities = exceedance_probability(members, request.thresholds)
     neighbourhood = probability_neighbourhood(forecast, request)
     if not neighbourhood:
-        return probabilities
+        return exceedance_probability(members, request.thresholds)
     size_km = pixel_size_km(forecast)
-    for i, lead in enumerate(lead_minutes_of(forecast)):
-        window = neighbourhood_window_pixels(lead, neighbourhood, size_km)
-        probabilities[:, i] = neighbourhood_probability(probabilities[:, i], window)
-    return probabilities
+    return np.stack([lead_exceedance_probability(members[:, i], request.thresholds, lead, neighbourhood, size_km)
+                     for i, lead in enumerate(lead_minutes_of(forecast))], axis=1)

@@ -377,9 +377,11 @@ class ProbabilityCounts:
         self.n_members = n_members
         self.event = np.zeros(n_members + 1, dtype=np.int64)
         self.no_event = np.zeros(n_members + 1, dtype=np.int64)
-        # per bin, (no event, event): the sum of the probabilities and of their squares
-        self.probability_sum = np.zeros((2, n_members + 1))
-        self.square_sum = np.zeros((2, n_members + 1))
+        # what the Brier score and the bins' mean probabilities need beyond the counts: the
+        # probabilities summed per bin, over the pixels with the event, and their squares over all
+        self.probability_sum = np.zeros(n_members + 1)
+        self.event_probability_sum = 0.0
+        self.square_sum = 0.0
 
     def add(self, members: np.ndarray, observed: np.ndarray) -> None:
         """Count pixels: ``members`` (member, pixel) and ``observed`` (pixel), all finite."""
@@ -395,9 +397,9 @@ class ProbabilityCounts:
         bins = np.rint(probability * self.n_members).astype(np.intp)
         event = observed > self.threshold
         size = self.n_members + 1
-        for row, pixels in ((0, ~event), (1, event)):
-            self.probability_sum[row] += np.bincount(bins[pixels], probability[pixels], minlength=size)
-            self.square_sum[row] += np.bincount(bins[pixels], probability[pixels] ** 2, minlength=size)
+        self.probability_sum += np.bincount(bins, probability, minlength=size)
+        self.event_probability_sum += float(probability[event].sum())
+        self.square_sum += float(np.sum(probability**2))
         self.event += np.bincount(bins[event], minlength=size)
         self.no_event += np.bincount(bins[~event], minlength=size)
 
@@ -405,6 +407,7 @@ class ProbabilityCounts:
         self.event += other.event
         self.no_event += other.no_event
         self.probability_sum += other.probability_sum
+        self.event_probability_sum += other.event_probability_sum
         self.square_sum += other.square_sum
 
     @property
@@ -416,7 +419,7 @@ class ProbabilityCounts:
         """Each bin's mean forecast probability (its centre where it is empty)."""
         n_at = self.event + self.no_event
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(n_at > 0, self.probability_sum.sum(axis=0) / n_at, self.probabilities)
+            return np.where(n_at > 0, self.probability_sum / n_at, self.probabilities)
 
     @property
     def n_pixels(self) -> int:
@@ -424,8 +427,7 @@ class ProbabilityCounts:
 
     def brier_sum(self) -> float:
         """The squared probability errors summed over the pixels: sum (1 - p)² with the event, p² without."""
-        with_event = self.event.sum() - 2.0 * self.probability_sum[1].sum() + self.square_sum[1].sum()
-        return float(with_event + self.square_sum[0].sum())
+        return float(self.event.sum() - 2.0 * self.event_probability_sum + self.square_sum)
 
     def brier(self) -> float:
         return self.brier_sum() / self.n_pixels if self.n_pixels else float("nan")
@@ -459,7 +461,7 @@ class ProbabilityCounts:
             "reliability": {"probability": self.mean_probabilities().tolist(),
                             "observed_frequency": observed_frequency.tolist(),
                             "n_event": self.event.tolist(), "n_no_event": self.no_event.tolist(),
-                            "probability_sum": self.probability_sum.sum(axis=0).tolist()},
+                            "probability_sum": self.probability_sum.tolist()},
         }
         if reference is not None:
             result["brier_skill"] = brier_skill(self.brier(), reference.brier())

@@ -81,3 +81,11 @@ def test_a_product_file_round_trips_observed_frames_forecast_and_probabilities(t
             np.testing.assert_allclose(fields.members.values, members.values, rtol=1e-6)
         else:
             assert fields.probabilities is None and fields.members is None
+    # a product that says its probabilities are something no neighbourhood is: refused by name
+    import netCDF4
+
+    for bad in ("wide", -1.0, 1e9):
+        with netCDF4.Dataset(tmp_path / "pTrue.nc", "a") as ds:
+            ds["probability_of_lwe_precipitation_rate_above_threshold"].neighbourhood_km_per_minute = bad
+        with pytest.raises(UnreadableFileError, match="neighbourhood_km_per_minute"):
+            read_product(tmp_path / "pTrue.nc")

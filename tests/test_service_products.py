@@ -110,6 +110,13 @@ def test_neighbourhood_probabilities_over_http_are_the_librarys(fake_members: No
         assert probability.attrs["neighbourhood_km_per_minute"] == 0.8
 
 
+def test_a_forecast_carries_its_forecasters_neighbourhood_never_its_inputs() -> None:
+    seq = sequence(ny=30, nx=32, frames=3, border=2)
+    seq.attrs["probability_neighbourhood_km_per_minute"] = 9.0
+    forecast = FakeMembers().forecast(seq, 2, members=4)
+    assert "probability_neighbourhood_km_per_minute" not in forecast.attrs
+
+
 def test_without_a_neighbourhood_the_models_fitted_one_applies(fake_members: None,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FakeMembers, "probability_neighbourhood_km_per_minute", 1.5)

@@ -156,6 +156,8 @@ class Forecaster(abc.ABC):
             result.attrs = stacked[0].attrs
         result.attrs["forecast_reference_time"] = str(reference)
         result.attrs["forecast_method"] = self.name
+        # this forecaster's neighbourhood, never one the input frames carried
+        result.attrs.pop(NEIGHBOURHOOD_ATTR, None)
         if prepared.members is not None and self.probability_neighbourhood_km_per_minute:
             result.attrs[NEIGHBOURHOOD_ATTR] = float(self.probability_neighbourhood_km_per_minute)
         return result
