@@ -176,7 +176,7 @@ def _score_start(forecaster: Any, drawn: np.ndarray, prepared: Any, observed: np
             gain = per_lead[lead]
             if gain not in scored:
                 fields = drawn[:, :, lead:lead + 1].copy()
-                forecaster.adjust_members(fields, last, prepared.spacing, gains=[gain])
+                forecaster.adjust_members(fields, last, prepared.spacing, gains=[gain], first_step=lead)
                 scored[gain] = _lead_scores(fields[0, :, 0], observed_lead)
             total, pixels, sums_here = scored[gain]
             sums[c, lead] += (total, pixels)

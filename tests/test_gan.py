@@ -1226,8 +1226,10 @@ def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tm
     train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
     models = tmp_path / "models"
     export_run(tmp_path / "run", "tiny-gan", models_dir=models)
-    # the log-normal field makes the members differ; matching runs after the gain, as in predict
-    retune_version("tiny-gan@v1", {"member_intensity_db": 3.0, "member_matching": "pooled"}, models_dir=models)
+    # the log-normal field makes the members differ; matching runs after the gain, as in predict, on the first
+    # two leads only, so each lead scored on its own must know how far into the forecast it is
+    retune_version("tiny-gan@v1", {"member_intensity_db": 3.0, "member_matching": "pooled",
+                                   "member_matching_minutes": 10.0}, models_dir=models)
     names = ["syn0", "syn1"]
     fit = fit_spread_gain("tiny-gan@v2", names, starts=(1.0, 1.5), ends=(0.5, 1.0), members=4, steps=6, stride=4,
                           seed=7, loader=events.__getitem__, models_dir=models)
@@ -1359,6 +1361,36 @@ def test_member_matching_gives_wet_pixels_the_last_frames_rates_of_the_same_exce
     np.testing.assert_array_equal(matching.predict(past, 6), varied.predict(past, 6))
     with pytest.raises(ValueError, match="member_matching 'sideways': one of none, each, pooled"):
         dataclasses.replace(varied_config, member_matching="sideways")
+
+
+def test_member_matching_minutes_matches_only_the_first_leads(events):
+    """member_matching_minutes: the leads up to that many minutes are matched as with matching at every lead, the
+    later ones left as drawn; in a forecast longer than the model's output the count runs on over the passes."""
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    base_config = dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0)
+    generator = Generator(base_config)
+
+    def drawn(**settings):
+        forecaster = GANForecaster(generator, Normalisation(), device="cpu")
+        return forecaster.with_member_settings(**settings).predict(past, 6, members=4, seed=3)[0]
+
+    past = events["syn0"].values[2:6].copy()[None]
+    unmatched = drawn()
+    everywhere = drawn(member_matching="each")
+    first_ten = drawn(member_matching="each", member_matching_minutes=10.0)  # 5-min steps: two leads
+    np.testing.assert_array_equal(first_ten[:, :2], everywhere[:, :2])
+    np.testing.assert_array_equal(first_ten[:, 2:], unmatched[:, 2:])
+    assert not np.array_equal(everywhere[:, :2], unmatched[:, :2])
+    config = dataclasses.replace(base_config, member_matching="each", member_matching_minutes=10.0)
+    assert config.matched_leads(5.0, 12) == [0, 1] and config.matched_leads(6.0, 12) == [0]
+    assert config.matched_leads(5.0, 4, first_step=1) == [0] and config.matched_leads(5.0, 4, first_step=2) == []
+    assert dataclasses.replace(config, member_matching="none").matched_leads(5.0, 12) == []
+    for minutes in (-5.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="member_matching_minutes must be a non-negative number"):
+            dataclasses.replace(config, member_matching_minutes=minutes)
 
 
 def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, events):

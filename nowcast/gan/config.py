@@ -100,7 +100,10 @@ class ModelConfig:
     than another stays so) and fits only their ensemble to the observed distribution;
     like the spread gain it makes a member depend on the others drawn with it. "none": off.
     (Run 37 in docs/gan-experiments.md: on the training events the generator's growth and
-    decay were worth more than the observed distribution; no shipped model matches.)
+    decay were worth more than the observed distribution at every lead.)
+    ``member_matching_minutes``: match only the leads up to this many minutes, where the last
+    observed frame's distribution is still the rain's and the generator has not yet grown or
+    decayed it (run 44: the first 5 to 10 minutes); 0 matches every lead.
     ``probability_neighbourhood_km_per_minute``: the square neighbourhood, growing this many
     km per minute of lead, that the members' exceedance probabilities are processed with
     where a product request does not name one (:mod:`nowcast.products`); fitted on training
@@ -135,6 +138,7 @@ class ModelConfig:
     member_spread_gain_start: float = 1.0
     member_spread_gain_end: float = 1.0
     member_matching: str = "none"
+    member_matching_minutes: float = 0.0
     probability_neighbourhood_km_per_minute: float = 0.0
     lead_basis: int = 0
 
@@ -160,6 +164,8 @@ class ModelConfig:
                              f"{MAX_NEIGHBOURHOOD_KM_PER_MINUTE:g}] km per minute of lead")
         if self.member_matching not in MEMBER_MATCHING:
             raise ValueError(f"member_matching {self.member_matching!r}: one of {', '.join(MEMBER_MATCHING)}")
+        if not (math.isfinite(self.member_matching_minutes) and self.member_matching_minutes >= 0):
+            raise ValueError("member_matching_minutes must be a non-negative number of minutes (0: every lead)")
         if self.member_motion_sigma > 0 and self.member_motion_kmh > 0:
             raise ValueError("set member_motion_sigma (pixels per step) or member_motion_kmh (km/h), not both")
         if self.motion_downsample < 1:
@@ -199,6 +205,16 @@ class ModelConfig:
         per_hour = 60.0 / step_minutes
         elapsed = np.arange(first_step, first_step + steps + 1, dtype=np.float64)
         return np.diff(per_hour * (elapsed / per_hour) ** self.member_motion_growth).astype(np.float32)
+
+    def matched_leads(self, step_minutes: float, steps: int, first_step: int = 0) -> list[int]:
+        """Which of ``steps`` leads, the first ``first_step`` steps into the forecast, ``member_matching`` matches."""
+        if self.member_matching == "none":
+            return []
+        leads = range(steps)
+        if self.member_matching_minutes == 0:
+            return list(leads)
+        # a small tolerance: 10 minutes of 5-min steps is two leads whatever the float rounding
+        return [lead for lead in leads if (first_step + lead + 1) * step_minutes <= self.member_matching_minutes + 1e-6]
 
     @property
     def spreads_members(self) -> bool:

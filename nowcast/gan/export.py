@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: member settings that act on the generator's output only, never in training
 MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
-                         "member_spread_gain_start", "member_spread_gain_end", "member_matching")
+                         "member_spread_gain_start", "member_spread_gain_end", "member_matching",
+                         "member_matching_minutes")
 #: settings of the products made from the members, which never change the members: a version that changes only
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
@@ -210,6 +211,8 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.member_matching != "none":
             whose = "each member's" if cfg.model.member_matching == "each" else "the members' pooled"
             text += f", {whose} wet rain rates matched to the last observed frame's distribution"
+            if cfg.model.member_matching_minutes:
+                text += f" over the first {cfg.model.member_matching_minutes:g} min"
         if cfg.model.probability_neighbourhood_km_per_minute:
             text += (f"; exceedance probabilities neighbourhood-processed in a square growing "
                      f"{cfg.model.probability_neighbourhood_km_per_minute:g} km per minute of lead")

@@ -106,15 +106,17 @@ class GANForecaster(Forecaster):
         return other
 
     def adjust_members(self, members: np.ndarray, last: np.ndarray, spacing: Spacing,
-                       gains: Sequence[float] | None = None) -> None:
+                       gains: Sequence[float] | None = None, first_step: int = 0) -> None:
         """What follows the draw, in place: the spread gain at each lead (``gains``, default the model's
-        ``member_spread_gain``), then matching to the last frame's rates (``member_matching``).
-        ``members``: (batch, draws, steps, y, x) mm/h; ``last``: (batch, y, x) mm/h."""
+        ``member_spread_gain``), then matching to the last frame's rates (``member_matching`` at the
+        leads ``member_matching_minutes`` names). ``members``: (batch, draws, steps, y, x) mm/h, their
+        first step ``first_step`` steps into the forecast; ``last``: (batch, y, x) mm/h."""
         if gains is None:
             gains = self.model_config.member_spread_gains(spacing.step_minutes, members.shape[2])
         self._gain_spread(members, gains)
-        if self.model_config.member_matching != "none":
-            self._match_observed(members, last)
+        matched = self.model_config.matched_leads(spacing.step_minutes, members.shape[2], first_step)
+        if matched:
+            self._match_observed(members, last, matched)
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
         """One generator per sequence and member, sequence-major, seeded from (seed, member).
@@ -252,9 +254,9 @@ class GANForecaster(Forecaster):
                 spread = np.clip(np.exp(centre + gain * (logs - centre)), wet_from, MAX_RAIN_RATE_MMH)
                 np.copyto(rates, spread.astype(rates.dtype), where=wet)
 
-    def _match_observed(self, members: np.ndarray, last: np.ndarray) -> None:
-        """Give (in place) the members' wet pixels the last frame's rain rates of the same exceedance
-        fraction (``ModelConfig.member_matching``); ``members``: (batch, draws, steps, y, x),
+    def _match_observed(self, members: np.ndarray, last: np.ndarray, leads: Sequence[int]) -> None:
+        """Give (in place) the members' wet pixels at ``leads`` the last frame's rain rates of the same
+        exceedance fraction (``ModelConfig.member_matching``); ``members``: (batch, draws, steps, y, x),
         ``last``: (batch, y, x) mm/h."""
         wet_from = self.normalisation.threshold_mmh
         pooled = self.model_config.member_matching == "pooled"
@@ -263,7 +265,7 @@ class GANForecaster(Forecaster):
             if seen.size == 0:
                 continue
             descending = -np.sort(-seen)
-            for lead in range(sequence.shape[1]):
+            for lead in leads:
                 groups = [sequence[:, lead]] if pooled else [sequence[m:m + 1, lead] for m in range(len(sequence))]
                 for fields in groups:
                     _match_exceedance(fields, descending, wet_from)
