@@ -99,11 +99,11 @@ class ModelConfig:
     the lead. "pooled" leaves members their differences from one another (a member wetter
     than another stays so) and fits only their ensemble to the observed distribution;
     like the spread gain it makes a member depend on the others drawn with it. "none": off.
-    (Run 37 in docs/gan-experiments.md: on the training events the generator's growth and
-    decay were worth more than the observed distribution at every lead.)
+    (Run 37 in docs/gan-experiments.md: matched at every lead, the members lost on the training
+    events; the generator's growth and decay were worth more than the observed distribution.)
     ``member_matching_minutes``: match only the leads up to this many minutes, where the last
     observed frame's distribution is still the rain's and the generator has not yet grown or
-    decayed it (run 44: the first 5 to 10 minutes); 0 matches every lead.
+    decayed it (run 44: the first 10 minutes); 0 matches every lead.
     ``probability_neighbourhood_km_per_minute``: the square neighbourhood, growing this many
     km per minute of lead, that the members' exceedance probabilities are processed with
     where a product request does not name one (:mod:`nowcast.products`); fitted on training
