@@ -1365,7 +1365,7 @@ def test_member_matching_gives_wet_pixels_the_last_frames_rates_of_the_same_exce
 
 def test_member_matching_minutes_matches_only_the_first_leads(events):
     """member_matching_minutes: the leads up to that many minutes are matched as with matching at every lead, the
-    later ones left as drawn; in a forecast longer than the model's output the count runs on over the passes."""
+    later ones left as drawn; a slice of leads that starts later in the forecast counts them from its start."""
     from nowcast.gan.forecaster import GANForecaster
     from nowcast.transforms import Normalisation
 

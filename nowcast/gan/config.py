@@ -210,11 +210,9 @@ class ModelConfig:
         """Which of ``steps`` leads, the first ``first_step`` steps into the forecast, ``member_matching`` matches."""
         if self.member_matching == "none":
             return []
-        leads = range(steps)
-        if self.member_matching_minutes == 0:
-            return list(leads)
+        until = self.member_matching_minutes or math.inf
         # a small tolerance: 10 minutes of 5-min steps is two leads whatever the float rounding
-        return [lead for lead in leads if (first_step + lead + 1) * step_minutes <= self.member_matching_minutes + 1e-6]
+        return [lead for lead in range(steps) if (first_step + lead + 1) * step_minutes <= until + 1e-6]
 
     @property
     def spreads_members(self) -> bool:
