@@ -21,19 +21,23 @@ def ensemble_mean(members: np.ndarray) -> np.ndarray:
         return np.nanmean(members, axis=0).astype(np.float32)
 
 
-def probability_matched_mean(members: np.ndarray) -> np.ndarray:
+def probability_matched_mean(members: np.ndarray, window_pixels: int = 1) -> np.ndarray:
     """The ensemble mean's pattern with the members' intensity distribution (Ebert 2001).
 
-    Per frame (every axis after the first two is one field), the pixels keep the rank of
+    Per frame (each ``(y, x)`` field of the axes after the first), the pixels keep the rank of
     the ensemble mean and take the value of that rank in the pooled members' distribution
     (every member's values, sorted, read at evenly spaced ranks): the mean's placement of
     rain, the members' sharpness of it. Used as an ensemble's one deterministic forecast.
+    ``window_pixels`` > 1: the ranks are those of the mean's square-window mean (no-data
+    left out, as :func:`neighbourhood_probability` does), which places the rain where the
+    mean puts it within about half a window; the values are the members' all the same.
     """
     members = np.asarray(members, dtype=np.float32)
     mean = ensemble_mean(members)
+    ranked = window_mean(mean, window_pixels)
     out = np.full_like(mean, np.nan)
     for index in np.ndindex(mean.shape[:-2]):
-        field = mean[index]
+        field = ranked[index]
         valid = np.isfinite(field)
         if not valid.any():
             continue
@@ -78,29 +82,37 @@ def neighbourhood_window_pixels(lead_minutes: float, km_per_minute: float, pixel
     return int(np.rint(km_per_minute * max(lead_minutes, 0.0) / pixel_size_km)) | 1
 
 
-def neighbourhood_probability(probability: np.ndarray, window_pixels: int) -> np.ndarray:
-    """Each pixel's mean probability over the ``window_pixels`` square around it, of the pixels with data.
+def window_mean(field: np.ndarray, window_pixels: int) -> np.ndarray:
+    """Each pixel's mean over the ``window_pixels`` square around it, of the pixels with data (float64).
 
-    ``probability``: (..., y, x), every leading index one field; NaN (no data) is left out of the
-    means and stays NaN; near an edge the window holds the pixels inside the grid. This is
-    IMPROVER's square neighbourhood processing of probabilities (``nbhood``), with no-data
-    pixels masked: a probability then reads "rain above the threshold within about half a
-    window of here", which a forecast whose cells are displaced by that much earns.
+    ``field``: (..., y, x), every leading index one field; NaN (no data) is left out of the
+    means and stays NaN; near an edge the window holds the pixels inside the grid.
     """
     from scipy.ndimage import uniform_filter
 
-    probability = np.asarray(probability, dtype=np.float64)
+    field = np.asarray(field, dtype=np.float64)
     if window_pixels <= 1:
-        return probability.copy()
-    valid = np.isfinite(probability)
-    size = (1,) * (probability.ndim - 2) + (window_pixels, window_pixels)
-    total = uniform_filter(np.where(valid, probability, 0.0), size, mode="constant")
+        return field.copy()
+    valid = np.isfinite(field)
+    size = (1,) * (field.ndim - 2) + (window_pixels, window_pixels)
+    total = uniform_filter(np.where(valid, field, 0.0), size, mode="constant")
     weight = uniform_filter(valid.astype(np.float64), size, mode="constant")
     with np.errstate(invalid="ignore", divide="ignore"):
         # the filter's running sums leave rounding of ~1e-16, even where a window holds no data
-        out = np.clip(np.where(weight > 1e-9, total / weight, np.nan), 0.0, 1.0)
+        out = np.where(weight > 1e-9, total / weight, np.nan)
     out[~valid] = np.nan
     return out
+
+
+def neighbourhood_probability(probability: np.ndarray, window_pixels: int) -> np.ndarray:
+    """Each pixel's mean probability over the ``window_pixels`` square around it, of the pixels with data.
+
+    ``probability``: (..., y, x), as :func:`window_mean` takes it. This is IMPROVER's square
+    neighbourhood processing of probabilities (``nbhood``), with no-data pixels masked: a
+    probability then reads "rain above the threshold within about half a window of here",
+    which a forecast whose cells are displaced by that much earns.
+    """
+    return np.clip(window_mean(probability, window_pixels), 0.0, 1.0)
 
 
 def lead_exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float], lead_minutes: float,
@@ -112,6 +124,19 @@ def lead_exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[fl
         return probability
     window = neighbourhood_window_pixels(lead_minutes, km_per_minute, pixel_size_km)
     return neighbourhood_probability(probability, window).astype(np.float32)
+
+
+def lead_probability_matched_mean(members: np.ndarray, lead_minutes: Sequence[float], km_per_minute: float,
+                                  pixel_size_km: float) -> np.ndarray:
+    """The probability-matched mean (time, y, x) of members (member, time, y, x), each lead's ranks from the
+    window of that lead (:func:`neighbourhood_window_pixels`; ``km_per_minute`` 0: the mean's own ranks)."""
+    if not km_per_minute:
+        return probability_matched_mean(members)
+    if len(lead_minutes) != members.shape[1]:
+        raise ValueError(f"{len(lead_minutes)} lead times for {members.shape[1]} frames")
+    return np.stack([probability_matched_mean(members[:, i], neighbourhood_window_pixels(lead, km_per_minute,
+                                                                                          pixel_size_km))
+                     for i, lead in enumerate(lead_minutes)])
 
 
 def ensemble_quantiles(members: np.ndarray, levels: Sequence[float]) -> np.ndarray:

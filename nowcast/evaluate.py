@@ -16,7 +16,7 @@ future frame has data.
 With ``members``, every method that draws ensemble members (``supports_members``)
 forecasts that many, with a seed fixed by the run's ``seed``, the event and the start
 time (two runs give the same members). Such a method is scored twice over the same
-pixels: its probability-matched mean (:func:`nowcast.ensemble.probability_matched_mean`)
+pixels: its probability-matched mean (:func:`nowcast.products.probability_matched_mean_of`)
 under its own name, exactly as a deterministic method, and its members as an ensemble
 (CRPS, Brier score and skill against ``brier_reference``, reliability, ROC, rank
 histogram, spread/skill, first member's spectra; see :mod:`nowcast.verification`).
@@ -63,9 +63,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from nowcast.ensemble import lead_exceedance_probability, probability_matched_mean
+from nowcast.ensemble import lead_exceedance_probability
 from nowcast.errors import InputError, SequenceError
 from nowcast.forecasters import Forecaster, get_forecaster
+from nowcast.products import probability_matched_mean_of
 from nowcast.quiet import quiet_stdout
 from nowcast.report import render_markdown
 from nowcast.sequence import DIMS, UNITS, _is_geographic, pixel_size_km
@@ -455,19 +456,20 @@ def score_start(plan: _Methods, start: _Start, settings: ScoreSettings) -> _Star
 def _forecast_all(plan: _Methods, past: xr.DataArray, steps: int,
                   seed: int | None) -> tuple[_Forecasts, dict[str, float], dict[str, list[int]]]:
     """Every method's forecast from the same past, timed, its non-finite values counted; an ensemble's
-    deterministic one is its members' probability-matched mean."""
+    deterministic one is its members' probability-matched mean, placed as its forecaster sets."""
     forecasts, seconds, nonfinite = _Forecasts({}, {}), {}, {}
     for name, forecaster in plan.forecasters.items():
         ensemble = name in plan.ensembles
         tic = time.perf_counter()
-        fields = (forecaster.forecast(past, steps, members=plan.members, seed=seed) if ensemble
-                  else forecaster.forecast(past, steps)).values
+        forecast = (forecaster.forecast(past, steps, members=plan.members, seed=seed) if ensemble
+                    else forecaster.forecast(past, steps))
+        fields = forecast.values
         seconds[name] = time.perf_counter() - tic
         n_nan = int(np.count_nonzero(np.isnan(fields)))
         nonfinite[name] = [n_nan, int(fields.size - n_nan - np.count_nonzero(np.isfinite(fields))), int(fields.size)]
         if ensemble:
             forecasts.members[name] = fields
-            forecasts.deterministic[name] = probability_matched_mean(fields)
+            forecasts.deterministic[name] = probability_matched_mean_of(forecast)
         else:
             forecasts.deterministic[name] = fields
     return forecasts, seconds, nonfinite

@@ -26,6 +26,7 @@ from nowcast.ensemble import (
     ensemble_quantiles,
     exceedance_probability,
     lead_exceedance_probability,
+    lead_probability_matched_mean,
     probability_matched_mean,
 )
 from nowcast.errors import InputError
@@ -40,6 +41,9 @@ DEFAULT_QUANTILE_LEVELS = (0.1, 0.5, 0.9)
 NEIGHBOURHOOD_ATTR = "probability_neighbourhood_km_per_minute"
 #: the attribute of processed probabilities (and of their netCDF variable) that says their neighbourhood
 PROCESSED_NEIGHBOURHOOD_ATTR = "neighbourhood_km_per_minute"
+#: the attribute of an ensemble forecast (and of its probability-matched mean) that carries the window,
+#: in km per minute of lead, whose mean gives the probability-matched mean its placement
+MEAN_NEIGHBOURHOOD_ATTR = "mean_neighbourhood_km_per_minute"
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,7 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
         "members": lambda: (forecast.dims, members),
         "probabilities": lambda: (("threshold", *frame_dims), _probabilities(forecast, members, request)),
         "mean": lambda: (frame_dims, ensemble_mean(members)),
-        "pm_mean": lambda: (frame_dims, probability_matched_mean(members)),
+        "pm_mean": lambda: (frame_dims, probability_matched_mean_of(forecast)),
         "quantiles": lambda: (("quantile", *frame_dims), ensemble_quantiles(members, request.quantile_levels)),
     }
     coords: dict[str, Any] = {name: forecast[name] for name in frame_dims}
@@ -155,7 +159,20 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     neighbourhood = probability_neighbourhood(forecast, request)
     if "probabilities" in request.products and neighbourhood:
         products["probabilities"].attrs[PROCESSED_NEIGHBOURHOOD_ATTR] = neighbourhood
+    if "pm_mean" in request.products and forecast.attrs.get(MEAN_NEIGHBOURHOOD_ATTR):
+        products["pm_mean"].attrs[MEAN_NEIGHBOURHOOD_ATTR] = float(forecast.attrs[MEAN_NEIGHBOURHOOD_ATTR])
     return products
+
+
+def probability_matched_mean_of(forecast: xr.DataArray) -> np.ndarray:
+    """The probability-matched mean (time, y, x) of an ensemble forecast (member, time, y, x) in mm/h: each
+    lead's ranks from the window its forecaster set (the forecast's ``mean_neighbourhood_km_per_minute``,
+    else the mean's own ranks). The one deterministic forecast an ensemble gives, in products and scores."""
+    members = np.asarray(forecast.transpose("member", ...).values, dtype=np.float32)
+    rate = float(forecast.attrs.get(MEAN_NEIGHBOURHOOD_ATTR, 0.0))
+    if not rate:
+        return probability_matched_mean(members)
+    return lead_probability_matched_mean(members, lead_minutes_of(forecast), rate, pixel_size_km(forecast))
 
 
 def probability_neighbourhood(forecast: xr.DataArray, request: ProductRequest) -> float:

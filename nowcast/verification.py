@@ -94,9 +94,9 @@ from nowcast.ensemble import (
     ensemble_mean,
     neighbourhood_probability,
     neighbourhood_window_pixels,
-    probability_matched_mean,
 )
 from nowcast.errors import SequenceError
+from nowcast.products import probability_matched_mean_of
 from nowcast.sequence import lead_minutes_of, pixel_size_km
 
 logger = logging.getLogger(__name__)
@@ -1016,8 +1016,9 @@ def verify(forecast: xr.DataArray, observed: xr.DataArray, *, scores: Scores | N
     if n_members is None:
         deterministic, members = forecast.values, None
     else:
-        members = {"forecast": forecast.transpose("member", "time", "y", "x").values}
-        deterministic = probability_matched_mean(members["forecast"])
+        ordered = forecast.transpose("member", "time", "y", "x")
+        members = {"forecast": ordered.values}
+        deterministic = probability_matched_mean_of(ordered)
     accumulate({"forecast": scores}, obs, {"forecast": deterministic}, members=members,
                lead_minutes=lead_minutes_of(forecast, reference_time),
                pixel_size_km=pixel_size_km(observed))

@@ -333,3 +333,33 @@ def test_a_model_card_keeps_the_ensemble_scores(ensemble_run):
     assert "ensemble" not in card["scores"]["persistence"]
     text = card_tables(card)
     assert "### CRPS (mm/h)" in text and "### Spread / skill" in text and "| noisy, member 1 |" in text
+
+
+class PlacedNoisyPersistence(NoisyPersistence):
+    """The stand-in with a probability-matched mean placed by a 0.6 km-per-minute window."""
+
+    name = "placed"
+    mean_neighbourhood_km_per_minute = 0.6
+
+
+def test_an_ensembles_probability_matched_mean_is_placed_as_its_forecaster_sets(events, tmp_path):
+    from nowcast.ensemble import lead_probability_matched_mean
+    from nowcast.sequence import pixel_size_km
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(forecasters.METHODS, "placed", PlacedNoisyPersistence)
+        report = evaluate(["placed"], ["east"], stride=6, loader=events.__getitem__, out_dir=tmp_path,
+                          progress=False, members=MEMBERS)
+    record = report["events"]["east"]["start_times"][1]
+    sequence = events["east"]
+    start, lead = 6, 5  # the second start time, +30 min
+    members = PlacedNoisyPersistence().forecast(sequence.isel(time=slice(start, start + 4)), 12, members=MEMBERS,
+                                                seed=record["seed"]).values
+    leads = [5.0 * (k + 1) for k in range(12)]
+    placed = lead_probability_matched_mean(members, leads, 0.6, pixel_size_km(sequence))[lead]
+    assert not np.array_equal(placed, probability_matched_mean(members)[lead], equal_nan=True)
+    observed = sequence.values[start + 4 + lead]
+    valid = np.isfinite(observed) & np.all(np.isfinite(members[:, lead]), axis=0)
+    table = Contingency(1.0)
+    table.add(placed[valid], observed[valid])
+    assert record["categorical"]["placed"]["30"]["1"] == list(table.counts())

@@ -1393,6 +1393,31 @@ def test_member_matching_minutes_matches_only_the_first_leads(events):
             dataclasses.replace(config, member_matching_minutes=minutes)
 
 
+def test_a_models_mean_neighbourhood_places_the_probability_matched_mean_of_its_ensembles(events):
+    """mean_neighbourhood_km_per_minute travels with an ensemble forecast (never with one forecast, never from
+    the input) and places its probability-matched mean; the members are the same; bad values are refused."""
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.products import probability_matched_mean_of
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    forecaster = GANForecaster(Generator(dataclasses.replace(TINY_MODEL, noise_channels=2)), Normalisation(),
+                               device="cpu")
+    placed = forecaster.with_member_settings(mean_neighbourhood_km_per_minute=0.6)
+    past = events["syn0"].isel(time=slice(2, 6)).assign_attrs(mean_neighbourhood_km_per_minute=9.0)
+    plain_members, placed_members = (f.forecast(past, 5, members=4, seed=3) for f in (forecaster, placed))
+    np.testing.assert_array_equal(plain_members.values, placed_members.values)
+    assert placed_members.attrs["mean_neighbourhood_km_per_minute"] == 0.6
+    assert "mean_neighbourhood_km_per_minute" not in plain_members.attrs
+    assert "mean_neighbourhood_km_per_minute" not in placed.forecast(past, 5).attrs
+    assert placed.describe()["mean_neighbourhood_km_per_minute"] == 0.6
+    assert not np.array_equal(probability_matched_mean_of(placed_members), probability_matched_mean_of(plain_members),
+                              equal_nan=True)
+    for bad in (-0.1, 11.0):
+        with pytest.raises(ValueError, match="mean_neighbourhood_km_per_minute must be in"):
+            dataclasses.replace(TINY_MODEL, mean_neighbourhood_km_per_minute=bad)
+
+
 def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, events):
     """`nowcast retune NAME@VERSION --set KEY=VALUE`: a new version, byte-equal weights, the change on its card;
     settings that the weights were trained for are refused."""

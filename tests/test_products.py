@@ -13,6 +13,7 @@ from nowcast.ensemble import (
     exceedance_probability,
     neighbourhood_probability,
     probability_matched_mean,
+    window_mean,
 )
 from nowcast.errors import InputError
 from nowcast.products import (
@@ -129,6 +130,34 @@ def test_a_request_without_a_neighbourhood_takes_the_forecasters_fitted_one() ->
     none = ensemble_products(fitted, ProductRequest(("probabilities",), (1.0,), neighbourhood=0.0))
     np.testing.assert_array_equal(none["probabilities"].values, exceedance_probability(forecast.values, (1.0,)))
     assert "neighbourhood_km_per_minute" not in none["probabilities"].attrs
+
+
+def test_the_probability_matched_mean_is_placed_by_the_window_its_forecaster_set() -> None:
+    """A forecast carrying ``mean_neighbourhood_km_per_minute`` 0.6 (3, 7, 9 px windows at +5, +10, +15 min on
+    1 km pixels): each lead's mean is ordered as the ensemble mean's window mean, its values still the pooled
+    members'; the product and its netCDF variable say the window; without it, the mean's own ranks."""
+    from nowcast.io.netcdf import PRODUCT_VARIABLES, products_to_dataset
+
+    forecast = ensemble(members=6, steps=3, ny=30, nx=31)
+    members = forecast.values
+    plain = probability_matched_mean(members)
+    placed = ensemble_products(forecast.assign_attrs(mean_neighbourhood_km_per_minute=0.6),
+                               ProductRequest(("pm_mean",)))["pm_mean"]
+    mean = ensemble_mean(members)
+    for lead, window in enumerate((3, 7, 9)):
+        valid = np.isfinite(mean[lead])
+        values = placed.values[lead]
+        np.testing.assert_array_equal(np.isfinite(values), valid)
+        np.testing.assert_array_equal(np.sort(values[valid]), np.sort(plain[lead][valid]))
+        order = np.argsort(window_mean(mean[lead], window)[valid], kind="stable")
+        assert np.all(np.diff(values[valid][order]) >= 0)
+        assert not np.array_equal(values[valid], plain[lead][valid])
+    assert placed.attrs["mean_neighbourhood_km_per_minute"] == 0.6
+    written = products_to_dataset(placed.to_dataset(name="pm_mean").assign_attrs(forecast.attrs))
+    assert written[PRODUCT_VARIABLES["pm_mean"]].attrs["mean_neighbourhood_km_per_minute"] == 0.6
+    unplaced = ensemble_products(forecast, ProductRequest(("pm_mean",)))["pm_mean"]
+    np.testing.assert_array_equal(unplaced.values, plain)
+    assert "mean_neighbourhood_km_per_minute" not in unplaced.attrs
 
 
 def test_only_the_products_asked_are_made() -> None:

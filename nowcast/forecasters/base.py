@@ -25,7 +25,7 @@ import pandas as pd
 import xarray as xr
 
 from nowcast.errors import SequenceError
-from nowcast.products import NEIGHBOURHOOD_ATTR
+from nowcast.products import MEAN_NEIGHBOURHOOD_ATTR, NEIGHBOURHOOD_ATTR
 from nowcast.sequence import MAX_RAIN_RATE_MMH, future_times, like, pixel_size_km, validate_sequence
 
 logger = logging.getLogger(__name__)
@@ -69,12 +69,16 @@ class Forecaster(abc.ABC):
     ``probability_neighbourhood_km_per_minute``: the square neighbourhood its members'
     exceedance probabilities are processed with where a product request does not say
     (:mod:`nowcast.products`): a trained ensemble's fitted value, 0 (none) otherwise.
+    ``mean_neighbourhood_km_per_minute``: the window whose mean places its probability-matched
+    mean (:func:`nowcast.products.probability_matched_mean_of`): a trained ensemble's chosen
+    value, 0 (the ensemble mean's own ranks) otherwise.
     """
 
     name: ClassVar[str] = "forecaster"
     n_input_frames: int = 2
     supports_members: bool = False
     probability_neighbourhood_km_per_minute: float = 0.0
+    mean_neighbourhood_km_per_minute: float = 0.0
     #: where the method runs ("cpu", "cuda", ...)
     device: Any = "cpu"
     #: methods with a half-precision path set this, and the service turns ``half`` on where it is safe
@@ -111,6 +115,7 @@ class Forecaster(abc.ABC):
                      "supports_members": self.supports_members}
         if self.supports_members:
             described["probability_neighbourhood_km_per_minute"] = self.probability_neighbourhood_km_per_minute
+            described["mean_neighbourhood_km_per_minute"] = self.mean_neighbourhood_km_per_minute
         return described
 
     def warmup(self, ny: int = 128, nx: int = 128) -> None:
@@ -156,10 +161,12 @@ class Forecaster(abc.ABC):
             result.attrs = stacked[0].attrs
         result.attrs["forecast_reference_time"] = str(reference)
         result.attrs["forecast_method"] = self.name
-        # this forecaster's neighbourhood, never one the input frames carried
-        result.attrs.pop(NEIGHBOURHOOD_ATTR, None)
-        if prepared.members is not None and self.probability_neighbourhood_km_per_minute:
-            result.attrs[NEIGHBOURHOOD_ATTR] = float(self.probability_neighbourhood_km_per_minute)
+        # this forecaster's neighbourhoods, never ones the input frames carried
+        for attr, rate in ((NEIGHBOURHOOD_ATTR, self.probability_neighbourhood_km_per_minute),
+                           (MEAN_NEIGHBOURHOOD_ATTR, self.mean_neighbourhood_km_per_minute)):
+            result.attrs.pop(attr, None)
+            if prepared.members is not None and rate:
+                result.attrs[attr] = float(rate)
         return result
 
     def forecast(self, past: xr.DataArray, steps: int, *, members: int | None = None,

@@ -29,8 +29,9 @@ MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_i
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
 #: model settings that act only where members are drawn: a new version may change them on the same weights
+#: (the probability-matched mean's window changes no member, but the scores of the mean it places)
 MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING,
-                   *PRODUCT_SETTINGS)
+                   "mean_neighbourhood_km_per_minute", *PRODUCT_SETTINGS)
 
 
 def export_run(
@@ -216,6 +217,9 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.probability_neighbourhood_km_per_minute:
             text += (f"; exceedance probabilities neighbourhood-processed in a square growing "
                      f"{cfg.model.probability_neighbourhood_km_per_minute:g} km per minute of lead")
+        if cfg.model.mean_neighbourhood_km_per_minute:
+            text += (f"; the probability-matched mean placed by the ensemble mean's mean over a square growing "
+                     f"{cfg.model.mean_neighbourhood_km_per_minute:g} km per minute of lead")
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")

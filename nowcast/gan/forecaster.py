@@ -99,6 +99,10 @@ class GANForecaster(Forecaster):
     def probability_neighbourhood_km_per_minute(self) -> float:  # type: ignore[override]
         return self.model_config.probability_neighbourhood_km_per_minute
 
+    @property
+    def mean_neighbourhood_km_per_minute(self) -> float:  # type: ignore[override]
+        return self.model_config.mean_neighbourhood_km_per_minute
+
     def with_member_settings(self, **settings: Any) -> GANForecaster:
         """The same generator under other member settings (``ModelConfig`` fields the weights do not depend on)."""
         other = copy.copy(self)

@@ -33,7 +33,12 @@ from nowcast.errors import InputError, SequenceError, UnitsError, UnreadableFile
 from nowcast.files import replaced_atomically
 from nowcast.io.locks import NETCDF_LOCK
 from nowcast.io.safety import DEFAULT_LIMITS, ReadLimits, check_hdf5, is_hdf5
-from nowcast.products import PROCESSED_NEIGHBOURHOOD_ATTR, ProductRequest, ensemble_products
+from nowcast.products import (
+    MEAN_NEIGHBOURHOOD_ATTR,
+    PROCESSED_NEIGHBOURHOOD_ATTR,
+    ProductRequest,
+    ensemble_products,
+)
 from nowcast.sequence import DIMS, VARIABLE_NAME, make_sequence, time_step
 from nowcast.transforms import to_mmh
 
@@ -330,6 +335,11 @@ def _product_variable(product: str, products: xr.Dataset) -> tuple[str, xr.Varia
         return name, xr.Variable(DIMS, values, attrs), {}
     # CF has no cell method for probability matching: the long name says what it is
     attrs = {**_RATE_ATTRS, "long_name": "probability-matched ensemble mean rain rate (Ebert 2001)"}
+    window = data.attrs.get(MEAN_NEIGHBOURHOOD_ATTR)
+    if window:
+        attrs[MEAN_NEIGHBOURHOOD_ATTR] = float(window)
+        attrs["comment"] = (f"placed by the ensemble mean's mean over a square window whose side grows {window:g} km "
+                            f"per minute of lead; values from the pooled members")
     return name, xr.Variable(DIMS, values, attrs), {}
 
 
