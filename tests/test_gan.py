@@ -19,7 +19,7 @@ from nowcast.errors import InputError
 from nowcast.forecasters import get_forecaster
 from nowcast.gan.config import DataConfig, ExperimentConfig, LossConfig, ModelConfig, TrainConfig
 from nowcast.gan.data import SampleSource, load_events
-from nowcast.gan.export import MEMBER_POSTPROCESSING, PRODUCT_SETTINGS, export_run, retune_version
+from nowcast.gan.export import MEAN_SETTINGS, MEMBER_POSTPROCESSING, PRODUCT_SETTINGS, export_run, retune_version
 from nowcast.gan.losses import discriminator_loss, gdl_loss, generator_loss, lp_loss
 from nowcast.gan.model import Discriminator, Generator
 from nowcast.gan.train import CHECKPOINT, METRICS, load_generator, train
@@ -785,7 +785,8 @@ def test_lp_only_twins_differ_only_in_the_adversarial_and_gdl_terms(model, twin)
     assert lp.loss.lambda_adv == 0 and lp.loss.lambda_gdl == 0
     same_loss = dataclasses.replace(lp.loss, lambda_adv=gan.loss.lambda_adv, lambda_gdl=gan.loss.lambda_gdl)
     same_members = dataclasses.replace(lp.model, **{k: getattr(gan.model, k)
-                                                    for k in (*MEMBER_POSTPROCESSING, *PRODUCT_SETTINGS)})
+                                                    for k in (*MEMBER_POSTPROCESSING, *MEAN_SETTINGS,
+                                                              *PRODUCT_SETTINGS)})
     assert dataclasses.replace(lp, name=gan.name, loss=same_loss, model=same_members) == gan
 
 

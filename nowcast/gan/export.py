@@ -28,10 +28,11 @@ MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_i
 #: settings of the products made from the members, which never change the members: a version that changes only
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
+#: settings that place the members' probability-matched mean: no member changes, but the mean's scores do
+MEAN_SETTINGS = ("mean_neighbourhood_km_per_minute",)
 #: model settings that act only where members are drawn: a new version may change them on the same weights
-#: (the probability-matched mean's window changes no member, but the scores of the mean it places)
 MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING,
-                   "mean_neighbourhood_km_per_minute", *PRODUCT_SETTINGS)
+                   *MEAN_SETTINGS, *PRODUCT_SETTINGS)
 
 
 def export_run(
