@@ -130,8 +130,6 @@ def lead_probability_matched_mean(members: np.ndarray, lead_minutes: Sequence[fl
                                   pixel_size_km: float) -> np.ndarray:
     """The probability-matched mean (time, y, x) of members (member, time, y, x), each lead's ranks from the
     window of that lead (:func:`neighbourhood_window_pixels`; ``km_per_minute`` 0: the mean's own ranks)."""
-    if not km_per_minute:
-        return probability_matched_mean(members)
     if len(lead_minutes) != members.shape[1]:
         raise ValueError(f"{len(lead_minutes)} lead times for {members.shape[1]} frames")
     return np.stack([probability_matched_mean(members[:, i], neighbourhood_window_pixels(lead, km_per_minute,
