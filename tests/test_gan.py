@@ -896,6 +896,44 @@ def test_the_rate_crps_scores_the_finest_samples_in_mm_per_hour():
         LossConfig(samples=2, lambda_crps_rate=-1.0)
 
 
+def test_the_sample_mean_term_scores_the_ensembles_mean_at_the_first_leads():
+    """lambda_sample_mean adds the L1 error of the samples' mean over the first sample_mean_leads
+    leads: two samples either side of the observation score 0 though each is wrong, and an error
+    after those leads costs nothing; no-data pixels are left out."""
+    from nowcast.gan.losses import sample_mean_error
+
+    observed = torch.zeros((1, 3, 1, 4, 4))
+    mask = torch.ones_like(observed)
+    above, below = observed + 0.5, observed - 0.5
+    assert sample_mean_error(torch.cat([above, below]), observed, mask, 2, 0).item() == pytest.approx(0.0)
+    assert sample_mean_error(torch.cat([above, above]), observed, mask, 2, 0).item() == pytest.approx(0.5)
+    late = observed.clone()
+    late[:, 2] = 3.0  # wrong only at the third lead
+    assert sample_mean_error(torch.cat([late, late]), observed, mask, 2, 2).item() == pytest.approx(0.0)
+    assert sample_mean_error(torch.cat([late, late]), observed, mask, 2, 0).item() == pytest.approx(1.0)
+    holes = mask.clone()
+    holes[:, :, :, :2] = 0.0
+    half_wrong = observed.clone()
+    half_wrong[..., :2, :] = 2.0  # wrong only where there is no data
+    assert sample_mean_error(torch.cat([half_wrong, half_wrong]), observed, holes, 2, 0).item() == pytest.approx(0.0)
+
+    target = torch.rand((2, 3, 1, 8, 8), generator=torch.Generator().manual_seed(5))
+    finest = torch.rand((4 * 2, 3, 1, 8, 8), generator=torch.Generator().manual_seed(6)).requires_grad_()
+    valid = torch.ones_like(target)
+    plain = LossConfig(lambda_adv=0.0, lambda_lp=0.0, lambda_gdl=0.0, lambda_csi=0.0, samples=4, lambda_crps=1.0)
+    with_mean = dataclasses.replace(plain, lambda_sample_mean=2.0, sample_mean_leads=2)
+    base, parts = generator_loss([finest], target, valid, plain, samples=4)
+    both, parts_mean = generator_loss([finest], target, valid, with_mean, samples=4)
+    expected = (finest.reshape(4, 2, 3, 1, 8, 8).mean(0)[:, :2] - target[:, :2]).abs().mean()
+    assert "g_sample_mean" not in parts
+    assert parts_mean["g_sample_mean"] == pytest.approx(expected.item(), rel=1e-5)
+    assert both.item() == pytest.approx(base.item() + 2.0 * expected.item(), rel=1e-5)
+    with pytest.raises(ValueError, match="lambda_sample_mean needs samples >= 2"):
+        LossConfig(lambda_sample_mean=1.0)
+    with pytest.raises(ValueError, match="sample_mean_leads must be 0"):
+        LossConfig(samples=2, lambda_sample_mean=1.0, sample_mean_leads=-1)
+
+
 def test_the_wet_area_crps_scores_the_samples_wet_fraction_in_squares():
     """lambda_wet_area adds the fair CRPS of the samples' wet fraction in squares: samples whose
     rain covers the observed area score lower than samples twice as wet, though per pixel the

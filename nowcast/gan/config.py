@@ -308,6 +308,11 @@ class LossConfig:
     pixels at the finest scale. The per-pixel CRPS scores each pixel alone; trained on it, v6's
     members' area at 1 mm/h grew to 1.2-1.8 times the observed by +60 min on its own training
     events (run 40), which the Brier score at 1 mm/h punishes. This term scores the area.
+    ``lambda_sample_mean``: weight of the L1 error of the samples' mean (normalised units, finest
+    scale) over the first ``sample_mean_leads`` lead times (0: all), DGMR's grid-cell regulariser
+    (Ravuri et al. 2021). The fair CRPS fixes each pixel's spread and centre together; this term
+    asks where the ensemble as a whole puts the rain, which is what the probability-matched mean
+    ranks by: S-PROG placed it better than the members' mean at every held-out lead (run 45).
     ``sharpness_leads``: the adversarial and GDL terms judge only the first that many lead
     times (0: all). After them the proper score alone shapes the members: the GAN's spread
     swelled late in the hour where its CRPS-only twin's did not (run 32).
@@ -329,6 +334,8 @@ class LossConfig:
     lambda_wet_area: float = 0.0
     wet_area_thresholds_mmh: tuple[float, ...] = (1.0,)
     wet_area_window: int = 32
+    lambda_sample_mean: float = 0.0
+    sample_mean_leads: int = 0
     sharpness_leads: int = 0
 
     def __post_init__(self) -> None:
@@ -336,7 +343,9 @@ class LossConfig:
             raise ValueError("sharpness_leads must be 0 (every lead) or positive")
         if self.samples < 1:
             raise ValueError("samples must be at least 1")
-        for name in ("lambda_crps", "lambda_crps_rate", "lambda_wet_area"):
+        if self.sample_mean_leads < 0:
+            raise ValueError("sample_mean_leads must be 0 (every lead) or positive")
+        for name in ("lambda_crps", "lambda_crps_rate", "lambda_wet_area", "lambda_sample_mean"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
             if getattr(self, name) > 0 and self.samples < 2:

@@ -187,6 +187,9 @@ def _default_description(cfg: Any) -> str:
         thresholds = "/".join(f"{t:g}" for t in cfg.loss.wet_area_thresholds_mmh)
         losses.append(f"fair CRPS of the wet fraction above {thresholds} mm/h in {cfg.loss.wet_area_window}-px "
                       f"squares (λ={cfg.loss.lambda_wet_area:g})")
+    if cfg.loss.lambda_sample_mean:
+        leads = f"the first {cfg.loss.sample_mean_leads} leads" if cfg.loss.sample_mean_leads else "every lead"
+        losses.append(f"L1 of the samples' mean at {leads} (λ={cfg.loss.lambda_sample_mean:g})")
     if cfg.loss.lambda_csi:
         thresholds = "/".join(f"{t:g}" for t in cfg.loss.csi_thresholds_mmh)
         losses.append(f"soft CSI at {thresholds} mm/h (λ={cfg.loss.lambda_csi:g})")

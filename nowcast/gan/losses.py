@@ -2,8 +2,9 @@
 
 G: lambda_adv·L_adv + lambda_lp·L_p + lambda_gdl·L_gdl, summed over scales (Mathieu et
 al., eqs. 2, 6 and 11), plus optionally lambda_csi·(1 - soft CSI) at full resolution and,
-when G draws several samples per input, lambda_crps·fair CRPS of those samples and
-lambda_wet_area·fair CRPS of their wet fractions in windows.
+when G draws several samples per input, lambda_crps·fair CRPS of those samples,
+lambda_wet_area·fair CRPS of their wet fractions in windows and lambda_sample_mean·L1 of
+their mean.
 D: binary cross-entropy of real vs generated, summed over scales.
 
 Several samples per input lie on the batch axis as blocks, sample-major: ``(samples·batch,
@@ -131,6 +132,15 @@ def wet_fraction_crps(finest: torch.Tensor, target: torch.Tensor, mask: torch.Te
     return torch.stack(terms).mean()
 
 
+def sample_mean_error(finest: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, samples: int,
+                      leads: int) -> torch.Tensor:
+    """L1 of the mean of ``samples`` forecasts per input (sample-major on the batch axis) against
+    ``target``, over the first ``leads`` lead times (0: all): DGMR's grid-cell regulariser."""
+    kept = slice(0, leads or None)
+    mean = finest.reshape(samples, -1, *finest.shape[1:]).mean(0)
+    return lp_loss(mean[:, kept], target[:, kept], mask[:, kept], 1)
+
+
 def scale_targets(target: torch.Tensor, mask: torch.Tensor, n_scales: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The target and its mask at every scale, coarsest first."""
     out = []
@@ -175,6 +185,10 @@ def generator_loss(
                                     config.csi_temperature_db / norm.scale_db, config.wet_area_window, samples)
             crps_total = crps_total + config.lambda_wet_area * wet
             crps_part["g_wet_area"] = wet.item()
+        if config.lambda_sample_mean > 0:
+            mean_error = sample_mean_error(predictions[-1], target, mask, samples, config.sample_mean_leads)
+            crps_total = crps_total + config.lambda_sample_mean * mean_error
+            crps_part["g_sample_mean"] = mean_error.item()
         target, mask = target.repeat(samples, 1, 1, 1, 1), mask.repeat(samples, 1, 1, 1, 1)
     targets = scale_targets(target, mask, len(predictions))
     lp = sum(lp_loss(p, t, m, config.p, rain_weights(t, config, norm))
