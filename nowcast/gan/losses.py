@@ -169,26 +169,27 @@ def generator_loss(
     def encoded(thresholds_mmh: tuple[float, ...]) -> list[float]:
         return [float(norm.encode(np.float64(t))) for t in thresholds_mmh]
 
-    crps_part: dict[str, float] = {}
-    crps_total: torch.Tensor | float = 0.0
+    # the terms that score a draw's samples together, against the one observation
+    ensemble_parts: dict[str, float] = {}
+    ensemble_total: torch.Tensor | float = 0.0
     if samples > 1:
         targets = scale_targets(target, mask, len(predictions))
         crps = sum(fair_crps(p.reshape(samples, -1, *p.shape[1:]), t, m)
                    for p, (t, m) in zip(predictions, targets, strict=True))
-        crps_total, crps_part = config.lambda_crps * crps, {"g_crps": crps.item()}
+        ensemble_total, ensemble_parts = config.lambda_crps * crps, {"g_crps": crps.item()}
         if config.lambda_crps_rate > 0:
             crps_rate = rate_crps(predictions[-1], target, mask, norm, samples)
-            crps_total = crps_total + config.lambda_crps_rate * crps_rate
-            crps_part["g_crps_rate"] = crps_rate.item()
+            ensemble_total = ensemble_total + config.lambda_crps_rate * crps_rate
+            ensemble_parts["g_crps_rate"] = crps_rate.item()
         if config.lambda_wet_area > 0:
             wet = wet_fraction_crps(predictions[-1], target, mask, encoded(config.wet_area_thresholds_mmh),
                                     config.csi_temperature_db / norm.scale_db, config.wet_area_window, samples)
-            crps_total = crps_total + config.lambda_wet_area * wet
-            crps_part["g_wet_area"] = wet.item()
+            ensemble_total = ensemble_total + config.lambda_wet_area * wet
+            ensemble_parts["g_wet_area"] = wet.item()
         if config.lambda_sample_mean > 0:
             mean_error = sample_mean_error(predictions[-1], target, mask, samples, config.sample_mean_leads)
-            crps_total = crps_total + config.lambda_sample_mean * mean_error
-            crps_part["g_sample_mean"] = mean_error.item()
+            ensemble_total = ensemble_total + config.lambda_sample_mean * mean_error
+            ensemble_parts["g_sample_mean"] = mean_error.item()
         target, mask = target.repeat(samples, 1, 1, 1, 1), mask.repeat(samples, 1, 1, 1, 1)
     targets = scale_targets(target, mask, len(predictions))
     lp = sum(lp_loss(p, t, m, config.p, rain_weights(t, config, norm))
@@ -196,8 +197,8 @@ def generator_loss(
     leads = slice(0, config.sharpness_leads or None)
     gdl = sum(gdl_loss(p[:, leads], t[:, leads], m[:, leads], config.alpha)
               for p, (t, m) in zip(predictions, targets, strict=True))
-    total = config.lambda_lp * lp + config.lambda_gdl * gdl + crps_total
-    parts = {"g_lp": lp.item(), "g_gdl": gdl.item(), **crps_part}
+    total = config.lambda_lp * lp + config.lambda_gdl * gdl + ensemble_total
+    parts = {"g_lp": lp.item(), "g_gdl": gdl.item(), **ensemble_parts}
     if config.lambda_csi > 0:
         finest, (t_fine, m_fine) = predictions[-1], targets[-1]
         csi = soft_csi_loss(finest, t_fine, m_fine, encoded(config.csi_thresholds_mmh),
