@@ -719,6 +719,38 @@ def test_discriminator_warmup_trains_the_discriminators_alone_first(tmp_path, ev
     assert all("d_loss" in r for r in records)
 
 
+def test_continue_from_starts_a_run_from_another_runs_whole_game(tmp_path, events):
+    first = tmp_path / "first"
+    train(tiny_experiment(steps=4), first, loader=events.__getitem__, progress=False)
+    before = torch.load(first / CHECKPOINT, weights_only=True)
+    # zero learning rates: Adam's steps then move nothing, so what the run starts from is what it saves
+    still = dict(steps=6, lr_generator=0.0, lr_discriminator=0.0, checkpoint_every=1)
+    train(tiny_experiment(continue_from=str(first), **still), tmp_path / "continued", loader=events.__getitem__,
+          progress=False, stop_after=2)
+    continued = torch.load(tmp_path / "continued" / CHECKPOINT, weights_only=True)
+    for part in ("generator", "discriminator"):
+        assert all(torch.equal(continued[part][k], v) for k, v in before[part].items())
+    # the optimisers' moments carried on: Adam counts the first run's steps and these two
+    assert {float(s["step"]) for s in continued["opt_g"]["state"].values()} == {4.0 + 2.0}
+    train(tiny_experiment(**still), tmp_path / "fresh", loader=events.__getitem__, progress=False, stop_after=2)
+    fresh = torch.load(tmp_path / "fresh" / CHECKPOINT, weights_only=True)
+    assert not all(torch.equal(fresh["discriminator"][k], v) for k, v in before["discriminator"].items())
+
+
+def test_continue_from_refuses_what_it_cannot_continue(tmp_path, events):
+    first = tmp_path / "first"
+    train(tiny_experiment(steps=2), first, loader=events.__getitem__, progress=False)
+    wider = dataclasses.replace(tiny_experiment(continue_from=str(first)),
+                                model=dataclasses.replace(TINY_MODEL, discriminator_channels=(8, 8, 8)))
+    with pytest.raises(config_io.ConfigError, match="its discriminator does not fit"):
+        train(wider, tmp_path / "wider", loader=events.__getitem__, progress=False)
+    with pytest.raises(config_io.ConfigError, match=r"no checkpoint\.pt there"):
+        train(tiny_experiment(continue_from=str(tmp_path / "nothing")), tmp_path / "none",
+              loader=events.__getitem__, progress=False)
+    with pytest.raises(ValueError, match="init_from and continue_from exclude each other"):
+        TrainConfig(init_from="default-gan", continue_from=str(first))
+
+
 def test_discriminator_warmup_delays_the_schedule_and_needs_a_discriminator():
     cfg = TrainConfig(steps=10, discriminator_warmup_steps=4, lr_schedule="cosine")
     assert [round(cfg.lr_factor(s), 6) for s in (0, 4, 7, 10)] == [1.0, 1.0, 0.5, 0.0]

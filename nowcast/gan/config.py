@@ -429,6 +429,13 @@ class TrainConfig:
     (``torch.optim.swa_utils``, one update per G step) that validation, export and
     inference use instead of the last step's weights; 0.99 averages over about the last
     100 steps of the GAN game (Yazıcı et al., ICLR 2019).
+    ``continue_from``: a training run's folder (``nowcast train --out``) whose last checkpoint
+    starts this run whole: the generator, the discriminators and both optimisers' moments, so
+    that a fine-tune continues the GAN game rather than restarting it against new
+    discriminators (a fine-tune from an artifact, which keeps only the generator, lost about 70 %
+    of a member's late small-scale power within 700 generator steps; continued, about 40 %: runs
+    46–47). The model and loss must build the same networks; the step count and learning-rate
+    schedule are this run's. Not with ``init_from``.
     ``discriminator_warmup_steps``: the run's first steps update the discriminators alone,
     against the generator as ``init_from`` left it, and the learning-rate schedule starts
     after them, so that a fine-tune's first generator steps are judged by discriminators
@@ -455,6 +462,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     init_from: str | None = None
     init_noise_std: float = 0.01
+    continue_from: str | None = None
     member_motion: bool = False
     discriminator_warmup_steps: int = 0
 
@@ -467,6 +475,8 @@ class TrainConfig:
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
+        if self.init_from and self.continue_from:
+            raise ValueError("init_from and continue_from exclude each other: a run starts from one model")
         if not 0 <= self.discriminator_warmup_steps < self.steps:
             raise ValueError(f"discriminator_warmup_steps must be in [0, steps); got {self.discriminator_warmup_steps}")
 

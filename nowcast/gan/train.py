@@ -182,6 +182,8 @@ class _Models:
                      _weight_average(generator, tc.ema_decay))
         if resume and checkpoint.is_file():
             models.restore(checkpoint, ctx)
+        elif tc.continue_from:
+            models.continue_game(Path(tc.continue_from))
         elif resume:
             logger.warning("no checkpoint in %s: starting from scratch", checkpoint.parent)
         if ctx.enabled:
@@ -202,6 +204,26 @@ class _Models:
         logger.info("resumed from %s at step %d", checkpoint, self.start_step)
         if ctx.is_main:
             _truncate_metrics(checkpoint.parent / METRICS, self.start_step)
+
+    def continue_game(self, run: Path) -> None:
+        """Start from another run's last checkpoint: G, D and both optimisers, at this run's step 0."""
+        checkpoint = run / CHECKPOINT
+        if not checkpoint.is_file():
+            raise config_io.ConfigError(f"continue_from {run}: no {CHECKPOINT} there (a folder nowcast train wrote)")
+        state = torch.load(checkpoint, map_location=self.device, weights_only=True)
+        parts = {"generator": self.generator, "discriminator": self.discriminator, "opt_g": self.opt_g,
+                 "opt_d": self.opt_d}
+        for key, part in parts.items():
+            if key not in state:
+                raise config_io.ConfigError(f"continue_from {run}: the checkpoint has no {key}")
+            try:
+                part.load_state_dict(state[key])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise config_io.ConfigError(f"continue_from {run}: its {key} does not fit this run's "
+                                            f"model and loss ({exc})") from exc
+        if self.ema is not None:
+            self.ema.module.load_state_dict(self.generator.state_dict())
+        logger.info("continuing the GAN game of %s (its step %d)", run, int(state.get("step", 0)))
 
     def save(self, path: Path, step: int) -> None:
         _save_checkpoint(path, step, self.generator, self.discriminator, self.opt_g, self.opt_d, self.ema)
