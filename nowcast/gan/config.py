@@ -433,9 +433,9 @@ class TrainConfig:
     starts this run whole: the generator, the discriminators and both optimisers' moments, so
     that a fine-tune continues the GAN game rather than restarting it against new
     discriminators (a fine-tune from an artifact, which keeps only the generator, lost about 70 %
-    of a member's late small-scale power within 700 generator steps; continued, about 40 %: runs
-    46–47). The model and loss must build the same networks; the step count and learning-rate
-    schedule are this run's. Not with ``init_from``.
+    of a member's late small-scale power within 700 generator steps; continued, about 40 %, and
+    at a tenth of the rates about 6 %: runs 46–47). The model and loss must build the same
+    networks; the step count and learning-rate schedule are this run's. Not with ``init_from``.
     ``discriminator_warmup_steps``: the run's first steps update the discriminators alone,
     against the generator as ``init_from`` left it, and the learning-rate schedule starts
     after them, so that a fine-tune's first generator steps are judged by discriminators
