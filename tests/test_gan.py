@@ -747,6 +747,11 @@ def test_continue_from_refuses_what_it_cannot_continue(tmp_path, events):
     with pytest.raises(config_io.ConfigError, match=r"no checkpoint\.pt there"):
         train(tiny_experiment(continue_from=str(tmp_path / "nothing")), tmp_path / "none",
               loader=events.__getitem__, progress=False)
+    (tmp_path / "tensor").mkdir()
+    torch.save(torch.zeros(3), tmp_path / "tensor" / CHECKPOINT)
+    with pytest.raises(config_io.ConfigError, match="is not a training checkpoint"):
+        train(tiny_experiment(continue_from=str(tmp_path / "tensor")), tmp_path / "from-tensor",
+              loader=events.__getitem__, progress=False)
     with pytest.raises(ValueError, match="init_from and continue_from exclude each other"):
         TrainConfig(init_from="default-gan", continue_from=str(first))
 

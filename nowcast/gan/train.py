@@ -211,6 +211,8 @@ class _Models:
         if not checkpoint.is_file():
             raise config_io.ConfigError(f"continue_from {run}: no {CHECKPOINT} there (a folder nowcast train wrote)")
         state = torch.load(checkpoint, map_location=self.device, weights_only=True)
+        if not isinstance(state, dict):
+            raise config_io.ConfigError(f"continue_from {run}: {CHECKPOINT} is not a training checkpoint")
         parts = {"generator": self.generator, "discriminator": self.discriminator, "opt_g": self.opt_g,
                  "opt_d": self.opt_d}
         for key, part in parts.items():
