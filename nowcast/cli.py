@@ -572,6 +572,51 @@ def fit_spread_gain(
         typer.echo(str(folder))
 
 
+@app.command("fit-rate-map")
+@user_errors
+def fit_rate_map(
+    model: Annotated[str, typer.Argument(help="The registered GAN ensemble, NAME@VERSION.")],
+    events: FitEvents,
+    thresholds: str | None = typer.Option(None, "--thresholds", help="Comma-separated increasing rain rates "
+                                                                      "(mm/h) the map matches the observed "
+                                                                      "area above (default: 0.5,1,2,4,8,16)."),
+    members: FitMembers = 20,
+    steps: FitSteps = 12,
+    stride: FitStride = 6,
+    seed: FitSeed = 0,
+    register: bool = typer.Option(False, "--register", help="Register the map as the model's next version "
+                                                            "(see `nowcast retune`)."),
+    version: FitVersion = None,
+    out: Path | None = typer.Option(None, "--out", help="Write the map and the areas it corrects to this JSON "
+                                                         "file."),
+    data_root: FitDataRoot = None,
+    catalogue: FitCatalogue = None,
+    models_dir: FitModelsDir = None,
+) -> None:
+    """Fit a GAN ensemble's rate map per lead to its own members on training events: the members' area above
+    each threshold made the observed one."""
+    from nowcast.files import write_text_atomically
+    from nowcast.gan.export import retune_version
+    from nowcast.io.importers import quiet_pysteps_io
+    from nowcast.rate_map import DEFAULT_THRESHOLDS_MMH
+    from nowcast.rate_map import fit_rate_map as run_fit
+
+    quiet_pysteps_io()
+    event_ids, loader = _catalogue_events(events, catalogue, data_root)
+    fit = run_fit(model, event_ids, thresholds_mmh=_gain_list(thresholds, "--thresholds") if thresholds
+                  else DEFAULT_THRESHOLDS_MMH, members=members, steps=steps, stride=stride, seed=seed,
+                  models_dir=models_dir, loader=loader)
+    if out is not None:
+        write_text_atomically(out, json.dumps(fit.to_dict(), indent=1))
+    _print_whole(_rate_map_table(fit))
+    if register:
+        description = (f"rate map fitted on {', '.join(fit.events)} ({members} members, "
+                       f"{sum(fit.start_times.values())} start times)")
+        folder = retune_version(model, fit.settings(), version=version, models_dir=models_dir,
+                                description=description)
+        typer.echo(str(folder))
+
+
 @app.command("fit-neighbourhood")
 @user_errors
 def fit_neighbourhood(
@@ -670,6 +715,16 @@ def _gain_list(text: str, option: str) -> list[float]:
         return [float(item) for item in _split_names(text, "gain")]
     except ValueError as exc:
         raise InputError(f"{option} {text!r}: expected comma-separated numbers", field=option) from exc
+
+
+def _rate_map_table(fit: Any) -> Any:
+    """Per lead: the members' area above each threshold over the observed one, and the rate mapped onto it."""
+    table = Table("lead (min)", *(f">{t:g} mm/h" for t in fit.thresholds_mmh),
+                  title=f"{fit.model}: members' area / observed, and the members' rate mapped onto each threshold "
+                        f"({sum(fit.start_times.values())} start times)")
+    for minutes, ratios, rates in zip(fit.minutes, fit.area_ratio, fit.member_rates, strict=True):
+        table.add_row(f"{minutes:g}", *(f"{r:.2f} ({u:.3g})" for r, u in zip(ratios, rates, strict=True)))
+    return table
 
 
 def _gain_table(fit: Any) -> Any:

@@ -53,6 +53,14 @@ def probability_matched_mean(members: np.ndarray, window_pixels: int = 1) -> np.
     return out
 
 
+def map_rates(rates: np.ndarray, from_mmh: Sequence[float], to_mmh: Sequence[float]) -> np.ndarray:
+    """``rates`` (mm/h, > 0) mapped piecewise linearly in log rate from the increasing ``from_mmh`` onto
+    the increasing ``to_mmh``; below the first pair and above the last, times that pair's ratio."""
+    source, target = np.log(np.asarray(from_mmh, dtype=np.float64)), np.log(np.asarray(to_mmh, dtype=np.float64))
+    logs = np.log(rates)
+    return np.exp(logs + np.interp(logs, source, target - source)).astype(rates.dtype)
+
+
 def exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float]) -> np.ndarray:
     """P(rate > threshold) per pixel, the fraction of members above it: (threshold, ...)."""
     members = np.asarray(members, dtype=np.float32)

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nowcast.artifacts", "nowcast.forecasters", "nowcast.gan"),
     ("nowcast.verification", "nowcast.bootstrap", "nowcast.plots", "nowcast.render", "nowcast.report"),
     ("nowcast.evaluate", "nowcast.demo", "nowcast.gan.train", "nowcast.gan.export", "nowcast.watch",
-     "nowcast.spread_gain", "nowcast.neighbourhood_fit", "nowcast.retrain"),
+     "nowcast.spread_gain", "nowcast.rate_map", "nowcast.neighbourhood_fit", "nowcast.retrain"),
     ("nowcast.cli", "nowcast"),
     ("service.core",),
     ("service.inference", "service.feed"),

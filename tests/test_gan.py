@@ -1528,3 +1528,105 @@ def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, 
         refused = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v1", *bad, "--models-dir", str(models)])
         assert refused.exit_code == EXIT_USER_ERROR, refused.output
     assert artifacts.list_versions("tiny-gan", models) == ["v1", "v2", "v3"]
+
+
+def test_a_rate_map_maps_rates_piecewise_in_log_rate_and_its_rows_by_the_lead():
+    """map_rates is the identity for equal pairs, hits its knots, is linear in log rate between them and keeps
+    the outer pairs' ratios beyond; ModelConfig interpolates its rows in log rate between their leads, holds them
+    outside, and refuses a table that does not fit its thresholds and leads."""
+    from nowcast.ensemble import map_rates
+
+    rates = np.array([0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 40.0], dtype=np.float32)
+    np.testing.assert_allclose(map_rates(rates, (1.0, 4.0), (1.0, 4.0)), rates, rtol=1e-6)
+    mapped = map_rates(rates, (2.0, 8.0), (1.0, 16.0))
+    np.testing.assert_allclose(mapped[[3, 4, 5]], [1.0, 4.0, 16.0], rtol=1e-5)  # knots, and halfway in log
+    np.testing.assert_allclose(mapped[[0, 6]], [0.05, 80.0], rtol=1e-5)  # the outer pairs' ratios
+    assert np.all(np.diff(mapped) > 0)
+    cfg = ModelConfig(member_rate_map_mmh=(1.0, 4.0), member_rate_map_minutes=(10.0, 30.0),
+                      member_rate_map=((1.0, 4.0), (4.0, 16.0)))
+    maps = cfg.member_rate_maps(5.0, 8)
+    np.testing.assert_allclose(maps[0], [1.0, 4.0])  # held before the first row's lead
+    np.testing.assert_allclose(maps[3], [2.0, 8.0], rtol=1e-6)  # +20 min: halfway in log rate
+    np.testing.assert_allclose(maps[7], [4.0, 16.0])  # held after the last
+    np.testing.assert_allclose(cfg.member_rate_maps(5.0, 2, first_step=3)[0], maps[3])
+    assert ModelConfig().member_rate_maps(5.0, 3) is None
+    for bad in ({"member_rate_map": ((1.0, 4.0),)}, {"member_rate_map": ((4.0, 1.0), (1.0, 4.0))},
+                {"member_rate_map_mmh": (4.0, 1.0)}, {"member_rate_map_minutes": ()},
+                {"member_rate_map": ((1.0, 4.0), (1.0, float("nan")))}):
+        with pytest.raises(ValueError, match="member_rate_map"):
+            dataclasses.replace(cfg, **bad)
+
+
+def test_fit_rate_map_gives_the_members_the_observed_area_above_each_threshold(tmp_path, events, monkeypatch):
+    """fit_rate_map finds, at each lead, the members' rate whose pooled area is the observed area above each
+    threshold: the model registered with it draws, on the fitting start times, members whose area above each
+    threshold is the observed one, where the unmapped members' is not; wet members stay wet and dry ones dry;
+    `nowcast fit-rate-map --register` registers it; bad input is refused by name."""
+    from typer.testing import CliRunner
+
+    from nowcast import rate_map
+    from nowcast.cli import EXIT_USER_ERROR, app
+    from nowcast.rate_map import fit_rate_map
+
+    cfg = dataclasses.replace(tiny_experiment(steps=2), model=dataclasses.replace(TINY_MODEL, noise_channels=2))
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    models = tmp_path / "models"
+    export_run(tmp_path / "run", "tiny-gan", models_dir=models)
+    retune_version("tiny-gan@v1", {"member_intensity_db": 3.0}, models_dir=models)
+    names, thresholds = ["syn0", "syn1"], (0.5, 1.0, 2.0)
+    fit = fit_rate_map("tiny-gan@v2", names, thresholds_mmh=thresholds, members=4, steps=6, stride=4, seed=7,
+                       loader=events.__getitem__, models_dir=models)
+    assert fit.start_times == {"syn0": 2, "syn1": 2}
+    assert fit.minutes == (5.0, 10.0, 15.0, 20.0, 25.0, 30.0) and fit.member_rates.shape == (6, 3)
+    retune_version("tiny-gan@v2", fit.settings(), models_dir=models)
+    plain, mapped = (get_forecaster(f"tiny-gan@{v}", models_dir=models) for v in ("v2", "v3"))
+    wet_from = plain.normalisation.threshold_mmh
+    fractions = np.zeros((3, 2, 6, len(thresholds)))  # observed, plain, mapped; event; lead; threshold
+    for e, name in enumerate(names):
+        pixels = np.zeros(6)
+        for k, index in enumerate((0, 4)):
+            past = events[name].isel(time=slice(index, index + 4))
+            drawn = [f.forecast(past, 6, members=4, seed=7 + k).values for f in (plain, mapped)]
+            np.testing.assert_array_equal(drawn[0] >= wet_from, drawn[1] >= wet_from)
+            observed = events[name].values[index + 4:index + 10]
+            for lead in range(6):
+                valid = np.isfinite(observed[lead]) & np.all(np.isfinite(drawn[0][:, lead]), axis=0)
+                pixels[lead] += valid.sum()
+                for i, t in enumerate(thresholds):
+                    fractions[0, e, lead, i] += (observed[lead][valid] > t).sum()
+                    for f in (0, 1):
+                        fractions[1 + f, e, lead, i] += (drawn[f][:, lead][:, valid] > t).sum() / 4
+        fractions[:, e] /= pixels[:, None]
+    observed_area, plain_area, mapped_area = fractions.mean(axis=1)
+    assert np.all(observed_area > 0)
+    np.testing.assert_allclose(fit.area_ratio, plain_area / observed_area, rtol=0.01)  # read off a grid of rates
+    np.testing.assert_allclose(mapped_area, observed_area, rtol=0.03)
+    assert np.abs(plain_area / observed_area - 1).max() > 0.1
+    monkeypatch.setattr(rate_map, "fit_rate_map", lambda model, event_ids, **kwargs: fit)
+    out = tmp_path / "fit.json"
+    result = CliRunner().invoke(app, ["-q", "fit-rate-map", "tiny-gan@v2", "--events", "mch-20160711",
+                                      "--register", "--out", str(out), "--models-dir", str(models)])
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip().splitlines()[-1]) == models / "tiny-gan" / "v4"
+    assert ">2 mm/h" in result.stdout and "30" in result.stdout  # the whole table, even in a pipe
+    registered = get_forecaster("tiny-gan@v4", models_dir=models).model_config
+    assert registered.member_rate_map_minutes == fit.minutes
+    assert "rate map fitted on syn0, syn1" in artifacts.card("tiny-gan", "v4", models)["description"]
+    assert json.loads(out.read_text())["member_rate_map_mmh"] == list(thresholds)
+    monkeypatch.undo()
+    refused = CliRunner().invoke(app, ["-q", "fit-rate-map", "tiny-gan@v2", "--events", "mch-20160711",
+                                       "--thresholds", "4,1", "--models-dir", str(models)])
+    assert refused.exit_code == EXIT_USER_ERROR and "thresholds" in refused.output
+    with pytest.raises(InputError, match="draws no ensemble members"):
+        fit_rate_map("persistence", names, members=4, steps=6, stride=4, loader=events.__getitem__)
+
+
+def test_a_rate_map_fit_brings_every_event_onto_every_lead_before_averaging():
+    """An event with 10-min steps has no +5 or +15 min: its fractions there are its own neighbours' (linear in
+    the lead, held before its first), so that every row of the map averages the same events."""
+    from nowcast.rate_map import _on_leads
+
+    ten_minutes = {10.0: (np.array([0.2]), np.array([0.4, 0.1])), 20.0: (np.array([0.4]), np.array([0.8, 0.3]))}
+    rows = _on_leads(ten_minutes, [5.0, 10.0, 15.0, 20.0, 25.0])
+    np.testing.assert_allclose([observed[0] for observed, _ in rows], [0.2, 0.2, 0.3, 0.4, 0.4])
+    np.testing.assert_allclose(rows[2][1], [0.6, 0.2])

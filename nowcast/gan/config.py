@@ -104,6 +104,16 @@ class ModelConfig:
     ``member_matching_minutes``: match only the leads up to this many minutes, where the last
     observed frame's distribution is still the rain's and the generator has not yet grown or
     decayed it (run 44: the first 10 minutes); 0 matches every lead.
+    ``member_rate_map_mmh`` / ``member_rate_map_minutes`` / ``member_rate_map``: when members
+    are drawn, after the spread gain and before matching, each wet member's rate at a lead
+    maps onto the rates ``member_rate_map_mmh`` (increasing), piecewise linearly in log rate
+    from that lead's row of ``member_rate_map`` (the members' rates, one row per lead time of
+    ``member_rate_map_minutes``, rows interpolated between those leads and held beyond them),
+    at the nearest pair's ratio outside it. Fitted on training events by ``nowcast
+    fit-rate-map`` so that the members' pooled area above each threshold at each lead is the
+    observed one: the generator's intensity drifts with the lead in a shape of its own (too
+    little heavy rain in mid-hour, too much at the end, on the events it was trained on). Wet
+    members stay wet and dry ones dry. Empty: no map.
     ``probability_neighbourhood_km_per_minute``: the square neighbourhood, growing this many
     km per minute of lead, that the members' exceedance probabilities are processed with
     where a product request does not name one (:mod:`nowcast.products`); fitted on training
@@ -143,6 +153,9 @@ class ModelConfig:
     member_spread_gain_end: float = 1.0
     member_matching: str = "none"
     member_matching_minutes: float = 0.0
+    member_rate_map_mmh: tuple[float, ...] = ()
+    member_rate_map_minutes: tuple[float, ...] = ()
+    member_rate_map: tuple[tuple[float, ...], ...] = ()
     probability_neighbourhood_km_per_minute: float = 0.0
     mean_neighbourhood_km_per_minute: float = 0.0
     lead_basis: int = 0
@@ -171,6 +184,7 @@ class ModelConfig:
             raise ValueError(f"member_matching {self.member_matching!r}: one of {', '.join(MEMBER_MATCHING)}")
         if not (math.isfinite(self.member_matching_minutes) and self.member_matching_minutes >= 0):
             raise ValueError("member_matching_minutes must be a non-negative number of minutes (0: every lead)")
+        self._check_rate_map()
         if self.member_motion_sigma > 0 and self.member_motion_kmh > 0:
             raise ValueError("set member_motion_sigma (pixels per step) or member_motion_kmh (km/h), not both")
         if self.motion_downsample < 1:
@@ -192,6 +206,30 @@ class ModelConfig:
             raise ValueError("n_input >= 2 and n_output >= 1")
         if self.generator_layers < 2:
             raise ValueError("generator_layers >= 2")
+
+    def _check_rate_map(self) -> None:
+        rows, rates, minutes = self.member_rate_map, self.member_rate_map_mmh, self.member_rate_map_minutes
+        if not (rows or rates or minutes):
+            return
+        if not _increasing(rates) or not _increasing(minutes):
+            raise ValueError("member_rate_map_mmh and member_rate_map_minutes must be positive and increasing")
+        if len(rows) != len(minutes) or any(len(row) != len(rates) for row in rows):
+            raise ValueError(f"member_rate_map needs one row per lead of member_rate_map_minutes ({len(minutes)}), "
+                             f"each with one rate per threshold of member_rate_map_mmh ({len(rates)})")
+        if not all(_increasing(row) for row in rows):
+            raise ValueError("each row of member_rate_map must be positive, finite and increasing: "
+                             "the members' rates that map onto the increasing thresholds")
+
+    def member_rate_maps(self, step_minutes: float, steps: int, first_step: int = 0) -> list[np.ndarray] | None:
+        """Per lead of ``steps`` (the first ``first_step`` steps into the forecast), the members' rates
+        (mm/h) that ``member_rate_map_mmh`` maps onto: the table's rows interpolated linearly in log rate
+        between its leads and held beyond them. None without a map."""
+        if not self.member_rate_map:
+            return None
+        logs = np.log(np.asarray(self.member_rate_map, dtype=np.float64))
+        minutes = np.asarray(self.member_rate_map_minutes, dtype=np.float64)
+        leads = (first_step + np.arange(1, steps + 1)) * step_minutes
+        return [np.exp([np.interp(lead, minutes, column) for column in logs.T]) for lead in leads]
 
     def member_motion_pixels(self, pixel_km: float, step_minutes: float) -> float:
         """The standard deviation of a member's motion shift on a grid, in pixels per step."""
@@ -242,6 +280,11 @@ class ModelConfig:
     def grid_multiple(self) -> int:
         """Grid sides are padded to a multiple of this."""
         return 2 ** (self.n_scales - 1)
+
+
+def _increasing(values: tuple[float, ...]) -> bool:
+    array = np.asarray(values, dtype=np.float64)
+    return bool(array.size and np.all(np.isfinite(array)) and array[0] > 0 and np.all(np.diff(array) > 0))
 
 
 #: Keys of models written by earlier versions, with the one value this version still builds.

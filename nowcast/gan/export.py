@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 #: member settings that act on the generator's output only, never in training
 MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
                          "member_spread_gain_start", "member_spread_gain_end", "member_matching",
-                         "member_matching_minutes")
+                         "member_matching_minutes", "member_rate_map_mmh", "member_rate_map_minutes",
+                         "member_rate_map")
 #: settings of the products made from the members, which never change the members: a version that changes only
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
@@ -145,7 +146,8 @@ def retune_version(
         scored = {**source_card["evaluation"], "carried_from": source}
     else:
         scored = None
-    changes = ", ".join(f"{key} {before[key]} -> {_setting_text(value)}" for key, value in settings.items())
+    changes = ", ".join(f"{key} {_setting_text(before[key])} -> {_setting_text(value)}"
+                        for key, value in settings.items())
     card.update(
         description=f"{card.get('description', name)}; retuned from {source}: {changes}"
                     + (f" ({description})" if description else ""),
@@ -167,7 +169,11 @@ def _check_member_settings(settings: dict[str, float | str]) -> None:
                          "(the others change what the weights were trained for)", field="settings")
 
 
-def _setting_text(value: float | str) -> str:
+def _setting_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        if value and isinstance(value[0], (list, tuple)):
+            return f"a table of {len(value)} rows"
+        return "[" + ", ".join(_setting_text(v) for v in value) + "]"
     return value if isinstance(value, str) else format(value, "g")
 
 
@@ -213,6 +219,10 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.spreads_members:
             start, end = cfg.model.member_spread_gain_start, cfg.model.member_spread_gain_end
             text += f", wet members' log rain rates spread about their mean by {start:g} (0 min) to {end:g} (60 min)"
+        if cfg.model.member_rate_map:
+            thresholds = "/".join(f"{t:g}" for t in cfg.model.member_rate_map_mmh)
+            text += (f", wet members' rates mapped per lead so that their area above {thresholds} mm/h is the "
+                     f"observed one on the fitting events")
         if cfg.model.member_matching != "none":
             whose = "each member's" if cfg.model.member_matching == "each" else "the members' pooled"
             text += f", {whose} wet rain rates matched to the last observed frame's distribution"

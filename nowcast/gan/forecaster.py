@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from nowcast import config as config_io
+from nowcast.ensemble import map_rates
 from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, Spacing
 from nowcast.gan.advection import conditioning_fields, pixel_grid
 from nowcast.gan.config import ModelConfig, upgrade_model_config
@@ -112,12 +113,16 @@ class GANForecaster(Forecaster):
     def adjust_members(self, members: np.ndarray, last: np.ndarray, spacing: Spacing,
                        gains: Sequence[float] | None = None, first_step: int = 0) -> None:
         """What follows the draw, in place: the spread gain at each lead (``gains``, default the model's
-        ``member_spread_gain``), then matching to the last frame's rates (``member_matching`` at the
-        leads ``member_matching_minutes`` names). ``members``: (batch, draws, steps, y, x) mm/h, their
-        first step ``first_step`` steps into the forecast; ``last``: (batch, y, x) mm/h."""
+        ``member_spread_gain``), the rate map (``member_rate_map``), then matching to the last frame's
+        rates (``member_matching`` at the leads ``member_matching_minutes`` names). ``members``: (batch,
+        draws, steps, y, x) mm/h, their first step ``first_step`` steps into the forecast; ``last``:
+        (batch, y, x) mm/h."""
         if gains is None:
             gains = self.model_config.member_spread_gains(spacing.step_minutes, members.shape[2])
         self._gain_spread(members, gains)
+        maps = self.model_config.member_rate_maps(spacing.step_minutes, members.shape[2], first_step)
+        if maps is not None:
+            self._map_rates(members, maps)
         matched = self.model_config.matched_leads(spacing.step_minutes, members.shape[2], first_step)
         if matched:
             self._match_observed(members, last, matched)
@@ -257,6 +262,17 @@ class GANForecaster(Forecaster):
                 centre = np.where(n_wet > 0, logs.sum(axis=0) / np.maximum(n_wet, 1), 0.0)
                 spread = np.clip(np.exp(centre + gain * (logs - centre)), wet_from, MAX_RAIN_RATE_MMH)
                 np.copyto(rates, spread.astype(rates.dtype), where=wet)
+
+    def _map_rates(self, members: np.ndarray, maps: Sequence[np.ndarray]) -> None:
+        """Map (in place) each wet member's rate at each lead from ``maps[lead]`` onto
+        ``member_rate_map_mmh`` (``ModelConfig.member_rate_map``); ``members``: (batch, draws, steps, y, x)."""
+        wet_from = self.normalisation.threshold_mmh
+        onto = self.model_config.member_rate_map_mmh
+        for lead, member_rates in enumerate(maps):
+            rates = members[:, :, lead]
+            wet = rates >= wet_from  # NaN compares False: no data stays no data
+            mapped = np.clip(map_rates(np.where(wet, rates, 1.0), member_rates, onto), wet_from, MAX_RAIN_RATE_MMH)
+            np.copyto(rates, mapped, where=wet)
 
     def _match_observed(self, members: np.ndarray, last: np.ndarray, leads: Sequence[int]) -> None:
         """Give (in place) the members' wet pixels at ``leads`` the last frame's rain rates of the same
