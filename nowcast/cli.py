@@ -480,7 +480,8 @@ def export(
 def retune(
     source: str = typer.Argument(..., help="The registered model to start from, NAME@VERSION."),
     settings: list[str] = typer.Option(..., "--set", help="KEY=VALUE of a member setting (repeatable), e.g. "
-                                                           "member_intensity_db=1.0 or member_matching=pooled."),
+                                                           "member_intensity_db=1.0, member_matching=pooled or "
+                                                           "member_rate_map_mmh=[1,4] (a JSON list)."),
     version: str | None = typer.Option(None, "--version", help="v1, v2, ... (default: the next one)."),
     evaluation: Path | None = typer.Option(None, "--evaluation", help="scores.json of `nowcast evaluate` that "
                                                                       "scored the retuned model as NAME@VERSION."),
@@ -492,20 +493,32 @@ def retune(
     from nowcast.errors import InputError, UnreadableFileError
     from nowcast.gan.export import retune_version
 
-    values: dict[str, float | str] = {}
+    values: dict[str, Any] = {}
     for item in settings:
         key, separator, value = item.partition("=")
         if not separator or not value.strip():
             raise InputError(f"--set {item!r}: expected KEY=VALUE", field="settings")
-        try:
-            values[key.strip()] = float(value)
-        except ValueError:
-            values[key.strip()] = value.strip()  # a named choice, e.g. member_matching=pooled
+        values[key.strip()] = _setting_value(item, value.strip())
     if evaluation is not None and not evaluation.is_file():
         raise UnreadableFileError(f"{evaluation}: no such file")
     folder = retune_version(source, values, version=version, models_dir=models_dir, evaluation=evaluation,
                             description=description)
     typer.echo(str(folder))
+
+
+def _setting_value(item: str, value: str) -> Any:
+    """A number, a JSON list (a table, e.g. member_rate_map=[[1.1, 4.3], [1.0, 4.1]]) or a named choice."""
+    from nowcast.errors import InputError
+
+    if value.startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--set {item!r}: not a valid JSON list ({exc})", field="settings") from exc
+    try:
+        return float(value)
+    except ValueError:
+        return value  # a named choice, e.g. member_matching=pooled
 
 
 # the options of the fits on training events (fit-spread-gain, fit-neighbourhood)

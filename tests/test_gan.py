@@ -1613,6 +1613,14 @@ def test_fit_rate_map_gives_the_members_the_observed_area_above_each_threshold(t
     assert registered.member_rate_map_minutes == fit.minutes
     assert "rate map fitted on syn0, syn1" in artifacts.card("tiny-gan", "v4", models)["description"]
     assert json.loads(out.read_text())["member_rate_map_mmh"] == list(thresholds)
+    settings = fit.settings()
+    retuned = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v2", "--models-dir", str(models), *(
+        part for key, value in settings.items() for part in ("--set", f"{key}={json.dumps(value)}"))])
+    assert retuned.exit_code == 0, retuned.output
+    assert get_forecaster("tiny-gan@v5", models_dir=models).model_config == registered
+    broken = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v2", "--set", "member_rate_map=[[1, 2]",
+                                      "--models-dir", str(models)])
+    assert broken.exit_code == EXIT_USER_ERROR and "not a valid JSON list" in broken.output
     monkeypatch.undo()
     refused = CliRunner().invoke(app, ["-q", "fit-rate-map", "tiny-gan@v2", "--events", "mch-20160711",
                                        "--thresholds", "4,1", "--models-dir", str(models)])
