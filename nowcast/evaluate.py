@@ -65,7 +65,7 @@ import xarray as xr
 
 from nowcast.ensemble import lead_exceedance_probability
 from nowcast.errors import InputError, SequenceError
-from nowcast.forecasters import Forecaster, get_forecaster
+from nowcast.forecasters import Forecaster, PreparedForecast, get_forecaster
 from nowcast.products import probability_matched_mean_of
 from nowcast.quiet import quiet_stdout
 from nowcast.report import render_markdown
@@ -369,6 +369,71 @@ def scored_start_times(event_id: str, sequence: xr.DataArray, *, n_input: int, s
         if skip_reason(values[index:index + n_input], values[index + n_input:stop], steps_s[index:stop - 1],
                        step_s, min_rain_mmh) is None:
             yield sequence.isel(time=slice(index, index + n_input)), values[index + n_input:stop], seed + k
+
+
+@dataclass(frozen=True)
+class FittingEvents:
+    """The training events a member setting is fitted on, each once and in order, and how their start
+    times are taken (:func:`scored_start_times`: with rain, without gaps, start time k seeded ``seed + k``).
+
+    What the fits of a GAN ensemble's member settings share (``nowcast.spread_gain``,
+    ``nowcast.rate_map``, ``nowcast.neighbourhood_fit``); :meth:`of` checks the request.
+    """
+
+    events: tuple[str, ...]
+    loader: Loader
+    n_input: int
+    steps: int
+    stride: int
+    seed: int
+    min_rain_mmh: float = MIN_RAIN_MMH
+
+    @classmethod
+    def of(cls, events: Sequence[str], loader: Loader | None = None, *, n_input: int, steps: int, stride: int,
+           seed: int, min_rain_mmh: float = MIN_RAIN_MMH) -> FittingEvents:
+        """``loader`` default: :func:`nowcast.io.catalogue.load_event`, all-NaN frames for missing files."""
+        if not events:
+            raise InputError("no events to fit on", field="events")
+        if loader is None:
+            from nowcast.io.catalogue import load_event
+
+            loader = functools.partial(load_event, on_missing="nan")
+        return cls(tuple(dict.fromkeys(events)), loader, n_input, steps, stride, seed, min_rain_mmh)
+
+    def start_times(self, event: str) -> Iterator[tuple[xr.DataArray, np.ndarray, int]]:
+        return scored_start_times(event, self.loader(event), n_input=self.n_input, steps=self.steps,
+                                  stride=self.stride, seed=self.seed, min_rain_mmh=self.min_rain_mmh)
+
+    def draws(self, event: str, drawer: Forecaster, members: int,
+              ) -> Iterator[tuple[PreparedForecast, np.ndarray, np.ndarray]]:
+        """Per start time of ``event``: the prepared request, the members ``drawer`` draws (1, member, lead,
+        y, x) mm/h, as its ``predict`` draws them (no product-side processing), and the observed (lead, y, x)."""
+        for past, observed, start_seed in self.start_times(event):
+            prepared = drawer.prepare(past, self.steps, members=members, seed=start_seed)
+            drawn = drawer.predict(prepared.past[None], self.steps, members=members, seed=start_seed,
+                                   spacing=prepared.spacing)
+            yield prepared, drawn, observed
+
+    def check_counted(self, counted: dict[str, int]) -> None:
+        """InputError where no event had a start time to fit on (``counted``: event -> start times)."""
+        if not any(counted.values()):
+            raise InputError(f"no start time with rain and without gaps in {', '.join(self.events)}",
+                             field="events")
+
+
+def ensemble_forecaster(model: str, models_dir: str | os.PathLike[str] | None, *, needed_for: str,
+                        gan_only: bool = True) -> Forecaster:
+    """``model`` from the registry, refused by name where it draws no members (with ``gan_only``, where it is
+    no GAN ensemble); ``needed_for`` says what the members were wanted for."""
+    forecaster = get_forecaster(model, models_dir=models_dir)
+    draws = forecaster.supports_members
+    if gan_only:
+        from nowcast.gan.forecaster import GANForecaster
+
+        draws = draws and isinstance(forecaster, GANForecaster)
+    if not draws:
+        raise InputError(f"{model} draws no ensemble members: {needed_for}", field="model")
+    return forecaster
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ it where a request names no neighbourhood; the retraining job fits it with ``[ne
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -30,8 +29,7 @@ import numpy as np
 
 from nowcast.ensemble import MAX_NEIGHBOURHOOD_KM_PER_MINUTE, neighbourhood_window_pixels
 from nowcast.errors import InputError
-from nowcast.evaluate import MIN_RAIN_MMH, Loader, scored_start_times
-from nowcast.forecasters import get_forecaster
+from nowcast.evaluate import MIN_RAIN_MMH, FittingEvents, Loader, ensemble_forecaster
 from nowcast.sequence import lead_minutes_of, pixel_size_km
 from nowcast.verification import THRESHOLDS_MMH, brier_skill, valid_pixel_probabilities
 
@@ -112,25 +110,18 @@ def fit_neighbourhood(
     candidates = candidate_rates(rates)
     if members < 2:
         raise InputError(f"members must be at least 2 to give probabilities, got {members}", field="members")
-    if not events:
-        raise InputError("no events to fit on", field="events")
     if not thresholds:
         raise InputError("give at least one threshold", field="thresholds")
-    forecaster = get_forecaster(model, models_dir=models_dir)
-    if not forecaster.supports_members:
-        raise InputError(f"{model} draws no ensemble members, so it has no probabilities to process", field="model")
-    if loader is None:
-        from nowcast.io.catalogue import load_event
-
-        loader = functools.partial(load_event, on_missing="nan")
-    events = list(dict.fromkeys(events))
-    brier = np.full((len(candidates), len(events), steps, len(thresholds)), np.nan)
+    fitting = FittingEvents.of(events, loader, n_input=n_input, steps=steps, stride=stride, seed=seed,
+                               min_rain_mmh=min_rain_mmh)
+    forecaster = ensemble_forecaster(model, models_dir, needed_for="it has no probabilities to process",
+                                     gan_only=False)
+    brier = np.full((len(candidates), len(fitting.events), steps, len(thresholds)), np.nan)
     counted: dict[str, int] = {}
-    for e, event in enumerate(events):
+    for e, event in enumerate(fitting.events):
         sums = np.zeros((len(candidates), steps, len(thresholds), 2))
         counted[event] = 0
-        for past, observed, start_seed in scored_start_times(event, loader(event), n_input=n_input, steps=steps,
-                                                             stride=stride, seed=seed, min_rain_mmh=min_rain_mmh):
+        for past, observed, start_seed in fitting.start_times(event):
             forecast = forecaster.forecast(past, steps, members=members, seed=start_seed)
             _add_brier_sums(sums, np.asarray(forecast.values), observed, lead_minutes_of(forecast),
                             pixel_size_km(past), candidates, thresholds)
@@ -138,9 +129,8 @@ def fit_neighbourhood(
         with np.errstate(invalid="ignore", divide="ignore"):
             brier[:, e] = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], np.nan)
         logger.info("neighbourhood fit: %s, %d start times scored", event, counted[event])
-    if not any(counted.values()):
-        raise InputError(f"no start time with rain and without gaps in {', '.join(events)}", field="events")
-    return NeighbourhoodFit(model, tuple(events), tuple(candidates), tuple(float(t) for t in thresholds), brier,
+    fitting.check_counted(counted)
+    return NeighbourhoodFit(model, fitting.events, tuple(candidates), tuple(float(t) for t in thresholds), brier,
                             counted, members)
 
 

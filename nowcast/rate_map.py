@@ -21,7 +21,6 @@ version (:func:`nowcast.gan.export.retune_version`).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import os
@@ -32,8 +31,7 @@ from typing import Any
 import numpy as np
 
 from nowcast.errors import InputError
-from nowcast.evaluate import MIN_RAIN_MMH, Loader, scored_start_times
-from nowcast.forecasters import get_forecaster
+from nowcast.evaluate import MIN_RAIN_MMH, FittingEvents, Loader, ensemble_forecaster
 from nowcast.sequence import MAX_RAIN_RATE_MMH
 
 logger = logging.getLogger(__name__)
@@ -95,41 +93,30 @@ def fit_rate_map(
 ) -> RateMapFit:
     """The rate map of ``model``'s members on ``events`` (start times every ``stride`` frames, those
     without rain or with gaps skipped as ``nowcast evaluate`` does; start time k draws with ``seed + k``)."""
-    thresholds = _checked_thresholds(thresholds_mmh)
-    if not events:
-        raise InputError("no events to fit on", field="events")
-    from nowcast.gan.forecaster import GANForecaster
-
-    forecaster = get_forecaster(model, models_dir=models_dir)
-    if not isinstance(forecaster, GANForecaster) or not forecaster.supports_members:
-        raise InputError(f"{model} draws no ensemble members: the rate map is a GAN ensemble's setting",
-                         field="model")
-    if loader is None:
-        from nowcast.io.catalogue import load_event
-
-        loader = functools.partial(load_event, on_missing="nan")
+    thresholds = checked_thresholds(thresholds_mmh)
+    fitting = FittingEvents.of(events, loader, n_input=n_input, steps=steps, stride=stride, seed=seed,
+                               min_rain_mmh=min_rain_mmh)
+    forecaster = ensemble_forecaster(model, models_dir, needed_for="the rate map is a GAN ensemble's setting")
     drawer = forecaster.with_member_settings(member_matching="none", **_NO_MAP)
-    events = list(dict.fromkeys(events))
     per_event: list[dict[float, tuple[np.ndarray, np.ndarray]]] = []
     counted: dict[str, int] = {}
-    for event in events:
-        starts = scored_start_times(event, loader(event), n_input=n_input, steps=steps, stride=stride, seed=seed,
-                                    min_rain_mmh=min_rain_mmh)
-        fractions, counted[event] = _event_fractions(drawer, starts, members, steps, thresholds, max_minutes)
+    for event in fitting.events:
+        fractions, counted[event] = _event_fractions(fitting.draws(event, drawer, members), members, thresholds,
+                                                     max_minutes)
         per_event.append(fractions)
         logger.info("rate map fit: %s, %d start times", event, counted[event])
+    fitting.check_counted(counted)
     minutes = sorted({lead for fractions in per_event for lead in fractions})
-    if not minutes:
-        raise InputError(f"no start time with rain and without gaps in {', '.join(events)}", field="events")
     # every event on every lead, so that no row is the mean of other events than its neighbours'
     on_leads = [_on_leads(fractions, minutes) for fractions in per_event if fractions]
     rows = [_lead_row([fractions[i] for fractions in on_leads], thresholds) for i in range(len(minutes))]
-    return RateMapFit(model, tuple(events), tuple(thresholds), tuple(minutes),
+    return RateMapFit(model, fitting.events, tuple(thresholds), tuple(minutes),
                       np.array([rates for rates, _ in rows]), np.array([ratio for _, ratio in rows]), counted,
                       members)
 
 
-def _checked_thresholds(thresholds_mmh: Sequence[float]) -> tuple[float, ...]:
+def checked_thresholds(thresholds_mmh: Sequence[float]) -> tuple[float, ...]:
+    """The map's thresholds as floats; InputError where they are not increasing rain rates."""
     thresholds = tuple(float(t) for t in thresholds_mmh)
     if not thresholds or any(not 0 < t < MAX_RAIN_RATE_MMH for t in thresholds) or any(
             b <= a for a, b in itertools.pairwise(thresholds)):
@@ -138,17 +125,16 @@ def _checked_thresholds(thresholds_mmh: Sequence[float]) -> tuple[float, ...]:
     return thresholds
 
 
-def _event_fractions(drawer: Any, starts: Any, members: int, steps: int, thresholds: tuple[float, ...],
-                     max_minutes: float) -> tuple[dict[float, tuple[np.ndarray, np.ndarray]], int]:
+def _event_fractions(draws: Any, members: int, thresholds: tuple[float, ...], max_minutes: float,
+                     ) -> tuple[dict[float, tuple[np.ndarray, np.ndarray]], int]:
     """Per lead (minutes): the observed fraction above each threshold and the members' above each rate of
-    ``_RATE_GRID``, over the valid pixels of the event's start times; and the number of start times."""
+    ``_RATE_GRID``, over the valid pixels of the event's start times (``draws``:
+    :meth:`FittingEvents.draws`); and the number of start times."""
     counts: dict[float, np.ndarray] = {}
     n_starts = 0
-    for past, observed, start_seed in starts:
-        prepared = drawer.prepare(past, steps, members=members, seed=start_seed)
-        drawn = drawer.predict(prepared.past[None], steps, members=members, seed=start_seed,
-                               spacing=prepared.spacing)[0]
-        for lead in range(steps):
+    for prepared, drawn, observed in draws:
+        drawn = drawn[0]
+        for lead in range(drawn.shape[1]):
             minutes = round((lead + 1) * prepared.spacing.step_minutes, 2)
             if minutes > max_minutes + 1e-6:
                 break

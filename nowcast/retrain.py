@@ -12,6 +12,7 @@
    times (:func:`nowcast.evaluate.evaluate`, on Dask's distributed scheduler); with
    ``[spread_gain] fit = true`` an ensemble candidate first gets its own spread gain, fitted on
    the training events (``WORK/spread_gain.json``), and is scored and exported with it; with
+   ``[rate_map] fit = true`` then its rate map, fitted the same way (``WORK/rate_map.json``); with
    ``[neighbourhood] fit = true`` it also gets the neighbourhood its probability products are
    processed with, fitted on the training events (``WORK/neighbourhood.json``) and exported
    with it (the evaluation scores every ensemble's raw probabilities alike).
@@ -69,6 +70,7 @@ from nowcast.files import write_text_atomically
 from nowcast.gan.config import ExperimentConfig
 from nowcast.neighbourhood_fit import DEFAULT_RATES, candidate_rates
 from nowcast.paths import models_dir as default_models_dir
+from nowcast.rate_map import DEFAULT_THRESHOLDS_MMH, checked_thresholds
 from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS, candidate_gains
 from nowcast.verification import key
 
@@ -83,6 +85,7 @@ STAGING_DIR = "registry"
 EVALUATION_DIR = "evaluation"
 GATE_FILE = "gate.json"
 SPREAD_GAIN_FILE = "spread_gain.json"
+RATE_MAP_FILE = "rate_map.json"
 NEIGHBOURHOOD_FILE = "neighbourhood.json"
 REPORT_FILE = "report.md"
 RESULT_FILE = "result.json"
@@ -204,6 +207,31 @@ class SpreadGainConfig:
 
 
 @dataclass(frozen=True)
+class RateMapConfig:
+    """Fit the candidate's rate map to its own members on the training events, after its spread gain.
+
+    The map (``ModelConfig.member_rate_map``) takes each lead's members from the generator's own rain
+    climatology onto the observed one; the drift it corrects is the generator's, so a retrained
+    generator gets its own. With ``fit``, :func:`nowcast.rate_map.fit_rate_map` counts ``members``
+    members per start time of the training events against the observed rain above each of
+    ``thresholds_mmh``, and the map goes with the candidate into the evaluation and the registry
+    (rates above the last threshold take its ratio). Only for a model that draws members.
+    """
+
+    fit: bool = False
+    thresholds_mmh: tuple[float, ...] = DEFAULT_THRESHOLDS_MMH
+    members: int = 20
+
+    def __post_init__(self) -> None:
+        if self.members < 1:
+            raise ValueError("rate_map.members must be at least 1")
+        try:
+            checked_thresholds(self.thresholds_mmh)
+        except InputError as exc:
+            raise ValueError(f"rate_map.thresholds_mmh: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class NeighbourhoodConfig:
     """Fit the neighbourhood of the candidate's probability products on the training events.
 
@@ -238,8 +266,8 @@ class RetrainConfig:
     ``catalogue``/``data_root``: the event catalogue and archive (default: the packaged one and
     ``NOWCAST_DATA_ROOT``). ``experiment``: the training recipe (``nowcast train``'s config);
     its events and seed come from ``split`` and ``seed``. ``spread_gain``: an ensemble's spread
-    gain fitted after training; ``neighbourhood``: its probability products' neighbourhood, fitted
-    after that.
+    gain fitted after training; ``rate_map``: its rate map, fitted after the gain;
+    ``neighbourhood``: its probability products' neighbourhood, fitted last.
     """
 
     split: SplitConfig
@@ -252,6 +280,7 @@ class RetrainConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     spread_gain: SpreadGainConfig = field(default_factory=SpreadGainConfig)
+    rate_map: RateMapConfig = field(default_factory=RateMapConfig)
     neighbourhood: NeighbourhoodConfig = field(default_factory=NeighbourhoodConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
 
@@ -260,7 +289,7 @@ class RetrainConfig:
             raise ValueError(f"name {self.name!r}: use letters, digits, '_', '.', '-'")
         if self.seed < 0:
             raise ValueError("seed must not be negative")
-        for fitted in ("spread_gain", "neighbourhood"):
+        for fitted in ("spread_gain", "rate_map", "neighbourhood"):
             if getattr(self, fitted).fit and self.experiment.model.noise_channels == 0:
                 raise ValueError(f"{fitted}.fit needs a model that draws members "
                                  "(experiment.model.noise_channels > 0)")
@@ -517,6 +546,7 @@ def _evaluate_phase(cfg: RetrainConfig, plan: _Plan, work: Path, root: Path, loa
     ev = cfg.evaluation
     staging = _stage_models(cfg, plan, work, root)
     _spread_gain_phase(cfg, work, staging, load)
+    _rate_map_phase(cfg, work, staging, load)
     _neighbourhood_phase(cfg, work, staging, load)
     methods = [CANDIDATE, *([LIVE] if plan.live_version else []), *ev.baselines]
     out = work / EVALUATION_DIR
@@ -580,6 +610,40 @@ def _spread_gain_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Load
                        version="v2", models_dir=staging, description="the candidate with its fitted spread gain")
 
 
+def _rate_map_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Loader) -> None:
+    """With ``rate_map.fit``: the rate map of the staged candidate (with its spread gain, where one was fitted)
+    fitted on the training events (a fit already written is kept) and registered in the staging registry as
+    the candidate's next version, which the evaluation then scores and the export phase exports."""
+    if not cfg.rate_map.fit:
+        return
+    from nowcast.gan.export import retune_version
+    from nowcast.rate_map import fit_rate_map
+
+    path = work / RATE_MAP_FILE
+    gained = f"{CANDIDATE}@{'v2' if cfg.spread_gain.fit else 'v1'}"
+    if path.is_file():
+        fitted = artifacts.read_json(path)
+    else:
+        rm, ev = cfg.rate_map, cfg.evaluation
+        fit = fit_rate_map(gained, list(cfg.split.train), thresholds_mmh=rm.thresholds_mmh, members=rm.members,
+                           n_input=ev.n_input, steps=ev.steps, stride=ev.stride, seed=cfg.seed, loader=load,
+                           models_dir=staging)
+        fitted = fit.to_dict()
+        _write_json(path, fitted)
+        logger.info("rate map fitted on %s: %d leads", ", ".join(fit.events), len(fit.minutes))
+    if artifacts.list_versions(CANDIDATE, staging)[-1] == gained.split("@")[1]:
+        retune_version(gained, _rate_map_settings(fitted), version=_next_version(gained), models_dir=staging,
+                       description="the candidate with its fitted rate map")
+
+
+def _rate_map_settings(fitted: dict[str, Any]) -> dict[str, Any]:
+    return {key: fitted[key] for key in ("member_rate_map_mmh", "member_rate_map_minutes", "member_rate_map")}
+
+
+def _next_version(name_at_version: str) -> str:
+    return f"v{int(name_at_version.split('@v')[1]) + 1}"
+
+
 def _neighbourhood_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Loader) -> None:
     """With ``neighbourhood.fit``: the probability neighbourhood of the staged candidate (with its spread gain,
     where one was fitted) fitted on the training events, for the export phase (a fit already written is kept)."""
@@ -605,6 +669,11 @@ def _member_settings(cfg: RetrainConfig, work: Path) -> tuple[dict[str, Any], di
         fitted = artifacts.read_json(work / SPREAD_GAIN_FILE)
         settings.update(member_spread_gain_start=fitted["best"][0], member_spread_gain_end=fitted["best"][1])
         fits["spread_gain_fit"] = {key: fitted[key] for key in ("events", "members", "start_times", "best")}
+    if cfg.rate_map.fit:
+        fitted = artifacts.read_json(work / RATE_MAP_FILE)
+        settings.update(_rate_map_settings(fitted))
+        fits["rate_map_fit"] = {key: fitted[key] for key in ("events", "members", "start_times", "area_ratio",
+                                                             *_rate_map_settings(fitted))}
     if cfg.neighbourhood.fit:
         fitted = artifacts.read_json(work / NEIGHBOURHOOD_FILE)
         settings["probability_neighbourhood_km_per_minute"] = fitted["best"]

@@ -15,7 +15,6 @@ on the events it will be scored on.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -25,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from nowcast.errors import InputError
-from nowcast.evaluate import MIN_RAIN_MMH, Loader, scored_start_times
-from nowcast.forecasters import get_forecaster
+from nowcast.evaluate import MIN_RAIN_MMH, FittingEvents, Loader, ensemble_forecaster
 from nowcast.gan.config import ModelConfig
 from nowcast.verification import SpreadSkillSums, crps_sums
 
@@ -103,46 +101,32 @@ def fit_spread_gain(
         raise InputError(str(exc), field="gains") from exc
     if members < 2:
         raise InputError(f"members must be at least 2 to have a spread, got {members}", field="members")
-    if not events:
-        raise InputError("no events to fit on", field="events")
-    from nowcast.gan.forecaster import GANForecaster
-
-    forecaster = get_forecaster(model, models_dir=models_dir)
-    if not isinstance(forecaster, GANForecaster) or not forecaster.supports_members:
-        raise InputError(f"{model} draws no ensemble members: the spread gain is a GAN ensemble's setting",
-                         field="model")
-    if loader is None:
-        from nowcast.io.catalogue import load_event
-
-        loader = functools.partial(load_event, on_missing="nan")
+    fitting = FittingEvents.of(events, loader, n_input=n_input, steps=steps, stride=stride, seed=seed,
+                               min_rain_mmh=min_rain_mmh)
+    forecaster = ensemble_forecaster(model, models_dir, needed_for="the spread gain is a GAN ensemble's setting")
     drawer = forecaster.with_member_settings(member_spread_gain_start=1.0, member_spread_gain_end=1.0,
                                              member_matching="none")
-    events = list(dict.fromkeys(events))
-    crps = np.full((len(candidates), len(events), steps), np.nan)
+    crps = np.full((len(candidates), len(fitting.events), steps), np.nan)
     spread = [[SpreadSkillSums() for _ in range(steps)] for _ in candidates]
     counted: dict[str, int] = {}
-    for e, event in enumerate(events):
-        starts_here = scored_start_times(event, loader(event), n_input=n_input, steps=steps, stride=stride,
-                                         seed=seed, min_rain_mmh=min_rain_mmh)
-        sums, counted[event] = _fit_event(forecaster, drawer, starts_here, candidates, members, steps, spread)
+    for e, event in enumerate(fitting.events):
+        sums, counted[event] = _fit_event(forecaster, fitting.draws(event, drawer, members), candidates, steps,
+                                          spread)
         with np.errstate(invalid="ignore", divide="ignore"):
             crps[:, e] = np.where(sums[..., 1] > 0, sums[..., 0] / sums[..., 1], np.nan)
         logger.info("spread gain fit: %s, %d start times scored", event, counted[event])
-    if not any(counted.values()):
-        raise InputError(f"no start time with rain and without gaps in {', '.join(events)}", field="events")
+    fitting.check_counted(counted)
     ratios = np.array([[sums.scores(members)["spread_skill"] for sums in per_lead] for per_lead in spread])
-    return SpreadGainFit(model, tuple(events), tuple(candidates), crps, ratios, counted, members)
+    return SpreadGainFit(model, fitting.events, tuple(candidates), crps, ratios, counted, members)
 
 
-def _fit_event(forecaster: Any, drawer: Any, starts: Any, candidates: list[tuple[float, float]], members: int,
-               steps: int, spread: list[list[SpreadSkillSums]]) -> tuple[np.ndarray, int]:
+def _fit_event(forecaster: Any, draws: Any, candidates: list[tuple[float, float]], steps: int,
+               spread: list[list[SpreadSkillSums]]) -> tuple[np.ndarray, int]:
     """One event's CRPS sums (candidate, lead, [sum, pixels]) and its number of start times; the spread sums
-    are added to ``spread``. ``drawer``: the forecaster with the gain and matching off."""
+    are added to ``spread``. ``draws``: :meth:`FittingEvents.draws` with the gain and matching off."""
     sums = np.zeros((len(candidates), steps, 2))
     n_starts = 0
-    for past, observed, start_seed in starts:
-        prepared = drawer.prepare(past, steps, members=members, seed=start_seed)
-        drawn = drawer.predict(prepared.past[None], steps, members=members, seed=start_seed, spacing=prepared.spacing)
+    for prepared, drawn, observed in draws:
         gains = [replace(forecaster.model_config, member_spread_gain_start=start, member_spread_gain_end=end)
                  .member_spread_gains(prepared.spacing.step_minutes, steps) for start, end in candidates]
         _score_start(forecaster, drawn, prepared, observed, gains, sums, spread)

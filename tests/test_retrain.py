@@ -248,6 +248,10 @@ def test_configs_are_checked(tmp_path):
         build({**config(), "spread_gain": {"members": 1}})
     with pytest.raises(ConfigError, match="spread gain 5"):
         build({**config(), "spread_gain": {"ends": [5.0]}})
+    with pytest.raises(ConfigError, match=r"rate_map\.fit needs a model that draws members"):
+        build({**config(), "rate_map": {"fit": True}})
+    with pytest.raises(ConfigError, match=r"rate_map\.thresholds_mmh: .*increasing"):
+        build({**config(), "rate_map": {"thresholds_mmh": [2.0, 1.0]}})
     with pytest.raises(ConfigError, match=r"neighbourhood\.fit needs a model that draws members"):
         build({**config(), "neighbourhood": {"fit": True}})
     with pytest.raises(ConfigError, match=r"neighbourhood\.rates: .*outside \[0, 10\]"):
@@ -256,12 +260,14 @@ def test_configs_are_checked(tmp_path):
 
 def test_an_ensemble_candidate_is_scored_and_exported_with_its_own_fitted_spread_gain_and_neighbourhood(tmp_path):
     """[spread_gain] fit = true: the candidate's gain is fitted on the training events, the staged candidate is
-    scored with it and the exported version carries it, with the fit on its card; [neighbourhood] fit = true: so
-    is its probability products' neighbourhood, fitted on the members it draws with that gain."""
+    scored with it and the exported version carries it, with the fit on its card; [rate_map] fit = true: so is its
+    rate map, fitted on the members it draws with that gain; [neighbourhood] fit = true: so is its probability
+    products' neighbourhood, fitted on the members it draws with both."""
     data = config()
     data["experiment"]["model"] = {**MODEL, "noise_channels": 2, "member_intensity_db": 3.0}
     data["evaluation"]["members"] = 4
     data["spread_gain"] = {"fit": True, "starts": [1.0], "ends": [0.5, 1.5], "members": 4}
+    data["rate_map"] = {"fit": True, "thresholds_mmh": [0.5, 2.0], "members": 4}
     data["neighbourhood"] = {"fit": True, "rates": [1.0, 3.0], "members": 4}
     models = tmp_path / "models"
     result = retrain(build(data), tmp_path / "work", models_dir=models, progress=False)
@@ -275,8 +281,15 @@ def test_an_ensemble_candidate_is_scored_and_exported_with_its_own_fitted_spread
     for model in (staged, exported):
         assert [model.member_spread_gain_start, model.member_spread_gain_end] == best
     assert artifacts.card(NAME, result["version"], models)["retrain"]["spread_gain_fit"]["best"] == best
+    rate_map = json.loads((tmp_path / "work" / "rate_map.json").read_text())
+    assert rate_map["model"] == "candidate@v2" and rate_map["member_rate_map_mmh"] == [0.5, 2.0]
+    for model in (staged, exported):
+        assert [list(row) for row in model.member_rate_map] == rate_map["member_rate_map"]
+        assert list(model.member_rate_map_minutes) == rate_map["member_rate_map_minutes"]
+    assert artifacts.card(NAME, result["version"], models)["retrain"]["rate_map_fit"]["member_rate_map"] == (
+        rate_map["member_rate_map"])
     neighbourhood = json.loads((tmp_path / "work" / "neighbourhood.json").read_text())
-    assert neighbourhood["model"] == "candidate@v2"  # the members as the gain leaves them
+    assert neighbourhood["model"] == "candidate@v3"  # the members as the gain and the map leave them
     assert [c["km_per_minute"] for c in neighbourhood["candidates"]] == [0.0, 1.0, 3.0]
     highest = max(neighbourhood["candidates"], key=lambda candidate: candidate["brier_skill"])
     assert exported.probability_neighbourhood_km_per_minute == highest["km_per_minute"] == neighbourhood["best"]
