@@ -43,7 +43,9 @@ DEFAULT_MAX_MINUTES = 60.0
 MIN_FRACTION = 1e-5
 #: the rates (mm/h) at which the members' exceedance fractions are counted
 _RATE_GRID = np.geomspace(0.01, MAX_RAIN_RATE_MMH, 800)
-_NO_MAP = {"member_rate_map": (), "member_rate_map_mmh": (), "member_rate_map_minutes": ()}
+#: the members as they reach the map: no map yet, and none of what follows it
+_NO_MAP = {"member_rate_map": (), "member_rate_map_mmh": (), "member_rate_map_minutes": (),
+           "member_sprog_weight_minutes": (), "member_sprog_weight": ()}
 
 
 @dataclass(frozen=True)

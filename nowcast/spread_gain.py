@@ -5,9 +5,9 @@ log rate about the members' mean by a factor linear in the lead. It corrects the
 members one generator draws, so it is fitted to that generator: a fine-tuned one draws other
 members and needs its own. :func:`fit_spread_gain` draws every start time's members once with
 the gain off, applies every candidate (start, end) to those same members and scores each by the
-exact CRPS at each lead; the best candidate has the lowest CRPS averaged over leads and then
-over events, so every event weighs the same whatever its size. Fit it on training events, never
-on the events it will be scored on.
+exact CRPS at each lead (before any move towards S-PROG, which follows the gain); the best
+candidate has the lowest CRPS averaged over leads and then over events, so every event weighs
+the same whatever its size. Fit it on training events, never on the events it will be scored on.
 
 ``nowcast fit-spread-gain NAME@VERSION --events …`` runs it, prints the candidates and, with
 ``--register``, registers the best as the model's next version (:func:`nowcast.gan.export.retune_version`).
@@ -104,6 +104,8 @@ def fit_spread_gain(
     fitting = FittingEvents.of(events, loader, n_input=n_input, steps=steps, stride=stride, seed=seed,
                                min_rain_mmh=min_rain_mmh)
     forecaster = ensemble_forecaster(model, models_dir, needed_for="the spread gain is a GAN ensemble's setting")
+    # the gain is fitted to the members as they are before any move towards S-PROG
+    forecaster = forecaster.with_member_settings(member_sprog_weight_minutes=(), member_sprog_weight=())
     drawer = forecaster.with_member_settings(member_spread_gain_start=1.0, member_spread_gain_end=1.0,
                                              member_matching="none")
     crps = np.full((len(candidates), len(fitting.events), steps), np.nan)
@@ -152,7 +154,7 @@ def _score_start(forecaster: Any, drawn: np.ndarray, prepared: Any, observed: np
 
     Each lead is adjusted once per distinct gain: candidates that share it there share its score.
     """
-    last = prepared.past[None, -1]
+    past = prepared.past[None]
     for lead in range(drawn.shape[2]):
         observed_lead = observed[lead]
         scored: dict[float, tuple[float, int, SpreadSkillSums]] = {}
@@ -160,7 +162,7 @@ def _score_start(forecaster: Any, drawn: np.ndarray, prepared: Any, observed: np
             gain = per_lead[lead]
             if gain not in scored:
                 fields = drawn[:, :, lead:lead + 1].copy()
-                forecaster.adjust_members(fields, last, prepared.spacing, gains=[gain], first_step=lead)
+                forecaster.adjust_members(fields, past, prepared.spacing, gains=[gain], first_step=lead)
                 scored[gain] = _lead_scores(fields[0, :, 0], observed_lead)
             total, pixels, sums_here = scored[gain]
             sums[c, lead] += (total, pixels)

@@ -1286,6 +1286,47 @@ def test_member_spread_gain_scales_wet_members_log_rates_about_their_mean(events
             dataclasses.replace(varied_config, member_spread_gain_end=bad)
 
 
+def test_members_move_towards_sprog_by_the_weight_of_the_lead(events):
+    """member_sprog_weight: each member's dBR moves by w times S-PROG's dBR less the members' mean dBR, w read
+    from the table at the lead; at w = 1 the wet members' mean dBR is S-PROG's and the members keep their
+    differences; at w = 0 nothing changes; no data stays no data; one forecast is untouched."""
+    from nowcast.forecasters import get_forecaster
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    drawn_config = dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0)
+    drawn = GANForecaster(Generator(drawn_config), Normalisation(), device="cpu")
+    moved_config = dataclasses.replace(drawn_config, member_sprog_weight_minutes=(10.0, 15.0),
+                                       member_sprog_weight=(1.0, 0.0))
+    moved = drawn.with_member_settings(member_sprog_weight_minutes=(10.0, 15.0), member_sprog_weight=(1.0, 0.0))
+    assert moved_config.member_sprog_weights(5.0, 4) == [1.0, 1.0, 0.0, 0.0]  # held before, linear between
+    past = events["syn0"].values[2:6].copy()[None]
+    past[0, -1, :5] = np.nan
+    base = drawn.predict(past, 4, members=4, seed=3)[0]
+    out = moved.predict(past, 4, members=4, seed=3)[0]
+    sprog = get_forecaster("sprog").predict(past[:, 1:], 4)[0]
+
+    def db(rates):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(rates >= 0.1, 10 * np.log10(rates), -15.0)
+
+    for lead in (0, 1):
+        wet = np.all(out[:, lead] >= 0.1, axis=0) & np.all(base[:, lead] >= 0.1, axis=0) & (sprog[lead] >= 0.1)
+        assert wet.sum() > 100
+        np.testing.assert_allclose(db(out[:, lead]).mean(axis=0)[wet], db(sprog[lead])[wet], atol=1e-3)
+        np.testing.assert_allclose((db(out[:, lead]) - db(out[0, lead]))[:, wet],
+                                   (db(base[:, lead]) - db(base[0, lead]))[:, wet], atol=1e-3)
+        assert not np.allclose(out[:, lead], base[:, lead], equal_nan=True)
+    np.testing.assert_array_equal(out[:, 2:], base[:, 2:])
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(base))
+    np.testing.assert_array_equal(moved.predict(past, 4), drawn.predict(past, 4))
+    for bad in ({"member_sprog_weight": (1.5, 0.0)}, {"member_sprog_weight": (1.0,)},
+                {"member_sprog_weight_minutes": (15.0, 10.0)}):
+        with pytest.raises(ValueError, match="member_sprog_weight"):
+            dataclasses.replace(moved_config, **bad)
+
+
 def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tmp_path, events, monkeypatch):
     """fit_spread_gain draws each start time's members once with the gain off and applies every candidate
     offline: a candidate's CRPS is the CRPS of the same model forecasting with that gain; wider gains late give a

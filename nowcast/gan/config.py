@@ -114,6 +114,15 @@ class ModelConfig:
     observed one: the generator's intensity drifts with the lead in a shape of its own (too
     little heavy rain in mid-hour, too much at the end, on the events it was trained on). Wet
     members stay wet and dry ones dry. Empty: no map.
+    ``member_sprog_weight_minutes`` / ``member_sprog_weight``: when members are drawn, after
+    everything above, each member's dBR (pySTEPS' transform: rates below 0.1 mm/h at -15 dBR)
+    moves by ``w`` times S-PROG's dBR less the members' mean dBR at each pixel, ``w`` read from
+    the table at the lead (linear between its leads, held beyond them; 0 where S-PROG has no
+    value), and rates below 0.1 mm/h become dry. At ``w`` = 1 the members' mean dBR is S-PROG's
+    (Seed 2003: the cascade whose small scales fade as they lose skill), and the members keep
+    their differences from one another: where S-PROG places the rain better than the members'
+    mean, early in the hour, the whole ensemble moves there. It makes a member depend on the
+    others drawn with it, and runs pySTEPS' S-PROG on the last 3 frames. Empty: off.
     ``probability_neighbourhood_km_per_minute``: the square neighbourhood, growing this many
     km per minute of lead, that the members' exceedance probabilities are processed with
     where a product request does not name one (:mod:`nowcast.products`); fitted on training
@@ -156,6 +165,8 @@ class ModelConfig:
     member_rate_map_mmh: tuple[float, ...] = ()
     member_rate_map_minutes: tuple[float, ...] = ()
     member_rate_map: tuple[tuple[float, ...], ...] = ()
+    member_sprog_weight_minutes: tuple[float, ...] = ()
+    member_sprog_weight: tuple[float, ...] = ()
     probability_neighbourhood_km_per_minute: float = 0.0
     mean_neighbourhood_km_per_minute: float = 0.0
     lead_basis: int = 0
@@ -185,6 +196,7 @@ class ModelConfig:
         if not (math.isfinite(self.member_matching_minutes) and self.member_matching_minutes >= 0):
             raise ValueError("member_matching_minutes must be a non-negative number of minutes (0: every lead)")
         self._check_rate_map()
+        self._check_sprog_weight()
         if self.member_motion_sigma > 0 and self.member_motion_kmh > 0:
             raise ValueError("set member_motion_sigma (pixels per step) or member_motion_kmh (km/h), not both")
         if self.motion_downsample < 1:
@@ -219,6 +231,25 @@ class ModelConfig:
         if not all(_increasing(row) for row in rows):
             raise ValueError("each row of member_rate_map must be positive, finite and increasing: "
                              "the members' rates that map onto the increasing thresholds")
+
+    def _check_sprog_weight(self) -> None:
+        minutes, weights = self.member_sprog_weight_minutes, self.member_sprog_weight
+        if not (minutes or weights):
+            return
+        if not _increasing(minutes) or len(weights) != len(minutes):
+            raise ValueError("member_sprog_weight_minutes must be positive and increasing, with one weight in "
+                             "member_sprog_weight per lead")
+        if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights):
+            raise ValueError("member_sprog_weight: each weight must be in [0, 1] (1: the members' mean dBR is "
+                             "S-PROG's)")
+
+    def member_sprog_weights(self, step_minutes: float, steps: int) -> list[float] | None:
+        """The weight towards S-PROG at each of ``steps`` leads; None where no lead has one."""
+        if not self.member_sprog_weight:
+            return None
+        leads = np.arange(1, steps + 1) * step_minutes
+        weights = np.interp(leads, self.member_sprog_weight_minutes, self.member_sprog_weight)
+        return [float(w) for w in weights] if np.any(weights > 0) else None
 
     def member_rate_maps(self, step_minutes: float, steps: int, first_step: int = 0) -> list[np.ndarray] | None:
         """Per lead of ``steps`` (the first ``first_step`` steps into the forecast), the members' rates

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
                          "member_spread_gain_start", "member_spread_gain_end", "member_matching",
                          "member_matching_minutes", "member_rate_map_mmh", "member_rate_map_minutes",
-                         "member_rate_map")
+                         "member_rate_map", "member_sprog_weight_minutes", "member_sprog_weight")
 #: settings of the products made from the members, which never change the members: a version that changes only
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
@@ -228,6 +228,10 @@ def _default_description(cfg: Any) -> str:
             text += f", {whose} wet rain rates matched to the last observed frame's distribution"
             if cfg.model.member_matching_minutes:
                 text += f" over the first {cfg.model.member_matching_minutes:g} min"
+        if cfg.model.member_sprog_weight:
+            table = ", ".join(f"{w:g} at {m:g} min" for m, w in zip(cfg.model.member_sprog_weight_minutes,
+                                                                     cfg.model.member_sprog_weight, strict=True))
+            text += f", then each member's dBR moved towards S-PROG's by the members' mean's distance to it ({table})"
         if cfg.model.probability_neighbourhood_km_per_minute:
             text += (f"; exceedance probabilities neighbourhood-processed in a square growing "
                      f"{cfg.model.probability_neighbourhood_km_per_minute:g} km per minute of lead")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from nowcast import config as config_io
 from nowcast.ensemble import map_rates
+from nowcast.forecasters import cascade
 from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, Spacing
 from nowcast.gan.advection import conditioning_fields, pixel_grid
 from nowcast.gan.config import ModelConfig, upgrade_model_config
@@ -93,7 +94,7 @@ class GANForecaster(Forecaster):
         if noise is not None and self.model_config.member_intensity_db > 0:
             self._perturb_intensity(out, noise, spacing)
         if noise is not None:
-            self.adjust_members(out, past[:, -1], spacing)
+            self.adjust_members(out, past, spacing)
         return out
 
     @property
@@ -110,22 +111,26 @@ class GANForecaster(Forecaster):
         other.model_config = dataclasses.replace(self.model_config, **settings)
         return other
 
-    def adjust_members(self, members: np.ndarray, last: np.ndarray, spacing: Spacing,
+    def adjust_members(self, members: np.ndarray, past: np.ndarray, spacing: Spacing,
                        gains: Sequence[float] | None = None, first_step: int = 0) -> None:
         """What follows the draw, in place: the spread gain at each lead (``gains``, default the model's
-        ``member_spread_gain``), the rate map (``member_rate_map``), then matching to the last frame's
-        rates (``member_matching`` at the leads ``member_matching_minutes`` names). ``members``: (batch,
-        draws, steps, y, x) mm/h, their first step ``first_step`` steps into the forecast; ``last``:
-        (batch, y, x) mm/h."""
+        ``member_spread_gain``), the rate map (``member_rate_map``), matching to the last frame's
+        rates (``member_matching`` at the leads ``member_matching_minutes`` names), then the move towards
+        S-PROG (``member_sprog_weight``). ``members``: (batch, draws, steps, y, x) mm/h, their first step
+        ``first_step`` steps into the forecast; ``past``: (batch, time, y, x) mm/h, the input."""
+        cfg, steps = self.model_config, members.shape[2]
         if gains is None:
-            gains = self.model_config.member_spread_gains(spacing.step_minutes, members.shape[2])
+            gains = cfg.member_spread_gains(spacing.step_minutes, steps)
         self._gain_spread(members, gains)
-        maps = self.model_config.member_rate_maps(spacing.step_minutes, members.shape[2], first_step)
+        maps = cfg.member_rate_maps(spacing.step_minutes, steps, first_step)
         if maps is not None:
             self._map_rates(members, maps)
-        matched = self.model_config.matched_leads(spacing.step_minutes, members.shape[2], first_step)
+        matched = cfg.matched_leads(spacing.step_minutes, steps, first_step)
         if matched:
-            self._match_observed(members, last, matched)
+            self._match_observed(members, past[:, -1], matched)
+        weights = cfg.member_sprog_weights(spacing.step_minutes, first_step + steps)
+        if weights is not None and any(weights[first_step:]):
+            self._move_towards_sprog(members, past, weights[first_step:], first_step)
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
         """One generator per sequence and member, sequence-major, seeded from (seed, member).
@@ -274,6 +279,21 @@ class GANForecaster(Forecaster):
             mapped = np.clip(map_rates(np.where(wet, rates, 1.0), member_rates, onto), wet_from, MAX_RAIN_RATE_MMH)
             np.copyto(rates, mapped, where=wet)
 
+    def _move_towards_sprog(self, members: np.ndarray, past: np.ndarray, weights: Sequence[float],
+                            first_step: int) -> None:
+        """Move (in place) each member's dBR by ``weights[lead]`` times S-PROG's dBR less the members' mean
+        dBR (``ModelConfig.member_sprog_weight``); ``members``: (batch, draws, steps, y, x) mm/h."""
+        for sequence, frames in zip(members, past, strict=True):
+            sprog_db = _sprog_db(frames, first_step + len(weights))[first_step:]
+            for lead, weight in enumerate(weights):
+                if weight == 0:
+                    continue
+                rates = sequence[:, lead]
+                members_db = _to_db(rates)
+                shift = np.where(np.isfinite(sprog_db[lead]), sprog_db[lead] - members_db.mean(axis=0), 0.0)
+                moved = _from_db(members_db + weight * shift)
+                np.copyto(rates, moved.astype(rates.dtype), where=np.isfinite(rates))
+
     def _match_observed(self, members: np.ndarray, last: np.ndarray, leads: Sequence[int]) -> None:
         """Give (in place) the members' wet pixels at ``leads`` the last frame's rain rates of the same
         exceedance fraction (``ModelConfig.member_matching``); ``members``: (batch, draws, steps, y, x),
@@ -336,6 +356,27 @@ class GANForecaster(Forecaster):
         inputs["displacement"] = displacement
         inputs["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
         return inputs, inputs["advected"][:, :, 0]
+
+
+def _to_db(rates: np.ndarray) -> np.ndarray:
+    """mm/h in dBR as pySTEPS' cascade methods take it: rates below their threshold (and no data) at the zero value."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(rates >= cascade.DB_THRESHOLD_MMH, 10.0 * np.log10(rates), cascade.DB_ZERO_VALUE)
+
+
+def _from_db(db: np.ndarray) -> np.ndarray:
+    """dBR back in mm/h: dry below the threshold, bounded like the generator's output."""
+    rates = np.where(db >= 10.0 * np.log10(cascade.DB_THRESHOLD_MMH), 10.0 ** (db / 10.0), 0.0)
+    return np.minimum(rates, MAX_RAIN_RATE_MMH)
+
+
+def _sprog_db(past: np.ndarray, steps: int) -> np.ndarray:
+    """pySTEPS' S-PROG of (time, y, x) mm/h frames, (steps, y, x) dBR: NaN where it says nothing (the last
+    frame's no-data and what flows in from outside)."""
+    frames = past[-cascade.N_INPUT_FRAMES:]
+    past_db, _ = cascade.to_db(frames)
+    forecast_db = np.array(cascade.run_nowcast("sprog", past_db, cascade.motion(frames), steps), dtype=np.float64)
+    return np.where(np.isfinite(frames[-1]), forecast_db, np.nan)
 
 
 def native_half_precision(device: torch.device) -> str | None:
