@@ -1322,7 +1322,7 @@ def test_members_move_towards_sprog_by_the_weight_of_the_lead(events):
     np.testing.assert_array_equal(np.isnan(out), np.isnan(base))
     np.testing.assert_array_equal(moved.predict(past, 4), drawn.predict(past, 4))
     for bad in ({"member_sprog_weight": (1.5, 0.0)}, {"member_sprog_weight": (1.0,)},
-                {"member_sprog_weight_minutes": (15.0, 10.0)}):
+                {"member_sprog_weight_minutes": (15.0, 10.0)}, {"n_input": 2}):
         with pytest.raises(ValueError, match="member_sprog_weight"):
             dataclasses.replace(moved_config, **bad)
 

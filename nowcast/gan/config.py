@@ -239,6 +239,9 @@ class ModelConfig:
         if not _increasing(minutes) or len(weights) != len(minutes):
             raise ValueError("member_sprog_weight_minutes must be positive and increasing, with one weight in "
                              "member_sprog_weight per lead")
+        if self.n_input < 3:
+            raise ValueError("member_sprog_weight needs n_input >= 3: S-PROG's AR(2) model is fitted on the last 3 "
+                             "frames")
         if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights):
             raise ValueError("member_sprog_weight: each weight must be in [0, 1] (1: the members' mean dBR is "
                              "S-PROG's)")
