@@ -620,7 +620,9 @@ def _rate_map_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Loader)
     from nowcast.rate_map import fit_rate_map
 
     path = work / RATE_MAP_FILE
-    gained = f"{CANDIDATE}@{'v2' if cfg.spread_gain.fit else 'v1'}"
+    # the staged candidate as the spread-gain phase left it, and the version the map makes of it
+    gained_version, mapped_version = ("v2", "v3") if cfg.spread_gain.fit else ("v1", "v2")
+    gained = f"{CANDIDATE}@{gained_version}"
     if path.is_file():
         fitted = artifacts.read_json(path)
     else:
@@ -631,17 +633,13 @@ def _rate_map_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Loader)
         fitted = fit.to_dict()
         _write_json(path, fitted)
         logger.info("rate map fitted on %s: %d leads", ", ".join(fit.events), len(fit.minutes))
-    if artifacts.list_versions(CANDIDATE, staging)[-1] == gained.split("@")[1]:
-        retune_version(gained, _rate_map_settings(fitted), version=_next_version(gained), models_dir=staging,
+    if artifacts.list_versions(CANDIDATE, staging)[-1] == gained_version:
+        retune_version(gained, _rate_map_settings(fitted), version=mapped_version, models_dir=staging,
                        description="the candidate with its fitted rate map")
 
 
 def _rate_map_settings(fitted: dict[str, Any]) -> dict[str, Any]:
     return {key: fitted[key] for key in ("member_rate_map_mmh", "member_rate_map_minutes", "member_rate_map")}
-
-
-def _next_version(name_at_version: str) -> str:
-    return f"v{int(name_at_version.split('@v')[1]) + 1}"
 
 
 def _neighbourhood_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Loader) -> None:

@@ -26,7 +26,8 @@ N_INPUT_FRAMES = 3
 
 
 def to_db(past: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-    """(time, y, x) mm/h in dBR as pysteps' examples transform it, no-data as dry; with pysteps' metadata."""
+    """(..., y, x) mm/h (frames, or members) in dBR as pysteps' examples transform it, no-data as dry; with
+    pysteps' metadata."""
     with quiet_stdout():
         from pysteps.utils.transformation import dB_transform
 

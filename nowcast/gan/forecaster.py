@@ -289,10 +289,10 @@ class GANForecaster(Forecaster):
                 if weight == 0:
                     continue
                 rates = sequence[:, lead]
-                members_db = _to_db(rates)
+                members_db, metadata = cascade.to_db(rates)
                 shift = np.where(np.isfinite(sprog_db[lead]), sprog_db[lead] - members_db.mean(axis=0), 0.0)
-                moved = _from_db(members_db + weight * shift)
-                np.copyto(rates, moved.astype(rates.dtype), where=np.isfinite(rates))
+                moved = cascade.to_rate(members_db + weight * shift, metadata, rates[0])
+                np.copyto(rates, np.minimum(moved, MAX_RAIN_RATE_MMH), where=np.isfinite(rates))
 
     def _match_observed(self, members: np.ndarray, last: np.ndarray, leads: Sequence[int]) -> None:
         """Give (in place) the members' wet pixels at ``leads`` the last frame's rain rates of the same
@@ -356,18 +356,6 @@ class GANForecaster(Forecaster):
         inputs["displacement"] = displacement
         inputs["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
         return inputs, inputs["advected"][:, :, 0]
-
-
-def _to_db(rates: np.ndarray) -> np.ndarray:
-    """mm/h in dBR as pySTEPS' cascade methods take it: rates below their threshold (and no data) at the zero value."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(rates >= cascade.DB_THRESHOLD_MMH, 10.0 * np.log10(rates), cascade.DB_ZERO_VALUE)
-
-
-def _from_db(db: np.ndarray) -> np.ndarray:
-    """dBR back in mm/h: dry below the threshold, bounded like the generator's output."""
-    rates = np.where(db >= 10.0 * np.log10(cascade.DB_THRESHOLD_MMH), 10.0 ** (db / 10.0), 0.0)
-    return np.minimum(rates, MAX_RAIN_RATE_MMH)
 
 
 def _sprog_db(past: np.ndarray, steps: int) -> np.ndarray:
