@@ -21,7 +21,8 @@ def ensemble_mean(members: np.ndarray) -> np.ndarray:
         return np.nanmean(members, axis=0).astype(np.float32)
 
 
-def probability_matched_mean(members: np.ndarray, window_pixels: int = 1) -> np.ndarray:
+def probability_matched_mean(members: np.ndarray, window_pixels: int = 1,
+                             placement: np.ndarray | None = None) -> np.ndarray:
     """The ensemble mean's pattern with the members' intensity distribution (Ebert 2001).
 
     Per frame (each ``(y, x)`` field of the axes after the first), the pixels keep the rank of
@@ -31,9 +32,16 @@ def probability_matched_mean(members: np.ndarray, window_pixels: int = 1) -> np.
     ``window_pixels`` > 1: the ranks are those of the mean's square-window mean (no-data
     left out, as :func:`neighbourhood_probability` does), which places the rain where the
     mean puts it within about half a window; the values are the members' all the same.
+    ``placement`` (the shape of one member): the field whose ranks are taken instead of the
+    ensemble mean's (a forecaster's better estimate of where the ensemble's rain lies as a
+    whole, in mm/h), at the pixels where both have data; the values are still the members'.
     """
     members = np.asarray(members, dtype=np.float32)
     mean = ensemble_mean(members)
+    if placement is not None:
+        if placement.shape != mean.shape:
+            raise ValueError(f"a placement of shape {placement.shape} for members of shape {members.shape}")
+        mean = np.where(np.isfinite(mean) & np.isfinite(placement), placement, mean)
     ranked = window_mean(mean, window_pixels)
     out = np.full_like(mean, np.nan)
     for index in np.ndindex(mean.shape[:-2]):
@@ -135,13 +143,15 @@ def lead_exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[fl
 
 
 def lead_probability_matched_mean(members: np.ndarray, lead_minutes: Sequence[float], km_per_minute: float,
-                                  pixel_size_km: float) -> np.ndarray:
+                                  pixel_size_km: float, placement: np.ndarray | None = None) -> np.ndarray:
     """The probability-matched mean (time, y, x) of members (member, time, y, x), each lead's ranks from the
-    window of that lead (:func:`neighbourhood_window_pixels`; ``km_per_minute`` 0: the mean's own ranks)."""
+    window of that lead (:func:`neighbourhood_window_pixels`; ``km_per_minute`` 0: the field's own ranks)
+    over the ensemble mean, or over ``placement`` (time, y, x) where given."""
     if len(lead_minutes) != members.shape[1]:
         raise ValueError(f"{len(lead_minutes)} lead times for {members.shape[1]} frames")
     return np.stack([probability_matched_mean(members[:, i], neighbourhood_window_pixels(lead, km_per_minute,
-                                                                                          pixel_size_km))
+                                                                                          pixel_size_km),
+                                              None if placement is None else placement[i])
                      for i, lead in enumerate(lead_minutes)])
 
 

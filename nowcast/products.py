@@ -44,6 +44,9 @@ PROCESSED_NEIGHBOURHOOD_ATTR = "neighbourhood_km_per_minute"
 #: the attribute of an ensemble forecast (and of its probability-matched mean) that carries the window,
 #: in km per minute of lead, whose mean gives the probability-matched mean its placement
 MEAN_NEIGHBOURHOOD_ATTR = "mean_neighbourhood_km_per_minute"
+#: the coordinate (time, y, x) in mm/h with which a forecaster may place its ensemble's probability-matched
+#: mean: the field whose ranks it takes instead of the ensemble mean's
+PLACEMENT_COORD = "mean_placement"
 
 
 @dataclass(frozen=True)
@@ -167,12 +170,19 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
 def probability_matched_mean_of(forecast: xr.DataArray) -> np.ndarray:
     """The probability-matched mean (time, y, x) of an ensemble forecast (member, time, y, x) in mm/h: each
     lead's ranks from the window its forecaster set (the forecast's ``mean_neighbourhood_km_per_minute``,
-    else the mean's own ranks). The one deterministic forecast an ensemble gives, in products and scores."""
-    members = np.asarray(forecast.transpose("member", ...).values, dtype=np.float32)
+    else the field's own ranks) over the ensemble mean, or over the placement its forecaster gave (the
+    forecast's ``mean_placement`` coordinate). The one deterministic forecast an ensemble gives, in products
+    and scores."""
+    ordered = forecast.transpose("member", ...)
+    members = np.asarray(ordered.values, dtype=np.float32)
+    placement = None
+    if PLACEMENT_COORD in forecast.coords:
+        placement = np.asarray(ordered[PLACEMENT_COORD].transpose(*ordered.dims[1:]).values, dtype=np.float32)
     rate = float(forecast.attrs.get(MEAN_NEIGHBOURHOOD_ATTR, 0.0))
     if not rate:
-        return probability_matched_mean(members)
-    return lead_probability_matched_mean(members, lead_minutes_of(forecast), rate, pixel_size_km(forecast))
+        return probability_matched_mean(members, placement=placement)
+    return lead_probability_matched_mean(members, lead_minutes_of(forecast), rate, pixel_size_km(forecast),
+                                         placement)
 
 
 def probability_neighbourhood(forecast: xr.DataArray, request: ProductRequest) -> float:

@@ -1535,6 +1535,47 @@ def test_a_models_mean_neighbourhood_places_the_probability_matched_mean_of_its_
             dataclasses.replace(TINY_MODEL, mean_neighbourhood_km_per_minute=bad)
 
 
+def test_a_models_mean_sprog_weight_places_the_probability_matched_mean_by_members_moved_further(events):
+    """mean_sprog_weight: an ensemble forecast carries, as its mean_placement coordinate, the mean of its
+    members moved towards S-PROG by the table's weights (what member_sprog_weight would have drawn), and its
+    probability-matched mean takes its ranks from it; the members are the same; one forecast carries none;
+    bad tables are refused."""
+    from nowcast.ensemble import ensemble_mean, probability_matched_mean
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.products import PLACEMENT_COORD, ProductRequest, ensemble_products, probability_matched_mean_of
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    forecaster = GANForecaster(Generator(dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0)),
+                               Normalisation(), device="cpu")
+    table = {"minutes": (10.0, 15.0), "weights": (1.0, 0.0)}
+    placed = forecaster.with_member_settings(mean_sprog_weight_minutes=table["minutes"],
+                                             mean_sprog_weight=table["weights"])
+    moved = forecaster.with_member_settings(member_sprog_weight_minutes=table["minutes"],
+                                            member_sprog_weight=table["weights"])
+    past = events["syn0"].isel(time=slice(2, 6))
+    plain_members, placed_members, moved_members = (f.forecast(past, 4, members=4, seed=3)
+                                                    for f in (forecaster, placed, moved))
+    np.testing.assert_array_equal(plain_members.values, placed_members.values)
+    assert PLACEMENT_COORD not in plain_members.coords and PLACEMENT_COORD not in placed.forecast(past, 4).coords
+    placement = placed_members[PLACEMENT_COORD]
+    assert placement.dims == ("time", "y", "x")
+    np.testing.assert_allclose(placement.values, ensemble_mean(moved_members.values), rtol=1e-6)
+    assert not np.allclose(placement.values[:2], ensemble_mean(plain_members.values)[:2])
+    np.testing.assert_array_equal(placement.values[2:], ensemble_mean(plain_members.values)[2:])
+    matched = probability_matched_mean_of(placed_members)
+    np.testing.assert_array_equal(matched, probability_matched_mean(placed_members.values,
+                                                                    placement=placement.values))
+    assert not np.array_equal(matched[:2], probability_matched_mean_of(plain_members)[:2], equal_nan=True)
+    products = ensemble_products(placed_members, ProductRequest(products=("pm_mean", "members")))
+    np.testing.assert_array_equal(products["pm_mean"].values, matched)
+    assert PLACEMENT_COORD not in products.coords
+    for bad in ({"mean_sprog_weight": (1.5, 0.0)}, {"mean_sprog_weight": (1.0,)},
+                {"mean_sprog_weight_minutes": (15.0, 10.0)}):
+        with pytest.raises(ValueError, match="mean_sprog_weight"):
+            dataclasses.replace(placed.model_config, **bad)
+
+
 def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, events):
     """`nowcast retune NAME@VERSION --set KEY=VALUE`: a new version, byte-equal weights, the change on its card;
     settings that the weights were trained for are refused."""

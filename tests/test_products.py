@@ -160,6 +160,31 @@ def test_the_probability_matched_mean_is_placed_by_the_window_its_forecaster_set
     assert "mean_neighbourhood_km_per_minute" not in unplaced.attrs
 
 
+def test_the_probability_matched_mean_takes_its_ranks_from_the_placement_its_forecaster_gave() -> None:
+    """A forecast carrying a ``mean_placement`` coordinate: its probability-matched mean is ordered as the
+    placement (where the placement has data; as the ensemble mean elsewhere), with the pooled members' values;
+    no-data stays where the members have none; a placement of the wrong shape is refused."""
+    from nowcast.products import PLACEMENT_COORD
+
+    forecast = ensemble(members=6, steps=2, ny=12, nx=13)
+    members = forecast.values
+    mean = ensemble_mean(members)
+    placement = -mean  # the opposite order: the heaviest mean gets the lightest value
+    placement[:, 5, :] = np.nan
+    placed = forecast.assign_coords({PLACEMENT_COORD: (("time", "y", "x"), placement)})
+    matched = ensemble_products(placed, ProductRequest(("pm_mean",)))["pm_mean"].values
+    plain = probability_matched_mean(members)
+    ranking = np.where(np.isfinite(placement), placement, mean)
+    for lead in range(2):
+        valid = np.isfinite(mean[lead])
+        np.testing.assert_array_equal(np.isfinite(matched[lead]), valid)
+        np.testing.assert_array_equal(np.sort(matched[lead][valid]), np.sort(plain[lead][valid]))
+        order = np.argsort(ranking[lead][valid], kind="stable")
+        assert np.all(np.diff(matched[lead][valid][order]) >= 0)
+    with pytest.raises(ValueError, match="placement of shape"):
+        probability_matched_mean(members, placement=placement[0])
+
+
 def test_only_the_products_asked_are_made() -> None:
     products = ensemble_products(ensemble(), ProductRequest(("probabilities",)))
     assert list(products.data_vars) == ["probabilities"] and "member" not in products.coords

@@ -10,6 +10,7 @@ spells it out, and a test keeps the two equal).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +132,11 @@ class ModelConfig:
     the ensemble mean's mean over a square window growing this many km per minute of lead
     (its values are still the members'); 0: the ensemble mean's own ranks. Run 45 in
     docs/gan-experiments.md: 0.3 raised its CSI at 1 mm/h on every training and held-out event.
+    ``mean_sprog_weight_minutes`` / ``mean_sprog_weight``: the probability-matched mean takes its
+    ranks from the members moved towards S-PROG by these weights (read as ``member_sprog_weight``
+    is, on top of any move of the members themselves): their mean places it, the members' values
+    fill it. No member changes; the forecast carries the placement (:mod:`nowcast.products`).
+    Empty: the ensemble mean places it.
     ``lead_basis``: when > 0, what each scale adds is projected onto polynomials of that
     many degrees of freedom in the lead time (3: quadratic), so that a parcel's growth or
     decay is a smooth curve over the hour. 0 leaves one free output per lead time, and
@@ -169,6 +175,8 @@ class ModelConfig:
     member_sprog_weight: tuple[float, ...] = ()
     probability_neighbourhood_km_per_minute: float = 0.0
     mean_neighbourhood_km_per_minute: float = 0.0
+    mean_sprog_weight_minutes: tuple[float, ...] = ()
+    mean_sprog_weight: tuple[float, ...] = ()
     lead_basis: int = 0
 
     def __post_init__(self) -> None:
@@ -233,26 +241,26 @@ class ModelConfig:
                              "the members' rates that map onto the increasing thresholds")
 
     def _check_sprog_weight(self) -> None:
-        minutes, weights = self.member_sprog_weight_minutes, self.member_sprog_weight
-        if not (minutes or weights):
-            return
-        if not _increasing(minutes) or len(weights) != len(minutes):
-            raise ValueError("member_sprog_weight_minutes must be positive and increasing, with one weight in "
-                             "member_sprog_weight per lead")
-        if self.n_input < 3:
-            raise ValueError("member_sprog_weight needs n_input >= 3: S-PROG's AR(2) model is fitted on the last 3 "
-                             "frames")
-        if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights):
-            raise ValueError("member_sprog_weight: each weight must be in [0, 1] (1: the members' mean dBR is "
-                             "S-PROG's)")
+        for name in ("member_sprog_weight", "mean_sprog_weight"):
+            minutes, weights = getattr(self, f"{name}_minutes"), getattr(self, name)
+            if not (minutes or weights):
+                continue
+            if not _increasing(minutes) or len(weights) != len(minutes):
+                raise ValueError(f"{name}_minutes must be positive and increasing, with one weight in {name} "
+                                 "per lead")
+            if self.n_input < 3:
+                raise ValueError(f"{name} needs n_input >= 3: S-PROG's AR(2) model is fitted on the last 3 frames")
+            if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights):
+                raise ValueError(f"{name}: each weight must be in [0, 1] (1: the members' mean dBR is S-PROG's)")
 
     def member_sprog_weights(self, step_minutes: float, steps: int) -> list[float] | None:
         """The weight towards S-PROG at each of ``steps`` leads; None where no lead has one."""
-        if not self.member_sprog_weight:
-            return None
-        leads = np.arange(1, steps + 1) * step_minutes
-        weights = np.interp(leads, self.member_sprog_weight_minutes, self.member_sprog_weight)
-        return [float(w) for w in weights] if np.any(weights > 0) else None
+        return _lead_weights(self.member_sprog_weight_minutes, self.member_sprog_weight, step_minutes, steps)
+
+    def mean_sprog_weights(self, step_minutes: float, steps: int) -> list[float] | None:
+        """The weight towards S-PROG of the probability-matched mean's placement at each of ``steps`` leads;
+        None where no lead has one."""
+        return _lead_weights(self.mean_sprog_weight_minutes, self.mean_sprog_weight, step_minutes, steps)
 
     def member_rate_maps(self, step_minutes: float, steps: int, first_step: int = 0) -> list[np.ndarray] | None:
         """Per lead of ``steps`` (the first ``first_step`` steps into the forecast), the members' rates
@@ -314,6 +322,16 @@ class ModelConfig:
     def grid_multiple(self) -> int:
         """Grid sides are padded to a multiple of this."""
         return 2 ** (self.n_scales - 1)
+
+
+def _lead_weights(minutes: Sequence[float], weights: Sequence[float], step_minutes: float,
+                  steps: int) -> list[float] | None:
+    """A table of weights read at each of ``steps`` leads (linear between its leads, held beyond them);
+    None where it is empty or 0 at every lead."""
+    if not weights:
+        return None
+    read = np.interp(np.arange(1, steps + 1) * step_minutes, minutes, weights)
+    return [float(w) for w in read] if np.any(read > 0) else None
 
 
 def _increasing(values: tuple[float, ...]) -> bool:

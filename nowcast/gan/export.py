@@ -30,7 +30,7 @@ MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_i
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
 #: settings that place the members' probability-matched mean: no member changes, but the mean's scores do
-MEAN_SETTINGS = ("mean_neighbourhood_km_per_minute",)
+MEAN_SETTINGS = ("mean_neighbourhood_km_per_minute", "mean_sprog_weight_minutes", "mean_sprog_weight")
 #: model settings that act only where members are drawn: a new version may change them on the same weights
 MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING,
                    *MEAN_SETTINGS, *PRODUCT_SETTINGS)
@@ -235,9 +235,7 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.probability_neighbourhood_km_per_minute:
             text += (f"; exceedance probabilities neighbourhood-processed in a square growing "
                      f"{cfg.model.probability_neighbourhood_km_per_minute:g} km per minute of lead")
-        if cfg.model.mean_neighbourhood_km_per_minute:
-            text += (f"; the probability-matched mean placed by the ensemble mean's mean over a square growing "
-                     f"{cfg.model.mean_neighbourhood_km_per_minute:g} km per minute of lead")
+        text += _mean_placement_text(cfg.model)
     if cfg.model.envelope_db:
         text += (f"; capped at the advected maximum within {cfg.model.envelope_radius} px "
                  f"+ {cfg.model.envelope_db:g} dB")
@@ -246,6 +244,21 @@ def _default_description(cfg: Any) -> str:
     if cfg.model.correction_db_per_step:
         text += f"; corrections bounded to ±{cfg.model.correction_db_per_step:g} dB per lead step"
     return text
+
+
+def _mean_placement_text(model: ModelConfig) -> str:
+    """What places the probability-matched mean, for the card ("" where the ensemble mean's own ranks do)."""
+    if not (model.mean_sprog_weight or model.mean_neighbourhood_km_per_minute):
+        return ""
+    placed_by = "the ensemble mean"
+    if model.mean_sprog_weight:
+        table = ", ".join(f"{w:g} at {m:g} min" for m, w in zip(model.mean_sprog_weight_minutes,
+                                                                 model.mean_sprog_weight, strict=True))
+        placed_by = f"the mean of the members moved further towards S-PROG ({table})"
+    if model.mean_neighbourhood_km_per_minute:
+        placed_by += (f", averaged over a square growing {model.mean_neighbourhood_km_per_minute:g} km per "
+                      "minute of lead")
+    return f"; the probability-matched mean placed by {placed_by}"
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -21,15 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import xarray as xr
 
 from nowcast import config as config_io
-from nowcast.ensemble import map_rates
+from nowcast.ensemble import ensemble_mean, map_rates
 from nowcast.forecasters import cascade
-from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, Spacing
+from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, PreparedForecast, Spacing
 from nowcast.gan.advection import conditioning_fields, pixel_grid
 from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
 from nowcast.motion import lucas_kanade_coarse
+from nowcast.products import PLACEMENT_COORD
 from nowcast.sequence import MAX_RAIN_RATE_MMH
 from nowcast.transforms import Normalisation
 
@@ -96,6 +98,18 @@ class GANForecaster(Forecaster):
         if noise is not None:
             self.adjust_members(out, past, spacing)
         return out
+
+    def finish(self, prepared: PreparedForecast, frames: np.ndarray) -> xr.DataArray:
+        """The base form, and for members under ``ModelConfig.mean_sprog_weight`` the placement of their
+        probability-matched mean as the ``mean_placement`` coordinate (:mod:`nowcast.products`)."""
+        result = super().finish(prepared, frames)
+        weights = self.model_config.mean_sprog_weights(prepared.spacing.step_minutes, prepared.steps)
+        if prepared.members is None or weights is None:
+            return result
+        moved = np.array(frames[None], dtype=np.float32)
+        self._move_towards_sprog(moved, prepared.past[None], weights, 0)
+        placement = ensemble_mean(moved[0])
+        return result.assign_coords({PLACEMENT_COORD: (result.dims[1:], placement, {"units": "mm h-1"})})
 
     @property
     def probability_neighbourhood_km_per_minute(self) -> float:  # type: ignore[override]
