@@ -229,8 +229,7 @@ def _default_description(cfg: Any) -> str:
             if cfg.model.member_matching_minutes:
                 text += f" over the first {cfg.model.member_matching_minutes:g} min"
         if cfg.model.member_sprog_weight:
-            table = ", ".join(f"{w:g} at {m:g} min" for m, w in zip(cfg.model.member_sprog_weight_minutes,
-                                                                     cfg.model.member_sprog_weight, strict=True))
+            table = _weight_table(cfg.model.member_sprog_weight_minutes, cfg.model.member_sprog_weight)
             text += f", then each member's dBR moved towards S-PROG's by the members' mean's distance to it ({table})"
         if cfg.model.probability_neighbourhood_km_per_minute:
             text += (f"; exceedance probabilities neighbourhood-processed in a square growing "
@@ -252,13 +251,17 @@ def _mean_placement_text(model: ModelConfig) -> str:
         return ""
     placed_by = "the ensemble mean"
     if model.mean_sprog_weight:
-        table = ", ".join(f"{w:g} at {m:g} min" for m, w in zip(model.mean_sprog_weight_minutes,
-                                                                 model.mean_sprog_weight, strict=True))
+        table = _weight_table(model.mean_sprog_weight_minutes, model.mean_sprog_weight)
         placed_by = f"the mean of the members moved further towards S-PROG ({table})"
     if model.mean_neighbourhood_km_per_minute:
         placed_by += (f", averaged over a square growing {model.mean_neighbourhood_km_per_minute:g} km per "
                       "minute of lead")
     return f"; the probability-matched mean placed by {placed_by}"
+
+
+def _weight_table(minutes: tuple[float, ...], weights: tuple[float, ...]) -> str:
+    """A table of weights by lead, for the card: "0.5 at 5 min, 0.3 at 20 min"."""
+    return ", ".join(f"{w:g} at {m:g} min" for m, w in zip(minutes, weights, strict=True))
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
