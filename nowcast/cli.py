@@ -507,9 +507,12 @@ def retune(
 
 
 def _setting_value(item: str, value: str) -> Any:
-    """A number, a JSON list (a table, e.g. member_rate_map=[[1.1, 4.3], [1.0, 4.1]]) or a named choice."""
+    """A number, true or false, a JSON list (a table, e.g. member_rate_map=[[1.1, 4.3], [1.0, 4.1]]) or a
+    named choice."""
     from nowcast.errors import InputError
 
+    if value in ("true", "false"):
+        return value == "true"
     if value.startswith("["):
         try:
             return json.loads(value)

@@ -4,7 +4,8 @@ The generator's intensity drifts with the lead in a shape of its own: on the eve
 trained on, its members' area above 4 mm/h falls to about 0.7 of the observed in mid-hour and
 swells to nearly twice it at +60 min, whatever the motion shift (run 48 in
 docs/gan-experiments.md). :func:`fit_rate_map` draws each start time's members as the model
-draws them (spread gain and intensity noise on, matching and any earlier map off), and at each
+draws them (spread gain and intensity noise on, any earlier map off, and matching and the move
+towards S-PROG off unless the map comes after them), and at each
 lead finds the members' rate whose pooled exceedance fraction is the observed one's at each
 threshold: the members' area above that rate equals the observed area above the threshold.
 Fractions are taken per event (its start times' pixels pooled), brought onto every lead of
@@ -43,9 +44,15 @@ DEFAULT_MAX_MINUTES = 60.0
 MIN_FRACTION = 1e-5
 #: the rates (mm/h) at which the members' exceedance fractions are counted
 _RATE_GRID = np.geomspace(0.01, MAX_RAIN_RATE_MMH, 800)
-#: the members as they reach the map: no map yet, and none of what follows it
-_NO_MAP = {"member_rate_map": (), "member_rate_map_mmh": (), "member_rate_map_minutes": (),
-           "member_sprog_weight_minutes": (), "member_sprog_weight": ()}
+_NO_MAP = {"member_rate_map": (), "member_rate_map_mmh": (), "member_rate_map_minutes": ()}
+
+
+def _map_off(model: Any) -> dict[str, Any]:
+    """The member settings that draw the members as they reach the map: no map yet, and, for a map
+    that does not come last (``ModelConfig.member_rate_map_last``), none of what follows it."""
+    if model.member_rate_map_last:
+        return dict(_NO_MAP)
+    return {**_NO_MAP, "member_matching": "none", "member_sprog_weight_minutes": (), "member_sprog_weight": ()}
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ def fit_rate_map(
     fitting = FittingEvents.of(events, loader, n_input=n_input, steps=steps, stride=stride, seed=seed,
                                min_rain_mmh=min_rain_mmh)
     forecaster = ensemble_forecaster(model, models_dir, needed_for="the rate map is a GAN ensemble's setting")
-    drawer = forecaster.with_member_settings(member_matching="none", **_NO_MAP)
+    drawer = forecaster.with_member_settings(**_map_off(forecaster.model_config))
     per_event: list[dict[float, tuple[np.ndarray, np.ndarray]]] = []
     counted: dict[str, int] = {}
     for event in fitting.events:

@@ -1576,6 +1576,40 @@ def test_a_models_mean_sprog_weight_places_the_probability_matched_mean_by_membe
             dataclasses.replace(placed.model_config, **bad)
 
 
+def test_sprog_runs_once_per_input_for_the_members_move_and_the_mean_placement(events):
+    """The members' move towards S-PROG (predict) and the placement of their mean (finish) take one S-PROG run per
+    input and lead count, shared by the forecaster's other member settings; other inputs or leads run their own;
+    the kept fields are read-only and bounded, the oldest dropped first; the forecast is the same either way."""
+    from nowcast.gan.forecaster import GANForecaster, RecentSprog
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    config = dataclasses.replace(TINY_MODEL, noise_channels=2, member_sprog_weight_minutes=(5.0, 15.0),
+                                 member_sprog_weight=(0.5, 0.1), mean_sprog_weight_minutes=(10.0,),
+                                 mean_sprog_weight=(0.5,))
+    forecaster = GANForecaster(Generator(config), Normalisation(), device="cpu")
+    past = events["syn0"].isel(time=slice(2, 6))
+    first = forecaster.forecast(past, 4, members=3, seed=1)
+    assert forecaster._sprog.runs == 1
+    again = forecaster.with_member_settings(member_intensity_db=0.0).forecast(past, 4, members=3, seed=1)
+    assert forecaster._sprog.runs == 1
+    forecaster._sprog = RecentSprog()
+    fresh = forecaster.forecast(past, 4, members=3, seed=1)
+    assert forecaster._sprog.runs == 1
+    np.testing.assert_array_equal(first.values, fresh.values)
+    np.testing.assert_array_equal(first.mean_placement.values, fresh.mean_placement.values)
+    np.testing.assert_array_equal(first.values, again.values)
+    forecaster.forecast(past, 3, members=3, seed=1)
+    forecaster.forecast(events["syn0"].isel(time=slice(3, 7)), 4, members=3, seed=1)
+    assert forecaster._sprog.runs == 3
+    kept = RecentSprog(max_bytes=1)
+    frames = past.values
+    field = kept.field(frames, 2)
+    assert not field.flags.writeable and kept.field(frames, 2) is field and kept.runs == 1
+    kept.field(frames[:3], 2)  # S-PROG takes the last 3 frames: these are other ones
+    assert kept.field(frames, 2) is not field and kept.runs == 3
+
+
 def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, events):
     """`nowcast retune NAME@VERSION --set KEY=VALUE`: a new version, byte-equal weights, the change on its card;
     settings that the weights were trained for are refused."""
@@ -1662,25 +1696,8 @@ def test_fit_rate_map_gives_the_members_the_observed_area_above_each_threshold(t
     assert fit.minutes == (5.0, 10.0, 15.0, 20.0, 25.0, 30.0) and fit.member_rates.shape == (6, 3)
     retune_version("tiny-gan@v2", fit.settings(), models_dir=models)
     plain, mapped = (get_forecaster(f"tiny-gan@{v}", models_dir=models) for v in ("v2", "v3"))
-    wet_from = plain.normalisation.threshold_mmh
-    fractions = np.zeros((3, 2, 6, len(thresholds)))  # observed, plain, mapped; event; lead; threshold
-    for e, name in enumerate(names):
-        pixels = np.zeros(6)
-        for k, index in enumerate((0, 4)):
-            past = events[name].isel(time=slice(index, index + 4))
-            drawn = [f.forecast(past, 6, members=4, seed=7 + k).values for f in (plain, mapped)]
-            np.testing.assert_array_equal(drawn[0] >= wet_from, drawn[1] >= wet_from)
-            observed = events[name].values[index + 4:index + 10]
-            for lead in range(6):
-                valid = np.isfinite(observed[lead]) & np.all(np.isfinite(drawn[0][:, lead]), axis=0)
-                pixels[lead] += valid.sum()
-                for i, t in enumerate(thresholds):
-                    fractions[0, e, lead, i] += (observed[lead][valid] > t).sum()
-                    for f in (0, 1):
-                        fractions[1 + f, e, lead, i] += (drawn[f][:, lead][:, valid] > t).sum() / 4
-        fractions[:, e] /= pixels[:, None]
-    observed_area, plain_area, mapped_area = fractions.mean(axis=1)
-    assert np.all(observed_area > 0)
+    observed_area, plain_area, mapped_area = _areas_on_fitting_start_times([plain, mapped], events, names,
+                                                                           thresholds)
     np.testing.assert_allclose(fit.area_ratio, plain_area / observed_area, rtol=0.01)  # read off a grid of rates
     np.testing.assert_allclose(mapped_area, observed_area, rtol=0.03)
     assert np.abs(plain_area / observed_area - 1).max() > 0.1
@@ -1709,6 +1726,64 @@ def test_fit_rate_map_gives_the_members_the_observed_area_above_each_threshold(t
     assert refused.exit_code == EXIT_USER_ERROR and "thresholds" in refused.output
     with pytest.raises(InputError, match="draws no ensemble members"):
         fit_rate_map("persistence", names, members=4, steps=6, stride=4, loader=events.__getitem__)
+
+
+def _areas_on_fitting_start_times(forecasters, events, names, thresholds):
+    """The observed area above each threshold and each forecaster's members' (4, seed 7 + k), (lead, threshold),
+    averaged over the events; on the start times 0 and 4 of each event, 6 leads. The second forecaster maps the
+    first's members: wet ones stay wet, dry ones dry."""
+    wet_from = forecasters[0].normalisation.threshold_mmh
+    fractions = np.zeros((1 + len(forecasters), len(names), 6, len(thresholds)))  # observed, each; event; lead; t
+    for e, name in enumerate(names):
+        pixels = np.zeros(6)
+        for k, index in enumerate((0, 4)):
+            past = events[name].isel(time=slice(index, index + 4))
+            drawn = [f.forecast(past, 6, members=4, seed=7 + k).values for f in forecasters]
+            np.testing.assert_array_equal(drawn[0] >= wet_from, drawn[1] >= wet_from)
+            observed = events[name].values[index + 4:index + 10]
+            for lead in range(6):
+                valid = np.isfinite(observed[lead]) & np.all(np.isfinite(drawn[0][:, lead]), axis=0)
+                pixels[lead] += valid.sum()
+                for i, t in enumerate(thresholds):
+                    fractions[0, e, lead, i] += (observed[lead][valid] > t).sum()
+                    for f, members in enumerate(drawn):
+                        fractions[1 + f, e, lead, i] += (members[:, lead][:, valid] > t).sum() / 4
+        fractions[:, e] /= pixels[:, None]
+    areas = fractions.mean(axis=1)
+    assert np.all(areas[0] > 0)
+    return areas
+
+
+def test_a_rate_map_that_comes_last_is_fitted_on_the_members_moved_towards_sprog(tmp_path, events):
+    """member_rate_map_last: the fit draws the members with matching and the move towards S-PROG on, and the map
+    follows them, so that the final members' area above each threshold is the observed one; the same map before
+    the move misses it; the card says where the map is."""
+    from nowcast.gan.export import _default_description
+    from nowcast.rate_map import fit_rate_map
+
+    cfg = dataclasses.replace(tiny_experiment(steps=2), model=dataclasses.replace(TINY_MODEL, noise_channels=2))
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    models = tmp_path / "models"
+    export_run(tmp_path / "run", "tiny-gan", models_dir=models)
+    retune_version("tiny-gan@v1", {"member_intensity_db": 3.0, "member_sprog_weight_minutes": [5.0, 30.0],
+                                   "member_sprog_weight": [1.0, 0.5], "member_rate_map_last": True},
+                   models_dir=models)
+    names, thresholds = ["syn0", "syn1"], (0.5, 1.0, 2.0)
+    fit = fit_rate_map("tiny-gan@v2", names, thresholds_mmh=thresholds, members=4, steps=6, stride=4, seed=7,
+                       loader=events.__getitem__, models_dir=models)
+    retune_version("tiny-gan@v2", fit.settings(), models_dir=models)
+    retune_version("tiny-gan@v3", {"member_rate_map_last": False}, models_dir=models)
+    forecasters = [get_forecaster(f"tiny-gan@{v}", models_dir=models) for v in ("v2", "v3", "v4")]
+    observed_area, moved_area, last_area, before_area = _areas_on_fitting_start_times(forecasters, events, names,
+                                                                                      thresholds)
+    np.testing.assert_allclose(fit.area_ratio, moved_area / observed_area, rtol=0.01)
+    np.testing.assert_allclose(last_area, observed_area, rtol=0.03)
+    assert np.abs(before_area / observed_area - 1).max() > 0.1
+    last = forecasters[1].model_config
+    text = _default_description(dataclasses.replace(cfg, model=last))
+    assert text.index("moved towards S-PROG") < text.index("rates mapped per lead") and "after everything" in text
+    text = _default_description(dataclasses.replace(cfg, model=dataclasses.replace(last, member_rate_map_last=False)))
+    assert text.index("rates mapped per lead") < text.index("moved towards S-PROG")
 
 
 def test_a_rate_map_fit_brings_every_event_onto_every_lead_before_averaging():

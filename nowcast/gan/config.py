@@ -115,8 +115,14 @@ class ModelConfig:
     observed one: the generator's intensity drifts with the lead in a shape of its own (too
     little heavy rain in mid-hour, too much at the end, on the events it was trained on). Wet
     members stay wet and dry ones dry. Empty: no map.
+    ``member_rate_map_last``: the map comes after matching and the move towards S-PROG instead of
+    before them, and ``nowcast fit-rate-map`` fits it on members drawn with both, so that it is
+    the members' final area above each threshold that is the observed one: the move blends in
+    S-PROG's smooth field and so adds light rain that a map before it leaves in (run 51 in
+    docs/gan-experiments.md).
     ``member_sprog_weight_minutes`` / ``member_sprog_weight``: when members are drawn, after
-    everything above, each member's dBR (pySTEPS' transform: rates below 0.1 mm/h at -15 dBR)
+    everything above but a map that comes last, each member's dBR (pySTEPS' transform: rates below
+    0.1 mm/h at -15 dBR)
     moves by ``w`` times S-PROG's dBR less the members' mean dBR at each pixel, ``w`` read from
     the table at the lead (linear between its leads, held beyond them; 0 where S-PROG has no
     value), and rates below 0.1 mm/h become dry. At ``w`` = 1 the members' mean dBR is S-PROG's
@@ -171,6 +177,7 @@ class ModelConfig:
     member_rate_map_mmh: tuple[float, ...] = ()
     member_rate_map_minutes: tuple[float, ...] = ()
     member_rate_map: tuple[tuple[float, ...], ...] = ()
+    member_rate_map_last: bool = False
     member_sprog_weight_minutes: tuple[float, ...] = ()
     member_sprog_weight: tuple[float, ...] = ()
     probability_neighbourhood_km_per_minute: float = 0.0

@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
                          "member_spread_gain_start", "member_spread_gain_end", "member_matching",
                          "member_matching_minutes", "member_rate_map_mmh", "member_rate_map_minutes",
-                         "member_rate_map", "member_sprog_weight_minutes", "member_sprog_weight")
+                         "member_rate_map", "member_rate_map_last", "member_sprog_weight_minutes",
+                         "member_sprog_weight")
 #: settings of the products made from the members, which never change the members: a version that changes only
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
@@ -219,10 +220,8 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.spreads_members:
             start, end = cfg.model.member_spread_gain_start, cfg.model.member_spread_gain_end
             text += f", wet members' log rain rates spread about their mean by {start:g} (0 min) to {end:g} (60 min)"
-        if cfg.model.member_rate_map:
-            thresholds = "/".join(f"{t:g}" for t in cfg.model.member_rate_map_mmh)
-            text += (f", wet members' rates mapped per lead so that their area above {thresholds} mm/h is the "
-                     f"observed one on the fitting events")
+        if cfg.model.member_rate_map and not cfg.model.member_rate_map_last:
+            text += _rate_map_text(cfg.model)
         if cfg.model.member_matching != "none":
             whose = "each member's" if cfg.model.member_matching == "each" else "the members' pooled"
             text += f", {whose} wet rain rates matched to the last observed frame's distribution"
@@ -231,6 +230,8 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.member_sprog_weight:
             table = _weight_table(cfg.model.member_sprog_weight_minutes, cfg.model.member_sprog_weight)
             text += f", then each member's dBR moved towards S-PROG's by the members' mean's distance to it ({table})"
+        if cfg.model.member_rate_map and cfg.model.member_rate_map_last:
+            text += _rate_map_text(cfg.model) + " (after everything above)"
         if cfg.model.probability_neighbourhood_km_per_minute:
             text += (f"; exceedance probabilities neighbourhood-processed in a square growing "
                      f"{cfg.model.probability_neighbourhood_km_per_minute:g} km per minute of lead")
@@ -243,6 +244,12 @@ def _default_description(cfg: Any) -> str:
     if cfg.model.correction_db_per_step:
         text += f"; corrections bounded to ±{cfg.model.correction_db_per_step:g} dB per lead step"
     return text
+
+
+def _rate_map_text(model: ModelConfig) -> str:
+    thresholds = "/".join(f"{t:g}" for t in model.member_rate_map_mmh)
+    return f", wet members' rates mapped per lead so that their area above {thresholds} mm/h is the observed one on " \
+           "the fitting events"
 
 
 def _mean_placement_text(model: ModelConfig) -> str:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,7 @@ class GANForecaster(Forecaster):
         self.half = half and self.half_precision is not None
         self.name = label  # type: ignore[misc]
         self.card = card or {}
+        self._sprog = RecentSprog()
 
     @classmethod
     def from_artifact(cls, folder: str | Path, *, device: str | None = None, half: bool = False) -> GANForecaster:
@@ -130,14 +134,15 @@ class GANForecaster(Forecaster):
         """What follows the draw, in place: the spread gain at each lead (``gains``, default the model's
         ``member_spread_gain``), the rate map (``member_rate_map``), matching to the last frame's
         rates (``member_matching`` at the leads ``member_matching_minutes`` names), then the move towards
-        S-PROG (``member_sprog_weight``). ``members``: (batch, draws, steps, y, x) mm/h, their first step
-        ``first_step`` steps into the forecast; ``past``: (batch, time, y, x) mm/h, the input."""
+        S-PROG (``member_sprog_weight``), and the rate map here instead under ``member_rate_map_last``.
+        ``members``: (batch, draws, steps, y, x) mm/h, their first step ``first_step`` steps into the
+        forecast; ``past``: (batch, time, y, x) mm/h, the input."""
         cfg, steps = self.model_config, members.shape[2]
         if gains is None:
             gains = cfg.member_spread_gains(spacing.step_minutes, steps)
         self._gain_spread(members, gains)
         maps = cfg.member_rate_maps(spacing.step_minutes, steps, first_step)
-        if maps is not None:
+        if maps is not None and not cfg.member_rate_map_last:
             self._map_rates(members, maps)
         matched = cfg.matched_leads(spacing.step_minutes, steps, first_step)
         if matched:
@@ -145,6 +150,8 @@ class GANForecaster(Forecaster):
         weights = cfg.member_sprog_weights(spacing.step_minutes, first_step + steps)
         if weights is not None and any(weights[first_step:]):
             self._move_towards_sprog(members, past, weights[first_step:], first_step)
+        if maps is not None and cfg.member_rate_map_last:
+            self._map_rates(members, maps)
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
         """One generator per sequence and member, sequence-major, seeded from (seed, member).
@@ -298,7 +305,7 @@ class GANForecaster(Forecaster):
         """Move (in place) each member's dBR by ``weights[lead]`` times S-PROG's dBR less the members' mean
         dBR (``ModelConfig.member_sprog_weight``); ``members``: (batch, draws, steps, y, x) mm/h."""
         for sequence, frames in zip(members, past, strict=True):
-            sprog_db = _sprog_db(frames, first_step + len(weights))[first_step:]
+            sprog_db = self._sprog.field(frames, first_step + len(weights))[first_step:]
             for lead, weight in enumerate(weights):
                 if weight == 0:
                     continue
@@ -370,6 +377,36 @@ class GANForecaster(Forecaster):
         inputs["displacement"] = displacement
         inputs["lagrangian_past"] = self.normalisation.encode(moved).unsqueeze(2)
         return inputs, inputs["advected"][:, :, 0]
+
+
+class RecentSprog:
+    """pySTEPS' S-PROG of the last inputs a forecaster saw, run once for each: the members' move towards it in
+    ``predict``, the placement of their mean in ``finish`` and a fit's leads one by one all take the same
+    field. Keeps at most ``max_bytes`` of fields, the oldest dropped first; safe across threads (the
+    service's batches)."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._fields: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.runs = 0
+
+    def field(self, past: np.ndarray, steps: int) -> np.ndarray:
+        """(steps, y, x) dBR, read-only, for (time, y, x) mm/h frames (:func:`_sprog_db`)."""
+        frames = np.ascontiguousarray(past[-cascade.N_INPUT_FRAMES:], dtype=np.float32)
+        key = (frames.shape, steps, hashlib.blake2b(frames.tobytes(), digest_size=16).digest())
+        with self._lock:
+            if key in self._fields:
+                self._fields.move_to_end(key)
+                return self._fields[key]
+        field = _sprog_db(frames, steps)
+        field.flags.writeable = False
+        with self._lock:
+            self.runs += 1
+            self._fields[key] = field
+            while sum(kept.nbytes for kept in self._fields.values()) > self.max_bytes and len(self._fields) > 1:
+                self._fields.popitem(last=False)
+        return field
 
 
 def _sprog_db(past: np.ndarray, steps: int) -> np.ndarray:
