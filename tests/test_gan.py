@@ -1638,12 +1638,17 @@ def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, 
                                       "--models-dir", str(models)])
     assert pooled.exit_code == 0, pooled.output
     assert get_forecaster("tiny-gan@v3", models_dir=models).model_config.member_matching == "pooled"
+    last = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v1", "--set", "member_rate_map_last=true",
+                                    "--models-dir", str(models)])
+    assert last.exit_code == 0, last.output
+    assert get_forecaster("tiny-gan@v4", models_dir=models).model_config.member_rate_map_last is True
+    assert "member_rate_map_last false -> true" in artifacts.card("tiny-gan", "v4", models)["description"]
     for bad in (["--set", "noise_channels=3"], ["--set", "member_intensity_db=lots"],
                 ["--set", "member_intensity_db=-1"], ["--set", "member_matching=sideways"],
-                ["--set", "member_matching=1"], ["--set", "member_matching="]):
+                ["--set", "member_matching=1"], ["--set", "member_matching="], ["--set", "member_rate_map_last=maybe"]):
         refused = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v1", *bad, "--models-dir", str(models)])
         assert refused.exit_code == EXIT_USER_ERROR, refused.output
-    assert artifacts.list_versions("tiny-gan", models) == ["v1", "v2", "v3"]
+    assert artifacts.list_versions("tiny-gan", models) == ["v1", "v2", "v3", "v4"]
 
 
 def test_a_rate_map_maps_rates_piecewise_in_log_rate_and_its_rows_by_the_lead():

@@ -171,6 +171,8 @@ def _check_member_settings(settings: dict[str, float | str]) -> None:
 
 
 def _setting_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, (list, tuple)):
         if value and isinstance(value[0], (list, tuple)):
             return f"a table of {len(value)} rows"
