@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -1576,6 +1577,34 @@ def test_a_models_mean_sprog_weight_places_the_probability_matched_mean_by_membe
             dataclasses.replace(placed.model_config, **bad)
 
 
+def test_members_moved_towards_sprog_can_keep_their_own_rates(events):
+    """member_sprog_keeps_rates: each member keeps the rates it had before the move (the same values, sorted),
+    placed in the order of the moved field; leads without a weight and no data are untouched."""
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    drawn = GANForecaster(Generator(dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0)),
+                          Normalisation(), device="cpu")
+    table = {"member_sprog_weight_minutes": (10.0, 15.0), "member_sprog_weight": (1.0, 0.0)}
+    moved, kept = (drawn.with_member_settings(**table, member_sprog_keeps_rates=keep) for keep in (False, True))
+    past = events["syn0"].values[2:6].copy()[None]
+    past[0, -1, :5] = np.nan
+    base, out_moved, out_kept = (f.predict(past, 4, members=4, seed=3)[0] for f in (drawn, moved, kept))
+    for lead in (0, 1):
+        for member in range(4):
+            valid = np.isfinite(base[member, lead])
+            np.testing.assert_array_equal(np.sort(out_kept[member, lead][valid]), np.sort(base[member, lead][valid]))
+            order_moved = np.argsort(out_moved[member, lead][valid], kind="stable")
+            wet_moved = out_moved[member, lead][valid] > 0
+            # the kept rates rise where the moved ones do
+            assert np.all(np.diff(out_kept[member, lead][valid][order_moved][wet_moved[order_moved]]) >= 0)
+        assert not np.array_equal(out_kept[:, lead], base[:, lead], equal_nan=True)
+        assert not np.allclose(out_kept[:, lead], out_moved[:, lead], equal_nan=True)
+    np.testing.assert_array_equal(out_kept[:, 2:], base[:, 2:])
+    np.testing.assert_array_equal(np.isnan(out_kept), np.isnan(base))
+
+
 def test_sprog_runs_once_per_input_for_the_members_move_and_the_mean_placement(events):
     """The members' move towards S-PROG (predict) and the placement of their mean (finish) take one S-PROG run per
     input and lead count, shared by the forecaster's other member settings; other inputs or leads run their own;
@@ -1608,6 +1637,9 @@ def test_sprog_runs_once_per_input_for_the_members_move_and_the_mean_placement(e
     assert not field.flags.writeable and kept.field(frames, 2) is field and kept.runs == 1
     kept.field(frames[:3], 2)  # S-PROG takes the last 3 frames: these are other ones
     assert kept.field(frames, 2) is not field and kept.runs == 3
+    travelled = pickle.loads(pickle.dumps(forecaster))  # as to a Dask worker: the same forecasts, none kept
+    assert travelled._sprog.runs == 0
+    np.testing.assert_array_equal(travelled.forecast(past, 4, members=3, seed=1).values, first.values)
 
 
 def test_retune_registers_the_same_weights_with_other_member_settings(tmp_path, events):

@@ -130,6 +130,13 @@ class ModelConfig:
     their differences from one another: where S-PROG places the rain better than the members'
     mean, early in the hour, the whole ensemble moves there. It makes a member depend on the
     others drawn with it, and runs pySTEPS' S-PROG on the last 3 frames. Empty: off.
+    ``member_sprog_keeps_rates``: the move towards S-PROG places the rain only: each member then
+    takes back the rain rates it had before the move, its k-th wettest pixel after the move the
+    k-th highest rate before it. The move's dBR shift is S-PROG's less the members' mean, and
+    where some members are dry that mean sits near the dry value, so the wet ones move up by
+    several dB: on bom-20180616 the move took the members' area above 1 / 4 / 8 mm/h at +6 min
+    from 0.98 / 0.95 / 0.95 of the observed (as matched to the last frame) to 1.12 / 1.08 / 1.07
+    (run 51). False: the moved rates.
     ``probability_neighbourhood_km_per_minute``: the square neighbourhood, growing this many
     km per minute of lead, that the members' exceedance probabilities are processed with
     where a product request does not name one (:mod:`nowcast.products`); fitted on training
@@ -180,6 +187,7 @@ class ModelConfig:
     member_rate_map_last: bool = False
     member_sprog_weight_minutes: tuple[float, ...] = ()
     member_sprog_weight: tuple[float, ...] = ()
+    member_sprog_keeps_rates: bool = False
     probability_neighbourhood_km_per_minute: float = 0.0
     mean_neighbourhood_km_per_minute: float = 0.0
     mean_sprog_weight_minutes: tuple[float, ...] = ()

@@ -26,7 +26,7 @@ MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_i
                          "member_spread_gain_start", "member_spread_gain_end", "member_matching",
                          "member_matching_minutes", "member_rate_map_mmh", "member_rate_map_minutes",
                          "member_rate_map", "member_rate_map_last", "member_sprog_weight_minutes",
-                         "member_sprog_weight")
+                         "member_sprog_weight", "member_sprog_keeps_rates")
 #: settings of the products made from the members, which never change the members: a version that changes only
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
@@ -232,6 +232,8 @@ def _default_description(cfg: Any) -> str:
         if cfg.model.member_sprog_weight:
             table = _weight_table(cfg.model.member_sprog_weight_minutes, cfg.model.member_sprog_weight)
             text += f", then each member's dBR moved towards S-PROG's by the members' mean's distance to it ({table})"
+            if cfg.model.member_sprog_keeps_rates:
+                text += ", each member keeping its rain rates (placed in the moved field's order)"
         if cfg.model.member_rate_map and cfg.model.member_rate_map_last:
             text += _rate_map_text(cfg.model) + " (after everything above)"
         if cfg.model.probability_neighbourhood_km_per_minute:

@@ -149,7 +149,8 @@ class GANForecaster(Forecaster):
             self._match_observed(members, past[:, -1], matched)
         weights = cfg.member_sprog_weights(spacing.step_minutes, first_step + steps)
         if weights is not None and any(weights[first_step:]):
-            self._move_towards_sprog(members, past, weights[first_step:], first_step)
+            self._move_towards_sprog(members, past, weights[first_step:], first_step,
+                                     keep_rates=cfg.member_sprog_keeps_rates)
         if maps is not None and cfg.member_rate_map_last:
             self._map_rates(members, maps)
 
@@ -301,9 +302,11 @@ class GANForecaster(Forecaster):
             np.copyto(rates, mapped, where=wet)
 
     def _move_towards_sprog(self, members: np.ndarray, past: np.ndarray, weights: Sequence[float],
-                            first_step: int) -> None:
+                            first_step: int, keep_rates: bool = False) -> None:
         """Move (in place) each member's dBR by ``weights[lead]`` times S-PROG's dBR less the members' mean
-        dBR (``ModelConfig.member_sprog_weight``); ``members``: (batch, draws, steps, y, x) mm/h."""
+        dBR (``ModelConfig.member_sprog_weight``); with ``keep_rates`` each member then takes back its own
+        rates, in the moved field's order (``member_sprog_keeps_rates``). ``members``: (batch, draws, steps,
+        y, x) mm/h."""
         for sequence, frames in zip(members, past, strict=True):
             sprog_db = self._sprog.field(frames, first_step + len(weights))[first_step:]
             for lead, weight in enumerate(weights):
@@ -312,6 +315,10 @@ class GANForecaster(Forecaster):
                 rates = sequence[:, lead]
                 members_db, metadata = cascade.to_db(rates)
                 shift = np.where(np.isfinite(sprog_db[lead]), sprog_db[lead] - members_db.mean(axis=0), 0.0)
+                if keep_rates:
+                    for member, member_db in zip(rates, members_db + weight * shift, strict=True):
+                        _reorder_rates(member, member_db)
+                    continue
                 moved = cascade.to_rate(members_db + weight * shift, metadata, rates[0])
                 np.copyto(rates, np.minimum(moved, MAX_RAIN_RATE_MMH), where=np.isfinite(rates))
 
@@ -391,6 +398,13 @@ class RecentSprog:
         self._lock = threading.Lock()
         self.runs = 0
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a forecaster sent to another process (a Dask worker) starts there with none kept: a lock does not travel
+        return {"max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["max_bytes"])  # type: ignore[misc]
+
     def field(self, past: np.ndarray, steps: int) -> np.ndarray:
         """(steps, y, x) dBR, read-only, for (time, y, x) mm/h frames (:func:`_sprog_db`)."""
         frames = np.ascontiguousarray(past[-cascade.N_INPUT_FRAMES:], dtype=np.float32)
@@ -416,6 +430,18 @@ def _sprog_db(past: np.ndarray, steps: int) -> np.ndarray:
     past_db, _ = cascade.to_db(frames)
     forecast_db = np.array(cascade.run_nowcast("sprog", past_db, cascade.motion(frames), steps), dtype=np.float64)
     return np.where(np.isfinite(frames[-1]), forecast_db, np.nan)
+
+
+def _reorder_rates(rates: np.ndarray, order_by: np.ndarray) -> None:
+    """Give (in place) ``rates``' valid pixels their own values again, sorted into the order of ``order_by``
+    (the highest rate where ``order_by`` is highest; ties broken by the rates' own order, so that a tied
+    stretch of dry field does not fill row by row)."""
+    valid = np.isfinite(rates)
+    values = rates[valid]
+    order = np.lexsort((values, order_by[valid]))
+    placed = np.empty_like(values)
+    placed[order] = np.sort(values)
+    rates[valid] = placed
 
 
 def native_half_precision(device: torch.device) -> str | None:
