@@ -122,14 +122,13 @@ class ModelConfig:
     docs/gan-experiments.md).
     ``member_sprog_weight_minutes`` / ``member_sprog_weight``: when members are drawn, after
     everything above but a map that comes last, each member's dBR (pySTEPS' transform: rates below
-    0.1 mm/h at -15 dBR)
-    moves by ``w`` times S-PROG's dBR less the members' mean dBR at each pixel, ``w`` read from
-    the table at the lead (linear between its leads, held beyond them; 0 where S-PROG has no
-    value), and rates below 0.1 mm/h become dry. At ``w`` = 1 the members' mean dBR is S-PROG's
-    (Seed 2003: the cascade whose small scales fade as they lose skill), and the members keep
-    their differences from one another: where S-PROG places the rain better than the members'
-    mean, early in the hour, the whole ensemble moves there. It makes a member depend on the
-    others drawn with it, and runs pySTEPS' S-PROG on the last 3 frames. Empty: off.
+    0.1 mm/h at -15 dBR) moves by ``w`` times S-PROG's dBR less the members' mean dBR at each pixel,
+    ``w`` read from the table at the lead (linear between its leads, held beyond them; 0 where
+    S-PROG has no value), and rates below 0.1 mm/h become dry. At ``w`` = 1 the members' mean dBR is
+    S-PROG's (Seed 2003: the cascade whose small scales fade as they lose skill), and the members
+    keep their differences from one another: where S-PROG places the rain better than the members'
+    mean, early in the hour, the whole ensemble moves there. It makes a member depend on the others
+    drawn with it, and runs pySTEPS' S-PROG on the last 3 frames. Empty: off.
     ``member_sprog_keeps_rates``: the move towards S-PROG places the rain only: each member then
     takes back the rain rates it had before the move, its k-th wettest pixel after the move the
     k-th highest rate before it. The move's dBR shift is S-PROG's less the members' mean, and

@@ -251,9 +251,10 @@ def _default_description(cfg: Any) -> str:
 
 
 def _rate_map_text(model: ModelConfig) -> str:
+    """The rate map, for the card."""
     thresholds = "/".join(f"{t:g}" for t in model.member_rate_map_mmh)
-    return f", wet members' rates mapped per lead so that their area above {thresholds} mm/h is the observed one on " \
-           "the fitting events"
+    return (f", wet members' rates mapped per lead so that their area above {thresholds} mm/h is the observed one "
+            "on the fitting events")
 
 
 def _mean_placement_text(model: ModelConfig) -> str:
