@@ -596,6 +596,10 @@ def fit_rate_map(
     thresholds: str | None = typer.Option(None, "--thresholds", help="Comma-separated increasing rain rates "
                                                                       "(mm/h) the map matches the observed "
                                                                       "area above (default: 0.5,1,2,4,8,16)."),
+    member_thresholds: str | None = typer.Option(None, "--member-thresholds", help="Comma-separated thresholds, "
+                                                 "some of --thresholds, that the members' own map keeps; the "
+                                                 "probability-matched mean is then mapped at all of them "
+                                                 "(mean_rate_map). Default: the members take them all."),
     members: FitMembers = 20,
     steps: FitSteps = 12,
     stride: FitStride = 6,
@@ -622,14 +626,17 @@ def fit_rate_map(
     fit = run_fit(model, event_ids, thresholds_mmh=_gain_list(thresholds, "--thresholds") if thresholds
                   else DEFAULT_THRESHOLDS_MMH, members=members, steps=steps, stride=stride, seed=seed,
                   models_dir=models_dir, loader=loader)
+    kept = _gain_list(member_thresholds, "--member-thresholds") if member_thresholds else None
+    settings = fit.settings(kept)
     if out is not None:
-        write_text_atomically(out, json.dumps(fit.to_dict(), indent=1))
+        write_text_atomically(out, json.dumps(fit.to_dict(kept), indent=1))
     _print_whole(_rate_map_table(fit))
     if register:
         description = (f"rate map fitted on {', '.join(fit.events)} ({members} members, "
                        f"{sum(fit.start_times.values())} start times)")
-        folder = retune_version(model, fit.settings(), version=version, models_dir=models_dir,
-                                description=description)
+        if kept:
+            description += f"; the members' at {'/'.join(f'{t:g}' for t in kept)} mm/h, the mean's at all"
+        folder = retune_version(model, settings, version=version, models_dir=models_dir, description=description)
         typer.echo(str(folder))
 
 

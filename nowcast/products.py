@@ -47,6 +47,9 @@ MEAN_NEIGHBOURHOOD_ATTR = "mean_neighbourhood_km_per_minute"
 #: the coordinate (time, y, x) in mm/h with which a forecaster may place its ensemble's probability-matched
 #: mean: the field whose ranks it takes instead of the ensemble mean's
 PLACEMENT_COORD = "mean_placement"
+#: the coordinate (time, y, x) in mm/h in which a forecaster may give its ensemble's probability-matched mean
+#: itself, where it maps the mean's values (``ModelConfig.mean_rate_map``)
+MEAN_COORD = "probability_matched_mean"
 
 
 @dataclass(frozen=True)
@@ -171,9 +174,11 @@ def probability_matched_mean_of(forecast: xr.DataArray) -> np.ndarray:
     """The probability-matched mean (time, y, x) of an ensemble forecast (member, time, y, x) in mm/h: each
     lead's ranks from the window its forecaster set (the forecast's ``mean_neighbourhood_km_per_minute``,
     else the field's own ranks) over the ensemble mean, or over the placement its forecaster gave (the
-    forecast's ``mean_placement`` coordinate). The one deterministic forecast an ensemble gives, in products
-    and scores."""
+    forecast's ``mean_placement`` coordinate); or the one the forecaster gave (the ``probability_matched_mean``
+    coordinate). The one deterministic forecast an ensemble gives, in products and scores."""
     ordered = forecast.transpose("member", ...)
+    if MEAN_COORD in forecast.coords:
+        return np.asarray(ordered[MEAN_COORD].transpose(*ordered.dims[1:]).values, dtype=np.float32)
     members = np.asarray(ordered.values, dtype=np.float32)
     placement = None
     if PLACEMENT_COORD in forecast.coords:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from nowcast.ensemble import map_rates
 from nowcast.errors import InputError
 from nowcast.evaluate import MIN_RAIN_MMH, FittingEvents, Loader, ensemble_forecaster
 from nowcast.sequence import MAX_RAIN_RATE_MMH
@@ -62,7 +63,8 @@ class RateMapFit:
     ``member_rates``: (lead, threshold) the members' rate whose area is the observed one above each
     threshold (the threshold itself where too little rain was observed, or the members never reach
     the observed area); ``area_ratio``: (lead, threshold) the members' area above each threshold
-    over the observed one, before the map.
+    over the observed one, before the map; ``map_last``: whether the model's map comes last
+    (``ModelConfig.member_rate_map_last``), so that the fitted members are the final ones but for the map.
     """
 
     model: str
@@ -73,16 +75,47 @@ class RateMapFit:
     area_ratio: np.ndarray
     start_times: dict[str, int]
     members: int
+    map_last: bool = True
 
-    def settings(self) -> dict[str, Any]:
-        """The ``ModelConfig`` fields that carry this map."""
-        return {"member_rate_map_mmh": list(self.thresholds_mmh), "member_rate_map_minutes": list(self.minutes),
-                "member_rate_map": [[round(float(v), 4) for v in row] for row in self.member_rates]}
+    def settings(self, member_thresholds: Sequence[float] | None = None) -> dict[str, Any]:
+        """The ``ModelConfig`` fields that carry this map: the members' at every threshold of the fit; or theirs at
+        ``member_thresholds`` (some of the fit's) only, and the probability-matched mean's (``mean_rate_map``) at
+        every threshold, from the members' rates as their own map leaves them. A mean map needs a fit of members
+        whose map comes last (``ModelConfig.member_rate_map_last``): what it maps is the members' final rates."""
+        if member_thresholds is None:
+            return _map_settings("member_rate_map", self.thresholds_mmh, self.minutes, self.member_rates)
+        if not self.map_last:
+            raise InputError(f"{self.model}: its rate map does not come last, so its members' final rates are not "
+                             "the mapped ones a mean map starts from; fit one with member_rate_map_last=true",
+                             field="member_thresholds")
+        columns = self._columns(member_thresholds)
+        kept = _map_settings("member_rate_map", tuple(self.thresholds_mmh[i] for i in columns), self.minutes,
+                             self.member_rates[:, columns])
+        onto = kept["member_rate_map_mmh"]
+        final = np.array([map_rates(row, member_row, onto)
+                          for row, member_row in zip(self.member_rates, kept["member_rate_map"], strict=True)])
+        return {**kept, **_map_settings("mean_rate_map", self.thresholds_mmh, self.minutes, final)}
 
-    def to_dict(self) -> dict[str, Any]:
+    def _columns(self, member_thresholds: Sequence[float]) -> list[int]:
+        """The fit's columns of ``member_thresholds``; InputError where one is not a threshold of the fit."""
+        wanted = checked_thresholds(member_thresholds)
+        missing = [t for t in wanted if t not in self.thresholds_mmh]
+        if missing or len(wanted) == len(self.thresholds_mmh):
+            raise InputError(f"member thresholds {list(wanted)}: give some, not all, of the fit's thresholds "
+                             f"{list(self.thresholds_mmh)}", field="member_thresholds")
+        return [self.thresholds_mmh.index(t) for t in wanted]
+
+    def to_dict(self, member_thresholds: Sequence[float] | None = None) -> dict[str, Any]:
         return {"model": self.model, "events": list(self.events), "members": self.members,
-                "start_times": self.start_times, **self.settings(),
+                "start_times": self.start_times, **self.settings(member_thresholds),
                 "area_ratio": [[round(float(v), 4) for v in row] for row in self.area_ratio]}
+
+
+def _map_settings(name: str, thresholds: Sequence[float], minutes: Sequence[float], rows: np.ndarray,
+                  ) -> dict[str, Any]:
+    """The ``ModelConfig`` fields of one rate map (``name``: member_rate_map or mean_rate_map)."""
+    return {f"{name}_mmh": list(thresholds), f"{name}_minutes": list(minutes),
+            name: [[round(float(v), 4) for v in row] for row in rows]}
 
 
 def fit_rate_map(
@@ -121,7 +154,7 @@ def fit_rate_map(
     rows = [_lead_row([fractions[i] for fractions in on_leads], thresholds) for i in range(len(minutes))]
     return RateMapFit(model, fitting.events, tuple(thresholds), tuple(minutes),
                       np.array([rates for rates, _ in rows]), np.array([ratio for _, ratio in rows]), counted,
-                      members)
+                      members, forecaster.model_config.member_rate_map_last)
 
 
 def checked_thresholds(thresholds_mmh: Sequence[float]) -> tuple[float, ...]:

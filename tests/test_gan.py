@@ -1577,6 +1577,53 @@ def test_a_models_mean_sprog_weight_places_the_probability_matched_mean_by_membe
             dataclasses.replace(placed.model_config, **bad)
 
 
+def test_a_models_mean_rate_map_maps_the_probability_matched_mean_and_no_member(events):
+    """mean_rate_map: an ensemble forecast carries, as its probability_matched_mean coordinate, its members'
+    probability-matched mean with its wet rates mapped per lead (dry and no-data pixels as they were); products and
+    scores take it; the members are the same; one forecast carries none; bad tables are refused by name; the card
+    says so."""
+    from nowcast.ensemble import map_rates
+    from nowcast.gan.export import _default_description
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.products import MEAN_COORD, ProductRequest, ensemble_products, probability_matched_mean_of
+    from nowcast.sequence import MAX_RAIN_RATE_MMH
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    plain = GANForecaster(Generator(dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0,
+                                                        mean_sprog_weight_minutes=(10.0,), mean_sprog_weight=(0.5,))),
+                          Normalisation(), device="cpu")
+    table = {"mean_rate_map_mmh": (1.0, 4.0), "mean_rate_map_minutes": (5.0, 15.0),
+             "mean_rate_map": ((1.0, 4.0), (0.5, 2.0))}  # the identity at +5 min, doubled from +15 min
+    mapped = plain.with_member_settings(**table)
+    past = events["syn0"].copy()
+    past.values[3, :4] = np.nan
+    past = past.isel(time=slice(2, 6))
+    before, after = (f.forecast(past, 4, members=4, seed=3) for f in (plain, mapped))
+    np.testing.assert_array_equal(before.values, after.values)
+    assert MEAN_COORD not in before.coords and MEAN_COORD not in mapped.forecast(past, 4).coords
+    assert after[MEAN_COORD].dims == ("time", "y", "x")
+    unmapped, mean = probability_matched_mean_of(before), probability_matched_mean_of(after)
+    wet = unmapped >= plain.normalisation.threshold_mmh
+    assert wet[0].any() and wet[3].any() and np.isnan(unmapped).any()
+    np.testing.assert_array_equal(mean[~wet], unmapped[~wet])  # dry and no data stay so
+    np.testing.assert_allclose(mean[0][wet[0]], unmapped[0][wet[0]], rtol=1e-6)
+    doubled = np.clip(2 * unmapped[2:][wet[2:]], None, MAX_RAIN_RATE_MMH)
+    np.testing.assert_allclose(mean[2:][wet[2:]], doubled, rtol=1e-5)
+    expected = map_rates(unmapped[1][wet[1]], np.exp(np.log([[1.0, 4.0], [0.5, 2.0]]).mean(axis=0)), (1.0, 4.0))
+    np.testing.assert_allclose(mean[1][wet[1]], expected, rtol=1e-5)  # +10 min: the rows halfway in log rate
+    products = ensemble_products(after, ProductRequest(products=("pm_mean", "members")))
+    np.testing.assert_array_equal(products["pm_mean"].values, mean)
+    assert MEAN_COORD not in products.coords
+    for bad in ({"mean_rate_map": ((1.0, 4.0),)}, {"mean_rate_map": ((4.0, 1.0), (1.0, 4.0))},
+                {"mean_rate_map_mmh": (4.0, 1.0)}):
+        with pytest.raises(ValueError, match="mean_rate_map"):
+            dataclasses.replace(mapped.model_config, **bad)
+    cfg = tiny_experiment()
+    text = _default_description(dataclasses.replace(cfg, model=mapped.model_config))
+    assert "the probability-matched mean's rates mapped per lead so that its area above 1/4 mm/h" in text
+
+
 def test_members_moved_towards_sprog_can_keep_their_own_rates(events):
     """member_sprog_keeps_rates: each member keeps the rates it had before the move (the same values, sorted),
     placed in the order of the moved field; leads without a weight and no data are untouched."""
@@ -1754,6 +1801,18 @@ def test_fit_rate_map_gives_the_members_the_observed_area_above_each_threshold(t
         part for key, value in settings.items() for part in ("--set", f"{key}={json.dumps(value)}"))])
     assert retuned.exit_code == 0, retuned.output
     assert get_forecaster("tiny-gan@v5", models_dir=models).model_config == registered
+    not_last = CliRunner().invoke(app, ["-q", "fit-rate-map", "tiny-gan@v2", "--events", "mch-20160711",
+                                        "--member-thresholds", "0.5", "--models-dir", str(models)])
+    assert not_last.exit_code == EXIT_USER_ERROR and "does not come last" in not_last.output
+    monkeypatch.setattr(rate_map, "fit_rate_map", lambda model, event_ids, **kwargs: dataclasses.replace(
+        fit, map_last=True))
+    split = CliRunner().invoke(app, ["-q", "fit-rate-map", "tiny-gan@v2", "--events", "mch-20160711", "--register",
+                                     "--member-thresholds", "0.5,1", "--out", str(out), "--models-dir", str(models)])
+    assert split.exit_code == 0, split.output
+    assert json.loads(out.read_text())["mean_rate_map_mmh"] == list(thresholds)
+    registered_split = get_forecaster("tiny-gan@v6", models_dir=models).model_config
+    assert registered_split.member_rate_map_mmh == (0.5, 1.0) and registered_split.mean_rate_map_mmh == thresholds
+    assert "the mean's at all" in artifacts.card("tiny-gan", "v6", models)["description"]
     broken = CliRunner().invoke(app, ["-q", "retune", "tiny-gan@v2", "--set", "member_rate_map=[[1, 2]",
                                       "--models-dir", str(models)])
     assert broken.exit_code == EXIT_USER_ERROR and "not a valid JSON list" in broken.output
@@ -1821,6 +1880,44 @@ def test_a_rate_map_that_comes_last_is_fitted_on_the_members_moved_towards_sprog
     assert text.index("moved towards S-PROG") < text.index("rates mapped per lead") and "after everything" in text
     text = _default_description(dataclasses.replace(cfg, model=dataclasses.replace(last, member_rate_map_last=False)))
     assert text.index("rates mapped per lead") < text.index("moved towards S-PROG")
+    split = fit.settings(member_thresholds=(0.5, 1.0))  # the members' map at two thresholds, the mean's at all
+    assert split["member_rate_map_mmh"] == [0.5, 1.0] and split["mean_rate_map_mmh"] == list(thresholds)
+    np.testing.assert_allclose(np.array(split["mean_rate_map"])[:, :2], [[0.5, 1.0]] * len(fit.minutes), rtol=1e-3)
+    retune_version("tiny-gan@v2", split, models_dir=models)
+    observed_area, mean_area = _mean_areas_on_fitting_start_times(get_forecaster("tiny-gan@v5", models_dir=models),
+                                                                  events, names, thresholds)
+    np.testing.assert_allclose(mean_area, observed_area, rtol=0.05)
+    retune_version("tiny-gan@v5", {"mean_rate_map_mmh": [], "mean_rate_map_minutes": [], "mean_rate_map": []},
+                   models_dir=models)
+    _, unmapped_area = _mean_areas_on_fitting_start_times(get_forecaster("tiny-gan@v6", models_dir=models), events,
+                                                          names, thresholds)
+    assert np.abs(unmapped_area[:, 2] / observed_area[:, 2] - 1).min() > 0.05  # 2 mm/h: only the mean's map
+    for bad, message in (((0.5, 3.0), "member thresholds"), (thresholds, "member thresholds")):
+        with pytest.raises(InputError, match=message):
+            fit.settings(member_thresholds=bad)
+    with pytest.raises(InputError, match="does not come last"):
+        dataclasses.replace(fit, map_last=False).settings(member_thresholds=(0.5,))
+
+
+def _mean_areas_on_fitting_start_times(forecaster, events, names, thresholds):
+    """The observed area above each threshold and the forecaster's probability-matched mean's (4 members, seed
+    7 + k), (lead, threshold), averaged over the events, on the start times of _areas_on_fitting_start_times."""
+    from nowcast.products import probability_matched_mean_of
+
+    fractions = np.zeros((2, len(names), 6, len(thresholds)))
+    for e, name in enumerate(names):
+        pixels = np.zeros(6)
+        for k, index in enumerate((0, 4)):
+            mean = probability_matched_mean_of(forecaster.forecast(events[name].isel(time=slice(index, index + 4)),
+                                                                   6, members=4, seed=7 + k))
+            observed = events[name].values[index + 4:index + 10]
+            for lead in range(6):
+                valid = np.isfinite(observed[lead]) & np.isfinite(mean[lead])
+                pixels[lead] += valid.sum()
+                for i, t in enumerate(thresholds):
+                    fractions[:, e, lead, i] += [(observed[lead][valid] > t).sum(), (mean[lead][valid] > t).sum()]
+        fractions[:, e] /= pixels[:, None]
+    return fractions.mean(axis=1)
 
 
 def test_a_rate_map_fit_brings_every_event_onto_every_lead_before_averaging():

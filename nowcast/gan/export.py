@@ -30,8 +30,10 @@ MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_i
 #: settings of the products made from the members, which never change the members: a version that changes only
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
-#: settings that place the members' probability-matched mean: no member changes, but the mean's scores do
-MEAN_SETTINGS = ("mean_neighbourhood_km_per_minute", "mean_sprog_weight_minutes", "mean_sprog_weight")
+#: settings that place the members' probability-matched mean or map its rates: no member changes, but the mean's
+#: scores do
+MEAN_SETTINGS = ("mean_neighbourhood_km_per_minute", "mean_sprog_weight_minutes", "mean_sprog_weight",
+                 "mean_rate_map_mmh", "mean_rate_map_minutes", "mean_rate_map")
 #: model settings that act only where members are drawn: a new version may change them on the same weights
 MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING,
                    *MEAN_SETTINGS, *PRODUCT_SETTINGS)
@@ -258,9 +260,15 @@ def _rate_map_text(model: ModelConfig) -> str:
 
 
 def _mean_placement_text(model: ModelConfig) -> str:
-    """What places the probability-matched mean, for the card ("" where the ensemble mean's own ranks do)."""
+    """What places the probability-matched mean and maps its rates, for the card ("" where the ensemble mean's
+    own ranks place it and the members' rates fill it)."""
+    mapped = ""
+    if model.mean_rate_map:
+        thresholds = "/".join(f"{t:g}" for t in model.mean_rate_map_mmh)
+        mapped = (f"; the probability-matched mean's rates mapped per lead so that its area above {thresholds} "
+                  "mm/h is the observed one on the fitting events")
     if not (model.mean_sprog_weight or model.mean_neighbourhood_km_per_minute):
-        return ""
+        return mapped
     placed_by = "the ensemble mean"
     if model.mean_sprog_weight:
         table = _weight_table(model.mean_sprog_weight_minutes, model.mean_sprog_weight)
@@ -268,7 +276,7 @@ def _mean_placement_text(model: ModelConfig) -> str:
     if model.mean_neighbourhood_km_per_minute:
         placed_by += (f", averaged over a square growing {model.mean_neighbourhood_km_per_minute:g} km per "
                       "minute of lead")
-    return f"; the probability-matched mean placed by {placed_by}"
+    return f"; the probability-matched mean placed by {placed_by}" + mapped
 
 
 def _weight_table(minutes: tuple[float, ...], weights: tuple[float, ...]) -> str:

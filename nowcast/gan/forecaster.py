@@ -34,7 +34,7 @@ from nowcast.gan.advection import conditioning_fields, pixel_grid
 from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
 from nowcast.motion import lucas_kanade_coarse
-from nowcast.products import PLACEMENT_COORD
+from nowcast.products import MEAN_COORD, PLACEMENT_COORD, probability_matched_mean_of
 from nowcast.sequence import MAX_RAIN_RATE_MMH
 from nowcast.transforms import Normalisation
 
@@ -105,15 +105,23 @@ class GANForecaster(Forecaster):
 
     def finish(self, prepared: PreparedForecast, frames: np.ndarray) -> xr.DataArray:
         """The base form, and for members under ``ModelConfig.mean_sprog_weight`` the placement of their
-        probability-matched mean as the ``mean_placement`` coordinate (:mod:`nowcast.products`)."""
+        probability-matched mean as the ``mean_placement`` coordinate, under ``ModelConfig.mean_rate_map`` the
+        mapped mean itself as the ``probability_matched_mean`` coordinate (:mod:`nowcast.products`)."""
         result = super().finish(prepared, frames)
-        weights = self.model_config.mean_sprog_weights(prepared.spacing.step_minutes, prepared.steps)
-        if prepared.members is None or weights is None:
+        if prepared.members is None:
             return result
-        moved = np.array(frames[None], dtype=np.float32)
-        self._move_towards_sprog(moved, prepared.past[None], weights, 0)
-        placement = ensemble_mean(moved[0])
-        return result.assign_coords({PLACEMENT_COORD: (result.dims[1:], placement, {"units": "mm h-1"})})
+        weights = self.model_config.mean_sprog_weights(prepared.spacing.step_minutes, prepared.steps)
+        if weights is not None:
+            moved = np.array(frames[None], dtype=np.float32)
+            self._move_towards_sprog(moved, prepared.past[None], weights, 0)
+            placement = ensemble_mean(moved[0])
+            result = result.assign_coords({PLACEMENT_COORD: (result.dims[1:], placement, {"units": "mm h-1"})})
+        maps = self.model_config.mean_rate_maps(prepared.spacing.step_minutes, prepared.steps)
+        if maps is not None:
+            mean = probability_matched_mean_of(result)
+            self._map_rates(mean[None, None], maps, self.model_config.mean_rate_map_mmh)
+            result = result.assign_coords({MEAN_COORD: (result.dims[1:], mean, {"units": "mm h-1"})})
+        return result
 
     @property
     def probability_neighbourhood_km_per_minute(self) -> float:  # type: ignore[override]
@@ -143,7 +151,7 @@ class GANForecaster(Forecaster):
         self._gain_spread(members, gains)
         maps = cfg.member_rate_maps(spacing.step_minutes, steps, first_step)
         if maps is not None and not cfg.member_rate_map_last:
-            self._map_rates(members, maps)
+            self._map_rates(members, maps, cfg.member_rate_map_mmh)
         matched = cfg.matched_leads(spacing.step_minutes, steps, first_step)
         if matched:
             self._match_observed(members, past[:, -1], matched)
@@ -152,7 +160,7 @@ class GANForecaster(Forecaster):
             self._move_towards_sprog(members, past, weights[first_step:], first_step,
                                      keep_rates=cfg.member_sprog_keeps_rates)
         if maps is not None and cfg.member_rate_map_last:
-            self._map_rates(members, maps)
+            self._map_rates(members, maps, cfg.member_rate_map_mmh)
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
         """One generator per sequence and member, sequence-major, seeded from (seed, member).
@@ -290,11 +298,11 @@ class GANForecaster(Forecaster):
                 spread = np.clip(np.exp(centre + gain * (logs - centre)), wet_from, MAX_RAIN_RATE_MMH)
                 np.copyto(rates, spread.astype(rates.dtype), where=wet)
 
-    def _map_rates(self, members: np.ndarray, maps: Sequence[np.ndarray]) -> None:
-        """Map (in place) each wet member's rate at each lead from ``maps[lead]`` onto
-        ``member_rate_map_mmh`` (``ModelConfig.member_rate_map``); ``members``: (batch, draws, steps, y, x)."""
+    def _map_rates(self, members: np.ndarray, maps: Sequence[np.ndarray], onto: Sequence[float]) -> None:
+        """Map (in place) each wet member's rate at each lead from ``maps[lead]`` onto ``onto``
+        (``ModelConfig.member_rate_map`` and ``member_rate_map_mmh``, or the mean's); ``members``: (batch,
+        draws, steps, y, x)."""
         wet_from = self.normalisation.threshold_mmh
-        onto = self.model_config.member_rate_map_mmh
         for lead, member_rates in enumerate(maps):
             rates = members[:, :, lead]
             wet = rates >= wet_from  # NaN compares False: no data stays no data
