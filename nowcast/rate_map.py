@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,8 +62,8 @@ class RateMapFit:
     """The fitted map and what it corrects.
 
     ``member_rates``: (lead, threshold) the members' rate whose area is the observed one above each
-    threshold (the threshold itself where too little rain was observed, or the members never reach
-    the observed area); ``area_ratio``: (lead, threshold) the members' area above each threshold
+    threshold (the threshold itself where too little rain was observed, where the members never reach
+    the observed area, and at the leads they are matched to the last frame); ``area_ratio``: (lead, threshold) the members' area above each threshold
     over the observed one, before the map; ``map_last``: whether the model's map comes last
     (``ModelConfig.member_rate_map_last``), so that the fitted members are the final ones but for the map.
     """
@@ -152,9 +153,23 @@ def fit_rate_map(
     # every event on every lead, so that no row is the mean of other events than its neighbours'
     on_leads = [_on_leads(fractions, minutes) for fractions in per_event if fractions]
     rows = [_lead_row([fractions[i] for fractions in on_leads], thresholds) for i in range(len(minutes))]
-    return RateMapFit(model, fitting.events, tuple(thresholds), tuple(minutes),
-                      np.array([rates for rates, _ in rows]), np.array([ratio for _, ratio in rows]), counted,
-                      members, forecaster.model_config.member_rate_map_last)
+    member_rates = np.array([rates for rates, _ in rows])
+    member_rates[_matched(forecaster.model_config, minutes)] = thresholds
+    return RateMapFit(model, fitting.events, tuple(thresholds), tuple(minutes), member_rates,
+                      np.array([ratio for _, ratio in rows]), counted, members,
+                      forecaster.model_config.member_rate_map_last)
+
+
+def _matched(model: Any, minutes: Sequence[float]) -> np.ndarray:
+    """Which leads of ``minutes`` the model's members are matched to the last observed frame at
+    (``ModelConfig.member_matching``): their map there is the identity. Matched members carry the radar's own
+    quantised rates, and some networks quantise onto the thresholds themselves (bom-20180616: 0.5 mm/h steps,
+    a seventh of its wet pixels at exactly 1 mm/h), so that a map lifting them by 1 % moved a whole level
+    across a threshold: the members' area above 1 mm/h at +6 min went from 1.09 to 1.74 of the observed (run 52)."""
+    if model.member_matching == "none":
+        return np.zeros(len(minutes), dtype=bool)
+    until = model.member_matching_minutes or math.inf
+    return np.asarray(minutes) <= until + 1e-6
 
 
 def checked_thresholds(thresholds_mmh: Sequence[float]) -> tuple[float, ...]:

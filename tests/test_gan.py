@@ -1899,6 +1899,28 @@ def test_a_rate_map_that_comes_last_is_fitted_on_the_members_moved_towards_sprog
         dataclasses.replace(fit, map_last=False).settings(member_thresholds=(0.5,))
 
 
+def test_a_rate_map_is_the_identity_where_the_members_are_matched_to_the_last_frame(tmp_path, events):
+    """Members matched to the last observed frame carry the radar's quantised rates, some of them on a threshold:
+    the fit leaves their leads unmapped (the members' and the mean's rows the thresholds themselves) and reports
+    the area it measured there all the same."""
+    from nowcast.rate_map import fit_rate_map
+
+    cfg = dataclasses.replace(tiny_experiment(steps=2), model=dataclasses.replace(TINY_MODEL, noise_channels=2))
+    train(cfg, tmp_path / "run", loader=events.__getitem__, progress=False)
+    models = tmp_path / "models"
+    export_run(tmp_path / "run", "tiny-gan", models_dir=models)
+    retune_version("tiny-gan@v1", {"member_intensity_db": 3.0, "member_matching": "each",
+                                   "member_matching_minutes": 10.0, "member_rate_map_last": True}, models_dir=models)
+    thresholds = (0.5, 1.0, 2.0)
+    fit = fit_rate_map("tiny-gan@v2", ["syn0", "syn1"], thresholds_mmh=thresholds, members=4, steps=6, stride=4,
+                       seed=7, loader=events.__getitem__, models_dir=models)
+    np.testing.assert_array_equal(fit.member_rates[:2], [thresholds, thresholds])
+    assert not np.allclose(fit.member_rates[2:], thresholds, rtol=1e-3)
+    assert not np.allclose(fit.area_ratio[:2], 1.0, rtol=1e-3)
+    split = fit.settings(member_thresholds=(0.5, 1.0))
+    np.testing.assert_array_equal(split["mean_rate_map"][:2], [thresholds, thresholds])
+
+
 def _mean_areas_on_fitting_start_times(forecaster, events, names, thresholds):
     """The observed area above each threshold and the forecaster's probability-matched mean's (4 members, seed
     7 + k), (lead, threshold), averaged over the events, on the start times of _areas_on_fitting_start_times."""

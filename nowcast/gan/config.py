@@ -114,7 +114,8 @@ class ModelConfig:
     fit-rate-map`` so that the members' pooled area above each threshold at each lead is the
     observed one: the generator's intensity drifts with the lead in a shape of its own (too
     little heavy rain in mid-hour, too much at the end, on the events it was trained on). Wet
-    members stay wet and dry ones dry. Empty: no map.
+    members stay wet and dry ones dry; the fit leaves the leads where members are matched to the last
+    frame unmapped (their rates are the radar's quantised ones there). Empty: no map.
     ``member_rate_map_last``: the map comes after matching and the move towards S-PROG instead of
     before them, and ``nowcast fit-rate-map`` fits it on members drawn with both, so that it is
     the members' final area above each threshold that is the observed one: the move blends in
