@@ -63,9 +63,10 @@ class RateMapFit:
 
     ``member_rates``: (lead, threshold) the members' rate whose area is the observed one above each
     threshold (the threshold itself where too little rain was observed, where the members never reach
-    the observed area, and at the leads they are matched to the last frame); ``area_ratio``: (lead, threshold) the members' area above each threshold
-    over the observed one, before the map; ``map_last``: whether the model's map comes last
-    (``ModelConfig.member_rate_map_last``), so that the fitted members are the final ones but for the map.
+    the observed area, and at the leads they are matched to the last frame); ``area_ratio``: (lead,
+    threshold) the members' area above each threshold over the observed one, before the map;
+    ``map_last``: whether the model's map comes last (``ModelConfig.member_rate_map_last``), so that
+    the fitted members are the final ones but for the map.
     """
 
     model: str
