@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,7 +76,7 @@ class RateMapFit:
     area_ratio: np.ndarray
     start_times: dict[str, int]
     members: int
-    map_last: bool = True
+    map_last: bool
 
     def settings(self, member_thresholds: Sequence[float] | None = None) -> dict[str, Any]:
         """The ``ModelConfig`` fields that carry this map: the members' at every threshold of the fit; or theirs at
@@ -155,22 +154,14 @@ def fit_rate_map(
     on_leads = [_on_leads(fractions, minutes) for fractions in per_event if fractions]
     rows = [_lead_row([fractions[i] for fractions in on_leads], thresholds) for i in range(len(minutes))]
     member_rates = np.array([rates for rates, _ in rows])
-    member_rates[_matched(forecaster.model_config, minutes)] = thresholds
+    # matched members carry the radar's quantised rates, some networks' on the thresholds themselves
+    # (bom-20180616: 0.5 mm/h steps), so that a map lifting them by 1 % moved a whole level across a threshold
+    # (run 52): where members are matched the map is the identity
+    member_rates[np.array([forecaster.model_config.matches_at(lead) for lead in minutes])] = thresholds
     return RateMapFit(model, fitting.events, tuple(thresholds), tuple(minutes), member_rates,
                       np.array([ratio for _, ratio in rows]), counted, members,
                       forecaster.model_config.member_rate_map_last)
 
-
-def _matched(model: Any, minutes: Sequence[float]) -> np.ndarray:
-    """Which leads of ``minutes`` the model's members are matched to the last observed frame at
-    (``ModelConfig.member_matching``): their map there is the identity. Matched members carry the radar's own
-    quantised rates, and some networks quantise onto the thresholds themselves (bom-20180616: 0.5 mm/h steps,
-    a seventh of its wet pixels at exactly 1 mm/h), so that a map lifting them by 1 % moved a whole level
-    across a threshold: the members' area above 1 mm/h at +6 min went from 1.09 to 1.74 of the observed (run 52)."""
-    if model.member_matching == "none":
-        return np.zeros(len(minutes), dtype=bool)
-    until = model.member_matching_minutes or math.inf
-    return np.asarray(minutes) <= until + 1e-6
 
 
 def checked_thresholds(thresholds_mmh: Sequence[float]) -> tuple[float, ...]:

@@ -322,11 +322,15 @@ class ModelConfig:
 
     def matched_leads(self, step_minutes: float, steps: int, first_step: int = 0) -> list[int]:
         """Which of ``steps`` leads, the first ``first_step`` steps into the forecast, ``member_matching`` matches."""
+        return [lead for lead in range(steps) if self.matches_at((first_step + lead + 1) * step_minutes)]
+
+    def matches_at(self, lead_minutes: float) -> bool:
+        """Whether ``member_matching`` matches the members at this lead (minutes)."""
         if self.member_matching == "none":
-            return []
+            return False
         until = self.member_matching_minutes or math.inf
         # a small tolerance: 10 minutes of 5-min steps is two leads whatever the float rounding
-        return [lead for lead in range(steps) if (first_step + lead + 1) * step_minutes <= until + 1e-6]
+        return lead_minutes <= until + 1e-6
 
     @property
     def spreads_members(self) -> bool:
