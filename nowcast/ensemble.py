@@ -69,6 +69,34 @@ def map_rates(rates: np.ndarray, from_mmh: Sequence[float], to_mmh: Sequence[flo
     return np.exp(logs + np.interp(logs, source, target - source)).astype(rates.dtype)
 
 
+def area_matching_map(members: np.ndarray, reference: np.ndarray, thresholds_mmh: Sequence[float],
+                      wet_from_mmh: float) -> tuple[list[float], list[float]]:
+    """The rates a map (:func:`map_rates`) takes from and onto so that the pooled ``members`` (member, y, x)
+    have the ``reference`` (y, x) field's area above each of the increasing ``thresholds_mmh``, over the
+    pixels where the reference and every member have values; the identity from twice the highest
+    threshold up. A threshold is left out where the reference has no rain above it or more than the
+    members' wet area (rates from ``wet_from_mmh``): a map keeps dry pixels dry. Empty lists where
+    every threshold is left out."""
+    valid = np.isfinite(reference) & np.all(np.isfinite(members), axis=0)
+    pooled = -np.sort(-members[:, valid].ravel())
+    seen = reference[valid]
+    from_mmh: list[float] = []
+    to_mmh: list[float] = []
+    for threshold in thresholds_mmh:
+        k = round(np.count_nonzero(seen > threshold) / max(seen.size, 1) * pooled.size)
+        if not 0 < k < pooled.size or pooled[k] < wet_from_mmh:
+            continue
+        rate = float(np.sqrt(pooled[k - 1] * pooled[k]))  # between the k-th and the next: k above it
+        if not from_mmh or rate > from_mmh[-1]:
+            from_mmh.append(rate)
+            to_mmh.append(float(threshold))
+    identity_from = 2.0 * float(thresholds_mmh[-1])
+    if from_mmh and identity_from > from_mmh[-1]:
+        from_mmh.append(identity_from)
+        to_mmh.append(identity_from)
+    return from_mmh, to_mmh
+
+
 def exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float]) -> np.ndarray:
     """P(rate > threshold) per pixel, the fraction of members above it: (threshold, ...)."""
     members = np.asarray(members, dtype=np.float32)

@@ -140,6 +140,10 @@ def fit_rate_map(
     fitting = FittingEvents.of(events, loader, n_input=n_input, steps=steps, stride=stride, seed=seed,
                                min_rain_mmh=min_rain_mmh)
     forecaster = ensemble_forecaster(model, models_dir, needed_for="the rate map is a GAN ensemble's setting")
+    if forecaster.model_config.member_area_mmh:
+        raise InputError(f"{model} sets member_area_mmh, which maps the members again after the rate map, per "
+                         "forecast: fit the map on a version without it (nowcast retune --set member_area_mmh=[]) "
+                         "and set it again after")
     drawer = forecaster.with_member_settings(**_map_off(forecaster.model_config))
     per_event: list[dict[float, tuple[np.ndarray, np.ndarray]]] = []
     counted: dict[str, int] = {}

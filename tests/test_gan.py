@@ -1652,6 +1652,74 @@ def test_members_moved_towards_sprog_can_keep_their_own_rates(events):
     np.testing.assert_array_equal(np.isnan(out_kept), np.isnan(base))
 
 
+def test_members_take_the_extrapolated_area_above_the_member_area_rates(events):
+    """member_area_mmh: at the leads not matched to the last frame the members' pooled area above each rate is the
+    extrapolation baseline's (to half a pixel of the pooled members), from one map of all members' rates: their
+    order, dry pixels, no data and the rates from twice the highest up stay as drawn; matched leads are untouched;
+    the extrapolation runs once per input; bad rates are refused by name; the card says so."""
+    from nowcast.forecasters.extrapolation import Extrapolation
+    from nowcast.gan.export import _default_description
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    drawn = GANForecaster(Generator(dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0,
+                                                        member_matching="each", member_matching_minutes=5.0)),
+                          Normalisation(), device="cpu")
+    area = drawn.with_member_settings(member_area_mmh=(0.5, 1.0))
+    past = events["syn0"].values[2:6].copy()[None]
+    past[0, -1, :5] = np.nan
+    base, out = (f.predict(past, 4, members=4, seed=3)[0] for f in (drawn, area))
+    advected = Extrapolation().predict(past, 4)[0]
+    wet_from = drawn.normalisation.threshold_mmh
+    np.testing.assert_array_equal(out[:, 0], base[:, 0])  # matched to the last frame: its quantised rates kept
+    for lead in (1, 2, 3):
+        valid = np.isfinite(advected[lead]) & np.all(np.isfinite(out[:, lead]), axis=0)
+        drawn_rates, rates = base[:, lead][:, valid].ravel(), out[:, lead][:, valid].ravel()
+        for threshold in (0.5, 1.0):
+            seen = (advected[lead][valid] > threshold).mean()
+            assert 0 < seen < (drawn_rates >= wet_from).mean()  # an area the members can reach
+            assert abs((rates > threshold).mean() - seen) <= 0.5 / rates.size
+            assert abs((drawn_rates > threshold).mean() - seen) > 2 / rates.size  # the map moved it there
+        order = np.argsort(drawn_rates, kind="stable")
+        assert np.all(np.diff(rates[order]) >= 0)  # one monotonic map for all members
+        wet = drawn_rates >= wet_from
+        np.testing.assert_array_equal(rates[~wet], drawn_rates[~wet])
+        assert rates[wet].min() >= wet_from
+        heavy = drawn_rates >= 2.0
+        np.testing.assert_allclose(rates[heavy], drawn_rates[heavy], rtol=1e-5)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(base))
+    assert area._extrapolated is drawn._extrapolated and area._extrapolated.runs == 1  # shared; drawn ran none
+    for bad in ((1.0, 0.5), (0.0, 1.0), (float("nan"),)):
+        with pytest.raises(ValueError, match="member_area_mmh"):
+            dataclasses.replace(area.model_config, member_area_mmh=bad)
+    text = _default_description(dataclasses.replace(tiny_experiment(), model=area.model_config))
+    assert "the members' pooled area above 0.5/1 mm/h set to the extrapolated last frame's" in text
+
+
+def test_the_area_matching_map_leaves_out_what_a_map_of_wet_rates_cannot_reach():
+    """area_matching_map: no point where the reference has no rain above a threshold or more wet area than the
+    members (a map keeps dry pixels dry); pixels without a value anywhere are not counted; nothing to map: empty."""
+    from nowcast.ensemble import area_matching_map, map_rates
+
+    rng = np.random.default_rng(0)
+    members = rng.lognormal(0.0, 1.0, (3, 20, 20)).astype(np.float32)
+    members[:, :10] = 0.0  # half the pixels dry in every member
+    reference = np.full((20, 20), 0.6, dtype=np.float32)
+    reference[:, :4] = np.nan
+    members[0, :, :4] = np.nan
+    # 0.5 mm/h: all wet, past the members' wet area; 1 and 4 mm/h: no rain above them
+    assert area_matching_map(members, reference, (0.5, 1.0, 4.0), 0.1) == ([], [])
+    reference[:, 13:] = 3.0
+    from_mmh, to_mmh = area_matching_map(members, reference, (0.5, 1.0, 4.0), 0.1)
+    assert to_mmh == [1.0, 8.0]
+    valid = np.isfinite(reference) & np.all(np.isfinite(members), axis=0)
+    drawn = members[:, valid]
+    mapped = np.where(drawn > 0, map_rates(np.where(drawn > 0, drawn, 1.0), from_mmh, to_mmh), drawn)
+    assert abs((mapped > 1.0).mean() - (reference[valid] > 1.0).mean()) <= 0.5 / mapped.size
+    assert area_matching_map(members, np.zeros((20, 20), np.float32), (1.0,), 0.1) == ([], [])
+
+
 def test_sprog_runs_once_per_input_for_the_members_move_and_the_mean_placement(events):
     """The members' move towards S-PROG (predict) and the placement of their mean (finish) take one S-PROG run per
     input and lead count, shared by the forecaster's other member settings; other inputs or leads run their own;
@@ -1822,6 +1890,9 @@ def test_fit_rate_map_gives_the_members_the_observed_area_above_each_threshold(t
     assert refused.exit_code == EXIT_USER_ERROR and "thresholds" in refused.output
     with pytest.raises(InputError, match="draws no ensemble members"):
         fit_rate_map("persistence", names, members=4, steps=6, stride=4, loader=events.__getitem__)
+    retune_version("tiny-gan@v2", {"member_area_mmh": [1.0]}, version="v9", models_dir=models)
+    with pytest.raises(InputError, match="member_area_mmh"):  # it maps the members again after the map
+        fit_rate_map("tiny-gan@v9", names, members=4, steps=6, stride=4, loader=events.__getitem__, models_dir=models)
 
 
 def _areas_on_fitting_start_times(forecasters, events, names, thresholds):

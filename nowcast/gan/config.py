@@ -137,6 +137,15 @@ class ModelConfig:
     several dB: on bom-20180616 the move took the members' area above 1 / 4 / 8 mm/h at +6 min
     from 0.98 / 0.95 / 0.95 of the observed (as matched to the last frame) to 1.12 / 1.08 / 1.07
     (run 51). False: the moved rates.
+    ``member_area_mmh``: when members are drawn, last of all, at each lead after those matched to the
+    last frame, one map for all members of a forecast (piecewise linear in log rate, the identity from
+    twice the highest of these rates up) sets the members' pooled area above each of these rates (mm/h)
+    to the area above it of the last frame advected to that lead (the extrapolation baseline's, over
+    the pixels where both have values). The generator grows and decays light rain with little skill,
+    and differently on each event, so a map fitted on other events (``member_rate_map``) leaves the
+    area off where this forecast's own advected rain is the better guess of it; heavier rain keeps the
+    generator's growth and decay (run 53 in docs/gan-experiments.md). Wet members stay wet and dry
+    ones dry, so the area cannot grow past the members' wet area. Empty: off.
     ``probability_neighbourhood_km_per_minute``: the square neighbourhood, growing this many
     km per minute of lead, that the members' exceedance probabilities are processed with
     where a product request does not name one (:mod:`nowcast.products`); fitted on training
@@ -198,6 +207,7 @@ class ModelConfig:
     member_sprog_weight_minutes: tuple[float, ...] = ()
     member_sprog_weight: tuple[float, ...] = ()
     member_sprog_keeps_rates: bool = False
+    member_area_mmh: tuple[float, ...] = ()
     probability_neighbourhood_km_per_minute: float = 0.0
     mean_neighbourhood_km_per_minute: float = 0.0
     mean_sprog_weight_minutes: tuple[float, ...] = ()
@@ -268,6 +278,8 @@ class ModelConfig:
             if not all(_increasing(row) for row in rows):
                 raise ValueError(f"each row of {name} must be positive, finite and increasing: "
                                  "the rates that map onto the increasing thresholds")
+        if self.member_area_mmh and not _increasing(self.member_area_mmh):
+            raise ValueError("member_area_mmh must be positive, finite and increasing rates (mm/h)")
 
     def _check_sprog_weight(self) -> None:
         for name in ("member_sprog_weight", "mean_sprog_weight"):

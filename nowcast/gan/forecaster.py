@@ -27,13 +27,14 @@ import torch.nn.functional as F
 import xarray as xr
 
 from nowcast import config as config_io
-from nowcast.ensemble import ensemble_mean, map_rates
+from nowcast.ensemble import area_matching_map, ensemble_mean, map_rates
 from nowcast.forecasters import cascade
 from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, PreparedForecast, Spacing
+from nowcast.forecasters.extrapolation import advect
 from nowcast.gan.advection import conditioning_fields, pixel_grid
 from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
-from nowcast.motion import lucas_kanade_coarse
+from nowcast.motion import lucas_kanade, lucas_kanade_coarse
 from nowcast.products import MEAN_COORD, PLACEMENT_COORD, probability_matched_mean_of
 from nowcast.sequence import MAX_RAIN_RATE_MMH
 from nowcast.transforms import Normalisation
@@ -64,6 +65,7 @@ class GANForecaster(Forecaster):
         self.name = label  # type: ignore[misc]
         self.card = card or {}
         self._sprog = RecentSprog()
+        self._extrapolated = RecentExtrapolation()
 
     @classmethod
     def from_artifact(cls, folder: str | Path, *, device: str | None = None, half: bool = False) -> GANForecaster:
@@ -142,9 +144,10 @@ class GANForecaster(Forecaster):
         """What follows the draw, in place: the spread gain at each lead (``gains``, default the model's
         ``member_spread_gain``), the rate map (``member_rate_map``), matching to the last frame's
         rates (``member_matching`` at the leads ``member_matching_minutes`` names), then the move towards
-        S-PROG (``member_sprog_weight``), and the rate map here instead under ``member_rate_map_last``.
-        ``members``: (batch, draws, steps, y, x) mm/h, their first step ``first_step`` steps into the
-        forecast; ``past``: (batch, time, y, x) mm/h, the input."""
+        S-PROG (``member_sprog_weight``), the rate map here instead under ``member_rate_map_last``, and last
+        the extrapolation's area at the leads not matched (``member_area_mmh``). ``members``: (batch, draws,
+        steps, y, x) mm/h, their first step ``first_step`` steps into the forecast; ``past``: (batch, time, y,
+        x) mm/h, the input."""
         cfg, steps = self.model_config, members.shape[2]
         if gains is None:
             gains = cfg.member_spread_gains(spacing.step_minutes, steps)
@@ -161,6 +164,9 @@ class GANForecaster(Forecaster):
                                      keep_rates=cfg.member_sprog_keeps_rates)
         if maps is not None and cfg.member_rate_map_last:
             self._map_rates(members, maps, cfg.member_rate_map_mmh)
+        if cfg.member_area_mmh:
+            unmatched = [lead for lead in range(steps) if lead not in matched]
+            self._match_extrapolated_area(members, past, unmatched, first_step)
 
     def _noise_sources(self, batch: int, draws: int, seed: int | None) -> list[torch.Generator]:
         """One generator per sequence and member, sequence-major, seeded from (seed, member).
@@ -309,6 +315,23 @@ class GANForecaster(Forecaster):
             mapped = np.clip(map_rates(np.where(wet, rates, 1.0), member_rates, onto), wet_from, MAX_RAIN_RATE_MMH)
             np.copyto(rates, mapped, where=wet)
 
+    def _match_extrapolated_area(self, members: np.ndarray, past: np.ndarray, leads: Sequence[int],
+                                 first_step: int) -> None:
+        """Map (in place) the wet rates of all members of a sequence at each of ``leads`` so that their pooled
+        area above each ``ModelConfig.member_area_mmh`` rate is the extrapolation baseline's there.
+        ``members``: (batch, draws, steps, y, x), their first step ``first_step`` steps into the forecast."""
+        wet_from, thresholds = self.normalisation.threshold_mmh, self.model_config.member_area_mmh
+        for sequence, frames in zip(members, past, strict=True):
+            advected = self._extrapolated.field(frames, first_step + sequence.shape[1])[first_step:]
+            for lead in leads:
+                rates = sequence[:, lead]
+                from_mmh, to_mmh = area_matching_map(rates, advected[lead], thresholds, wet_from)
+                if not from_mmh:
+                    continue
+                wet = rates >= wet_from  # NaN compares False: no data stays no data
+                mapped = np.clip(map_rates(np.where(wet, rates, 1.0), from_mmh, to_mmh), wet_from, MAX_RAIN_RATE_MMH)
+                np.copyto(rates, mapped, where=wet)
+
     def _move_towards_sprog(self, members: np.ndarray, past: np.ndarray, weights: Sequence[float],
                             first_step: int, keep_rates: bool = False) -> None:
         """Move (in place) each member's dBR by ``weights[lead]`` times S-PROG's dBR less the members' mean
@@ -394,11 +417,15 @@ class GANForecaster(Forecaster):
         return inputs, inputs["advected"][:, :, 0]
 
 
-class RecentSprog:
-    """pySTEPS' S-PROG of the last inputs a forecaster saw, run once for each: the members' move towards it in
-    ``predict``, the placement of their mean in ``finish`` and a fit's leads one by one all take the same
-    field. Keeps at most ``max_bytes`` of fields, the oldest dropped first; safe across threads (the
-    service's batches)."""
+class RecentFields:
+    """A baseline's forecast of the last inputs a forecaster saw, run once for each: the members' settings in
+    ``predict``, the mean's in ``finish`` and a fit's leads one by one all take the same field.
+    ``compute(frames, steps)`` gives it from the last ``n_frames`` (time, y, x) mm/h frames (None: all).
+    Keeps at most ``max_bytes`` of fields, the oldest dropped first; safe across threads (the service's
+    batches)."""
+
+    compute: Any = None
+    n_frames: int | None = None
 
     def __init__(self, max_bytes: int = 256 * 2**20) -> None:
         self.max_bytes = max_bytes
@@ -414,14 +441,14 @@ class RecentSprog:
         self.__init__(state["max_bytes"])  # type: ignore[misc]
 
     def field(self, past: np.ndarray, steps: int) -> np.ndarray:
-        """(steps, y, x) dBR, read-only, for (time, y, x) mm/h frames (:func:`_sprog_db`)."""
-        frames = np.ascontiguousarray(past[-cascade.N_INPUT_FRAMES:], dtype=np.float32)
+        """(steps, y, x), read-only, for (time, y, x) mm/h frames."""
+        frames = np.ascontiguousarray(past[-self.n_frames:] if self.n_frames else past, dtype=np.float32)
         key = (frames.shape, steps, hashlib.blake2b(frames.tobytes(), digest_size=16).digest())
         with self._lock:
             if key in self._fields:
                 self._fields.move_to_end(key)
                 return self._fields[key]
-        field = _sprog_db(frames, steps)
+        field = type(self).compute(frames, steps)
         field.flags.writeable = False
         with self._lock:
             self.runs += 1
@@ -438,6 +465,24 @@ def _sprog_db(past: np.ndarray, steps: int) -> np.ndarray:
     past_db, _ = cascade.to_db(frames)
     forecast_db = np.array(cascade.run_nowcast("sprog", past_db, cascade.motion(frames), steps), dtype=np.float64)
     return np.where(np.isfinite(frames[-1]), forecast_db, np.nan)
+
+
+def _extrapolated(past: np.ndarray, steps: int) -> np.ndarray:
+    """The extrapolation baseline of (time, y, x) mm/h frames: (steps, y, x) mm/h, NaN where it says nothing."""
+    return advect(past[-1], lucas_kanade(past, cascade.DB_THRESHOLD_MMH), steps)
+
+
+class RecentSprog(RecentFields):
+    """pySTEPS' S-PROG (:func:`_sprog_db`, dBR) of the last inputs, from their last 3 frames."""
+
+    compute = staticmethod(_sprog_db)
+    n_frames = cascade.N_INPUT_FRAMES
+
+
+class RecentExtrapolation(RecentFields):
+    """The extrapolation baseline (:func:`_extrapolated`, mm/h) of the last inputs, from all of them."""
+
+    compute = staticmethod(_extrapolated)
 
 
 def _reorder_rates(rates: np.ndarray, order_by: np.ndarray) -> None:
