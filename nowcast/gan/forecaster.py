@@ -308,12 +308,8 @@ class GANForecaster(Forecaster):
         """Map (in place) each wet member's rate at each lead from ``maps[lead]`` onto ``onto``
         (``ModelConfig.member_rate_map`` and ``member_rate_map_mmh``, or the mean's); ``members``: (batch,
         draws, steps, y, x)."""
-        wet_from = self.normalisation.threshold_mmh
         for lead, member_rates in enumerate(maps):
-            rates = members[:, :, lead]
-            wet = rates >= wet_from  # NaN compares False: no data stays no data
-            mapped = np.clip(map_rates(np.where(wet, rates, 1.0), member_rates, onto), wet_from, MAX_RAIN_RATE_MMH)
-            np.copyto(rates, mapped, where=wet)
+            _map_wet_rates(members[:, :, lead], member_rates, onto, self.normalisation.threshold_mmh)
 
     def _match_extrapolated_area(self, members: np.ndarray, past: np.ndarray, leads: Sequence[int],
                                  first_step: int) -> None:
@@ -326,11 +322,8 @@ class GANForecaster(Forecaster):
             for lead in leads:
                 rates = sequence[:, lead]
                 from_mmh, to_mmh = area_matching_map(rates, advected[lead], thresholds, wet_from)
-                if not from_mmh:
-                    continue
-                wet = rates >= wet_from  # NaN compares False: no data stays no data
-                mapped = np.clip(map_rates(np.where(wet, rates, 1.0), from_mmh, to_mmh), wet_from, MAX_RAIN_RATE_MMH)
-                np.copyto(rates, mapped, where=wet)
+                if from_mmh:
+                    _map_wet_rates(rates, from_mmh, to_mmh, wet_from)
 
     def _move_towards_sprog(self, members: np.ndarray, past: np.ndarray, weights: Sequence[float],
                             first_step: int, keep_rates: bool = False) -> None:
@@ -483,6 +476,14 @@ class RecentExtrapolation(RecentFields):
     """The extrapolation baseline (:func:`_extrapolated`, mm/h) of the last inputs, from all of them."""
 
     compute = staticmethod(_extrapolated)
+
+
+def _map_wet_rates(rates: np.ndarray, from_mmh: Sequence[float], to_mmh: Sequence[float], wet_from: float) -> None:
+    """Map (in place) the wet ``rates`` (from ``wet_from`` mm/h) from ``from_mmh`` onto ``to_mmh``
+    (:func:`nowcast.ensemble.map_rates`), kept wet and bounded; dry pixels and no data as they were."""
+    wet = rates >= wet_from  # NaN compares False: no data stays no data
+    mapped = np.clip(map_rates(np.where(wet, rates, 1.0), from_mmh, to_mmh), wet_from, MAX_RAIN_RATE_MMH)
+    np.copyto(rates, mapped, where=wet)
 
 
 def _reorder_rates(rates: np.ndarray, order_by: np.ndarray) -> None:
