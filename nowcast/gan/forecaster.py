@@ -30,11 +30,11 @@ from nowcast import config as config_io
 from nowcast.ensemble import area_matching_map, ensemble_mean, map_rates
 from nowcast.forecasters import cascade
 from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, PreparedForecast, Spacing
-from nowcast.forecasters.extrapolation import advect
+from nowcast.forecasters.extrapolation import Extrapolation
 from nowcast.gan.advection import conditioning_fields, pixel_grid
 from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
-from nowcast.motion import lucas_kanade, lucas_kanade_coarse
+from nowcast.motion import lucas_kanade_coarse
 from nowcast.products import MEAN_COORD, PLACEMENT_COORD, probability_matched_mean_of
 from nowcast.sequence import MAX_RAIN_RATE_MMH
 from nowcast.transforms import Normalisation
@@ -413,11 +413,10 @@ class GANForecaster(Forecaster):
 class RecentFields:
     """A baseline's forecast of the last inputs a forecaster saw, run once for each: the members' settings in
     ``predict``, the mean's in ``finish`` and a fit's leads one by one all take the same field.
-    ``compute(frames, steps)`` gives it from the last ``n_frames`` (time, y, x) mm/h frames (None: all).
+    A subclass's ``compute`` gives it from the last ``n_frames`` (time, y, x) mm/h frames (None: all).
     Keeps at most ``max_bytes`` of fields, the oldest dropped first; safe across threads (the service's
     batches)."""
 
-    compute: Any = None
     n_frames: int | None = None
 
     def __init__(self, max_bytes: int = 256 * 2**20) -> None:
@@ -441,7 +440,7 @@ class RecentFields:
             if key in self._fields:
                 self._fields.move_to_end(key)
                 return self._fields[key]
-        field = type(self).compute(frames, steps)
+        field = self.compute(frames, steps)
         field.flags.writeable = False
         with self._lock:
             self.runs += 1
@@ -449,6 +448,10 @@ class RecentFields:
             while sum(kept.nbytes for kept in self._fields.values()) > self.max_bytes and len(self._fields) > 1:
                 self._fields.popitem(last=False)
         return field
+
+    def compute(self, frames: np.ndarray, steps: int) -> np.ndarray:
+        """(steps, y, x) from (time, y, x) mm/h frames."""
+        raise NotImplementedError
 
 
 def _sprog_db(past: np.ndarray, steps: int) -> np.ndarray:
@@ -460,22 +463,21 @@ def _sprog_db(past: np.ndarray, steps: int) -> np.ndarray:
     return np.where(np.isfinite(frames[-1]), forecast_db, np.nan)
 
 
-def _extrapolated(past: np.ndarray, steps: int) -> np.ndarray:
-    """The extrapolation baseline of (time, y, x) mm/h frames: (steps, y, x) mm/h, NaN where it says nothing."""
-    return advect(past[-1], lucas_kanade(past, cascade.DB_THRESHOLD_MMH), steps)
-
-
 class RecentSprog(RecentFields):
     """pySTEPS' S-PROG (:func:`_sprog_db`, dBR) of the last inputs, from their last 3 frames."""
 
-    compute = staticmethod(_sprog_db)
     n_frames = cascade.N_INPUT_FRAMES
+
+    def compute(self, frames: np.ndarray, steps: int) -> np.ndarray:
+        return _sprog_db(frames, steps)
 
 
 class RecentExtrapolation(RecentFields):
-    """The extrapolation baseline (:func:`_extrapolated`, mm/h) of the last inputs, from all of them."""
+    """The extrapolation baseline (the ``extrapolation`` forecaster, mm/h; NaN where it says nothing) of the
+    last inputs, from all of them."""
 
-    compute = staticmethod(_extrapolated)
+    def compute(self, frames: np.ndarray, steps: int) -> np.ndarray:
+        return Extrapolation().predict(frames[None], steps)[0]
 
 
 def _map_wet_rates(rates: np.ndarray, from_mmh: Sequence[float], to_mmh: Sequence[float], wet_from: float) -> None:
