@@ -70,13 +70,14 @@ def map_rates(rates: np.ndarray, from_mmh: Sequence[float], to_mmh: Sequence[flo
 
 
 def area_matching_map(members: np.ndarray, reference: np.ndarray, thresholds_mmh: Sequence[float],
-                      wet_from_mmh: float) -> tuple[list[float], list[float]]:
+                      wet_from_mmh: float, ceiling: bool = False) -> tuple[list[float], list[float]]:
     """The rates a map (:func:`map_rates`) takes from and onto so that the pooled ``members`` (member, y, x)
     have the ``reference`` (y, x) field's area above each of the increasing ``thresholds_mmh``, over the
     pixels where the reference and every member have values; the identity from twice the highest
     threshold up. A threshold is left out where the reference has no rain above it or more than the
-    members' wet area (rates from ``wet_from_mmh``): a map keeps dry pixels dry. Empty lists where
-    every threshold is left out."""
+    members' wet area (rates from ``wet_from_mmh``): a map keeps dry pixels dry. With ``ceiling`` the
+    reference's areas are upper bounds: a threshold the members have no more area above is left out
+    too. Empty lists where every threshold is left out."""
     valid = np.isfinite(reference) & np.all(np.isfinite(members), axis=0)
     pooled = -np.sort(-members[:, valid].ravel())
     seen = reference[valid]
@@ -85,6 +86,8 @@ def area_matching_map(members: np.ndarray, reference: np.ndarray, thresholds_mmh
     for threshold in thresholds_mmh:
         k = round(np.count_nonzero(seen > threshold) / max(seen.size, 1) * pooled.size)
         if not 0 < k < pooled.size or pooled[k] < wet_from_mmh:
+            continue
+        if ceiling and np.count_nonzero(pooled > threshold) <= k:
             continue
         rate = float(np.sqrt(pooled[k - 1] * pooled[k]))  # between the k-th and the next: k above it
         if not from_mmh or rate > from_mmh[-1]:

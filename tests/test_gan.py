@@ -1697,6 +1697,42 @@ def test_members_take_the_extrapolated_area_above_the_member_area_rates(events):
     assert "the members' pooled area above 0.5/1 mm/h set to the extrapolated last frame's" in text
 
 
+def test_member_area_ceiling_only_takes_back_area_the_members_have_past_the_extrapolation(events):
+    """member_area_ceiling: a rate where the members have more area above it than the extrapolated last frame is
+    capped there; one where they have less is left as drawn (here 1 mm/h is past the extrapolation's area at every
+    unmatched lead and 0.5 mm/h short of it); a ceiling without rates is refused; the card says so."""
+    from nowcast.forecasters.extrapolation import Extrapolation
+    from nowcast.gan.export import _default_description
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    drawn = GANForecaster(Generator(dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0,
+                                                        member_matching="each", member_matching_minutes=5.0)),
+                          Normalisation(), device="cpu")
+    capped = drawn.with_member_settings(member_area_mmh=(0.5, 1.0), member_area_ceiling=True)
+    short_only = drawn.with_member_settings(member_area_mmh=(0.5,), member_area_ceiling=True)
+    past = events["syn0"].values[2:6].copy()[None]
+    past[0, -1, :5] = np.nan
+    base, out, unchanged = (f.predict(past, 4, members=4, seed=3)[0] for f in (drawn, capped, short_only))
+    advected = Extrapolation().predict(past, 4)[0]
+    np.testing.assert_array_equal(unchanged, base)
+    for lead in (1, 2, 3):
+        valid = np.isfinite(advected[lead]) & np.all(np.isfinite(out[:, lead]), axis=0)
+        drawn_rates, rates = base[:, lead][:, valid].ravel(), out[:, lead][:, valid].ravel()
+        seen = advected[lead][valid]
+        assert (drawn_rates > 1.0).mean() > (seen > 1.0).mean() + 2 / rates.size
+        assert abs((rates > 1.0).mean() - (seen > 1.0).mean()) <= 0.5 / rates.size  # capped
+        assert (drawn_rates > 0.5).mean() < (seen > 0.5).mean()
+        assert (rates > 0.5).mean() < (seen > 0.5).mean() - 2 / rates.size  # never raised to it
+        order = np.argsort(drawn_rates, kind="stable")
+        assert np.all(np.diff(rates[order]) >= 0)
+    with pytest.raises(ValueError, match="member_area_ceiling needs"):
+        dataclasses.replace(drawn.model_config, member_area_ceiling=True)
+    text = _default_description(dataclasses.replace(tiny_experiment(), model=capped.model_config))
+    assert "the members' pooled area above 0.5/1 mm/h capped at the extrapolated last frame's" in text
+
+
 def test_the_area_matching_map_leaves_out_what_a_map_of_wet_rates_cannot_reach():
     """area_matching_map: no point where the reference has no rain above a threshold or more wet area than the
     members (a map keeps dry pixels dry); pixels without a value anywhere are not counted; nothing to map: empty."""
@@ -1718,6 +1754,13 @@ def test_the_area_matching_map_leaves_out_what_a_map_of_wet_rates_cannot_reach()
     mapped = np.where(drawn > 0, map_rates(np.where(drawn > 0, drawn, 1.0), from_mmh, to_mmh), drawn)
     assert abs((mapped > 1.0).mean() - (reference[valid] > 1.0).mean()) <= 0.5 / mapped.size
     assert area_matching_map(members, np.zeros((20, 20), np.float32), (1.0,), 0.1) == ([], [])
+    # as a ceiling: 1 mm/h, where the members have more area than the reference, is mapped; 0.5 mm/h, less, is not
+    reference[:, 4:13], reference[:, 13:17], reference[:, 17:] = 0.0, 0.6, 3.0
+    assert (members[:, valid] > 0.5).mean() < (reference[valid] > 0.5).mean()
+    assert (members[:, valid] > 1.0).mean() > (reference[valid] > 1.0).mean()
+    assert area_matching_map(members, reference, (0.5, 1.0), 0.1, ceiling=True)[1] == [1.0, 2.0]
+    assert area_matching_map(members, reference, (0.5,), 0.1, ceiling=True) == ([], [])
+    assert area_matching_map(members, reference, (0.5,), 0.1)[1] == [0.5, 1.0]
 
 
 def test_sprog_runs_once_per_input_for_the_members_move_and_the_mean_placement(events):

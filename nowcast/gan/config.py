@@ -146,6 +146,11 @@ class ModelConfig:
     area off where this forecast's own advected rain is the better guess of it; heavier rain keeps the
     generator's growth and decay (run 53 in docs/gan-experiments.md). Wet members stay wet and dry
     ones dry, so the area cannot grow past the members' wet area. Empty: off.
+    ``member_area_ceiling``: ``member_area_mmh``'s areas are ceilings only: a rate where the members
+    have no more area above it than the extrapolation is left out of the map, so the step only takes
+    back light rain the generator grew past the advected rain's, never adds what it decayed (the
+    members' decay of rain is often right where the advected rain keeps it). False: the area is set
+    either way.
     ``probability_neighbourhood_km_per_minute``: the square neighbourhood, growing this many
     km per minute of lead, that the members' exceedance probabilities are processed with
     where a product request does not name one (:mod:`nowcast.products`); fitted on training
@@ -208,6 +213,7 @@ class ModelConfig:
     member_sprog_weight: tuple[float, ...] = ()
     member_sprog_keeps_rates: bool = False
     member_area_mmh: tuple[float, ...] = ()
+    member_area_ceiling: bool = False
     probability_neighbourhood_km_per_minute: float = 0.0
     mean_neighbourhood_km_per_minute: float = 0.0
     mean_sprog_weight_minutes: tuple[float, ...] = ()
@@ -280,6 +286,8 @@ class ModelConfig:
                                  "the rates that map onto the increasing thresholds")
         if self.member_area_mmh and not _increasing(self.member_area_mmh):
             raise ValueError("member_area_mmh must be positive, finite and increasing rates (mm/h)")
+        if self.member_area_ceiling and not self.member_area_mmh:
+            raise ValueError("member_area_ceiling needs the rates it caps the members' area above: member_area_mmh")
 
     def _check_sprog_weight(self) -> None:
         for name in ("member_sprog_weight", "mean_sprog_weight"):

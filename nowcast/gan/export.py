@@ -26,7 +26,8 @@ MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_i
                          "member_spread_gain_start", "member_spread_gain_end", "member_matching",
                          "member_matching_minutes", "member_rate_map_mmh", "member_rate_map_minutes",
                          "member_rate_map", "member_rate_map_last", "member_sprog_weight_minutes",
-                         "member_sprog_weight", "member_sprog_keeps_rates", "member_area_mmh")
+                         "member_sprog_weight", "member_sprog_keeps_rates", "member_area_mmh",
+                         "member_area_ceiling")
 #: settings of the products made from the members, which never change the members: a version that changes only
 #: these keeps its source's evaluation (``nowcast evaluate`` scores the members and their own probabilities)
 PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
@@ -240,8 +241,9 @@ def _default_description(cfg: Any) -> str:
             text += _rate_map_text(cfg.model) + " (after everything above)"
         if cfg.model.member_area_mmh:
             rates = "/".join(f"{t:g}" for t in cfg.model.member_area_mmh)
+            capped = " capped at" if cfg.model.member_area_ceiling else " set to"
             text += (f", and last, at the leads not matched to the last frame, the members' pooled area above "
-                     f"{rates} mm/h set to the extrapolated last frame's by one map of their rates")
+                     f"{rates} mm/h{capped} the extrapolated last frame's by one map of their rates")
         if cfg.model.probability_neighbourhood_km_per_minute:
             text += (f"; exceedance probabilities neighbourhood-processed in a square growing "
                      f"{cfg.model.probability_neighbourhood_km_per_minute:g} km per minute of lead")

@@ -314,14 +314,16 @@ class GANForecaster(Forecaster):
     def _match_extrapolated_area(self, members: np.ndarray, past: np.ndarray, leads: Sequence[int],
                                  first_step: int) -> None:
         """Map (in place) the wet rates of all members of a sequence at each of ``leads`` so that their pooled
-        area above each ``ModelConfig.member_area_mmh`` rate is the extrapolation baseline's there.
+        area above each ``ModelConfig.member_area_mmh`` rate is the extrapolation baseline's there (at most that,
+        under ``member_area_ceiling``).
         ``members``: (batch, draws, steps, y, x), their first step ``first_step`` steps into the forecast."""
-        wet_from, thresholds = self.normalisation.threshold_mmh, self.model_config.member_area_mmh
+        cfg, wet_from = self.model_config, self.normalisation.threshold_mmh
         for sequence, frames in zip(members, past, strict=True):
             advected = self._extrapolated.field(frames, first_step + sequence.shape[1])[first_step:]
             for lead in leads:
                 rates = sequence[:, lead]
-                from_mmh, to_mmh = area_matching_map(rates, advected[lead], thresholds, wet_from)
+                from_mmh, to_mmh = area_matching_map(rates, advected[lead], cfg.member_area_mmh, wet_from,
+                                                     ceiling=cfg.member_area_ceiling)
                 if from_mmh:
                     _map_wet_rates(rates, from_mmh, to_mmh, wet_from)
 
