@@ -155,6 +155,7 @@ def _score_start(forecaster: Any, drawn: np.ndarray, prepared: Any, observed: np
     Each lead is adjusted once per distinct gain: candidates that share it there share its score.
     """
     past = prepared.past[None]
+    forecaster.run_baselines(past, drawn.shape[2])
     for lead in range(drawn.shape[2]):
         observed_lead = observed[lead]
         scored: dict[float, tuple[float, int, SpreadSkillSums]] = {}

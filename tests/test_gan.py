@@ -1659,7 +1659,7 @@ def test_members_take_the_extrapolated_area_above_the_member_area_rates(events):
     the extrapolation runs once per input; bad rates are refused by name; the card says so."""
     from nowcast.forecasters.extrapolation import Extrapolation
     from nowcast.gan.export import _default_description
-    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.gan.forecaster import GANForecaster, RecentExtrapolation
     from nowcast.transforms import Normalisation
 
     torch.manual_seed(0)
@@ -1690,6 +1690,8 @@ def test_members_take_the_extrapolated_area_above_the_member_area_rates(events):
         np.testing.assert_allclose(rates[heavy], drawn_rates[heavy], rtol=1e-5)
     np.testing.assert_array_equal(np.isnan(out), np.isnan(base))
     assert area._extrapolated is drawn._extrapolated and area._extrapolated.runs == 1  # shared; drawn ran none
+    fewer = RecentExtrapolation().field(past[0], 2)  # a baseline's first leads whatever the lead count
+    np.testing.assert_array_equal(fewer, advected[:2])
     for bad in ((1.0, 0.5), (0.0, 1.0), (float("nan"),)):
         with pytest.raises(ValueError, match="member_area_mmh"):
             dataclasses.replace(area.model_config, member_area_mmh=bad)
@@ -1765,7 +1767,8 @@ def test_the_area_matching_map_leaves_out_what_a_map_of_wet_rates_cannot_reach()
 
 def test_sprog_runs_once_per_input_for_the_members_move_and_the_mean_placement(events):
     """The members' move towards S-PROG (predict) and the placement of their mean (finish) take one S-PROG run per
-    input and lead count, shared by the forecaster's other member settings; other inputs or leads run their own;
+    input, shared by the forecaster's other member settings and by fewer leads of it (the same forecast as their
+    own run, and a fit's leads one at a time after ``run_baselines``); other inputs or more leads run their own;
     the kept fields are read-only and bounded, the oldest dropped first; the forecast is the same either way."""
     from nowcast.gan.forecaster import GANForecaster, RecentSprog
     from nowcast.transforms import Normalisation
@@ -1786,15 +1789,27 @@ def test_sprog_runs_once_per_input_for_the_members_move_and_the_mean_placement(e
     np.testing.assert_array_equal(first.values, fresh.values)
     np.testing.assert_array_equal(first.mean_placement.values, fresh.mean_placement.values)
     np.testing.assert_array_equal(first.values, again.values)
-    forecaster.forecast(past, 3, members=3, seed=1)
+    shorter = forecaster.forecast(past, 3, members=3, seed=1)  # the first leads of the field kept
+    assert forecaster._sprog.runs == 1
+    forecaster.forecast(past, 5, members=3, seed=1)
     forecaster.forecast(events["syn0"].isel(time=slice(3, 7)), 4, members=3, seed=1)
     assert forecaster._sprog.runs == 3
+    forecaster._sprog = RecentSprog()
+    np.testing.assert_array_equal(forecaster.forecast(past, 3, members=3, seed=1).values, shorter.values)
     kept = RecentSprog(max_bytes=1)
     frames = past.values
     field = kept.field(frames, 2)
-    assert not field.flags.writeable and kept.field(frames, 2) is field and kept.runs == 1
+    assert not field.flags.writeable and np.shares_memory(kept.field(frames, 2), field) and kept.runs == 1
     kept.field(frames[:3], 2)  # S-PROG takes the last 3 frames: these are other ones
-    assert kept.field(frames, 2) is not field and kept.runs == 3
+    assert not np.shares_memory(kept.field(frames, 2), field) and kept.runs == 3
+    from nowcast.forecasters.base import DEFAULT_SPACING
+
+    fitting = forecaster._sprog = RecentSprog()  # a fit adjusts one lead at a time, on one run of the baselines
+    inputs = past.values[None]
+    forecaster.run_baselines(inputs, 5)
+    for lead in range(5):
+        forecaster.adjust_members(np.ones((1, 3, 1, 64, 64), np.float32), inputs, DEFAULT_SPACING, first_step=lead)
+    assert fitting.runs == 1
     travelled = pickle.loads(pickle.dumps(forecaster))  # as to a Dask worker: the same forecasts, none kept
     assert travelled._sprog.runs == 0
     np.testing.assert_array_equal(travelled.forecast(past, 4, members=3, seed=1).values, first.values)

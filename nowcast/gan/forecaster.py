@@ -139,6 +139,17 @@ class GANForecaster(Forecaster):
         other.model_config = dataclasses.replace(self.model_config, **settings)
         return other
 
+    def run_baselines(self, past: np.ndarray, steps: int) -> None:
+        """Run the baselines that the member settings take (S-PROG, the extrapolation) for ``steps`` leads of each
+        (batch, time, y, x) mm/h input, once: a caller that then adjusts members a lead at a time (a fit) takes
+        each lead from these runs instead of a run per lead."""
+        cfg = self.model_config
+        for frames in past:
+            if cfg.member_sprog_weight:
+                self._sprog.field(frames, steps)
+            if cfg.member_area_mmh:
+                self._extrapolated.field(frames, steps)
+
     def adjust_members(self, members: np.ndarray, past: np.ndarray, spacing: Spacing,
                        gains: Sequence[float] | None = None, first_step: int = 0) -> None:
         """What follows the draw, in place: the spread gain at each lead (``gains``, default the model's
@@ -435,18 +446,20 @@ class RecentFields:
         self.__init__(state["max_bytes"])  # type: ignore[misc]
 
     def field(self, past: np.ndarray, steps: int) -> np.ndarray:
-        """(steps, y, x), read-only, for (time, y, x) mm/h frames."""
+        """(steps, y, x), read-only, for (time, y, x) mm/h frames. A baseline steps forward one lead at a time,
+        so fewer steps of the same frames are the first leads of a longer field already kept."""
         frames = np.ascontiguousarray(past[-self.n_frames:] if self.n_frames else past, dtype=np.float32)
-        key = (frames.shape, steps, hashlib.blake2b(frames.tobytes(), digest_size=16).digest())
+        key = (frames.shape, hashlib.blake2b(frames.tobytes(), digest_size=16).digest())
         with self._lock:
-            if key in self._fields:
+            if key in self._fields and len(self._fields[key]) >= steps:
                 self._fields.move_to_end(key)
-                return self._fields[key]
+                return self._fields[key][:steps]
         field = self.compute(frames, steps)
         field.flags.writeable = False
         with self._lock:
             self.runs += 1
             self._fields[key] = field
+            self._fields.move_to_end(key)
             while sum(kept.nbytes for kept in self._fields.values()) > self.max_bytes and len(self._fields) > 1:
                 self._fields.popitem(last=False)
         return field
