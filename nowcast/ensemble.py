@@ -79,17 +79,20 @@ def area_matching_map(members: np.ndarray, reference: np.ndarray, thresholds_mmh
     reference's areas are upper bounds: a threshold the members have no more area above is left out
     too. Empty lists where every threshold is left out."""
     valid = np.isfinite(reference) & np.all(np.isfinite(members), axis=0)
-    pooled = -np.sort(-members[:, valid].ravel())
+    pooled = members[:, valid].ravel()
     seen = reference[valid]
+    n = pooled.size
+    ks = [round(np.count_nonzero(seen > threshold) / max(seen.size, 1) * n) for threshold in thresholds_mmh]
+    # the k-th and (k+1)-th highest pooled rates only: a partition, not a sort of every member's pixels
+    ascending = np.partition(pooled, sorted({i for k in ks if 0 < k < n for i in (n - k, n - 1 - k)}) or [0])
     from_mmh: list[float] = []
     to_mmh: list[float] = []
-    for threshold in thresholds_mmh:
-        k = round(np.count_nonzero(seen > threshold) / max(seen.size, 1) * pooled.size)
-        if not 0 < k < pooled.size or pooled[k] < wet_from_mmh:
+    for threshold, k in zip(thresholds_mmh, ks, strict=True):
+        if not 0 < k < n or ascending[n - 1 - k] < wet_from_mmh:
             continue
         if ceiling and np.count_nonzero(pooled > threshold) <= k:
             continue
-        rate = float(np.sqrt(pooled[k - 1] * pooled[k]))  # between the k-th and the next: k above it
+        rate = float(np.sqrt(ascending[n - k] * ascending[n - 1 - k]))  # between the k-th highest and the next
         if not from_mmh or rate > from_mmh[-1]:
             from_mmh.append(rate)
             to_mmh.append(float(threshold))

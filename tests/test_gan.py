@@ -1652,6 +1652,31 @@ def test_members_moved_towards_sprog_can_keep_their_own_rates(events):
     np.testing.assert_array_equal(np.isnan(out_kept), np.isnan(base))
 
 
+def test_members_are_the_same_on_one_thread_or_several(events):
+    """The per-member steps that run on torch's threads (each member matched to the last frame, each keeping its
+    rates through the move towards S-PROG) give the same members on one thread as on several."""
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    forecaster = GANForecaster(Generator(dataclasses.replace(
+        TINY_MODEL, noise_channels=2, member_intensity_db=3.0, member_matching="each", member_matching_minutes=5.0,
+        member_sprog_weight_minutes=(5.0, 15.0), member_sprog_weight=(0.5, 0.1), member_sprog_keeps_rates=True)),
+        Normalisation(), device="cpu")
+    past = events["syn0"].values[2:6].copy()[None]
+    past[0, -1, :5] = np.nan
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = forecaster.predict(past, 4, members=6, seed=3)
+        torch.set_num_threads(3)
+        shared = forecaster.predict(past, 4, members=6, seed=3)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(alone, shared)
+    assert np.isfinite(alone).any() and not np.array_equal(alone[0, 0], alone[0, 1], equal_nan=True)
+
+
 def test_members_take_the_extrapolated_area_above_the_member_area_rates(events):
     """member_area_mmh: at the leads not matched to the last frame the members' pooled area above each rate is the
     extrapolation baseline's (to half a pixel of the pooled members), from one map of all members' rates: their

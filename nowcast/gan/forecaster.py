@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -353,8 +355,7 @@ class GANForecaster(Forecaster):
                 members_db, metadata = cascade.to_db(rates)
                 shift = np.where(np.isfinite(sprog_db[lead]), sprog_db[lead] - members_db.mean(axis=0), 0.0)
                 if keep_rates:
-                    for member, member_db in zip(rates, members_db + weight * shift, strict=True):
-                        _reorder_rates(member, member_db)
+                    _each_member(_reorder_rates, rates, members_db + weight * shift)
                     continue
                 moved = cascade.to_rate(members_db + weight * shift, metadata, rates[0])
                 np.copyto(rates, np.minimum(moved, MAX_RAIN_RATE_MMH), where=np.isfinite(rates))
@@ -371,9 +372,11 @@ class GANForecaster(Forecaster):
                 continue
             descending = -np.sort(-seen)
             for lead in leads:
-                groups = [sequence[:, lead]] if pooled else [sequence[m:m + 1, lead] for m in range(len(sequence))]
-                for fields in groups:
-                    _match_exceedance(fields, descending, wet_from)
+                if pooled:
+                    _match_exceedance(sequence[:, lead], descending, wet_from)
+                else:
+                    match = functools.partial(_match_exceedance, descending=descending, wet_from=wet_from)
+                    _each_member(match, sequence[:, lead:lead + 1])  # each member (1, y, x) on its own
 
     def _drift(self, offsets: torch.Tensor | None, step_minutes: float, first_step: int) -> torch.Tensor | None:
         """(rows, trajectory steps, 2): each draw's motion shift in each step of a pass that starts
@@ -501,6 +504,18 @@ def _map_wet_rates(rates: np.ndarray, from_mmh: Sequence[float], to_mmh: Sequenc
     wet = rates >= wet_from  # NaN compares False: no data stays no data
     mapped = np.clip(map_rates(np.where(wet, rates, 1.0), from_mmh, to_mmh), wet_from, MAX_RAIN_RATE_MMH)
     np.copyto(rates, mapped, where=wet)
+
+
+def _each_member(work: Callable[..., None], *arrays: np.ndarray) -> None:
+    """``work`` on each member's slices of ``arrays`` (their first axis), on as many threads as torch computes
+    with: the members are independent, and numpy's sorts let go of the GIL while they run."""
+    workers = min(torch.get_num_threads(), len(arrays[0]))
+    if workers <= 1:
+        for slices in zip(*arrays, strict=True):
+            work(*slices)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(work, *arrays))  # list(): a worker's exception is raised here
 
 
 def _reorder_rates(rates: np.ndarray, order_by: np.ndarray) -> None:
