@@ -1654,14 +1654,16 @@ def test_members_moved_towards_sprog_can_keep_their_own_rates(events):
 
 def test_members_are_the_same_on_one_thread_or_several(events):
     """The per-member steps that run on torch's threads (each member matched to the last frame, each keeping its
-    rates through the move towards S-PROG) give the same members on one thread as on several."""
+    rates through the move towards S-PROG, the map that sets their area) give the same members on one thread as on
+    several."""
     from nowcast.gan.forecaster import GANForecaster
     from nowcast.transforms import Normalisation
 
     torch.manual_seed(0)
     forecaster = GANForecaster(Generator(dataclasses.replace(
         TINY_MODEL, noise_channels=2, member_intensity_db=3.0, member_matching="each", member_matching_minutes=5.0,
-        member_sprog_weight_minutes=(5.0, 15.0), member_sprog_weight=(0.5, 0.1), member_sprog_keeps_rates=True)),
+        member_sprog_weight_minutes=(5.0, 15.0), member_sprog_weight=(0.5, 0.1), member_sprog_keeps_rates=True,
+        member_area_mmh=(0.5, 1.0))),
         Normalisation(), device="cpu")
     past = events["syn0"].values[2:6].copy()[None]
     past[0, -1, :5] = np.nan

@@ -322,7 +322,10 @@ class GANForecaster(Forecaster):
         (``ModelConfig.member_rate_map`` and ``member_rate_map_mmh``, or the mean's); ``members``: (batch,
         draws, steps, y, x)."""
         for lead, member_rates in enumerate(maps):
-            _map_wet_rates(members[:, :, lead], member_rates, onto, self.normalisation.threshold_mmh)
+            mapping = functools.partial(_map_wet_rates, from_mmh=member_rates, to_mmh=onto,
+                                        wet_from=self.normalisation.threshold_mmh)
+            for sequence in members:
+                _each_member(mapping, sequence[:, lead])
 
     def _match_extrapolated_area(self, members: np.ndarray, past: np.ndarray, leads: Sequence[int],
                                  first_step: int) -> None:
@@ -338,7 +341,8 @@ class GANForecaster(Forecaster):
                 from_mmh, to_mmh = area_matching_map(rates, advected[lead], cfg.member_area_mmh, wet_from,
                                                      ceiling=cfg.member_area_ceiling)
                 if from_mmh:
-                    _map_wet_rates(rates, from_mmh, to_mmh, wet_from)
+                    _each_member(functools.partial(_map_wet_rates, from_mmh=from_mmh, to_mmh=to_mmh, wet_from=wet_from),
+                                 rates)
 
     def _move_towards_sprog(self, members: np.ndarray, past: np.ndarray, weights: Sequence[float],
                             first_step: int, keep_rates: bool = False) -> None:
