@@ -84,7 +84,8 @@ def area_matching_map(members: np.ndarray, reference: np.ndarray, thresholds_mmh
     n = pooled.size
     ks = [round(np.count_nonzero(seen > threshold) / max(seen.size, 1) * n) for threshold in thresholds_mmh]
     # the k-th and (k+1)-th highest pooled rates only: a partition, not a sort of every member's pixels
-    ascending = np.partition(pooled, sorted({i for k in ks if 0 < k < n for i in (n - k, n - 1 - k)}) or [0])
+    needed = sorted({i for k in ks if 0 < k < n for i in (n - k, n - 1 - k)})
+    ascending = np.partition(pooled, needed) if needed else pooled
     from_mmh: list[float] = []
     to_mmh: list[float] = []
     for threshold, k in zip(thresholds_mmh, ks, strict=True):

@@ -1783,6 +1783,7 @@ def test_the_area_matching_map_leaves_out_what_a_map_of_wet_rates_cannot_reach()
     mapped = np.where(drawn > 0, map_rates(np.where(drawn > 0, drawn, 1.0), from_mmh, to_mmh), drawn)
     assert abs((mapped > 1.0).mean() - (reference[valid] > 1.0).mean()) <= 0.5 / mapped.size
     assert area_matching_map(members, np.zeros((20, 20), np.float32), (1.0,), 0.1) == ([], [])
+    assert area_matching_map(members, np.full((20, 20), np.nan, np.float32), (1.0,), 0.1) == ([], [])  # no pixel
     # as a ceiling: 1 mm/h, where the members have more area than the reference, is mapped; 0.5 mm/h, less, is not
     reference[:, 4:13], reference[:, 13:17], reference[:, 17:] = 0.0, 0.6, 3.0
     assert (members[:, valid] > 0.5).mean() < (reference[valid] > 0.5).mean()
