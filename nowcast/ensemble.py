@@ -61,6 +61,32 @@ def probability_matched_mean(members: np.ndarray, window_pixels: int = 1,
     return out
 
 
+def core_and_outline(core: np.ndarray, outline: np.ndarray, core_mmh: float) -> np.ndarray:
+    """One field with ``core``'s values: its pixels above ``core_mmh`` as they are, its other values placed in
+    ``outline``'s order (the highest where ``outline`` is highest, ties in ``core``'s order), frame by frame
+    (each ``(y, x)`` field of the axes before the last two). Two probability-matched means of the same members
+    share their values, so this is the one whose heavy rain lies where ``core`` puts it and whose light rain
+    around it lies where ``outline`` puts it. No data: where ``core`` has none; ``outline``'s no data ranks
+    last."""
+    core = np.asarray(core, dtype=np.float32)
+    outline = np.asarray(outline, dtype=np.float32)
+    if core.shape != outline.shape:
+        raise ValueError(f"a core of shape {core.shape} and an outline of shape {outline.shape}")
+    out = np.full_like(core, np.nan)
+    for index in np.ndindex(core.shape[:-2]):
+        values, order_by = core[index], outline[index]
+        valid = np.isfinite(values)
+        kept = valid & (values > core_mmh)
+        rest = valid & ~kept
+        frame = out[index]
+        frame[kept] = values[kept]
+        ranks = np.where(np.isfinite(order_by[rest]), order_by[rest], -np.inf)
+        placed = np.empty(int(rest.sum()), dtype=np.float32)
+        placed[np.lexsort((values[rest], ranks))] = np.sort(values[rest])
+        frame[rest] = placed
+    return out
+
+
 def map_rates(rates: np.ndarray, from_mmh: Sequence[float], to_mmh: Sequence[float]) -> np.ndarray:
     """``rates`` (mm/h, > 0) mapped piecewise linearly in log rate from the increasing ``from_mmh`` onto
     the increasing ``to_mmh``; below the first pair and above the last, times that pair's ratio."""

@@ -1577,6 +1577,48 @@ def test_a_models_mean_sprog_weight_places_the_probability_matched_mean_by_membe
             dataclasses.replace(placed.model_config, **bad)
 
 
+def test_a_models_mean_outline_places_the_probability_matched_means_light_rain_and_no_member(events):
+    """mean_outline_sprog_weight / mean_core_mmh: an ensemble forecast carries, as its probability_matched_mean
+    coordinate, the mean placed as before above the core rate and, below it, by the members moved towards S-PROG
+    by the outline's weights; products take it; the members are the same; one forecast carries none; the two
+    settings are refused one without the other; the card says so."""
+    from nowcast.ensemble import core_and_outline, ensemble_mean, probability_matched_mean
+    from nowcast.gan.export import _default_description
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.products import MEAN_COORD, ProductRequest, ensemble_products, probability_matched_mean_of
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    placed = GANForecaster(Generator(dataclasses.replace(TINY_MODEL, noise_channels=2, member_intensity_db=3.0,
+                                                         mean_sprog_weight_minutes=(10.0,), mean_sprog_weight=(0.5,))),
+                           Normalisation(), device="cpu")
+    outlined = placed.with_member_settings(mean_outline_sprog_weight_minutes=(5.0,), mean_outline_sprog_weight=(1.0,),
+                                           mean_core_mmh=2.0)
+    moved = placed.with_member_settings(member_sprog_weight_minutes=(5.0,), member_sprog_weight=(1.0,),
+                                        mean_sprog_weight_minutes=(), mean_sprog_weight=())
+    past = events["syn0"].isel(time=slice(2, 6))
+    before, after, moved_members = (f.forecast(past, 4, members=4, seed=3) for f in (placed, outlined, moved))
+    np.testing.assert_array_equal(before.values, after.values)
+    assert MEAN_COORD not in before.coords and MEAN_COORD not in outlined.forecast(past, 4).coords
+    core = probability_matched_mean_of(before)
+    outline = probability_matched_mean(before.values, placement=ensemble_mean(moved_members.values))
+    mean = probability_matched_mean_of(after)
+    np.testing.assert_array_equal(mean, core_and_outline(core, outline, 2.0))
+    heavy = core > 2.0
+    assert heavy.any() and not np.array_equal(mean[~heavy], core[~heavy], equal_nan=True)
+    np.testing.assert_array_equal(mean[heavy], core[heavy])
+    products = ensemble_products(after, ProductRequest(products=("pm_mean",)))
+    np.testing.assert_array_equal(products["pm_mean"].values, mean)
+    for bad in ({"mean_core_mmh": 0.0}, {"mean_outline_sprog_weight_minutes": (), "mean_outline_sprog_weight": ()},
+                {"mean_core_mmh": float("nan")}):
+        with pytest.raises(ValueError, match="mean_core_mmh"):
+            dataclasses.replace(outlined.model_config, **bad)
+    with pytest.raises(ValueError, match="mean_outline_sprog_weight"):
+        dataclasses.replace(outlined.model_config, mean_outline_sprog_weight=(1.5,))
+    assert ("above 2 mm/h, and its lighter rain by the members' mean moved towards S-PROG (1 at 5 min)"
+            in _default_description(dataclasses.replace(tiny_experiment(), model=outlined.model_config)))
+
+
 def test_a_models_mean_rate_map_maps_the_probability_matched_mean_and_no_member(events):
     """mean_rate_map: an ensemble forecast carries, as its probability_matched_mean coordinate, its members'
     probability-matched mean with its wet rates mapped per lead (dry and no-data pixels as they were); products and

@@ -8,6 +8,7 @@ import pytest
 import xarray as xr
 
 from nowcast.ensemble import (
+    core_and_outline,
     ensemble_mean,
     ensemble_quantiles,
     exceedance_probability,
@@ -183,6 +184,34 @@ def test_the_probability_matched_mean_takes_its_ranks_from_the_placement_its_for
         assert np.all(np.diff(matched[lead][valid][order]) >= 0)
     with pytest.raises(ValueError, match="placement of shape"):
         probability_matched_mean(members, placement=placement[0])
+
+
+def test_a_core_keeps_its_heavy_rain_and_an_outline_orders_the_rest() -> None:
+    """core_and_outline: the pixels of the core above the core rate are as they were; the others take the
+    core's remaining values in the outline's order (so the area above every rate is the core's); no data
+    where the core has none, the outline's no data ranked last; fields of other shapes refused."""
+    members = ensemble(members=6, steps=2, ny=12, nx=13).values
+    core = probability_matched_mean(members)
+    outline = probability_matched_mean(members, placement=-ensemble_mean(members))  # the opposite order
+    outline[1, 4, :] = np.nan
+    joined = core_and_outline(core, outline, core_mmh=3.0)
+    for lead in range(2):
+        valid = np.isfinite(core[lead])
+        np.testing.assert_array_equal(np.isfinite(joined[lead]), valid)
+        np.testing.assert_array_equal(np.sort(joined[lead][valid]), np.sort(core[lead][valid]))
+        heavy = valid & (core[lead] > 3.0)
+        assert heavy.any() and (valid & ~heavy).any()
+        np.testing.assert_array_equal(joined[lead][heavy], core[lead][heavy])
+        rest = valid & ~heavy
+        ranking = np.where(np.isfinite(outline[lead]), outline[lead], -np.inf)[rest]
+        assert np.all(np.diff(joined[lead][rest][np.lexsort((joined[lead][rest], ranking))]) >= 0)
+        assert not np.array_equal(joined[lead][rest], core[lead][rest])
+    assert np.all(joined[1, 4][np.isfinite(joined[1, 4]) & ~(core[1, 4] > 3.0)] <= np.nanmin(
+        joined[1][np.isfinite(outline[1]) & ~(core[1] > 3.0)]))
+    np.testing.assert_array_equal(core_and_outline(core, outline, core_mmh=1e9)[0][np.isfinite(core[0])],
+                                  np.where(np.isfinite(outline[0]), outline[0], np.nan)[np.isfinite(core[0])])
+    with pytest.raises(ValueError, match="core of shape"):
+        core_and_outline(core, outline[0], core_mmh=3.0)
 
 
 def test_only_the_products_asked_are_made() -> None:

@@ -164,6 +164,13 @@ class ModelConfig:
     is, on top of any move of the members themselves): their mean places it, the members' values
     fill it. No member changes; the forecast carries the placement (:mod:`nowcast.products`).
     Empty: the ensemble mean places it.
+    ``mean_outline_sprog_weight_minutes`` / ``mean_outline_sprog_weight`` / ``mean_core_mmh``: the
+    probability-matched mean keeps the placement above ``mean_core_mmh`` (its core), and its lighter
+    rain around it takes its ranks from the members moved towards S-PROG by these weights instead
+    (:func:`nowcast.ensemble.core_and_outline`): S-PROG's smooth field places the edge of a wide rain
+    area better than the members do, while the members place heavy rain better than it (run 55 in
+    docs/gan-experiments.md). The same values, so the same area above every threshold. No member
+    changes. Empty: one placement for all rates.
     ``mean_rate_map_mmh`` / ``mean_rate_map_minutes`` / ``mean_rate_map``: the probability-matched
     mean's rates mapped per lead as ``member_rate_map`` maps the members' (rows of the members'
     final rates that map onto ``mean_rate_map_mmh``), so that its area above each threshold is the
@@ -218,6 +225,9 @@ class ModelConfig:
     mean_neighbourhood_km_per_minute: float = 0.0
     mean_sprog_weight_minutes: tuple[float, ...] = ()
     mean_sprog_weight: tuple[float, ...] = ()
+    mean_outline_sprog_weight_minutes: tuple[float, ...] = ()
+    mean_outline_sprog_weight: tuple[float, ...] = ()
+    mean_core_mmh: float = 0.0
     mean_rate_map_mmh: tuple[float, ...] = ()
     mean_rate_map_minutes: tuple[float, ...] = ()
     mean_rate_map: tuple[tuple[float, ...], ...] = ()
@@ -290,7 +300,7 @@ class ModelConfig:
             raise ValueError("member_area_ceiling needs the rates it caps the members' area above: member_area_mmh")
 
     def _check_sprog_weight(self) -> None:
-        for name in ("member_sprog_weight", "mean_sprog_weight"):
+        for name in ("member_sprog_weight", "mean_sprog_weight", "mean_outline_sprog_weight"):
             minutes, weights = getattr(self, f"{name}_minutes"), getattr(self, name)
             if not (minutes or weights):
                 continue
@@ -301,6 +311,11 @@ class ModelConfig:
                 raise ValueError(f"{name} needs n_input >= 3: S-PROG's AR(2) model is fitted on the last 3 frames")
             if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights):
                 raise ValueError(f"{name}: each weight must be in [0, 1] (1: the members' mean dBR is S-PROG's)")
+        if not (math.isfinite(self.mean_core_mmh) and self.mean_core_mmh >= 0):
+            raise ValueError("mean_core_mmh must be a non-negative rain rate (mm/h)")
+        if bool(self.mean_outline_sprog_weight) != (self.mean_core_mmh > 0):
+            raise ValueError("mean_outline_sprog_weight and mean_core_mmh go together: the outline's placement is "
+                             "for the probability-matched mean's rain up to the core's rate")
 
     def member_sprog_weights(self, step_minutes: float, steps: int) -> list[float] | None:
         """The weight towards S-PROG at each of ``steps`` leads; None where no lead has one."""
@@ -310,6 +325,14 @@ class ModelConfig:
         """The weight towards S-PROG of the probability-matched mean's placement at each of ``steps`` leads;
         None where no lead has one."""
         return _lead_weights(self.mean_sprog_weight_minutes, self.mean_sprog_weight, step_minutes, steps)
+
+    def mean_outline_sprog_weights(self, step_minutes: float, steps: int) -> list[float] | None:
+        """The weight towards S-PROG of the placement of the probability-matched mean's rain up to
+        ``mean_core_mmh`` at each of ``steps`` leads (0: the ensemble mean places it); None without a table."""
+        if not self.mean_outline_sprog_weight:
+            return None
+        return _read_weights(self.mean_outline_sprog_weight_minutes, self.mean_outline_sprog_weight, step_minutes,
+                             steps)
 
     def member_rate_maps(self, step_minutes: float, steps: int, first_step: int = 0) -> list[np.ndarray] | None:
         """Per lead of ``steps`` (the first ``first_step`` steps into the forecast), the members' rates
@@ -395,8 +418,13 @@ def _lead_weights(minutes: Sequence[float], weights: Sequence[float], step_minut
     None where it is empty or 0 at every lead."""
     if not weights:
         return None
-    read = np.interp(np.arange(1, steps + 1) * step_minutes, minutes, weights)
-    return [float(w) for w in read] if np.any(read > 0) else None
+    read = _read_weights(minutes, weights, step_minutes, steps)
+    return read if any(w > 0 for w in read) else None
+
+
+def _read_weights(minutes: Sequence[float], weights: Sequence[float], step_minutes: float, steps: int) -> list[float]:
+    """A table of weights read at each of ``steps`` leads: linear between its leads, held beyond them."""
+    return [float(w) for w in np.interp(np.arange(1, steps + 1) * step_minutes, minutes, weights)]
 
 
 def _increasing(values: tuple[float, ...]) -> bool:

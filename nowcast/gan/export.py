@@ -34,6 +34,7 @@ PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
 #: settings that place the members' probability-matched mean or map its rates: no member changes, but the mean's
 #: scores do
 MEAN_SETTINGS = ("mean_neighbourhood_km_per_minute", "mean_sprog_weight_minutes", "mean_sprog_weight",
+                 "mean_outline_sprog_weight_minutes", "mean_outline_sprog_weight", "mean_core_mmh",
                  "mean_rate_map_mmh", "mean_rate_map_minutes", "mean_rate_map")
 #: model settings that act only where members are drawn: a new version may change them on the same weights
 MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING,
@@ -273,7 +274,7 @@ def _mean_placement_text(model: ModelConfig) -> str:
         thresholds = "/".join(f"{t:g}" for t in model.mean_rate_map_mmh)
         mapped = (f"; the probability-matched mean's rates mapped per lead so that its area above {thresholds} "
                   "mm/h is the observed one on the fitting events")
-    if not (model.mean_sprog_weight or model.mean_neighbourhood_km_per_minute):
+    if not (model.mean_sprog_weight or model.mean_neighbourhood_km_per_minute or model.mean_outline_sprog_weight):
         return mapped
     placed_by = "the ensemble mean"
     if model.mean_sprog_weight:
@@ -282,6 +283,10 @@ def _mean_placement_text(model: ModelConfig) -> str:
     if model.mean_neighbourhood_km_per_minute:
         placed_by += (f", averaged over a square growing {model.mean_neighbourhood_km_per_minute:g} km per "
                       "minute of lead")
+    if model.mean_outline_sprog_weight:
+        table = _weight_table(model.mean_outline_sprog_weight_minutes, model.mean_outline_sprog_weight)
+        placed_by += (f" above {model.mean_core_mmh:g} mm/h, and its lighter rain by the members' mean moved towards "
+                      f"S-PROG ({table})")
     return f"; the probability-matched mean placed by {placed_by}" + mapped
 
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import xarray as xr
 
 from nowcast import config as config_io
-from nowcast.ensemble import area_matching_map, ensemble_mean, map_rates
+from nowcast.ensemble import area_matching_map, core_and_outline, ensemble_mean, map_rates
 from nowcast.forecasters import cascade
 from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, PreparedForecast, Spacing
 from nowcast.forecasters.extrapolation import Extrapolation
@@ -109,23 +109,41 @@ class GANForecaster(Forecaster):
 
     def finish(self, prepared: PreparedForecast, frames: np.ndarray) -> xr.DataArray:
         """The base form, and for members under ``ModelConfig.mean_sprog_weight`` the placement of their
-        probability-matched mean as the ``mean_placement`` coordinate, under ``ModelConfig.mean_rate_map`` the
-        mapped mean itself as the ``probability_matched_mean`` coordinate (:mod:`nowcast.products`)."""
+        probability-matched mean as the ``mean_placement`` coordinate; under ``ModelConfig.mean_outline_sprog_weight``
+        or ``ModelConfig.mean_rate_map`` the mean itself (its light rain placed by the outline, its rates mapped) as
+        the ``probability_matched_mean`` coordinate (:mod:`nowcast.products`)."""
         result = super().finish(prepared, frames)
         if prepared.members is None:
             return result
-        weights = self.model_config.mean_sprog_weights(prepared.spacing.step_minutes, prepared.steps)
+        cfg, step_minutes = self.model_config, prepared.spacing.step_minutes
+        weights = cfg.mean_sprog_weights(step_minutes, prepared.steps)
         if weights is not None:
-            moved = np.array(frames[None], dtype=np.float32)
-            self._move_towards_sprog(moved, prepared.past[None], weights, 0)
-            placement = ensemble_mean(moved[0])
-            result = result.assign_coords({PLACEMENT_COORD: (result.dims[1:], placement, {"units": "mm h-1"})})
-        maps = self.model_config.mean_rate_maps(prepared.spacing.step_minutes, prepared.steps)
+            result = self._placed(result, self._mean_placement(prepared, frames, weights))
+        mean = None
+        outline_weights = cfg.mean_outline_sprog_weights(step_minutes, prepared.steps)
+        if outline_weights is not None:
+            outline = probability_matched_mean_of(self._placed(result, self._mean_placement(prepared, frames,
+                                                                                          outline_weights)))
+            mean = core_and_outline(probability_matched_mean_of(result), outline, cfg.mean_core_mmh)
+        maps = cfg.mean_rate_maps(step_minutes, prepared.steps)
         if maps is not None:
-            mean = probability_matched_mean_of(result)
-            self._map_rates(mean[None, None], maps, self.model_config.mean_rate_map_mmh)
+            mean = probability_matched_mean_of(result) if mean is None else mean
+            self._map_rates(mean[None, None], maps, cfg.mean_rate_map_mmh)
+        if mean is not None:
             result = result.assign_coords({MEAN_COORD: (result.dims[1:], mean, {"units": "mm h-1"})})
         return result
+
+    def _mean_placement(self, prepared: PreparedForecast, frames: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+        """The mean of the members (member, time, y, x) moved towards S-PROG by ``weights`` per lead, in mm/h:
+        where the probability-matched mean's rain goes."""
+        moved = np.array(frames[None], dtype=np.float32)
+        if any(weights):
+            self._move_towards_sprog(moved, prepared.past[None], weights, 0)
+        return ensemble_mean(moved[0])
+
+    @staticmethod
+    def _placed(result: xr.DataArray, placement: np.ndarray) -> xr.DataArray:
+        return result.assign_coords({PLACEMENT_COORD: (result.dims[1:], placement, {"units": "mm h-1"})})
 
     @property
     def probability_neighbourhood_km_per_minute(self) -> float:  # type: ignore[override]
