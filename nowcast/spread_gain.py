@@ -3,9 +3,10 @@
 The spread gain (``ModelConfig.member_spread_gain_start`` / ``_end``) moves each wet member's
 log rate about the members' mean by a factor linear in the lead. It corrects the spread of the
 members one generator draws, so it is fitted to that generator: a fine-tuned one draws other
-members and needs its own. :func:`fit_spread_gain` draws every start time's members once with
-the gain off, applies every candidate (start, end) to those same members and scores each by the
-exact CRPS at each lead (before any move towards S-PROG, which follows the gain); the best
+members and needs its own. :func:`fit_spread_gain` draws every start time's members once with no
+adjustment, applies every candidate (start, end) to those same members with the model's other
+adjustments after it, once, as a forecast does (but for any move towards S-PROG), and scores each by
+the exact CRPS at each lead; the best
 candidate has the lowest CRPS averaged over leads and then over events, so every event weighs
 the same whatever its size. Fit it on training events, never on the events it will be scored on.
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from nowcast.errors import InputError
 from nowcast.evaluate import MIN_RAIN_MMH, FittingEvents, Loader, ensemble_forecaster
-from nowcast.gan.config import ModelConfig
+from nowcast.gan.config import MEMBERS_AS_DRAWN, ModelConfig
 from nowcast.verification import SpreadSkillSums, crps_sums
 
 logger = logging.getLogger(__name__)
@@ -106,8 +107,8 @@ def fit_spread_gain(
     forecaster = ensemble_forecaster(model, models_dir, needed_for="the spread gain is a GAN ensemble's setting")
     # the gain is fitted to the members as they are before any move towards S-PROG
     forecaster = forecaster.with_member_settings(member_sprog_weight_minutes=(), member_sprog_weight=())
-    drawer = forecaster.with_member_settings(member_spread_gain_start=1.0, member_spread_gain_end=1.0,
-                                             member_matching="none")
+    # every adjustment is applied per candidate, so the members are drawn with none (not twice)
+    drawer = forecaster.with_member_settings(**MEMBERS_AS_DRAWN)
     crps = np.full((len(candidates), len(fitting.events), steps), np.nan)
     spread = [[SpreadSkillSums() for _ in range(steps)] for _ in candidates]
     counted: dict[str, int] = {}
@@ -125,7 +126,7 @@ def fit_spread_gain(
 def _fit_event(forecaster: Any, draws: Any, candidates: list[tuple[float, float]], steps: int,
                spread: list[list[SpreadSkillSums]]) -> tuple[np.ndarray, int]:
     """One event's CRPS sums (candidate, lead, [sum, pixels]) and its number of start times; the spread sums
-    are added to ``spread``. ``draws``: :meth:`FittingEvents.draws` with the gain and matching off."""
+    are added to ``spread``. ``draws``: :meth:`FittingEvents.draws` of the members as drawn (no adjustment)."""
     sums = np.zeros((len(candidates), steps, 2))
     n_starts = 0
     for prepared, drawn, observed in draws:

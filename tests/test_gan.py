@@ -1329,10 +1329,11 @@ def test_members_move_towards_sprog_by_the_weight_of_the_lead(events):
 
 
 def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tmp_path, events, monkeypatch):
-    """fit_spread_gain draws each start time's members once with the gain off and applies every candidate
-    offline: a candidate's CRPS is the CRPS of the same model forecasting with that gain; wider gains late give a
-    higher spread/skill; the best has the lowest CRPS; `nowcast fit-spread-gain --register` registers it; bad
-    input is refused by name."""
+    """fit_spread_gain draws each start time's members once with no adjustment and applies every candidate
+    offline: a candidate's CRPS is the CRPS of the same model forecasting with that gain (the model's other
+    adjustments applied once, after the gain, as in a forecast); wider gains late give a higher spread/skill
+    late; the best has the lowest CRPS; `nowcast fit-spread-gain --register` registers it; bad input is refused
+    by name."""
     from typer.testing import CliRunner
 
     from nowcast import spread_gain
@@ -1345,9 +1346,12 @@ def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tm
     models = tmp_path / "models"
     export_run(tmp_path / "run", "tiny-gan", models_dir=models)
     # the log-normal field makes the members differ; matching runs after the gain, as in predict, on the first
-    # two leads only, so each lead scored on its own must know how far into the forecast it is
+    # two leads only, so each lead scored on its own must know how far into the forecast it is; the rate map and
+    # the extrapolation's area follow the gain too, once each
     retune_version("tiny-gan@v1", {"member_intensity_db": 3.0, "member_matching": "pooled",
-                                   "member_matching_minutes": 10.0}, models_dir=models)
+                                   "member_matching_minutes": 10.0, "member_rate_map_mmh": (1.0,),
+                                   "member_rate_map_minutes": (5.0,), "member_rate_map": ((0.5,),),
+                                   "member_rate_map_last": True, "member_area_mmh": (2.0,)}, models_dir=models)
     names = ["syn0", "syn1"]
     fit = fit_spread_gain("tiny-gan@v2", names, starts=(1.0, 1.5), ends=(0.5, 1.0), members=4, steps=6, stride=4,
                           seed=7, loader=events.__getitem__, models_dir=models)
@@ -1366,7 +1370,7 @@ def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tm
                 valid = np.isfinite(observed[lead]) & np.all(np.isfinite(members[:, lead]), axis=0)
                 sums[lead] += (crps_sums(members[:, lead][:, valid], observed[lead][valid]), valid.sum())
         np.testing.assert_allclose(fit.crps[2, e], sums[:, 0] / sums[:, 1], rtol=1e-5)
-    assert np.all(fit.spread_skill[1, 2:] > fit.spread_skill[0, 2:])
+    assert np.all(fit.spread_skill[1, 3:] > fit.spread_skill[0, 3:])
     assert fit.best == fit.candidates[int(np.argmin(fit.score))]
     assert fit.to_dict()["best"] == list(fit.best)
     monkeypatch.setattr(spread_gain, "fit_spread_gain", lambda model, event_ids, **kwargs: fit)

@@ -22,6 +22,12 @@ from nowcast.transforms import Normalisation
 
 #: ``ModelConfig.member_matching``: no matching, each member on its own, all members together
 MEMBER_MATCHING = ("none", "each", "pooled")
+#: the member settings under which ``GANForecaster.adjust_members`` leaves the members as the generator drew them
+#: (a fit that applies the adjustments itself draws with these)
+MEMBERS_AS_DRAWN = {"member_spread_gain_start": 1.0, "member_spread_gain_end": 1.0, "member_matching": "none",
+                    "member_rate_map_mmh": (), "member_rate_map_minutes": (), "member_rate_map": (),
+                    "member_rate_map_last": False, "member_sprog_weight_minutes": (), "member_sprog_weight": (),
+                    "member_sprog_keeps_rates": False, "member_area_mmh": (), "member_area_ceiling": False}
 
 
 @dataclass(frozen=True)
