@@ -566,7 +566,7 @@ def fit_spread_gain(
     from nowcast.files import write_text_atomically
     from nowcast.gan.export import retune_version
     from nowcast.io.importers import quiet_pysteps_io
-    from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS
+    from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS, gain_settings
     from nowcast.spread_gain import fit_spread_gain as run_fit
 
     quiet_pysteps_io()
@@ -583,7 +583,7 @@ def fit_spread_gain(
         against = f"; off (1 -> 1): {fit.score[off]:.4f}" if off is not None else ""
         description = (f"spread gain {start:g} -> {end:g} fitted on {', '.join(fit.events)} "
                        f"({members} members, mean CRPS {fit.score.min():.4f}{against})")
-        folder = retune_version(model, {"member_spread_gain_start": start, "member_spread_gain_end": end},
+        folder = retune_version(model, gain_settings(start, end),
                                 version=version, models_dir=models_dir, description=description)
         typer.echo(str(folder))
 

@@ -71,7 +71,7 @@ from nowcast.gan.config import ExperimentConfig
 from nowcast.neighbourhood_fit import DEFAULT_RATES, candidate_rates
 from nowcast.paths import models_dir as default_models_dir
 from nowcast.rate_map import DEFAULT_THRESHOLDS_MMH, checked_thresholds
-from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS, candidate_gains
+from nowcast.spread_gain import DEFAULT_ENDS, DEFAULT_STARTS, candidate_gains, gain_settings
 from nowcast.verification import key
 
 logger = logging.getLogger(__name__)
@@ -605,9 +605,8 @@ def _spread_gain_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Load
         _write_json(path, fitted)
         logger.info("spread gain fitted on %s: %g -> %g", ", ".join(fit.events), *fit.best)
     if artifacts.list_versions(CANDIDATE, staging) == ["v1"]:
-        retune_version(f"{CANDIDATE}@v1", {"member_spread_gain_start": fitted["best"][0],
-                                          "member_spread_gain_end": fitted["best"][1]},
-                       version="v2", models_dir=staging, description="the candidate with its fitted spread gain")
+        retune_version(f"{CANDIDATE}@v1", gain_settings(*fitted["best"]), version="v2", models_dir=staging,
+                       description="the candidate with its fitted spread gain")
 
 
 def _rate_map_phase(cfg: RetrainConfig, work: Path, staging: Path, load: Loader) -> None:
@@ -665,7 +664,7 @@ def _member_settings(cfg: RetrainConfig, work: Path) -> tuple[dict[str, Any], di
     fits: dict[str, Any] = {}
     if cfg.spread_gain.fit:
         fitted = artifacts.read_json(work / SPREAD_GAIN_FILE)
-        settings.update(member_spread_gain_start=fitted["best"][0], member_spread_gain_end=fitted["best"][1])
+        settings.update(gain_settings(*fitted["best"]))
         fits["spread_gain_fit"] = {key: fitted[key] for key in ("events", "members", "start_times", "best")}
     if cfg.rate_map.fit:
         fitted = artifacts.read_json(work / RATE_MAP_FILE)

@@ -130,11 +130,18 @@ def _fit_event(forecaster: Any, draws: Any, candidates: list[tuple[float, float]
     sums = np.zeros((len(candidates), steps, 2))
     n_starts = 0
     for prepared, drawn, observed in draws:
-        gains = [replace(forecaster.model_config, member_spread_gain_start=start, member_spread_gain_end=end)
+        gains = [replace(forecaster.model_config, **gain_settings(start, end))
                  .member_spread_gains(prepared.spacing.step_minutes, steps) for start, end in candidates]
         _score_start(forecaster, drawn, prepared, observed, gains, sums, spread)
         n_starts += 1
     return sums, n_starts
+
+
+def gain_settings(start: float, end: float) -> dict[str, Any]:
+    """The ``ModelConfig`` settings of the line from ``start`` (0 min) to ``end`` (60 min), any table of gains
+    (``member_spread_gain``) cleared: the fitted line replaces it."""
+    return {"member_spread_gain_start": float(start), "member_spread_gain_end": float(end),
+            "member_spread_gain_minutes": (), "member_spread_gain": ()}
 
 
 def candidate_gains(starts: Sequence[float], ends: Sequence[float]) -> list[tuple[float, float]]:

@@ -1255,7 +1255,9 @@ def test_member_intensity_multiplies_each_member_by_its_own_lognormal_field(even
 def test_member_spread_gain_scales_wet_members_log_rates_about_their_mean(events):
     """member_spread_gain_start/_end: at each pixel and lead, wet members' log rates move about their mean by a gain
     linear in the lead (start at 0 min, end at 60 min, held after); dry stays dry, wet stays wet, no data stays no
-    data, and one forecast is untouched."""
+    data, and one forecast is untouched. member_spread_gain_minutes/member_spread_gain: the gain read from a table
+    instead; refused with the line, or with gains out of range; the card says which."""
+    from nowcast.gan.export import _default_description
     from nowcast.gan.forecaster import GANForecaster
     from nowcast.transforms import Normalisation
 
@@ -1285,6 +1287,23 @@ def test_member_spread_gain_scales_wet_members_log_rates_about_their_mean(events
     for bad in (0.0, 3.5):
         with pytest.raises(ValueError, match="member_spread_gain_end"):
             dataclasses.replace(varied_config, member_spread_gain_end=bad)
+    # a table by lead in place of the line: the same line drawn as a table draws the same members
+    tabled = varied.with_member_settings(member_spread_gain_minutes=(5.0, 60.0),
+                                         member_spread_gain=(1.5 - 5.0 / 60.0, 0.5))
+    np.testing.assert_allclose(tabled.predict(past, 14, members=4, seed=3)[0], spread, rtol=1e-6)
+    bent = dataclasses.replace(varied_config, member_spread_gain_minutes=(5.0, 10.0, 60.0),
+                               member_spread_gain=(1.0, 1.2, 0.7))
+    # linear between the table's leads (1.2 at +10 min to 0.7 at +60), held after
+    expected = [1.0] + [1.3 - 0.05 * k for k in range(2, 13)] + [0.7] * 2
+    assert bent.member_spread_gains(5.0, 14) == pytest.approx(expected)
+    assert ("spread about their mean by 1 at 5 min, 1.2 at 10 min, 0.7 at 60 min"
+            in _default_description(dataclasses.replace(tiny_experiment(), model=bent)))
+    assert bent.spreads_members and not dataclasses.replace(bent, member_spread_gain=(1.0, 1.0, 1.0)).spreads_members
+    for bad, words in (({"member_spread_gain": (1.0, 1.2)}, "one gain in member_spread_gain per lead"),
+                       ({"member_spread_gain": (1.0, 0.0, 1.0)}, "member_spread_gain: each gain"),
+                       ({"member_spread_gain_start": 1.25}, "set one of them")):
+        with pytest.raises(ValueError, match=words):
+            dataclasses.replace(bent, **bad)
 
 
 def test_members_move_towards_sprog_by_the_weight_of_the_lead(events):
@@ -1338,7 +1357,7 @@ def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tm
 
     from nowcast import spread_gain
     from nowcast.cli import EXIT_USER_ERROR, app
-    from nowcast.spread_gain import fit_spread_gain
+    from nowcast.spread_gain import fit_spread_gain, gain_settings
     from nowcast.verification import crps_sums
 
     cfg = dataclasses.replace(tiny_experiment(steps=2), model=dataclasses.replace(TINY_MODEL, noise_channels=2))
@@ -1351,14 +1370,15 @@ def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tm
     retune_version("tiny-gan@v1", {"member_intensity_db": 3.0, "member_matching": "pooled",
                                    "member_matching_minutes": 10.0, "member_rate_map_mmh": (1.0,),
                                    "member_rate_map_minutes": (5.0,), "member_rate_map": ((0.5,),),
-                                   "member_rate_map_last": True, "member_area_mmh": (2.0,)}, models_dir=models)
+                                   "member_rate_map_last": True, "member_area_mmh": (2.0,),
+                                   "member_spread_gain_minutes": (5.0,), "member_spread_gain": (2.0,)},
+                   models_dir=models)
     names = ["syn0", "syn1"]
     fit = fit_spread_gain("tiny-gan@v2", names, starts=(1.0, 1.5), ends=(0.5, 1.0), members=4, steps=6, stride=4,
                           seed=7, loader=events.__getitem__, models_dir=models)
     assert fit.candidates == ((1.0, 0.5), (1.0, 1.0), (1.5, 0.5), (1.5, 1.0))
     assert fit.start_times == {"syn0": 2, "syn1": 2} and fit.crps.shape == (4, 2, 6)
-    retune_version("tiny-gan@v2", {"member_spread_gain_start": 1.5, "member_spread_gain_end": 0.5},
-                   models_dir=models)
+    retune_version("tiny-gan@v2", gain_settings(1.5, 0.5), models_dir=models)  # the line replaces v2's table
     online = get_forecaster("tiny-gan@v3", models_dir=models)
     for e, name in enumerate(names):
         sums = np.zeros((6, 2))

@@ -24,7 +24,8 @@ from nowcast.transforms import Normalisation
 MEMBER_MATCHING = ("none", "each", "pooled")
 #: the member settings under which ``GANForecaster.adjust_members`` leaves the members as the generator drew them
 #: (a fit that applies the adjustments itself draws with these)
-MEMBERS_AS_DRAWN = {"member_spread_gain_start": 1.0, "member_spread_gain_end": 1.0, "member_matching": "none",
+MEMBERS_AS_DRAWN = {"member_spread_gain_start": 1.0, "member_spread_gain_end": 1.0, "member_spread_gain_minutes": (),
+                    "member_spread_gain": (), "member_matching": "none",
                     "member_rate_map_mmh": (), "member_rate_map_minutes": (), "member_rate_map": (),
                     "member_rate_map_last": False, "member_sprog_weight_minutes": (), "member_sprog_weight": (),
                     "member_sprog_keeps_rates": False, "member_area_mmh": (), "member_area_ceiling": False}
@@ -96,6 +97,11 @@ class ModelConfig:
     retraining, and a member's intensity, not its position or wet area, is what changes:
     dry members stay dry, wet ones wet. Unlike every other member setting this makes a member depend on the others drawn
     with it (their mean), so 10 members are not the first 10 of 20. 1 and 1: off.
+    ``member_spread_gain_minutes`` / ``member_spread_gain``: the same gain read from a table by lead
+    instead of the line (linear between its leads, held beyond them), for a gain the line cannot
+    draw: the first lead, whose members are matched to the last frame and scored against rain
+    still close to it, wants less spread than the next (run 55 in docs/gan-experiments.md). Empty:
+    the line; the line and a table are not set together.
     ``member_matching``: when members are drawn, after the settings above, at each lead the
     wet pixels of each member ("each", as STEPS matches its members' distribution) or of
     all members together ("pooled") take the observed rain rate of the same exceedance
@@ -216,6 +222,8 @@ class ModelConfig:
     member_intensity_minutes: float = 45.0
     member_spread_gain_start: float = 1.0
     member_spread_gain_end: float = 1.0
+    member_spread_gain_minutes: tuple[float, ...] = ()
+    member_spread_gain: tuple[float, ...] = ()
     member_matching: str = "none"
     member_matching_minutes: float = 0.0
     member_rate_map_mmh: tuple[float, ...] = ()
@@ -256,6 +264,7 @@ class ModelConfig:
         for name in ("member_spread_gain_start", "member_spread_gain_end"):
             if not 0.0 < getattr(self, name) <= 3.0:
                 raise ValueError(f"{name} must be in (0, 3]: a gain on the members' log rain rates around their mean")
+        self._check_spread_gain_table()
         for name in ("probability_neighbourhood_km_per_minute", "mean_neighbourhood_km_per_minute"):
             if not 0.0 <= getattr(self, name) <= MAX_NEIGHBOURHOOD_KM_PER_MINUTE:
                 raise ValueError(f"{name} must be in [0, {MAX_NEIGHBOURHOOD_KM_PER_MINUTE:g}] km per minute of lead")
@@ -304,6 +313,19 @@ class ModelConfig:
             raise ValueError("member_area_mmh must be positive, finite and increasing rates (mm/h)")
         if self.member_area_ceiling and not self.member_area_mmh:
             raise ValueError("member_area_ceiling needs the rates it caps the members' area above: member_area_mmh")
+
+    def _check_spread_gain_table(self) -> None:
+        minutes, gains = self.member_spread_gain_minutes, self.member_spread_gain
+        if not (minutes or gains):
+            return
+        if not _increasing(minutes) or len(gains) != len(minutes):
+            raise ValueError("member_spread_gain_minutes must be positive and increasing, with one gain in "
+                             "member_spread_gain per lead")
+        if not all(math.isfinite(g) and 0.0 < g <= 3.0 for g in gains):
+            raise ValueError("member_spread_gain: each gain must be in (0, 3]")
+        if self.member_spread_gain_start != 1.0 or self.member_spread_gain_end != 1.0:
+            raise ValueError("member_spread_gain (a table) replaces member_spread_gain_start / _end (a line): "
+                             "set one of them")
 
     def _check_sprog_weight(self) -> None:
         for name in ("member_sprog_weight", "mean_sprog_weight", "mean_outline_sprog_weight"):
@@ -384,10 +406,14 @@ class ModelConfig:
     @property
     def spreads_members(self) -> bool:
         """Whether members are drawn with a spread gain other than 1 at some lead."""
-        return self.member_spread_gain_start != 1.0 or self.member_spread_gain_end != 1.0
+        return (self.member_spread_gain_start != 1.0 or self.member_spread_gain_end != 1.0
+                or any(g != 1.0 for g in self.member_spread_gain))
 
     def member_spread_gains(self, step_minutes: float, steps: int) -> list[float]:
-        """The spread gain at each of ``steps`` lead times: linear from start (0 min) to end (60 min), then held."""
+        """The spread gain at each of ``steps`` lead times: read from ``member_spread_gain``'s table where there is
+        one, else linear from start (0 min) to end (60 min), then held."""
+        if self.member_spread_gain:
+            return _read_weights(self.member_spread_gain_minutes, self.member_spread_gain, step_minutes, steps)
         start, end = self.member_spread_gain_start, self.member_spread_gain_end
         return [start + (end - start) * min(step * step_minutes / 60.0, 1.0) for step in range(1, steps + 1)]
 

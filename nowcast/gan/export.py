@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: member settings that act on the generator's output only, never in training
 MEMBER_POSTPROCESSING = ("member_intensity_db", "member_intensity_km", "member_intensity_minutes",
-                         "member_spread_gain_start", "member_spread_gain_end", "member_matching",
+                         "member_spread_gain_start", "member_spread_gain_end", "member_spread_gain_minutes",
+                         "member_spread_gain", "member_matching",
                          "member_matching_minutes", "member_rate_map_mmh", "member_rate_map_minutes",
                          "member_rate_map", "member_rate_map_last", "member_sprog_weight_minutes",
                          "member_sprog_weight", "member_sprog_keeps_rates", "member_area_mmh",
@@ -224,8 +225,13 @@ def _default_description(cfg: Any) -> str:
             text += (f", each member's rain times a log-normal field of {cfg.model.member_intensity_db:g} dB "
                      f"({cfg.model.member_intensity_km:g} km, {cfg.model.member_intensity_minutes:g} min)")
         if cfg.model.spreads_members:
-            start, end = cfg.model.member_spread_gain_start, cfg.model.member_spread_gain_end
-            text += f", wet members' log rain rates spread about their mean by {start:g} (0 min) to {end:g} (60 min)"
+            if cfg.model.member_spread_gain:
+                table = _weight_table(cfg.model.member_spread_gain_minutes, cfg.model.member_spread_gain)
+                text += f", wet members' log rain rates spread about their mean by {table}"
+            else:
+                start, end = cfg.model.member_spread_gain_start, cfg.model.member_spread_gain_end
+                text += (f", wet members' log rain rates spread about their mean by {start:g} (0 min) to {end:g} "
+                         "(60 min)")
         if cfg.model.member_rate_map and not cfg.model.member_rate_map_last:
             text += _rate_map_text(cfg.model)
         if cfg.model.member_matching != "none":
