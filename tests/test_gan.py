@@ -1604,8 +1604,9 @@ def test_a_models_mean_sprog_weight_places_the_probability_matched_mean_by_membe
 def test_a_models_mean_outline_places_the_probability_matched_means_light_rain_and_no_member(events):
     """mean_outline_sprog_weight / mean_core_mmh: an ensemble forecast carries, as its probability_matched_mean
     coordinate, the mean placed as before above the core rate and, below it, by the members moved towards S-PROG
-    by the outline's weights; products take it; the members are the same; one forecast carries none; the two
-    settings are refused one without the other; the card says so."""
+    by the outline's weights (the core rate in the mean's final rates, after any mean_rate_map); products take
+    it; the members are the same; one forecast carries none; the two settings are refused one without the other;
+    the card says so."""
     from nowcast.ensemble import core_and_outline, ensemble_mean, probability_matched_mean
     from nowcast.gan.export import _default_description
     from nowcast.gan.forecaster import GANForecaster
@@ -1633,6 +1634,16 @@ def test_a_models_mean_outline_places_the_probability_matched_means_light_rain_a
     np.testing.assert_array_equal(mean[heavy], core[heavy])
     products = ensemble_products(after, ProductRequest(products=("pm_mean",)))
     np.testing.assert_array_equal(products["pm_mean"].values, mean)
+    # under a rate map of the mean the core is taken in the mapped rates: all the mean has above the core rate
+    rate_map = {"mean_rate_map_mmh": (2.0,), "mean_rate_map_minutes": (5.0,), "mean_rate_map": ((1.5,),)}
+    mapped_core = probability_matched_mean_of(placed.with_member_settings(**rate_map).forecast(past, 4, members=4,
+                                                                                              seed=3))
+    mapped = probability_matched_mean_of(outlined.with_member_settings(**rate_map).forecast(past, 4, members=4,
+                                                                                           seed=3))
+    heavy = mapped_core > 2.0
+    assert (heavy & (core <= 2.0)).any()  # the map lifts some of the core's rates over the core rate
+    np.testing.assert_array_equal(mapped > 2.0, heavy)
+    np.testing.assert_array_equal(mapped[heavy], mapped_core[heavy])
     for bad in ({"mean_core_mmh": 0.0}, {"mean_outline_sprog_weight_minutes": (), "mean_outline_sprog_weight": ()},
                 {"mean_core_mmh": float("nan")}):
         with pytest.raises(ValueError, match="mean_core_mmh"):

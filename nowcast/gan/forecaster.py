@@ -119,19 +119,24 @@ class GANForecaster(Forecaster):
         weights = cfg.mean_sprog_weights(step_minutes, prepared.steps)
         if weights is not None:
             result = self._placed(result, self._mean_placement(prepared, frames, weights))
-        mean = None
         outline_weights = cfg.mean_outline_sprog_weights(step_minutes, prepared.steps)
-        if outline_weights is not None:
-            outline = probability_matched_mean_of(self._placed(result, self._mean_placement(prepared, frames,
-                                                                                          outline_weights)))
-            mean = core_and_outline(probability_matched_mean_of(result), outline, cfg.mean_core_mmh)
         maps = cfg.mean_rate_maps(step_minutes, prepared.steps)
+        if outline_weights is None and maps is None:
+            return result
+        mean = self._mapped_mean(result, maps)
+        if outline_weights is not None:
+            # joined in the final rates, so that the core is all the mean has above mean_core_mmh
+            outline = self._mapped_mean(self._placed(result, self._mean_placement(prepared, frames, outline_weights)),
+                                        maps)
+            mean = core_and_outline(mean, outline, cfg.mean_core_mmh)
+        return result.assign_coords({MEAN_COORD: (result.dims[1:], mean, {"units": "mm h-1"})})
+
+    def _mapped_mean(self, result: xr.DataArray, maps: Sequence[np.ndarray] | None) -> np.ndarray:
+        """The probability-matched mean of a forecast as its placement places it, its rates mapped by ``maps``."""
+        mean = probability_matched_mean_of(result)
         if maps is not None:
-            mean = probability_matched_mean_of(result) if mean is None else mean
-            self._map_rates(mean[None, None], maps, cfg.mean_rate_map_mmh)
-        if mean is not None:
-            result = result.assign_coords({MEAN_COORD: (result.dims[1:], mean, {"units": "mm h-1"})})
-        return result
+            self._map_rates(mean[None, None], maps, self.model_config.mean_rate_map_mmh)
+        return mean
 
     def _mean_placement(self, prepared: PreparedForecast, frames: np.ndarray, weights: Sequence[float]) -> np.ndarray:
         """The mean of the members (member, time, y, x) moved towards S-PROG by ``weights`` per lead, in mm/h:
