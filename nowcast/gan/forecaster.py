@@ -117,17 +117,18 @@ class GANForecaster(Forecaster):
             return result
         cfg, step_minutes = self.model_config, prepared.spacing.step_minutes
         weights = cfg.mean_sprog_weights(step_minutes, prepared.steps)
-        if weights is not None:
-            result = self._placed(result, self._mean_placement(prepared, frames, weights))
         outline_weights = cfg.mean_outline_sprog_weights(step_minutes, prepared.steps)
+        tables = [table for table in (weights, outline_weights) if table is not None]
+        placements = self._mean_placements(prepared, frames, tables)
+        if weights is not None:
+            result = self._placed(result, placements[0])
         maps = cfg.mean_rate_maps(step_minutes, prepared.steps)
         if outline_weights is None and maps is None:
             return result
         mean = self._mapped_mean(result, maps)
         if outline_weights is not None:
             # joined in the final rates, so that the core is all the mean has above mean_core_mmh
-            outline = self._mapped_mean(self._placed(result, self._mean_placement(prepared, frames, outline_weights)),
-                                        maps)
+            outline = self._mapped_mean(self._placed(result, placements[-1]), maps)
             mean = core_and_outline(mean, outline, cfg.mean_core_mmh)
         return result.assign_coords({MEAN_COORD: (result.dims[1:], mean, {"units": "mm h-1"})})
 
@@ -138,13 +139,25 @@ class GANForecaster(Forecaster):
             self._map_rates(mean[None, None], maps, self.model_config.mean_rate_map_mmh)
         return mean
 
-    def _mean_placement(self, prepared: PreparedForecast, frames: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-        """The mean of the members (member, time, y, x) moved towards S-PROG by ``weights`` per lead, in mm/h:
-        where the probability-matched mean's rain goes."""
-        moved = np.array(frames[None], dtype=np.float32)
-        if any(weights):
-            self._move_towards_sprog(moved, prepared.past[None], weights, 0)
-        return ensemble_mean(moved[0])
+    def _mean_placements(self, prepared: PreparedForecast, frames: np.ndarray,
+                         tables: Sequence[Sequence[float]]) -> list[np.ndarray]:
+        """For each table of weights per lead, the mean (time, y, x) mm/h of the members (member, time, y, x) moved
+        towards S-PROG by them (:meth:`_move_towards_sprog`'s move, on copies): where the probability-matched
+        mean's rain goes. Each lead's members are converted to dBR once for every table."""
+        placements = [np.empty(frames.shape[1:], dtype=np.float32) for _ in tables]
+        if not tables:
+            return placements
+        sprog_db = self._sprog.field(prepared.past, prepared.steps) if any(map(any, tables)) else None
+        for lead in range(frames.shape[1]):
+            rates = np.asarray(frames[:, lead], dtype=np.float32)
+            lead_weights = [table[lead] for table in tables]
+            if any(lead_weights):
+                members_db, metadata = cascade.to_db(rates)
+                shift = _sprog_shift(members_db, sprog_db[lead])
+            for placement, weight in zip(placements, lead_weights, strict=True):
+                moved = _moved_rates(rates, members_db, metadata, weight * shift) if weight else rates
+                placement[lead] = ensemble_mean(moved)
+        return placements
 
     @staticmethod
     def _placed(result: xr.DataArray, placement: np.ndarray) -> xr.DataArray:
@@ -380,12 +393,11 @@ class GANForecaster(Forecaster):
                     continue
                 rates = sequence[:, lead]
                 members_db, metadata = cascade.to_db(rates)
-                shift = np.where(np.isfinite(sprog_db[lead]), sprog_db[lead] - members_db.mean(axis=0), 0.0)
+                shift = _sprog_shift(members_db, sprog_db[lead])
                 if keep_rates:
                     _each_member(_reorder_rates, rates, members_db + weight * shift)
                     continue
-                moved = cascade.to_rate(members_db + weight * shift, metadata, rates[0])
-                np.copyto(rates, np.minimum(moved, MAX_RAIN_RATE_MMH), where=np.isfinite(rates))
+                rates[...] = _moved_rates(rates, members_db, metadata, weight * shift)
 
     def _match_observed(self, members: np.ndarray, last: np.ndarray, leads: Sequence[int]) -> None:
         """Give (in place) the members' wet pixels at ``leads`` the last frame's rain rates of the same
@@ -531,6 +543,18 @@ def _map_wet_rates(rates: np.ndarray, from_mmh: Sequence[float], to_mmh: Sequenc
     wet = rates >= wet_from  # NaN compares False: no data stays no data
     mapped = np.clip(map_rates(np.where(wet, rates, 1.0), from_mmh, to_mmh), wet_from, MAX_RAIN_RATE_MMH)
     np.copyto(rates, mapped, where=wet)
+
+
+def _sprog_shift(members_db: np.ndarray, sprog_db: np.ndarray) -> np.ndarray:
+    """S-PROG's dBR (y, x) less the members' (member, y, x) mean dBR; 0 where S-PROG says nothing."""
+    return np.where(np.isfinite(sprog_db), sprog_db - members_db.mean(axis=0), 0.0)
+
+
+def _moved_rates(rates: np.ndarray, members_db: np.ndarray, metadata: Any, shift_db: np.ndarray) -> np.ndarray:
+    """``rates`` (member, y, x) mm/h, whose dBR is ``members_db``, with ``shift_db`` added to it: a copy, capped,
+    no data kept."""
+    moved = np.minimum(cascade.to_rate(members_db + shift_db, metadata, rates[0]), MAX_RAIN_RATE_MMH)
+    return np.where(np.isfinite(rates), moved.astype(rates.dtype, copy=False), rates)
 
 
 def _each_member(work: Callable[..., None], *arrays: np.ndarray) -> None:
