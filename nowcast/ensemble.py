@@ -87,6 +87,32 @@ def core_and_outline(core: np.ndarray, outline: np.ndarray, core_mmh: float) -> 
     return out
 
 
+def blended_order(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
+    """A field ordered between two, frame by frame (each ``(y, x)`` field of the axes before the last two):
+    each pixel's rank in ``first`` (ties in ``second``'s order) times ``weight`` plus its rank in ``second``
+    times 1 - ``weight``, ranks from 0 to 1 over the pixels where both have data; NaN elsewhere. ``weight``
+    1: ``first``'s order, 0: ``second``'s."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"a blend weight in [0, 1]; got {weight}")
+    first, second = np.asarray(first, dtype=np.float64), np.asarray(second, dtype=np.float64)
+    if first.shape != second.shape:
+        raise ValueError(f"fields of shapes {first.shape} and {second.shape}")
+    out = np.full(first.shape, np.nan)
+    for index in np.ndindex(first.shape[:-2]):
+        a, b = first[index], second[index]
+        valid = np.isfinite(a) & np.isfinite(b)
+        n = int(valid.sum())
+        if not n:
+            continue
+        scale = 1.0 / max(n - 1, 1)
+        rank_a, rank_b = np.empty(n), np.empty(n)
+        rank_a[np.lexsort((b[valid], a[valid]))] = np.arange(n) * scale
+        rank_b[np.argsort(b[valid], kind="stable")] = np.arange(n) * scale
+        frame = out[index]
+        frame[valid] = weight * rank_a + (1.0 - weight) * rank_b
+    return out
+
+
 def map_rates(rates: np.ndarray, from_mmh: Sequence[float], to_mmh: Sequence[float]) -> np.ndarray:
     """``rates`` (mm/h, > 0) mapped piecewise linearly in log rate from the increasing ``from_mmh`` onto
     the increasing ``to_mmh``; below the first pair and above the last, times that pair's ratio."""

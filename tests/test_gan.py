@@ -1654,6 +1654,61 @@ def test_a_models_mean_outline_places_the_probability_matched_means_light_rain_a
             in _default_description(dataclasses.replace(tiny_experiment(), model=outlined.model_config)))
 
 
+def test_a_models_outline_order_blends_in_the_moved_members_probability_of_rain(events):
+    """mean_outline_probability_*: the outline's order is the moved members' probability of rain above the rate
+    blended by rank with their mean (weight 1: the probability's order, ties in the mean's); the core, the values
+    and the members stay; a table of zeros changes nothing; refusals by name; the card says so."""
+    from nowcast.ensemble import blended_order, core_and_outline, ensemble_mean
+    from nowcast.gan.export import _default_description
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.products import probability_matched_mean_of
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    outlined = GANForecaster(Generator(dataclasses.replace(
+        TINY_MODEL, noise_channels=2, member_intensity_db=3.0, mean_sprog_weight_minutes=(10.0,),
+        mean_sprog_weight=(0.5,), mean_outline_sprog_weight_minutes=(5.0,), mean_outline_sprog_weight=(1.0,),
+        mean_core_mmh=2.0)), Normalisation(), device="cpu")
+    blend = {"mean_outline_probability_mmh": 0.5, "mean_outline_probability_weight_minutes": (5.0,)}
+    blended = outlined.with_member_settings(**blend, mean_outline_probability_weight=(1.0,))
+    moved = outlined.with_member_settings(member_sprog_weight_minutes=(5.0,), member_sprog_weight=(1.0,),
+                                          mean_sprog_weight_minutes=(), mean_sprog_weight=(),
+                                          mean_outline_sprog_weight_minutes=(), mean_outline_sprog_weight=(),
+                                          mean_core_mmh=0.0)
+    past = events["syn0"].isel(time=slice(2, 6))
+    before, after, moved_members = (f.forecast(past, 4, members=4, seed=3) for f in (outlined, blended, moved))
+    np.testing.assert_array_equal(before.values, after.values)
+    core = probability_matched_mean_of(before.drop_vars("probability_matched_mean"))
+    wet = ensemble_mean(np.where(np.isfinite(moved_members.values), moved_members.values > 0.5, np.nan))
+    order = blended_order(wet, ensemble_mean(moved_members.values), 1.0)
+    mean = probability_matched_mean_of(after)
+    np.testing.assert_array_equal(mean, core_and_outline(core, order, 2.0))
+    old = probability_matched_mean_of(before)
+    heavy = core > 2.0
+    np.testing.assert_array_equal(mean[heavy], old[heavy])
+    assert not np.array_equal(mean[~heavy], old[~heavy], equal_nan=True)
+    np.testing.assert_array_equal(np.sort(mean, axis=None), np.sort(old, axis=None))
+    assert not np.array_equal(old, core_and_outline(core, order, 2.0), equal_nan=True)
+    zeros = outlined.with_member_settings(**blend, mean_outline_probability_weight=(0.0,))
+    np.testing.assert_array_equal(probability_matched_mean_of(zeros.forecast(past, 4, members=4, seed=3)), old)
+    config = blended.model_config
+    for bad, match in (({"mean_outline_probability_mmh": 0.0}, "go together"),
+                       ({"mean_outline_probability_weight": (), "mean_outline_probability_weight_minutes": ()},
+                        "go together"),
+                       ({"mean_outline_probability_mmh": 2.0}, "below mean_core_mmh"),
+                       ({"mean_outline_probability_weight": (1.5,)}, "in \\[0, 1\\]"),
+                       ({"mean_outline_probability_weight_minutes": (5.0, 1.0),
+                         "mean_outline_probability_weight": (1.0, 1.0)}, "increasing"),
+                       ({"mean_outline_probability_mmh": float("nan")}, "non-negative")):
+        with pytest.raises(ValueError, match=f"mean_outline_probability.*{match}"):
+            dataclasses.replace(config, **bad)
+    with pytest.raises(ValueError, match="orders the outline"):
+        dataclasses.replace(outlined.model_config, mean_outline_sprog_weight_minutes=(), mean_outline_sprog_weight=(),
+                            mean_core_mmh=0.0, **blend, mean_outline_probability_weight=(1.0,))
+    assert ("in an order blended with their probability of rain above 0.5 mm/h (1 at 5 min)"
+            in _default_description(dataclasses.replace(tiny_experiment(), model=config)))
+
+
 def test_a_models_mean_rate_map_maps_the_probability_matched_mean_and_no_member(events):
     """mean_rate_map: an ensemble forecast carries, as its probability_matched_mean coordinate, its members'
     probability-matched mean with its wet rates mapped per lead (dry and no-data pixels as they were); products and

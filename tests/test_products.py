@@ -8,6 +8,7 @@ import pytest
 import xarray as xr
 
 from nowcast.ensemble import (
+    blended_order,
     core_and_outline,
     ensemble_mean,
     ensemble_quantiles,
@@ -212,6 +213,31 @@ def test_a_core_keeps_its_heavy_rain_and_an_outline_orders_the_rest() -> None:
                                   np.where(np.isfinite(outline[0]), outline[0], np.nan)[np.isfinite(core[0])])
     with pytest.raises(ValueError, match="core of shape"):
         core_and_outline(core, outline[0], core_mmh=3.0)
+
+
+def test_a_blended_order_lies_between_two_fields_orders() -> None:
+    """blended_order: weight 1 gives the first field's order with its ties in the second's, weight 0 the second's;
+    between them each pixel's rank is the weighted mean of its two ranks (0 to 1); NaN where either field has no
+    data; other shapes and weights outside [0, 1] refused."""
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 4, size=(2, 6, 7)).astype(np.float32)  # many ties
+    second = rng.random((2, 6, 7)).astype(np.float32)
+    second[1, 2, 3] = np.nan
+    for lead in range(2):
+        valid = np.isfinite(second[lead])
+        n = int(valid.sum())
+        one = blended_order(first, second, 1.0)[lead][valid]
+        np.testing.assert_array_equal(np.argsort(one), np.lexsort((second[lead][valid], first[lead][valid])))
+        zero = blended_order(first, second, 0.0)[lead][valid]
+        np.testing.assert_array_equal(np.argsort(zero), np.argsort(second[lead][valid]))
+        np.testing.assert_allclose(np.sort(one), np.arange(n) / (n - 1))
+        np.testing.assert_allclose(blended_order(first, second, 0.25)[lead][valid], 0.25 * one + 0.75 * zero)
+    assert np.isnan(blended_order(first, second, 0.5)[1, 2, 3])
+    assert np.isfinite(blended_order(first, second, 0.5)[0]).all()
+    with pytest.raises(ValueError, match="shapes"):
+        blended_order(first, second[0], 0.5)
+    with pytest.raises(ValueError, match="blend weight"):
+        blended_order(first, second, 1.5)
 
 
 def test_only_the_products_asked_are_made() -> None:

@@ -183,6 +183,12 @@ class ModelConfig:
     area better than the members do, while the members place heavy rain better than it (run 55 in
     docs/gan-experiments.md). The same values, so the same area above every threshold. No member
     changes. Empty: one placement for all rates.
+    ``mean_outline_probability_mmh`` / ``mean_outline_probability_weight_minutes`` /
+    ``mean_outline_probability_weight``: the outline's order blends (by rank, these weights per lead) the moved
+    members' mean with their probability of rain above this rate, each over the mean's window
+    (:func:`nowcast.ensemble.blended_order`): of two pixels as wet on average, the one more members rain on
+    is more likely wet, which the mean does not weigh where one member's heavy cell lifts it. Empty: the
+    moved mean's order.
     ``mean_rate_map_mmh`` / ``mean_rate_map_minutes`` / ``mean_rate_map``: the probability-matched
     mean's rates mapped per lead as ``member_rate_map`` maps the members' (rows of the members'
     final rates that map onto ``mean_rate_map_mmh``), so that its area above each threshold is the
@@ -242,6 +248,9 @@ class ModelConfig:
     mean_outline_sprog_weight_minutes: tuple[float, ...] = ()
     mean_outline_sprog_weight: tuple[float, ...] = ()
     mean_core_mmh: float = 0.0
+    mean_outline_probability_mmh: float = 0.0
+    mean_outline_probability_weight_minutes: tuple[float, ...] = ()
+    mean_outline_probability_weight: tuple[float, ...] = ()
     mean_rate_map_mmh: tuple[float, ...] = ()
     mean_rate_map_minutes: tuple[float, ...] = ()
     mean_rate_map: tuple[tuple[float, ...], ...] = ()
@@ -344,6 +353,27 @@ class ModelConfig:
         if bool(self.mean_outline_sprog_weight) != (self.mean_core_mmh > 0):
             raise ValueError("mean_outline_sprog_weight and mean_core_mmh go together: the outline's placement is "
                              "for the probability-matched mean's rain up to the core's rate")
+        self._check_outline_probability()
+
+    def _check_outline_probability(self) -> None:
+        minutes, weights = self.mean_outline_probability_weight_minutes, self.mean_outline_probability_weight
+        rate = self.mean_outline_probability_mmh
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ValueError("mean_outline_probability_mmh must be a non-negative rain rate (mm/h)")
+        if not (minutes or weights or rate):
+            return
+        if not (weights and rate > 0):
+            raise ValueError("mean_outline_probability_weight and mean_outline_probability_mmh go together: the "
+                             "weight blends in the members' probability of rain above that rate")
+        if not self.mean_outline_sprog_weight or rate >= self.mean_core_mmh:
+            raise ValueError("mean_outline_probability_mmh orders the outline (mean_outline_sprog_weight): it must "
+                             "lie below mean_core_mmh")
+        if not _increasing(minutes) or len(weights) != len(minutes):
+            raise ValueError("mean_outline_probability_weight_minutes must be positive and increasing, with one "
+                             "weight in mean_outline_probability_weight per lead")
+        if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights):
+            raise ValueError("mean_outline_probability_weight: each weight must be in [0, 1] (1: the probability's "
+                             "order, 0: the moved mean's)")
 
     def member_sprog_weights(self, step_minutes: float, steps: int) -> list[float] | None:
         """The weight towards S-PROG at each of ``steps`` leads; None where no lead has one."""
@@ -361,6 +391,12 @@ class ModelConfig:
             return None
         return _read_weights(self.mean_outline_sprog_weight_minutes, self.mean_outline_sprog_weight, step_minutes,
                              steps)
+
+    def mean_outline_probability_weights(self, step_minutes: float, steps: int) -> list[float] | None:
+        """The weight of the members' probability of rain above ``mean_outline_probability_mmh`` in the outline's
+        order at each of ``steps`` leads; None where no lead has one."""
+        return _lead_weights(self.mean_outline_probability_weight_minutes, self.mean_outline_probability_weight,
+                             step_minutes, steps)
 
     def member_rate_maps(self, step_minutes: float, steps: int, first_step: int = 0) -> list[np.ndarray] | None:
         """Per lead of ``steps`` (the first ``first_step`` steps into the forecast), the members' rates

@@ -36,7 +36,8 @@ PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
 #: scores do
 MEAN_SETTINGS = ("mean_neighbourhood_km_per_minute", "mean_sprog_weight_minutes", "mean_sprog_weight",
                  "mean_outline_sprog_weight_minutes", "mean_outline_sprog_weight", "mean_core_mmh",
-                 "mean_rate_map_mmh", "mean_rate_map_minutes", "mean_rate_map")
+                 "mean_outline_probability_mmh", "mean_outline_probability_weight_minutes",
+                 "mean_outline_probability_weight", "mean_rate_map_mmh", "mean_rate_map_minutes", "mean_rate_map")
 #: model settings that act only where members are drawn: a new version may change them on the same weights
 MEMBER_SETTINGS = ("member_motion_kmh", "member_motion_sigma", "member_motion_growth", *MEMBER_POSTPROCESSING,
                    *MEAN_SETTINGS, *PRODUCT_SETTINGS)
@@ -293,6 +294,10 @@ def _mean_placement_text(model: ModelConfig) -> str:
         table = _weight_table(model.mean_outline_sprog_weight_minutes, model.mean_outline_sprog_weight)
         placed_by += (f" above {model.mean_core_mmh:g} mm/h, and its lighter rain by the members' mean moved towards "
                       f"S-PROG ({table})")
+    if model.mean_outline_probability_weight:
+        table = _weight_table(model.mean_outline_probability_weight_minutes, model.mean_outline_probability_weight)
+        placed_by += (f", in an order blended with their probability of rain above "
+                      f"{model.mean_outline_probability_mmh:g} mm/h ({table})")
     return f"; the probability-matched mean placed by {placed_by}" + mapped
 
 

@@ -29,7 +29,15 @@ import torch.nn.functional as F
 import xarray as xr
 
 from nowcast import config as config_io
-from nowcast.ensemble import area_matching_map, core_and_outline, ensemble_mean, map_rates
+from nowcast.ensemble import (
+    area_matching_map,
+    blended_order,
+    core_and_outline,
+    ensemble_mean,
+    map_rates,
+    neighbourhood_window_pixels,
+    window_mean,
+)
 from nowcast.forecasters import cascade
 from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, PreparedForecast, Spacing
 from nowcast.forecasters.extrapolation import Extrapolation
@@ -38,7 +46,7 @@ from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
 from nowcast.motion import lucas_kanade_coarse
 from nowcast.products import MEAN_COORD, PLACEMENT_COORD, probability_matched_mean_of
-from nowcast.sequence import MAX_RAIN_RATE_MMH
+from nowcast.sequence import MAX_RAIN_RATE_MMH, lead_minutes_of, pixel_size_km
 from nowcast.transforms import Normalisation
 
 logger = logging.getLogger(__name__)
@@ -110,8 +118,9 @@ class GANForecaster(Forecaster):
     def finish(self, prepared: PreparedForecast, frames: np.ndarray) -> xr.DataArray:
         """The base form, and for members under ``ModelConfig.mean_sprog_weight`` the placement of their
         probability-matched mean as the ``mean_placement`` coordinate; under ``ModelConfig.mean_outline_sprog_weight``
-        or ``ModelConfig.mean_rate_map`` the mean itself (its light rain placed by the outline, its rates mapped) as
-        the ``probability_matched_mean`` coordinate (:mod:`nowcast.products`)."""
+        or ``ModelConfig.mean_rate_map`` the mean itself (its light rain placed by the outline, whose order may blend
+        in its members' probability of rain, its rates mapped) as the ``probability_matched_mean`` coordinate
+        (:mod:`nowcast.products`)."""
         result = super().finish(prepared, frames)
         if prepared.members is None:
             return result
@@ -119,7 +128,9 @@ class GANForecaster(Forecaster):
         weights = cfg.mean_sprog_weights(step_minutes, prepared.steps)
         outline_weights = cfg.mean_outline_sprog_weights(step_minutes, prepared.steps)
         tables = [table for table in (weights, outline_weights) if table is not None]
-        placements = self._mean_placements(prepared, frames, tables)
+        blend = cfg.mean_outline_probability_weights(step_minutes, prepared.steps) if outline_weights else None
+        placements, outline_wet = self._mean_placements(prepared, frames, tables,
+                                                        cfg.mean_outline_probability_mmh if blend else 0.0)
         if weights is not None:
             result = self._placed(result, placements[0])
         maps = cfg.mean_rate_maps(step_minutes, prepared.steps)
@@ -128,9 +139,24 @@ class GANForecaster(Forecaster):
         mean = self._mapped_mean(result, maps)
         if outline_weights is not None:
             # joined in the final rates, so that the core is all the mean has above mean_core_mmh
-            outline = self._mapped_mean(self._placed(result, placements[-1]), maps)
+            if blend is None:
+                outline = self._mapped_mean(self._placed(result, placements[-1]), maps)
+            else:
+                outline = self._blended_outline(result, placements[-1], outline_wet, blend)
             mean = core_and_outline(mean, outline, cfg.mean_core_mmh)
         return result.assign_coords({MEAN_COORD: (result.dims[1:], mean, {"units": "mm h-1"})})
+
+    def _blended_outline(self, result: xr.DataArray, placement: np.ndarray, wet: np.ndarray,
+                         blend: Sequence[float]) -> np.ndarray:
+        """The outline's order (time, y, x): per lead, the moved members' mean ``placement`` and their
+        probability of rain ``wet``, each over the probability-matched mean's window, blended by rank."""
+        pixel_km = pixel_size_km(result)
+        order = np.empty(placement.shape, dtype=np.float64)
+        for lead, (minutes, weight) in enumerate(zip(lead_minutes_of(result), blend, strict=True)):
+            window = neighbourhood_window_pixels(minutes, self.model_config.mean_neighbourhood_km_per_minute,
+                                                 pixel_km)
+            order[lead] = blended_order(window_mean(wet[lead], window), window_mean(placement[lead], window), weight)
+        return order
 
     def _mapped_mean(self, result: xr.DataArray, maps: Sequence[np.ndarray] | None) -> np.ndarray:
         """The probability-matched mean of a forecast as its placement places it, its rates mapped by ``maps``."""
@@ -139,14 +165,17 @@ class GANForecaster(Forecaster):
             self._map_rates(mean[None, None], maps, self.model_config.mean_rate_map_mmh)
         return mean
 
-    def _mean_placements(self, prepared: PreparedForecast, frames: np.ndarray,
-                         tables: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    def _mean_placements(self, prepared: PreparedForecast, frames: np.ndarray, tables: Sequence[Sequence[float]],
+                         wet_mmh: float = 0.0) -> tuple[list[np.ndarray], np.ndarray | None]:
         """For each table of weights per lead, the mean (time, y, x) mm/h of the members (member, time, y, x) moved
         towards S-PROG by them (:meth:`_move_towards_sprog`'s move, on copies): where the probability-matched
-        mean's rain goes. Each lead's members are converted to dBR once for every table."""
+        mean's rain goes; with ``wet_mmh`` > 0 also the fraction (time, y, x) of the members moved by the last
+        table with rain above it (NaN where none has data). Each lead's members are converted to dBR once for
+        every table."""
         placements = [np.empty(frames.shape[1:], dtype=np.float32) for _ in tables]
+        wet = np.empty(frames.shape[1:], dtype=np.float32) if wet_mmh > 0 else None
         if not tables:
-            return placements
+            return placements, wet
         sprog_db = self._sprog.field(prepared.past, prepared.steps) if any(map(any, tables)) else None
         for lead in range(frames.shape[1]):
             rates = np.asarray(frames[:, lead], dtype=np.float32)
@@ -157,7 +186,9 @@ class GANForecaster(Forecaster):
             for placement, weight in zip(placements, lead_weights, strict=True):
                 moved = _moved_rates(rates, members_db, metadata, weight * shift) if weight else rates
                 placement[lead] = ensemble_mean(moved)
-        return placements
+            if wet is not None:
+                wet[lead] = ensemble_mean(np.where(np.isfinite(moved), moved > wet_mmh, np.nan))
+        return placements, wet
 
     @staticmethod
     def _placed(result: xr.DataArray, placement: np.ndarray) -> xr.DataArray:
