@@ -34,6 +34,7 @@ from nowcast.ensemble import (
     blended_order,
     core_and_outline,
     ensemble_mean,
+    exceedance_probability,
     map_rates,
     neighbourhood_window_pixels,
     window_mean,
@@ -186,8 +187,8 @@ class GANForecaster(Forecaster):
             for placement, weight in zip(placements, lead_weights, strict=True):
                 moved = _moved_rates(rates, members_db, metadata, weight * shift) if weight else rates
                 placement[lead] = ensemble_mean(moved)
-            if wet is not None:
-                wet[lead] = ensemble_mean(np.where(np.isfinite(moved), moved > wet_mmh, np.nan))
+            if wet is not None:  # moved by the last table, the outline's
+                wet[lead] = exceedance_probability(moved, [wet_mmh])[0]
         return placements, wet
 
     @staticmethod
