@@ -87,6 +87,20 @@ def core_and_outline(core: np.ndarray, outline: np.ndarray, core_mmh: float) -> 
     return out
 
 
+def placed_in_order(field: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``field``'s values placed in ``order``'s order (the highest where ``order`` is highest, ties in
+    ``field``'s order), frame by frame: :func:`core_and_outline` with no core. No data: where ``field`` has
+    none; ``order``'s no data ranks last."""
+    return core_and_outline(field, order, np.inf)
+
+
+def core_in_order(field: np.ndarray, order: np.ndarray, core_mmh: float) -> np.ndarray:
+    """``field`` with its values from ``core_mmh`` up placed over the same pixels in ``order``'s order (the
+    highest where ``order`` is highest, ties in ``field``'s order), frame by frame; its other pixels as they
+    are. :func:`core_and_outline` turned round: that one keeps the core and orders the rest."""
+    return -core_and_outline(-np.asarray(field, dtype=np.float32), -np.asarray(order, dtype=np.float32), -core_mmh)
+
+
 def blended_order(first: np.ndarray, second: np.ndarray, weight: float) -> np.ndarray:
     """A field ordered between two, frame by frame (each ``(y, x)`` field of the axes before the last two):
     each pixel's rank in ``first`` (ties in ``second``'s order) times ``weight`` plus its rank in ``second``

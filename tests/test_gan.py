@@ -1709,6 +1709,63 @@ def test_a_models_outline_order_blends_in_the_moved_members_probability_of_rain(
             in _default_description(dataclasses.replace(tiny_experiment(), model=config)))
 
 
+def test_a_models_core_order_blends_in_the_placing_members_probability_of_heavy_rain(events):
+    """mean_core_probability_*: which pixels make the probability-matched mean's core is decided by the placing
+    (moved) members' probability of rain above mean_core_mmh blended by rank with their mean, the heaviest rain
+    within it placed by their mean; its outline then orders its light rain as before; the values and the members
+    stay; a table of zeros changes nothing; refusals by name; the card says so."""
+    from nowcast.ensemble import blended_order, core_and_outline, core_in_order, ensemble_mean, placed_in_order
+    from nowcast.gan.export import _default_description
+    from nowcast.gan.forecaster import GANForecaster
+    from nowcast.products import probability_matched_mean_of
+    from nowcast.transforms import Normalisation
+
+    torch.manual_seed(0)
+    outlined = GANForecaster(Generator(dataclasses.replace(
+        TINY_MODEL, noise_channels=2, member_intensity_db=3.0, mean_sprog_weight_minutes=(10.0,),
+        mean_sprog_weight=(0.5,), mean_outline_sprog_weight_minutes=(5.0,), mean_outline_sprog_weight=(1.0,),
+        mean_core_mmh=2.0, mean_outline_probability_mmh=0.5, mean_outline_probability_weight_minutes=(5.0,),
+        mean_outline_probability_weight=(1.0,))), Normalisation(), device="cpu")
+    cored = outlined.with_member_settings(mean_core_probability_weight_minutes=(5.0,),
+                                          mean_core_probability_weight=(1.0,))
+    unmoved = {"mean_sprog_weight_minutes": (), "mean_sprog_weight": (), "mean_outline_sprog_weight_minutes": (),
+               "mean_outline_sprog_weight": (), "mean_core_mmh": 0.0, "mean_outline_probability_mmh": 0.0,
+               "mean_outline_probability_weight_minutes": (), "mean_outline_probability_weight": ()}
+    placing, outlining = (outlined.with_member_settings(**unmoved, member_sprog_weight_minutes=minutes,
+                                                        member_sprog_weight=weight)
+                          for minutes, weight in (((10.0,), (0.5,)), ((5.0,), (1.0,))))
+    past = events["syn0"].isel(time=slice(2, 6))
+    before, after, placed, outline = (f.forecast(past, 4, members=4, seed=3)
+                                      for f in (outlined, cored, placing, outlining))
+    np.testing.assert_array_equal(before.values, after.values)
+    placed_mean = probability_matched_mean_of(before.drop_vars("probability_matched_mean"))
+    wet = ensemble_mean(np.where(np.isfinite(outline.values), outline.values > 0.5, np.nan))
+    outline_order = blended_order(wet, ensemble_mean(outline.values), 1.0)
+    old = probability_matched_mean_of(before)
+    np.testing.assert_array_equal(old, core_and_outline(placed_mean, outline_order, 2.0))
+    heavy = ensemble_mean(np.where(np.isfinite(placed.values), placed.values > 2.0, np.nan))
+    placement = ensemble_mean(placed.values)
+    core = core_in_order(placed_in_order(placed_mean, blended_order(heavy, placement, 1.0)), placement, 2.0)
+    mean = probability_matched_mean_of(after)
+    np.testing.assert_array_equal(mean, core_and_outline(core, outline_order, 2.0))
+    assert not np.array_equal(mean, old, equal_nan=True)
+    np.testing.assert_array_equal(np.sort(mean, axis=None), np.sort(old, axis=None))
+    zeros = outlined.with_member_settings(mean_core_probability_weight_minutes=(5.0,),
+                                          mean_core_probability_weight=(0.0,))
+    np.testing.assert_array_equal(probability_matched_mean_of(zeros.forecast(past, 4, members=4, seed=3)), old)
+    config = cored.model_config
+    for bad, match in (({"mean_core_probability_weight": (1.5,)}, "in \\[0, 1\\]"),
+                       ({"mean_core_probability_weight_minutes": (5.0, 1.0),
+                         "mean_core_probability_weight": (1.0, 1.0)}, "increasing"),
+                       ({"mean_core_probability_weight_minutes": ()}, "increasing"),
+                       ({**unmoved}, "set the core's rate")):
+        with pytest.raises(ValueError, match=f"mean_core_probability.*{match}"):
+            dataclasses.replace(config, **bad)
+    assert ("(which pixels lie above 2 mm/h blended by rank with their probability of rain above it: 1 at 5 min) "
+            "above 2 mm/h, and its lighter rain"
+            in _default_description(dataclasses.replace(tiny_experiment(), model=config)))
+
+
 def test_a_models_mean_rate_map_maps_the_probability_matched_mean_and_no_member(events):
     """mean_rate_map: an ensemble forecast carries, as its probability_matched_mean coordinate, its members'
     probability-matched mean with its wet rates mapped per lead (dry and no-data pixels as they were); products and

@@ -240,6 +240,44 @@ def test_a_blended_order_lies_between_two_fields_orders() -> None:
         blended_order(first, second, 1.5)
 
 
+def test_a_field_placed_in_another_fields_order_keeps_its_values() -> None:
+    """placed_in_order: the field's values, the highest where the order is highest (ties in the field's own order),
+    frame by frame; no data where the field has none, the order's no data ranking last."""
+    from nowcast.ensemble import placed_in_order
+
+    rng = np.random.default_rng(1)
+    field = rng.gamma(0.5, 2.0, size=(2, 5, 6)).astype(np.float32)
+    field[0, 1, 1] = np.nan
+    order = rng.random((2, 5, 6))
+    order[1, 0, 0] = np.nan
+    placed = placed_in_order(field, order)
+    assert np.isnan(placed[0, 1, 1]) and np.isfinite(placed[1]).all()
+    for lead in range(2):
+        valid = np.isfinite(field[lead])
+        np.testing.assert_array_equal(np.sort(placed[lead][valid]), np.sort(field[lead][valid]))
+        ranked = np.where(np.isfinite(order[lead]), order[lead], -np.inf)[valid]
+        np.testing.assert_array_equal(placed[lead][valid][np.argsort(ranked)], np.sort(field[lead][valid]))
+    assert placed[1, 0, 0] == np.nanmin(field[1])
+
+
+def test_a_fields_core_placed_in_another_fields_order_leaves_the_rest() -> None:
+    """core_in_order: the values from the core's rate up move among the same pixels, the highest where the order is
+    highest; lighter values and no data stay where they are."""
+    from nowcast.ensemble import core_in_order
+
+    rng = np.random.default_rng(2)
+    field = rng.gamma(0.5, 2.0, size=(2, 5, 6)).astype(np.float32)
+    field[0, 1, 1] = np.nan
+    order = rng.random((2, 5, 6))
+    placed = core_in_order(field, order, 1.0)
+    core = field >= 1.0
+    np.testing.assert_array_equal(placed[~core], field[~core])
+    for lead in range(2):
+        np.testing.assert_array_equal(placed[lead][core[lead]][np.argsort(order[lead][core[lead]])],
+                                      np.sort(field[lead][core[lead]]))
+    assert not np.array_equal(placed, field, equal_nan=True)
+
+
 def test_only_the_products_asked_are_made() -> None:
     products = ensemble_products(ensemble(), ProductRequest(("probabilities",)))
     assert list(products.data_vars) == ["probabilities"] and "member" not in products.coords

@@ -189,6 +189,12 @@ class ModelConfig:
     (:func:`nowcast.ensemble.blended_order`): of two pixels as wet on average, the one more members rain on
     is more likely wet, which the mean does not weigh where one member's heavy cell lifts it. Empty: the
     moved mean's order.
+    ``mean_core_probability_weight_minutes`` / ``mean_core_probability_weight``: which pixels make the
+    probability-matched mean's core (its values from ``mean_core_mmh`` up) is decided by an order that blends
+    (by rank, these weights per lead) its placement with the placing members' (moved by ``mean_sprog_weight``)
+    probability of rain above ``mean_core_mmh``, each over the mean's window; within the core the placement
+    still puts the heaviest rain. The outline's blend, for the heavy rain's extent (run 57 in
+    docs/gan-experiments.md). Empty: the placement's order alone.
     ``mean_rate_map_mmh`` / ``mean_rate_map_minutes`` / ``mean_rate_map``: the probability-matched
     mean's rates mapped per lead as ``member_rate_map`` maps the members' (rows of the members'
     final rates that map onto ``mean_rate_map_mmh``), so that its area above each threshold is the
@@ -248,6 +254,8 @@ class ModelConfig:
     mean_outline_sprog_weight_minutes: tuple[float, ...] = ()
     mean_outline_sprog_weight: tuple[float, ...] = ()
     mean_core_mmh: float = 0.0
+    mean_core_probability_weight_minutes: tuple[float, ...] = ()
+    mean_core_probability_weight: tuple[float, ...] = ()
     mean_outline_probability_mmh: float = 0.0
     mean_outline_probability_weight_minutes: tuple[float, ...] = ()
     mean_outline_probability_weight: tuple[float, ...] = ()
@@ -354,6 +362,21 @@ class ModelConfig:
             raise ValueError("mean_outline_sprog_weight and mean_core_mmh go together: the outline's placement is "
                              "for the probability-matched mean's rain up to the core's rate")
         self._check_outline_probability()
+        self._check_core_probability()
+
+    def _check_core_probability(self) -> None:
+        minutes, weights = self.mean_core_probability_weight_minutes, self.mean_core_probability_weight
+        if not (minutes or weights):
+            return
+        if not self.mean_core_mmh > 0:
+            raise ValueError("mean_core_probability_weight blends in the members' probability of rain above "
+                             "mean_core_mmh: set the core's rate")
+        if not _increasing(minutes) or len(weights) != len(minutes):
+            raise ValueError("mean_core_probability_weight_minutes must be positive and increasing, with one "
+                             "weight in mean_core_probability_weight per lead")
+        if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights):
+            raise ValueError("mean_core_probability_weight: each weight must be in [0, 1] (1: the probability's "
+                             "order, 0: the placement's)")
 
     def _check_outline_probability(self) -> None:
         minutes, weights = self.mean_outline_probability_weight_minutes, self.mean_outline_probability_weight
@@ -391,6 +414,12 @@ class ModelConfig:
             return None
         return _read_weights(self.mean_outline_sprog_weight_minutes, self.mean_outline_sprog_weight, step_minutes,
                              steps)
+
+    def mean_core_probability_weights(self, step_minutes: float, steps: int) -> list[float] | None:
+        """The weight of the members' probability of rain above ``mean_core_mmh`` in the probability-matched
+        mean's order at each of ``steps`` leads; None where no lead has one."""
+        return _lead_weights(self.mean_core_probability_weight_minutes, self.mean_core_probability_weight,
+                             step_minutes, steps)
 
     def mean_outline_probability_weights(self, step_minutes: float, steps: int) -> list[float] | None:
         """The weight of the members' probability of rain above ``mean_outline_probability_mmh`` in the outline's

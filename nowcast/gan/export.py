@@ -36,6 +36,7 @@ PRODUCT_SETTINGS = ("probability_neighbourhood_km_per_minute",)
 #: scores do
 MEAN_SETTINGS = ("mean_neighbourhood_km_per_minute", "mean_sprog_weight_minutes", "mean_sprog_weight",
                  "mean_outline_sprog_weight_minutes", "mean_outline_sprog_weight", "mean_core_mmh",
+                 "mean_core_probability_weight_minutes", "mean_core_probability_weight",
                  "mean_outline_probability_mmh", "mean_outline_probability_weight_minutes",
                  "mean_outline_probability_weight", "mean_rate_map_mmh", "mean_rate_map_minutes", "mean_rate_map")
 #: model settings that act only where members are drawn: a new version may change them on the same weights
@@ -290,6 +291,10 @@ def _mean_placement_text(model: ModelConfig) -> str:
     if model.mean_neighbourhood_km_per_minute:
         placed_by += (f", averaged over a square growing {model.mean_neighbourhood_km_per_minute:g} km per "
                       "minute of lead")
+    if model.mean_core_probability_weight:
+        table = _weight_table(model.mean_core_probability_weight_minutes, model.mean_core_probability_weight)
+        placed_by += (f" (which pixels lie above {model.mean_core_mmh:g} mm/h blended by rank with their probability "
+                      f"of rain above it: {table})")
     if model.mean_outline_sprog_weight:
         table = _weight_table(model.mean_outline_sprog_weight_minutes, model.mean_outline_sprog_weight)
         placed_by += (f" above {model.mean_core_mmh:g} mm/h, and its lighter rain by the members' mean moved towards "

@@ -33,10 +33,12 @@ from nowcast.ensemble import (
     area_matching_map,
     blended_order,
     core_and_outline,
+    core_in_order,
     ensemble_mean,
     exceedance_probability,
     map_rates,
     neighbourhood_window_pixels,
+    placed_in_order,
     window_mean,
 )
 from nowcast.forecasters import cascade
@@ -118,46 +120,55 @@ class GANForecaster(Forecaster):
 
     def finish(self, prepared: PreparedForecast, frames: np.ndarray) -> xr.DataArray:
         """The base form, and for members under ``ModelConfig.mean_sprog_weight`` the placement of their
-        probability-matched mean as the ``mean_placement`` coordinate; under ``ModelConfig.mean_outline_sprog_weight``
-        or ``ModelConfig.mean_rate_map`` the mean itself (its light rain placed by the outline, whose order may blend
-        in its members' probability of rain, its rates mapped) as the ``probability_matched_mean`` coordinate
-        (:mod:`nowcast.products`)."""
+        probability-matched mean as the ``mean_placement`` coordinate; under ``ModelConfig.mean_outline_sprog_weight``,
+        ``ModelConfig.mean_core_probability_weight`` or ``ModelConfig.mean_rate_map`` the mean itself (its order
+        and its outline's may blend in the members' probability of rain, its light rain placed by the outline, its
+        rates mapped) as the ``probability_matched_mean`` coordinate (:mod:`nowcast.products`)."""
         result = super().finish(prepared, frames)
         if prepared.members is None:
             return result
-        cfg, step_minutes = self.model_config, prepared.spacing.step_minutes
-        weights = cfg.mean_sprog_weights(step_minutes, prepared.steps)
-        outline_weights = cfg.mean_outline_sprog_weights(step_minutes, prepared.steps)
-        tables = [table for table in (weights, outline_weights) if table is not None]
-        blend = cfg.mean_outline_probability_weights(step_minutes, prepared.steps) if outline_weights else None
-        placements, outline_wet = self._mean_placements(prepared, frames, tables,
-                                                        cfg.mean_outline_probability_mmh if blend else 0.0)
+        cfg, step_minutes, steps = self.model_config, prepared.spacing.step_minutes, prepared.steps
+        core_blend = cfg.mean_core_probability_weights(step_minutes, steps)
+        weights = cfg.mean_sprog_weights(step_minutes, steps)
+        if weights is None and core_blend is not None:
+            weights = [0.0] * steps  # the unmoved members' mean places it, as without a table
+        outline_weights = cfg.mean_outline_sprog_weights(step_minutes, steps)
+        blend = cfg.mean_outline_probability_weights(step_minutes, steps) if outline_weights else None
+        tables = [(weights, cfg.mean_core_mmh if core_blend else 0.0),
+                  (outline_weights, cfg.mean_outline_probability_mmh if blend else 0.0)]
+        placements, wet = self._mean_placements(prepared, frames, [(t, r) for t, r in tables if t is not None])
         if weights is not None:
             result = self._placed(result, placements[0])
-        maps = cfg.mean_rate_maps(step_minutes, prepared.steps)
-        if outline_weights is None and maps is None:
+        maps = cfg.mean_rate_maps(step_minutes, steps)
+        if outline_weights is None and maps is None and core_blend is None:
             return result
         mean = self._mapped_mean(result, maps)
+        if core_blend is not None:
+            # the blend decides which pixels make the core; within it the heaviest rain goes where the placement is
+            blended, placed = self._blended_order(result, placements[0], wet[0], core_blend)
+            mean = core_in_order(placed_in_order(mean, blended), placed, cfg.mean_core_mmh)
         if outline_weights is not None:
             # joined in the final rates, so that the core is all the mean has above mean_core_mmh
             if blend is None:
                 outline = self._mapped_mean(self._placed(result, placements[-1]), maps)
             else:
-                outline = self._blended_outline(result, placements[-1], outline_wet, blend)
+                outline, _ = self._blended_order(result, placements[-1], wet[-1], blend)
             mean = core_and_outline(mean, outline, cfg.mean_core_mmh)
         return result.assign_coords({MEAN_COORD: (result.dims[1:], mean, {"units": "mm h-1"})})
 
-    def _blended_outline(self, result: xr.DataArray, placement: np.ndarray, wet: np.ndarray,
-                         blend: Sequence[float]) -> np.ndarray:
-        """The outline's order (time, y, x): per lead, the moved members' mean ``placement`` and their
-        probability of rain ``wet``, each over the probability-matched mean's window, blended by rank."""
+    def _blended_order(self, result: xr.DataArray, placement: np.ndarray, wet: np.ndarray,
+                       blend: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+        """An order (time, y, x): per lead, the moved members' mean ``placement`` and their probability of rain
+        ``wet``, each over the probability-matched mean's window, blended by rank; and the placement over the
+        window (the probability-matched mean's own order)."""
         pixel_km = pixel_size_km(result)
-        order = np.empty(placement.shape, dtype=np.float64)
+        order, placed = np.empty(placement.shape, dtype=np.float64), np.empty(placement.shape, dtype=np.float32)
         for lead, (minutes, weight) in enumerate(zip(lead_minutes_of(result), blend, strict=True)):
             window = neighbourhood_window_pixels(minutes, self.model_config.mean_neighbourhood_km_per_minute,
                                                  pixel_km)
-            order[lead] = blended_order(window_mean(wet[lead], window), window_mean(placement[lead], window), weight)
-        return order
+            placed[lead] = window_mean(placement[lead], window)
+            order[lead] = blended_order(window_mean(wet[lead], window), placed[lead], weight)
+        return order, placed
 
     def _mapped_mean(self, result: xr.DataArray, maps: Sequence[np.ndarray] | None) -> np.ndarray:
         """The probability-matched mean of a forecast as its placement places it, its rates mapped by ``maps``."""
@@ -166,29 +177,30 @@ class GANForecaster(Forecaster):
             self._map_rates(mean[None, None], maps, self.model_config.mean_rate_map_mmh)
         return mean
 
-    def _mean_placements(self, prepared: PreparedForecast, frames: np.ndarray, tables: Sequence[Sequence[float]],
-                         wet_mmh: float = 0.0) -> tuple[list[np.ndarray], np.ndarray | None]:
+    def _mean_placements(
+        self, prepared: PreparedForecast, frames: np.ndarray, tables: Sequence[tuple[Sequence[float], float]]
+    ) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
         """For each table of weights per lead, the mean (time, y, x) mm/h of the members (member, time, y, x) moved
         towards S-PROG by them (:meth:`_move_towards_sprog`'s move, on copies): where the probability-matched
-        mean's rain goes; with ``wet_mmh`` > 0 also the fraction (time, y, x) of the members moved by the last
-        table with rain above it (NaN where none has data). Each lead's members are converted to dBR once for
+        mean's rain goes; and where the table's rate is > 0 the fraction (time, y, x) of those moved members with
+        rain above it (NaN where none has data), else None. Each lead's members are converted to dBR once for
         every table."""
         placements = [np.empty(frames.shape[1:], dtype=np.float32) for _ in tables]
-        wet = np.empty(frames.shape[1:], dtype=np.float32) if wet_mmh > 0 else None
+        wet = [np.empty(frames.shape[1:], dtype=np.float32) if rate > 0 else None for _, rate in tables]
         if not tables:
             return placements, wet
-        sprog_db = self._sprog.field(prepared.past, prepared.steps) if any(map(any, tables)) else None
+        sprog_db = self._sprog.field(prepared.past, prepared.steps) if any(any(t) for t, _ in tables) else None
         for lead in range(frames.shape[1]):
             rates = np.asarray(frames[:, lead], dtype=np.float32)
-            lead_weights = [table[lead] for table in tables]
+            lead_weights = [table[lead] for table, _ in tables]
             if any(lead_weights):
                 members_db, metadata = cascade.to_db(rates)
                 shift = _sprog_shift(members_db, sprog_db[lead])
-            for placement, weight in zip(placements, lead_weights, strict=True):
+            for placement, fraction, weight, (_, rate) in zip(placements, wet, lead_weights, tables, strict=True):
                 moved = _moved_rates(rates, members_db, metadata, weight * shift) if weight else rates
                 placement[lead] = ensemble_mean(moved)
-            if wet is not None:  # moved by the last table, the outline's
-                wet[lead] = exceedance_probability(moved, [wet_mmh])[0]
+                if fraction is not None:
+                    fraction[lead] = exceedance_probability(moved, [rate])[0]
         return placements, wet
 
     @staticmethod
