@@ -1654,6 +1654,14 @@ def test_a_models_mean_outline_places_the_probability_matched_means_light_rain_a
             in _default_description(dataclasses.replace(tiny_experiment(), model=outlined.model_config)))
 
 
+def _fraction_above(members: np.ndarray, rate: float) -> np.ndarray:
+    """The fraction of members (member, ...) with rain above ``rate``, NaN where none has data: computed here
+    independently of nowcast.ensemble.exceedance_probability."""
+    from nowcast.ensemble import ensemble_mean
+
+    return ensemble_mean(np.where(np.isfinite(members), members > rate, np.nan))
+
+
 def test_a_models_outline_order_blends_in_the_moved_members_probability_of_rain(events):
     """mean_outline_probability_*: the outline's order is the moved members' probability of rain above the rate
     blended by rank with their mean (weight 1: the probability's order, ties in the mean's); the core, the values
@@ -1679,8 +1687,7 @@ def test_a_models_outline_order_blends_in_the_moved_members_probability_of_rain(
     before, after, moved_members = (f.forecast(past, 4, members=4, seed=3) for f in (outlined, blended, moved))
     np.testing.assert_array_equal(before.values, after.values)
     core = probability_matched_mean_of(before.drop_vars("probability_matched_mean"))
-    wet = ensemble_mean(np.where(np.isfinite(moved_members.values), moved_members.values > 0.5, np.nan))
-    order = blended_order(wet, ensemble_mean(moved_members.values), 1.0)
+    order = blended_order(_fraction_above(moved_members.values, 0.5), ensemble_mean(moved_members.values), 1.0)
     mean = probability_matched_mean_of(after)
     np.testing.assert_array_equal(mean, core_and_outline(core, order, 2.0))
     old = probability_matched_mean_of(before)
@@ -1739,13 +1746,12 @@ def test_a_models_core_order_blends_in_the_placing_members_probability_of_heavy_
                                       for f in (outlined, cored, placing, outlining))
     np.testing.assert_array_equal(before.values, after.values)
     placed_mean = probability_matched_mean_of(before.drop_vars("probability_matched_mean"))
-    wet = ensemble_mean(np.where(np.isfinite(outline.values), outline.values > 0.5, np.nan))
-    outline_order = blended_order(wet, ensemble_mean(outline.values), 1.0)
+    outline_order = blended_order(_fraction_above(outline.values, 0.5), ensemble_mean(outline.values), 1.0)
     old = probability_matched_mean_of(before)
     np.testing.assert_array_equal(old, core_and_outline(placed_mean, outline_order, 2.0))
-    heavy = ensemble_mean(np.where(np.isfinite(placed.values), placed.values > 2.0, np.nan))
     placement = ensemble_mean(placed.values)
-    core = core_in_order(placed_in_order(placed_mean, blended_order(heavy, placement, 1.0)), placement, 2.0)
+    core = core_in_order(placed_in_order(placed_mean, blended_order(_fraction_above(placed.values, 2.0), placement,
+                                                                    1.0)), placement, 2.0)
     mean = probability_matched_mean_of(after)
     np.testing.assert_array_equal(mean, core_and_outline(core, outline_order, 2.0))
     assert not np.array_equal(mean, old, equal_nan=True)

@@ -365,18 +365,12 @@ class ModelConfig:
         self._check_core_probability()
 
     def _check_core_probability(self) -> None:
-        minutes, weights = self.mean_core_probability_weight_minutes, self.mean_core_probability_weight
-        if not (minutes or weights):
+        if not (self.mean_core_probability_weight_minutes or self.mean_core_probability_weight):
             return
         if not self.mean_core_mmh > 0:
             raise ValueError("mean_core_probability_weight blends in the members' probability of rain above "
                              "mean_core_mmh: set the core's rate")
-        if not _increasing(minutes) or len(weights) != len(minutes):
-            raise ValueError("mean_core_probability_weight_minutes must be positive and increasing, with one "
-                             "weight in mean_core_probability_weight per lead")
-        if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights):
-            raise ValueError("mean_core_probability_weight: each weight must be in [0, 1] (1: the probability's "
-                             "order, 0: the placement's)")
+        self._check_blend_table("mean_core_probability_weight", "0: the placement's")
 
     def _check_outline_probability(self) -> None:
         minutes, weights = self.mean_outline_probability_weight_minutes, self.mean_outline_probability_weight
@@ -391,12 +385,15 @@ class ModelConfig:
         if not self.mean_outline_sprog_weight or rate >= self.mean_core_mmh:
             raise ValueError("mean_outline_probability_mmh orders the outline (mean_outline_sprog_weight): it must "
                              "lie below mean_core_mmh")
+        self._check_blend_table("mean_outline_probability_weight", "0: the moved mean's")
+
+    def _check_blend_table(self, name: str, zero_means: str) -> None:
+        """A table of rank-blend weights ``name`` by lead (``name``_minutes): one weight per lead, each in [0, 1]."""
+        minutes, weights = getattr(self, f"{name}_minutes"), getattr(self, name)
         if not _increasing(minutes) or len(weights) != len(minutes):
-            raise ValueError("mean_outline_probability_weight_minutes must be positive and increasing, with one "
-                             "weight in mean_outline_probability_weight per lead")
+            raise ValueError(f"{name}_minutes must be positive and increasing, with one weight in {name} per lead")
         if not all(math.isfinite(w) and 0.0 <= w <= 1.0 for w in weights):
-            raise ValueError("mean_outline_probability_weight: each weight must be in [0, 1] (1: the probability's "
-                             "order, 0: the moved mean's)")
+            raise ValueError(f"{name}: each weight must be in [0, 1] (1: the probability's order, {zero_means})")
 
     def member_sprog_weights(self, step_minutes: float, steps: int) -> list[float] | None:
         """The weight towards S-PROG at each of ``steps`` leads; None where no lead has one."""
