@@ -1252,6 +1252,30 @@ def test_member_intensity_multiplies_each_member_by_its_own_lognormal_field(even
         dataclasses.replace(plain_config, member_intensity_km=0.0)
 
 
+def test_the_intensity_fields_separable_filter_is_conv2ds_valid_correlation():
+    """The members' intensity fields are filtered as shifted sums: the same numbers as conv2d along x then y, for
+    kernels of any length, on any number of fields, and a field of ones stays ones under a normalised kernel."""
+    import torch.nn.functional as F
+
+    from nowcast.gan.forecaster import _gaussian_kernel, _separable_filter
+
+    generator = torch.Generator().manual_seed(0)
+    for sigma, shape in [(0.3, (1, 1, 9, 11)), (2.0, (12, 1, 40, 33)), (4.5, (3, 1, 64, 70))]:
+        kernel = _gaussian_kernel(sigma, torch.device("cpu"))
+        fields = torch.randn(shape, generator=generator)
+        before = fields.clone()
+        expected = F.conv2d(F.conv2d(fields, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+        filtered = _separable_filter(fields, kernel)
+        assert filtered.shape == expected.shape == (shape[0], 1, shape[2] - len(kernel) + 1, shape[3] - len(kernel) + 1)
+        torch.testing.assert_close(filtered, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(_separable_filter(torch.ones(shape), kernel), torch.ones(expected.shape))
+        assert torch.equal(fields, before)  # the input is left as it was
+    asymmetric = torch.tensor([0.2, 0.5, 0.3])
+    fields = torch.randn((2, 1, 8, 9), generator=generator)
+    torch.testing.assert_close(_separable_filter(fields, asymmetric),
+                               F.conv2d(F.conv2d(fields, asymmetric.view(1, 1, 1, -1)), asymmetric.view(1, 1, -1, 1)))
+
+
 def test_member_spread_gain_scales_wet_members_log_rates_about_their_mean(events):
     """member_spread_gain_start/_end: at each pixel and lead, wet members' log rates move about their mean by a gain
     linear in the lead (start at 0 min, end at 60 min, held after); dry stays dry, wet stays wet, no data stays no
@@ -1848,30 +1872,35 @@ def test_members_moved_towards_sprog_can_keep_their_own_rates(events):
 
 
 def test_members_are_the_same_on_one_thread_or_several(events):
-    """The per-member steps that run on torch's threads (each member matched to the last frame, each keeping its
-    rates through the move towards S-PROG, the map that sets their area) give the same members on one thread as on
-    several."""
+    """The per-member steps that run on torch's threads (each member matched to the last frame, moved towards
+    S-PROG keeping its rates or not, the map that sets their area, the spread gain a lead at a time) give the same
+    members on one thread as on several, and so does the probability-matched mean's placement."""
     from nowcast.gan.forecaster import GANForecaster
+    from nowcast.products import PLACEMENT_COORD
     from nowcast.transforms import Normalisation
 
     torch.manual_seed(0)
-    forecaster = GANForecaster(Generator(dataclasses.replace(
+    generator = Generator(dataclasses.replace(
         TINY_MODEL, noise_channels=2, member_intensity_db=3.0, member_matching="each", member_matching_minutes=5.0,
         member_sprog_weight_minutes=(5.0, 15.0), member_sprog_weight=(0.5, 0.1), member_sprog_keeps_rates=True,
-        member_area_mmh=(0.5, 1.0))),
-        Normalisation(), device="cpu")
-    past = events["syn0"].values[2:6].copy()[None]
-    past[0, -1, :5] = np.nan
+        member_area_mmh=(0.5, 1.0), member_spread_gain_minutes=(5.0, 20.0), member_spread_gain=(1.2, 0.8),
+        mean_sprog_weight_minutes=(5.0, 20.0), mean_sprog_weight=(0.6, 0.2)))
+    past = events["syn0"].isel(time=slice(2, 6)).copy()
+    past.values[-1, :5] = np.nan
     threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        alone = forecaster.predict(past, 4, members=6, seed=3)
-        torch.set_num_threads(3)
-        shared = forecaster.predict(past, 4, members=6, seed=3)
-    finally:
-        torch.set_num_threads(threads)
-    np.testing.assert_array_equal(alone, shared)
-    assert np.isfinite(alone).any() and not np.array_equal(alone[0, 0], alone[0, 1], equal_nan=True)
+    for keeps_rates in (True, False):
+        forecaster = GANForecaster(generator, Normalisation(), device="cpu").with_member_settings(
+            member_sprog_keeps_rates=keeps_rates)
+        try:
+            torch.set_num_threads(1)
+            alone = forecaster.forecast(past, 4, members=6, seed=3)
+            torch.set_num_threads(3)
+            shared = forecaster.forecast(past, 4, members=6, seed=3)
+        finally:
+            torch.set_num_threads(threads)
+        np.testing.assert_array_equal(alone.values, shared.values)
+        np.testing.assert_array_equal(alone[PLACEMENT_COORD].values, shared[PLACEMENT_COORD].values)
+        assert np.isfinite(alone.values).any() and not np.array_equal(alone[0, 0], alone[1, 0], equal_nan=True)
 
 
 def test_members_take_the_extrapolated_area_above_the_member_area_rates(events):

@@ -156,9 +156,11 @@ class Forecaster(abc.ABC):
         if prepared.members is None:
             result = like(source, frames, prepared.valid_times)
         else:
-            stacked = [like(source, frames[m], prepared.valid_times) for m in range(frames.shape[0])]
-            result = xr.concat(stacked, dim="member").assign_coords(member=np.arange(frames.shape[0]))
-            result.attrs = stacked[0].attrs
+            # one member's frames give the grid, times and attributes; the members join them as they are
+            first = like(source, frames[0], prepared.valid_times)
+            result = xr.DataArray(np.asarray(frames, dtype=np.float32), dims=("member", *first.dims),
+                                  coords={**first.coords, "member": np.arange(frames.shape[0])}, attrs=first.attrs,
+                                  name=first.name)
         result.attrs["forecast_reference_time"] = str(reference)
         result.attrs["forecast_method"] = self.name
         # this forecaster's neighbourhoods, never ones the input frames carried
