@@ -1874,9 +1874,10 @@ def test_members_moved_towards_sprog_can_keep_their_own_rates(events):
 def test_members_are_the_same_on_one_thread_or_several(events):
     """The per-member steps that run on torch's threads (each member matched to the last frame, moved towards
     S-PROG keeping its rates or not, the map that sets their area, the spread gain a lead at a time) give the same
-    members on one thread as on several, and so does the probability-matched mean's placement."""
+    members on one thread as on several, and so do the probability-matched mean's placement and the mean itself
+    where its core's and outline's orders blend in the members' probability of rain."""
     from nowcast.gan.forecaster import GANForecaster
-    from nowcast.products import PLACEMENT_COORD
+    from nowcast.products import MEAN_COORD, PLACEMENT_COORD
     from nowcast.transforms import Normalisation
 
     torch.manual_seed(0)
@@ -1888,19 +1889,30 @@ def test_members_are_the_same_on_one_thread_or_several(events):
     past = events["syn0"].isel(time=slice(2, 6)).copy()
     past.values[-1, :5] = np.nan
     threads = torch.get_num_threads()
-    for keeps_rates in (True, False):
-        forecaster = GANForecaster(generator, Normalisation(), device="cpu").with_member_settings(
-            member_sprog_keeps_rates=keeps_rates)
+
+    def on_one_thread_and_three(forecaster):
         try:
             torch.set_num_threads(1)
             alone = forecaster.forecast(past, 4, members=6, seed=3)
             torch.set_num_threads(3)
-            shared = forecaster.forecast(past, 4, members=6, seed=3)
+            return alone, forecaster.forecast(past, 4, members=6, seed=3)
         finally:
             torch.set_num_threads(threads)
+
+    for keeps_rates in (True, False):
+        alone, shared = on_one_thread_and_three(GANForecaster(generator, Normalisation(), device="cpu")
+                                                .with_member_settings(member_sprog_keeps_rates=keeps_rates))
         np.testing.assert_array_equal(alone.values, shared.values)
         np.testing.assert_array_equal(alone[PLACEMENT_COORD].values, shared[PLACEMENT_COORD].values)
         assert np.isfinite(alone.values).any() and not np.array_equal(alone[0, 0], alone[1, 0], equal_nan=True)
+    blended = GANForecaster(generator, Normalisation(), device="cpu").with_member_settings(
+        mean_outline_sprog_weight_minutes=(5.0,), mean_outline_sprog_weight=(0.75,), mean_core_mmh=2.0,
+        mean_core_probability_weight_minutes=(5.0, 20.0), mean_core_probability_weight=(0.5, 0.0),
+        mean_outline_probability_mmh=0.5, mean_outline_probability_weight_minutes=(5.0,),
+        mean_outline_probability_weight=(0.5,), mean_neighbourhood_km_per_minute=0.3)
+    alone, shared = on_one_thread_and_three(blended)
+    np.testing.assert_array_equal(alone[MEAN_COORD].values, shared[MEAN_COORD].values)
+    assert np.isfinite(alone[MEAN_COORD].values).any()
 
 
 def test_members_take_the_extrapolated_area_above_the_member_area_rates(events):
