@@ -438,6 +438,11 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder: checkpoint.pt, metrics.jsonl, config.json."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    fit_minutes: float | None = typer.Option(
+        None, "--fit-minutes", min=0.1,
+        help="Set a new run's train.steps (at most the config's) so that its loop takes about this many minutes "
+             "on this machine, timed on a throwaway copy of the models first; the run's config.json records the "
+             "steps chosen (resume with --config RUN/config.json). For a machine lent for a fixed time."),
 ) -> None:
     """Train a multi-scale GAN on real events (the same command runs data-parallel under torchrun)."""
     from nowcast import config as config_io
@@ -445,7 +450,7 @@ def train(
     from nowcast.gan.train import train as run_training
 
     experiment = config_io.load(ExperimentConfig, config)
-    result = run_training(experiment, out, resume=resume, progress=progress)
+    result = run_training(experiment, out, resume=resume, progress=progress, fit_minutes=fit_minutes)
     if result:
         typer.echo(json.dumps(result))
 

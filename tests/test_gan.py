@@ -23,7 +23,7 @@ from nowcast.gan.data import SampleSource, load_events
 from nowcast.gan.export import MEAN_SETTINGS, MEMBER_POSTPROCESSING, PRODUCT_SETTINGS, export_run, retune_version
 from nowcast.gan.losses import discriminator_loss, gdl_loss, generator_loss, lp_loss
 from nowcast.gan.model import Discriminator, Generator
-from nowcast.gan.train import CHECKPOINT, METRICS, load_generator, train
+from nowcast.gan.train import CHECKPOINT, CONFIG, METRICS, load_generator, train
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
 
 # without the shipped limits, so that tests see the generator's raw corrections
@@ -214,6 +214,39 @@ def test_resume_after_kill_gives_the_same_weights(tmp_path, events, schedule, em
     for key in a.get("generator_ema", {}):
         assert torch.equal(a["generator_ema"][key], b["generator_ema"][key]), key
     assert (full / METRICS).read_text().count("\n") == (killed / METRICS).read_text().count("\n")
+
+
+def test_batches_drawn_by_worker_processes_train_the_same_weights(tmp_path, events):
+    in_process, by_workers = tmp_path / "in-process", tmp_path / "workers"
+    train(tiny_experiment(steps=4), in_process, loader=events.__getitem__, progress=False)
+    train(tiny_experiment(steps=4, workers=2), by_workers, loader=events.__getitem__, progress=False)
+    a = torch.load(in_process / CHECKPOINT, weights_only=True)
+    b = torch.load(by_workers / CHECKPOINT, weights_only=True)
+    for part in ("generator", "discriminator"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    with pytest.raises(ValueError, match="workers must be in"):
+        tiny_experiment(workers=-1)
+
+
+def test_steps_fitted_to_minutes_are_recorded_and_reproduce_the_run(tmp_path, events):
+    cfg = tiny_experiment(steps=100_000, log_every=1, checkpoint_every=1, val_every=1000)
+    fitted = tmp_path / "fitted"
+    train(cfg, fitted, loader=events.__getitem__, progress=False, fit_minutes=0.005)
+    saved = json.loads((fitted / CONFIG).read_text())
+    steps = saved["train"]["steps"]
+    assert 1 <= steps < 100_000
+    assert torch.load(fitted / CHECKPOINT, weights_only=True)["step"] == steps
+    assert json.loads((fitted / METRICS).read_text().splitlines()[-1])["step"] == steps
+    plain = tmp_path / "plain"
+    train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps)), plain,
+          loader=events.__getitem__, progress=False)
+    a = torch.load(fitted / CHECKPOINT, weights_only=True)
+    b = torch.load(plain / CHECKPOINT, weights_only=True)
+    for key in a["generator"]:
+        assert torch.equal(a["generator"][key], b["generator"][key]), key
+    with pytest.raises(config_io.ConfigError, match="a resumed run keeps its config's steps"):
+        train(cfg, fitted, loader=events.__getitem__, progress=False, resume=True, fit_minutes=1.0)
 
 
 def test_weight_average_is_what_a_run_serves(tmp_path, events):

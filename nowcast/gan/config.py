@@ -718,6 +718,10 @@ class TrainConfig:
     of a member's late small-scale power within 700 generator steps; continued, about 40 %, and
     at a tenth of the rates about 6 %: runs 46–47). The model and loss must build the same
     networks; the step count and learning-rate schedule are this run's. Not with ``init_from``.
+    ``workers``: processes that draw the batches of the coming steps while the models train
+    (torch's DataLoader), so that a GPU is not kept waiting on the CPU's advection of every
+    sample; 0 draws them in the training process. The batches are the same either way: a
+    step's depend on the seed and the step alone.
     ``discriminator_warmup_steps``: the run's first steps update the discriminators alone,
     against the generator as ``init_from`` left it, and the learning-rate schedule starts
     after them, so that a fine-tune's first generator steps are judged by discriminators
@@ -747,8 +751,11 @@ class TrainConfig:
     continue_from: str | None = None
     member_motion: bool = False
     discriminator_warmup_steps: int = 0
+    workers: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.workers <= 64:
+            raise ValueError(f"workers must be in [0, 64]; got {self.workers}")
         if self.init_noise_std < 0:
             raise ValueError(f"init_noise_std must not be negative; got {self.init_noise_std}")
         if not 0.0 <= self.ema_decay < 1.0:

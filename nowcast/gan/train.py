@@ -15,11 +15,12 @@ gradients are averaged; rank 0 alone logs, validates and writes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,34 +88,37 @@ def train(
     progress: bool = True,
     loader: Callable[[str], xr.DataArray] | None = None,
     stop_after: int | None = None,
+    fit_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) into ``out_dir``; returns the last logged metrics.
 
     ``loader`` replaces the catalogue (tests feed synthetic events); ``stop_after``
     ends the run after that many steps of this call, as a kill would (tests of resume).
+    ``fit_minutes``: a new run's ``train.steps`` set so that its loop takes about that long
+    here (:func:`fit_steps`); the run folder's config records the steps chosen.
     """
     out = Path(out_dir)
-    tc = cfg.train
+    if fit_minutes is not None and resume:
+        raise config_io.ConfigError("fitting the steps to minutes starts a run; a resumed run keeps its config's steps")
     # the processes, the device and the run folder
     ctx, device = _start(cfg, out, resume)
+    # the data: training batches drawn from the seed and the step; held-out patches to validate on
+    source, val_batches = _load_data(cfg, ctx, loader)
+    if fit_minutes is not None:
+        cfg = fit_steps(cfg, source, device, ctx, fit_minutes)
+        write_text_atomically(out / CONFIG, json.dumps(config_io.to_dict(cfg), indent=2) + "\n")
+    tc = cfg.train
     # the models and their optimisers, restored from the checkpoint when resuming
     run = _Models.build(cfg, device, ctx, out / CHECKPOINT, resume)
-    # the data: training batches drawn from the seed and the step; held-out patches to validate on
-    logger.info("loading training events %s", ", ".join(cfg.data.train_events))
-    source = SampleSource(load_events(cfg.data.train_events, cfg.model, cfg.data, loader), cfg.data, cfg.model,
-                          cfg.normalisation, tc.seed)
-    val_batches: list[Batch] = []
-    if ctx.is_main and cfg.data.val_events:
-        val_events = load_events(cfg.data.val_events, cfg.model, cfg.data, loader)
-        val_batches = validation_batches(val_events, cfg.data, cfg.model, cfg.normalisation, tc.seed)
 
     # the loop: k discriminator steps, one generator step; logs, validation and checkpoints on rank 0
     last: dict[str, Any] = {}
     bar = _progress(progress and ctx.is_main, run.start_step, tc.steps)
     t0, samples = time.perf_counter(), 0
     end_step = tc.steps if stop_after is None else min(tc.steps, run.start_step + stop_after)
-    for step in range(run.start_step, end_step):
-        parts = run.step(step, source, ctx)
+    drawn = step_batches(cfg, source, ctx.rank, run.start_step, end_step)
+    for step, batches in zip(range(run.start_step, end_step), drawn, strict=True):
+        parts = run.step(step, batches, ctx)
         samples += tc.batch_size * ctx.world_size * (tc.trains_generator(step)
                                                      + (tc.discriminator_steps if cfg.loss.adversarial else 0))
         done = step + 1
@@ -134,6 +138,105 @@ def train(
     if ctx.enabled:
         dist.barrier()
     return last
+
+
+def _load_data(cfg: ExperimentConfig, ctx: DistributedContext, loader: Callable[[str], xr.DataArray] | None,
+               ) -> tuple[SampleSource, list[Batch]]:
+    """The training events as a source of batches, and (on rank 0) the held-out patches to validate on."""
+    logger.info("loading training events %s", ", ".join(cfg.data.train_events))
+    source = SampleSource(load_events(cfg.data.train_events, cfg.model, cfg.data, loader), cfg.data, cfg.model,
+                          cfg.normalisation, cfg.train.seed)
+    val_batches: list[Batch] = []
+    if ctx.is_main and cfg.data.val_events:
+        val_events = load_events(cfg.data.val_events, cfg.model, cfg.data, loader)
+        val_batches = validation_batches(val_events, cfg.data, cfg.model, cfg.normalisation, cfg.train.seed)
+    return source, val_batches
+
+
+#: A step's batches: the discriminators' (one per ``discriminator_steps``) and the generator's (None in the
+#: discriminators' warm-up).
+StepBatches = tuple[list[Batch], Batch | None]
+
+
+def draw_step(cfg: ExperimentConfig, source: SampleSource, step: int, rank: int = 0) -> StepBatches:
+    """Everything ``step`` trains on, drawn from the seed, the step and the rank alone."""
+    tc = cfg.train
+    for_d = [source.batch(tc.batch_size, step, rank, substep=sub + 1)
+             for sub in range(tc.discriminator_steps if cfg.loss.adversarial else 0)]
+    for_g = None
+    if tc.trains_generator(step):
+        draws = cfg.loss.samples if tc.member_motion else 1
+        for_g = source.batch(tc.batch_size, step, rank, substep=0, draws=draws)
+    return for_d, for_g
+
+
+class _DrawnSteps(torch.utils.data.Dataset):
+    """Steps ``start``..``end`` - 1 as a dataset, so that worker processes can draw them ahead."""
+
+    def __init__(self, cfg: ExperimentConfig, source: SampleSource, rank: int, start: int, end: int) -> None:
+        self.cfg, self.source, self.rank, self.start, self.end = cfg, source, rank, start, end
+
+    def __len__(self) -> int:
+        return max(self.end - self.start, 0)
+
+    def __getitem__(self, index: int) -> StepBatches:
+        return draw_step(self.cfg, self.source, self.start + index, self.rank)
+
+
+def _as_drawn(drawn: StepBatches) -> StepBatches:
+    return drawn
+
+
+def step_batches(cfg: ExperimentConfig, source: SampleSource, rank: int, start: int, end: int,
+                 ) -> Iterator[StepBatches]:
+    """The batches of steps ``start``..``end`` - 1, in order: drawn here, or ``train.workers`` processes
+    ahead of the loop (torch's DataLoader); either way the same, since a step's batches depend on
+    the seed and the step alone."""
+    steps = _DrawnSteps(cfg, source, rank, start, end)
+    if cfg.train.workers == 0:
+        return (steps[i] for i in range(len(steps)))
+    loader = torch.utils.data.DataLoader(steps, batch_size=None, shuffle=False, num_workers=cfg.train.workers,
+                                         collate_fn=_as_drawn, prefetch_factor=2)
+    return iter(loader)
+
+
+def fit_steps(cfg: ExperimentConfig, source: SampleSource, device: torch.device, ctx: DistributedContext,
+              minutes: float, *, warmup: int = 5, timed: int = 20) -> ExperimentConfig:
+    """``cfg`` with ``train.steps`` set so that the training loop takes about ``minutes`` here.
+
+    A throwaway copy of the models runs ``warmup`` steps, then ``timed`` timed ones, and is
+    dropped, so the run itself starts from step 0 under the schedule of the steps chosen
+    and its saved config reproduces it. With ``train.workers``, the warm-up also drains the
+    batches the workers drew ahead (two each), so that the timed steps wait on the workers
+    as the run's will. A twentieth of the time is left for checkpoints and validation. The
+    steps chosen are at most the config's, and more than the discriminators' warm-up.
+    """
+    if ctx.enabled:
+        raise config_io.ConfigError("fitting the steps to minutes runs on one process, not under torchrun")
+    if minutes <= 0:
+        raise config_io.ConfigError(f"the minutes to fit the steps to must be positive; got {minutes:g}")
+    tc = cfg.train
+    probe = _Models.build(cfg, device, ctx, Path(os.devnull), resume=False)
+    first = tc.discriminator_warmup_steps  # time steps that train G too
+    warmup += 2 * tc.workers
+    drawn = step_batches(cfg, source, ctx.rank, first, first + warmup + timed)
+    for i, (step, batches) in enumerate(zip(range(first, first + warmup + timed), drawn, strict=True)):
+        if i == warmup:
+            _synchronise(device)
+            t0 = time.perf_counter()
+        probe.step(step, batches, ctx)
+    _synchronise(device)
+    per_step = (time.perf_counter() - t0) / timed
+    fitted = int(0.95 * minutes * 60.0 / per_step)
+    steps = min(tc.steps, max(fitted, tc.discriminator_warmup_steps + 1))
+    logger.info("%.3f s per step here: %d steps fit %g minutes (the config allows %d); training %d",
+                per_step, fitted, minutes, tc.steps, steps)
+    return dataclasses.replace(cfg, train=dataclasses.replace(tc, steps=steps))
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _start(cfg: ExperimentConfig, out: Path, resume: bool) -> tuple[DistributedContext, torch.device]:
@@ -230,8 +333,9 @@ class _Models:
     def save(self, path: Path, step: int) -> None:
         _save_checkpoint(path, step, self.generator, self.discriminator, self.opt_g, self.opt_d, self.ema)
 
-    def step(self, step: int, source: SampleSource, ctx: DistributedContext) -> dict[str, float]:
-        """One training step: the learning rates for it, D's updates, then G's; the loss parts."""
+    def step(self, step: int, batches: StepBatches, ctx: DistributedContext) -> dict[str, float]:
+        """One training step on its batches (:func:`draw_step`): the learning rates for it, D's updates,
+        then G's; the loss parts."""
         tc = self.cfg.train
         self.generator.train()
         self.discriminator.train()
@@ -240,14 +344,12 @@ class _Models:
         for optimiser, base_lr in ((self.opt_g, tc.lr_generator), (self.opt_d, tc.lr_discriminator)):
             for group in optimiser.param_groups:
                 group["lr"] = base_lr * tc.lr_factor(step)
+        for_d, for_g = batches
         parts: dict[str, float] = {}
-        if self.cfg.loss.adversarial:
-            for sub in range(tc.discriminator_steps):
-                parts.update(self._discriminator_step(source.batch(tc.batch_size, step, ctx.rank, substep=sub + 1)))
-        if not tc.trains_generator(step):
-            return parts
-        draws = self.cfg.loss.samples if tc.member_motion else 1
-        parts.update(self._generator_step(source.batch(tc.batch_size, step, ctx.rank, substep=0, draws=draws)))
+        for b in for_d:
+            parts.update(self._discriminator_step(b))
+        if for_g is not None:
+            parts.update(self._generator_step(for_g))
         return parts
 
     def _autocast(self) -> Any:
