@@ -157,3 +157,30 @@ def test_ensemble_members_on_cuda():
     assert not beyond(members[0], batched[0], 0.01, 0.001).any(), "members depend on their batch on CUDA"
     on_cpu = get_forecaster(name, models_dir=MODELS, device="cpu").predict(past, STEPS, members=4, seed=3)
     assert csi(on_cpu[0].mean(axis=0), members[0].mean(axis=0), 1.0) >= 0.6
+
+
+def test_an_ensemble_trains_on_cuda_with_its_batches_drawn_by_workers(tmp_path):
+    """What scripts/gpu-train.sh runs, at a tiny size: bf16 autocast, samples on shifted motion, worker
+    processes forked after CUDA is up (they draw on the CPU), the steps fitted to a time."""
+    import json
+
+    from nowcast.gan.config import DataConfig, ExperimentConfig, LossConfig, ModelConfig, TrainConfig
+    from nowcast.gan.train import CHECKPOINT, CONFIG, train
+
+    events = {f"syn{i}": synthetic_sequence(SyntheticRain(ny=64, nx=64, frames=14, no_data_border=2), seed=i)
+              for i in range(2)}
+    cfg = ExperimentConfig(
+        name="tiny-cuda",
+        model=ModelConfig(n_input=4, n_output=5, generator_channels=(8, 8, 8), generator_layers=2,
+                          discriminator_channels=(4, 4, 4), noise_channels=2, member_motion_kmh=6.0),
+        loss=LossConfig(lambda_lp=0.0, lambda_csi=0.0, samples=3, lambda_crps=1.0),
+        data=DataConfig(train_events=("syn0", "syn1"), val_events=(), patch_size=32),
+        train=TrainConfig(steps=1000, batch_size=2, log_every=1, checkpoint_every=1, device="cuda", amp=True,
+                          member_motion=True, workers=2),
+    )
+    last = train(cfg, tmp_path, loader=events.__getitem__, progress=False, fit_minutes=0.05)
+    steps = json.loads((tmp_path / CONFIG).read_text())["train"]["steps"]
+    assert 1 <= steps < 1000 and last["step"] == steps
+    assert np.isfinite(last["g_crps"]) and np.isfinite(last["d_loss"])
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True, map_location="cpu")
+    assert all(torch.isfinite(w).all() for w in state["generator"].values())
