@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu-train.sh --pack      # here: the config's training events into build/gpu-data, and the wheels
 #   run(command="bash scripts/gpu-train.sh", carry=["build/gpu-wheels", "build/gpu-data"], timeout_s=590)
-#   bash scripts/gpu-train.sh --minutes 1 --out /tmp/gpu-train   # anywhere: proves it runs (CPU where there is no GPU)
+#   bash scripts/gpu-train.sh --minutes 1 --out /tmp/gpu-train   # anywhere: proves it runs (CPU where there is no GPU;
+#       the config's 12 workers hold about 11 GB: on a small machine give --config a copy with fewer)
 #
 # Options: --config FILE (default configs/ablation/ensemble-gan-gpu.toml), --minutes M (the training
 # loop's wall-clock, default 5; loading the events and timing the steps come on top, about 1.5 min
