@@ -75,8 +75,9 @@ class ModelConfig:
     ``member_motion_growth``: how the displacement a member's shift causes grows with the
     lead t: as t^growth, equal to the constant shift's at one hour. 1 is a constant shift
     (displacement proportional to the lead); below 1 members part sooner and the shift
-    slows after the first steps. (Run 30 in docs/gan-experiments.md: 0.7 lowered the CRPS
-    on training events and raised it on held-out ones.)
+    slows after the first steps, above 1 they part later. (Run 30 in docs/gan-experiments.md:
+    0.7 lowered the CRPS on training events and raised it on held-out ones; run 63: 1.3 at 20
+    km/h lowered it late in the hour and raised the Brier score at 1 mm/h.)
     ``member_shift_moves_past``: whether a member's past frames are moved to the last one
     along its shifted motion (True) or along the estimated motion all members share (False).
     The shift is a guess about the future; the past was observed, and its parcels moved
