@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nowcast.gan.advection import along, pixel_grid, sample, trajectories, warp
+from nowcast.gan.advection import along, known_at_source, pixel_grid, sample, trajectories, warp
 from nowcast.gan.model import downsample, pyramid, sliding_max
 from nowcast.motion import LK_BUFFER_MASK, corners, inverse_distance, local_outliers, sparse_vectors, to_dbr
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
@@ -103,11 +103,18 @@ def test_sparse_vectors_are_pysteps_vectors_on_real_radar(real_data_root):
 
 
 def _pixel_trajectories(velocity: torch.Tensor, steps: int, points: torch.Tensor) -> torch.Tensor:
-    """The back-trajectories written in pixels, step by step: the reference of the fast path."""
+    """The back-trajectories written in pixels, step by step: the reference of the fast path. Beyond the
+    grid the motion is the nearest edge's: bilinear values at the position clamped onto the grid."""
+    ny, nx = velocity.shape[-2:]
+    low, high = torch.zeros(1, 2, 1, 1), torch.tensor([nx - 1.0, ny - 1.0]).view(1, 2, 1, 1)
+
+    def motion(at: torch.Tensor) -> torch.Tensor:
+        return sample(velocity, torch.maximum(torch.minimum(at, high), low))
+
     displacement, out = torch.zeros_like(points), []
     for _ in range(steps):
-        here = sample(velocity, points + displacement)
-        displacement = displacement - sample(velocity, points + displacement - 0.5 * here)
+        here = motion(points + displacement)
+        displacement = displacement - motion(points + displacement - 0.5 * here)
         out.append(displacement)
     return torch.stack(out, dim=1)
 
@@ -128,6 +135,34 @@ def test_advection_in_unit_coordinates_matches_pixel_arithmetic():
     field = torch.rand(2, 6, 3, ny, nx)
     moved = torch.stack([sample(field[:, n], points + reference[:, n]) for n in range(6)], dim=1)
     torch.testing.assert_close(warp(field, reference), moved, atol=1e-4, rtol=0)
+
+
+def test_trajectories_leave_the_grid_at_the_edges_speed_and_bring_no_data_from_there():
+    """A uniform motion traces straight lines off the grid (with no motion outside, they stalled at the edge
+    and smeared its rain inwards); a forecast knows its source where that lies on the grid, within half a
+    pixel, and on pixels with data."""
+    ny, nx, steps = 24, 32, 5
+    # no source falls exactly half a pixel off the grid, where rounding would decide
+    velocity = torch.tensor([1.2, -0.6]).view(1, 2, 1, 1).expand(1, 2, ny, nx)
+    displacement = trajectories(velocity, steps, pixel_grid(1, ny, nx))
+    lead = torch.arange(1, steps + 1, dtype=torch.float32).view(1, steps, 1, 1, 1)
+    torch.testing.assert_close(displacement, -lead * torch.tensor([1.2, -0.6]).view(1, 1, 2, 1, 1).expand_as(
+        displacement), atol=1e-4, rtol=0)
+
+    source_x = torch.arange(nx).view(1, 1, 1, nx) - 1.2 * lead[..., 0]
+    source_y = torch.arange(ny).view(1, 1, ny, 1) + 0.6 * lead[..., 0]
+    # at least half the bilinear weight on the grid: within half a pixel of it, less at a corner
+    on_grid = torch.clamp(source_x + 1, 0, 1) * torch.clamp(ny - source_y, 0, 1) >= 0.5
+    everywhere = torch.ones(1, ny, nx, dtype=torch.bool)
+    assert torch.equal(known_at_source(everywhere, displacement), on_grid)
+    # a block without data: sampled, not reckoned, so within the interpolation's rounding of half a pixel
+    valid = everywhere.clone()
+    valid[:, 8:16, 10:20] = False
+    known = known_at_source(valid, displacement)
+    inside_block = (source_x >= 10) & (source_x <= 19) & (source_y >= 8) & (source_y <= 15)
+    clear = (source_x <= 8.9) | (source_x >= 20.1) | (source_y <= 6.9) | (source_y >= 16.1)
+    assert not known[inside_block.expand_as(known)].any()
+    assert known[(clear & on_grid).expand_as(known)].all()
 
 
 def test_a_drift_is_a_uniform_velocity_added_in_each_step():

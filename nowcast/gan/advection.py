@@ -40,9 +40,10 @@ def _pixel_to_unit(field: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([2.0 / max(nx - 1, 1), 2.0 / max(ny - 1, 1)], device=field.device, dtype=dtype).view(1, 2, 1, 1)
 
 
-def _grid_sample(field: torch.Tensor, unit_coords: torch.Tensor) -> torch.Tensor:
-    """Bilinear values of ``field`` at (batch, 2, y, x) coordinates in [-1, 1]; 0 outside."""
-    return F.grid_sample(field, unit_coords.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
+def _grid_sample(field: torch.Tensor, unit_coords: torch.Tensor, outside: str = "zeros") -> torch.Tensor:
+    """Bilinear values of ``field`` at (batch, 2, y, x) coordinates in [-1, 1]; outside the field 0
+    (``outside="zeros"``) or the nearest edge's value (``"border"``)."""
+    return F.grid_sample(field, unit_coords.permute(0, 2, 3, 1), mode="bilinear", padding_mode=outside,
                          align_corners=True)
 
 
@@ -56,7 +57,9 @@ def trajectories(velocity: torch.Tensor, steps: int, points: torch.Tensor | None
     trajectories can run through the motion of the whole grid. ``drift`` (batch, steps, 2):
     a uniform velocity (x, y) added to the field during each step, pixels per step (a
     member's motion perturbation). Backward semi-Lagrangian with the midpoint rule, traced
-    one step at a time.
+    one step at a time. Beyond the grid the motion is its nearest edge's (as pySTEPS' semi-Lagrangian
+    scheme takes it), so that a trajectory leaves the grid at the speed it reached the edge with: with
+    no motion outside, trajectories stalled at the edge and smeared the edge's rain inwards in stripes.
     """
     velocity = velocity.to(points.dtype if points is not None else velocity.dtype)
     if points is None:
@@ -71,8 +74,8 @@ def trajectories(velocity: torch.Tensor, steps: int, points: torch.Tensor | None
     for step in range(steps):
         field = unit_velocity if unit_drift is None else unit_velocity + unit_drift[:, step]
         # midpoint rule: the velocity half a step back along the trajectory
-        here = _grid_sample(field, position)
-        position = position - _grid_sample(field, torch.add(position, here, alpha=-0.5))
+        here = _grid_sample(field, position, "border")
+        position = position - _grid_sample(field, torch.add(position, here, alpha=-0.5), "border")
         ends.append(position)
     return (torch.stack(ends, dim=1) - start[:, None]) / scale[:, None]
 
@@ -101,6 +104,21 @@ def along(frame: torch.Tensor, displacement: torch.Tensor, points: torch.Tensor)
     # every lead's lookup in one call: the frame repeated along the leads costs no copy
     images = image[:, None].expand(-1, steps, -1, -1, -1).reshape(batch * steps, 1, *image.shape[-2:])
     return _grid_sample(images, ends.reshape(batch * steps, 2, ny, nx)).reshape(batch, steps, ny, nx)
+
+
+def known_at_source(valid: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """Whether each back-trajectory ends where the frame had data: (batch, steps, y, x) bool.
+
+    ``valid`` (batch, Y, X): True where the frame has data; ``displacement`` (batch, steps, 2, y, x)
+    from :func:`trajectories` started at every pixel of that grid. A trajectory that ends outside the
+    grid, or among pixels without data (at least half of its bilinear weight on them), brings no
+    rain anyone observed: its forecast is no data, as pySTEPS' extrapolation gives there.
+    """
+    batch, steps, _, ny, nx = displacement.shape
+    points = pixel_grid(batch, ny, nx, device=displacement.device, dtype=displacement.dtype)
+    weight = valid.to(displacement.dtype)
+    # a lead at a time: every lead's lookup at once would hold two coordinates per pixel and lead
+    return torch.cat([along(weight, displacement[:, lead:lead + 1], points) >= 0.5 for lead in range(steps)], dim=1)
 
 
 def lagrangian_past(past: torch.Tensor, displacement: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ class ModelConfig:
     of the input follows one air parcel through time and growth and decay are differences
     in place; the generator predicts the correction of each parcel's last rain rate per
     lead time, and that correction is carried along the back-trajectories onto the
-    advected forecast (a parcel without data at the last observation gets none). False:
+    advected forecast (a parcel without data at the last observation gets none, and where a
+    parcel comes from off the grid or from no data the forecast is no data, as extrapolation's). False:
     predict from the past frames alone, as in Mathieu et al.
     ``noise_channels``: Gaussian noise maps added to every scale's input, so that the
     same past can give several futures (ensemble members); 0 for the paper's model.

@@ -44,7 +44,7 @@ from nowcast.ensemble import (
 from nowcast.forecasters import cascade
 from nowcast.forecasters.base import DEFAULT_SPACING, Forecaster, PreparedForecast, Spacing
 from nowcast.forecasters.extrapolation import Extrapolation
-from nowcast.gan.advection import conditioning_fields, pixel_grid
+from nowcast.gan.advection import conditioning_fields, known_at_source, pixel_grid
 from nowcast.gan.config import ModelConfig, upgrade_model_config
 from nowcast.gan.model import Generator
 from nowcast.motion import lucas_kanade_coarse
@@ -286,11 +286,12 @@ class GANForecaster(Forecaster):
         produced = n_out
         if produced < steps:
             history = np.concatenate([np.repeat(past[:, None], draws, axis=1), chunks[0]], axis=2)
-            every_draw_valid = np.repeat(valid, draws, axis=0)
             while produced < steps:
                 window = history[:, :, -n_in:].reshape(batch * draws, n_in, *grid)
                 drift = self._drift(offsets, step_minutes, produced)
-                out = self._forward(window, every_draw_valid, noise, 1, drift).reshape(batch, draws, n_out, *grid)
+                # what the last pass could not say (no data, rain from off the grid) stays unsaid
+                out = self._forward(window, np.isfinite(window[:, -1]), noise, 1, drift).reshape(
+                    batch, draws, n_out, *grid)
                 chunks.append(out)
                 history = np.concatenate([history, out], axis=2)
                 produced += n_out
@@ -318,7 +319,9 @@ class GANForecaster(Forecaster):
         each step, pixels per step, or None. Motion is estimated once per sequence; draws
         without a drift share its advection.
         Returns (batch·draws, n_output, y, x) tensors, sequence-major; the prior is None for a
-        model not conditioned on advection.
+        model not conditioned on advection. A conditioned model's frames are NaN where a lead's
+        back-trajectory ends outside the grid or where the last frame had no data
+        (:func:`nowcast.gan.advection.known_at_source`): rain carried in from there was never seen.
         """
         cfg = self.model_config
         ny, nx = past.shape[2:]
@@ -329,6 +332,10 @@ class GANForecaster(Forecaster):
             if draws > 1:
                 inputs = {k: v.repeat_interleave(draws, dim=0) for k, v in inputs.items()}
                 prior = prior.repeat_interleave(draws, dim=0) if prior is not None else None
+        known = None
+        if prior is not None:
+            valid_rows = torch.from_numpy(valid).to(self.device).repeat_interleave(draws, dim=0)
+            known = known_at_source(valid_rows, inputs["displacement"])
         multiple = cfg.grid_multiple
         pad_y, pad_x = (-ny) % multiple, (-nx) % multiple
         if pad_y or pad_x:
@@ -345,7 +352,10 @@ class GANForecaster(Forecaster):
                 z = self.generator(part.pop("past"), part.pop("valid"), noise_generator=part_noise, finest_only=True,
                                    **part)[-1]
             outputs.append(z.float()[:, :, 0, :ny, :nx])
-        return torch.cat(outputs), prior
+        z = torch.cat(outputs)
+        if known is not None:
+            z = torch.where(known, z, torch.full_like(z, math.nan))
+        return z, prior
 
     def member_motion_pixels(self, spacing: Spacing) -> float:
         """The standard deviation of a member's motion shift on a grid of ``spacing``, pixels per step."""
