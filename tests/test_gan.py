@@ -19,7 +19,7 @@ from nowcast import config as config_io
 from nowcast.errors import InputError
 from nowcast.forecasters import get_forecaster
 from nowcast.gan.config import DataConfig, ExperimentConfig, LossConfig, ModelConfig, TrainConfig
-from nowcast.gan.data import SampleSource, load_events
+from nowcast.gan.data import SampleSource, load_events, make_batch
 from nowcast.gan.export import MEAN_SETTINGS, MEMBER_POSTPROCESSING, PRODUCT_SETTINGS, export_run, retune_version
 from nowcast.gan.losses import discriminator_loss, gdl_loss, generator_loss, lp_loss
 from nowcast.gan.model import Discriminator, Generator
@@ -108,6 +108,26 @@ def test_a_forecast_says_nothing_where_its_rain_would_come_from_off_the_grid():
         assert ours[:, :int(1.5 * (lead + 1)) - 1].all() and ours[:, 16:].mean() < 0.2  # moving 1.5 px a step in x
         both = ~ours & ~theirs
         assert np.abs(forecast[lead][both] - extrapolated[lead][both]).mean() < 0.1
+
+
+def test_training_leaves_out_the_targets_whose_rain_came_from_off_the_grid(events):
+    """A patch at the grid's corner the rain moves in from: its target has no data exactly where its
+    trajectories end off the grid (the forecast says nothing there), and the loss mask leaves those out."""
+    from nowcast.gan.advection import known_at_source
+
+    cfg = tiny_experiment()
+    rain = {"edge": synthetic_sequence(SyntheticRain(ny=64, nx=64, frames=14, velocity=(1.0, 1.5)), seed=4)}
+    (samples,) = load_events(["edge"], cfg.model, cfg.data, rain.__getitem__)
+    source = SampleSource([samples], cfg.data, cfg.model, cfg.normalisation, seed=0)
+    crop = source._cut((samples, 2, 0, 0))
+    future = crop.frames[cfg.model.n_input:]
+    observed = samples.rate[samples.starts[2] + cfg.model.n_input:][:cfg.model.n_output, :32, :32]
+    known = known_at_source(torch.ones(1, 64, 64, dtype=torch.bool), torch.from_numpy(crop.displacement)[None])[0]
+    assert not known.all() and known[:, 20:, 20:].all()
+    np.testing.assert_array_equal(future[known.numpy()], observed[known.numpy()])
+    assert np.isnan(future[~known.numpy()]).all()
+    batch = make_batch([crop], cfg.model, cfg.normalisation)
+    assert torch.equal(batch.future_mask[0, :, 0] > 0, known & torch.from_numpy(np.isfinite(observed)))
 
 
 def test_unconditioned_generator_needs_no_advection(batch):

@@ -106,16 +106,19 @@ def along(frame: torch.Tensor, displacement: torch.Tensor, points: torch.Tensor)
     return _grid_sample(images, ends.reshape(batch * steps, 2, ny, nx)).reshape(batch, steps, ny, nx)
 
 
-def known_at_source(valid: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+def known_at_source(valid: torch.Tensor, displacement: torch.Tensor, points: torch.Tensor | None = None,
+                    ) -> torch.Tensor:
     """Whether each back-trajectory ends where the frame had data: (batch, steps, y, x) bool.
 
     ``valid`` (batch, Y, X): True where the frame has data; ``displacement`` (batch, steps, 2, y, x)
-    from :func:`trajectories` started at every pixel of that grid. A trajectory that ends outside the
+    from :func:`trajectories` started at ``points`` (default: every pixel of that grid, which is then
+    the displacement's own). A trajectory that ends outside the
     grid, or among pixels without data (at least half of its bilinear weight on them), brings no
     rain anyone observed: its forecast is no data, as pySTEPS' extrapolation gives there.
     """
     batch, steps, _, ny, nx = displacement.shape
-    points = pixel_grid(batch, ny, nx, device=displacement.device, dtype=displacement.dtype)
+    if points is None:
+        points = pixel_grid(batch, ny, nx, device=displacement.device, dtype=displacement.dtype)
     weight = valid.to(displacement.dtype)
     # a lead at a time: every lead's lookup at once would hold two coordinates per pixel and lead
     return torch.cat([along(weight, displacement[:, lead:lead + 1], points) >= 0.5 for lead in range(steps)], dim=1)

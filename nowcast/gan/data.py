@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from nowcast.gan.advection import conditioning_fields, pixel_grid
+from nowcast.gan.advection import conditioning_fields, known_at_source, pixel_grid, trajectories
 from nowcast.gan.config import DataConfig, ModelConfig
 from nowcast.motion import lucas_kanade_coarse
 from nowcast.sequence import pixel_size_km, time_step
@@ -124,6 +124,17 @@ class EventSamples:
             drift_moves_past=m.member_shift_moves_past)
         return advected[0].numpy(), displacement[0].numpy(), moved_past[0].numpy()
 
+    def known(self, index: int, y0: int, x0: int, ny: int, nx: int) -> np.ndarray:
+        """(n_output, ny, nx): where the back-trajectories of a patch (corner ``y0``, ``x0``) through the
+        estimated motion end on data of the last past frame of the whole grid
+        (:func:`nowcast.gan.advection.known_at_source`): the pixels a forecast gives a value. Without a
+        member's shift, so that every draw of a patch is scored on the same pixels."""
+        last = self.starts[index] + self.model.n_input - 1
+        valid = torch.from_numpy(np.isfinite(self.rate[last]))[None]
+        points = pixel_grid(1, ny, nx, origin=(y0, x0))
+        displacement = trajectories(torch.from_numpy(self.motion[index])[None], self.model.n_output, points)
+        return known_at_source(valid, displacement, points)[0].numpy()
+
 
 class SampleSource:
     """Deterministic batches from a set of events."""
@@ -162,7 +173,10 @@ class SampleSource:
         event, index, y0, x0 = place
         size = self.data.patch_size
         start = event.starts[index]
-        window = event.rate[start:start + self.model.n_input + self.model.n_output, y0:y0 + size, x0:x0 + size]
+        n_in = self.model.n_input
+        window = event.rate[start:start + n_in + self.model.n_output, y0:y0 + size, x0:x0 + size].copy()
+        # no loss where the rain came from off the grid or from no data: a forecast says nothing there
+        window[n_in:][~event.known(index, y0, x0, size, size)] = np.nan
         return Crop(window, *event.moved(index, y0, x0, size, size, shift))
 
     def _place(self, rng: np.random.Generator) -> tuple[EventSamples, int, int, int]:
@@ -196,7 +210,8 @@ class SampleSource:
 
 @dataclass
 class Crop:
-    """One sample in mm/h: frames (n_input + n_output, y, x) as observed, NaN = no data, and what
+    """One sample in mm/h: frames (n_input + n_output, y, x) as observed, NaN = no data (in the future
+    frames also where the rain came from off the grid or from no data, which no forecast can know), and what
     advection makes of them: ``advected`` (n_output, y, x), ``displacement`` (n_output, 2, y, x)
     in pixels (x, y), ``lagrangian_past`` (n_input, y, x)."""
 
