@@ -112,9 +112,9 @@ def known_at_source(valid: torch.Tensor, displacement: torch.Tensor, points: tor
 
     ``valid`` (batch, Y, X): True where the frame has data; ``displacement`` (batch, steps, 2, y, x)
     from :func:`trajectories` started at ``points`` (default: every pixel of that grid, which is then
-    the displacement's own). A trajectory that ends outside the
-    grid, or among pixels without data (at least half of its bilinear weight on them), brings no
-    rain anyone observed: its forecast is no data, as pySTEPS' extrapolation gives there.
+    the displacement's own). A trajectory that ends outside the grid, or among pixels without data
+    (at least half of its bilinear weight on them), brings no rain anyone observed: its forecast is
+    no data, as pySTEPS' extrapolation gives there.
     """
     batch, steps, _, ny, nx = displacement.shape
     if points is None:

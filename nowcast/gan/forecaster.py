@@ -327,15 +327,14 @@ class GANForecaster(Forecaster):
         ny, nx = past.shape[2:]
         if drift is not None:
             inputs, prior = self._conditioning(past, valid, draws, drift)
+            known = self._known_at_source(valid, inputs, prior, draws)
         else:  # draws that share the motion share the advection too: computed once, repeated
             inputs, prior = self._conditioning(past, valid)
+            known = self._known_at_source(valid, inputs, prior, 1)
             if draws > 1:
                 inputs = {k: v.repeat_interleave(draws, dim=0) for k, v in inputs.items()}
                 prior = prior.repeat_interleave(draws, dim=0) if prior is not None else None
-        known = None
-        if prior is not None:
-            valid_rows = torch.from_numpy(valid).to(self.device).repeat_interleave(draws, dim=0)
-            known = known_at_source(valid_rows, inputs["displacement"])
+                known = known.repeat_interleave(draws, dim=0) if known is not None else None
         multiple = cfg.grid_multiple
         pad_y, pad_x = (-ny) % multiple, (-nx) % multiple
         if pad_y or pad_x:
@@ -356,6 +355,15 @@ class GANForecaster(Forecaster):
         if known is not None:
             z = torch.where(known, z, torch.full_like(z, math.nan))
         return z, prior
+
+    def _known_at_source(self, valid: np.ndarray, inputs: dict[str, torch.Tensor], prior: torch.Tensor | None,
+                         draws: int) -> torch.Tensor | None:
+        """(rows, n_output, y, x): where the rows' back-trajectories end on data; None for a model not conditioned
+        on advection. ``valid`` (batch, y, x) per sequence, ``draws`` rows of ``inputs`` each."""
+        if prior is None:
+            return None
+        rows_valid = torch.from_numpy(valid).to(self.device).repeat_interleave(draws, dim=0)
+        return known_at_source(rows_valid, inputs["displacement"])
 
     def member_motion_pixels(self, spacing: Spacing) -> float:
         """The standard deviation of a member's motion shift on a grid of ``spacing``, pixels per step."""
