@@ -2,8 +2,8 @@
 exceedance probabilities (raw or neighbourhood-processed) and quantiles.
 
 Members lie on the first axis of every array here: ``(member, ...)`` in mm/h, NaN = no
-data. A pixel is no data in a product where fewer than half of the members have data
-(:data:`MIN_SHARE_OF_MEMBERS`); where enough do, the members that lack data are left out.
+data. A pixel is no data in a product where every member is; members that lack data at a
+pixel are left out of it there.
 """
 
 from __future__ import annotations
@@ -14,25 +14,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-#: the share of the members that must have data at a pixel for a product to say anything there. Each member
-#: moves along its own shifted motion, so near an edge the rain flows in from, members lose their data one by one;
-#: a probability from the two or three left reads 0 or 1 in streaks along the edge (STEPS' members do the same).
-#: pySTEPS' ``excprob`` asks for every member or any; half keeps most of the band and none of the streaks.
-MIN_SHARE_OF_MEMBERS = 0.5
-
-
-def enough_members(members: np.ndarray) -> np.ndarray:
-    """Where at least :data:`MIN_SHARE_OF_MEMBERS` of the members (first axis) have data: bool, the shape of one."""
-    members = np.asarray(members)
-    return np.isfinite(members).sum(axis=0) >= MIN_SHARE_OF_MEMBERS * members.shape[0]
-
 
 def ensemble_mean(members: np.ndarray) -> np.ndarray:
     """The members' mean at every pixel (smooth: it is not a plausible rain field)."""
     with np.errstate(invalid="ignore"), _no_empty_slice_warning():
-        mean = np.nanmean(members, axis=0).astype(np.float32)
-    mean[~enough_members(members)] = np.nan
-    return mean
+        return np.nanmean(members, axis=0).astype(np.float32)
 
 
 def probability_matched_mean(members: np.ndarray, window_pixels: int = 1,
@@ -189,10 +175,8 @@ def exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float])
     members = np.asarray(members, dtype=np.float32)
     finite = np.isfinite(members)
     count = finite.sum(axis=0)
-    enough = enough_members(members)
     with np.errstate(invalid="ignore", divide="ignore"):
-        probabilities = [np.where(enough, np.where(finite, members > t, False).sum(axis=0) / count, np.nan)
-                         for t in thresholds_mmh]
+        probabilities = [np.where(finite, members > t, False).sum(axis=0) / count for t in thresholds_mmh]
     return np.stack(probabilities).astype(np.float32)
 
 
@@ -275,9 +259,9 @@ def lead_probability_matched_mean(members: np.ndarray, lead_minutes: Sequence[fl
 def ensemble_quantiles(members: np.ndarray, levels: Sequence[float]) -> np.ndarray:
     """Quantiles of the members per pixel (linear interpolation between members): (level, ...).
 
-    What ``np.nanquantile(members, levels, axis=0)`` gives (to float32 rounding) where enough members have
-    data (:func:`enough_members`), without its loop over pixels (minutes on a 700x700 grid): the members are
-    sorted once, NaN last, and each pixel is read between its finite members.
+    What ``np.nanquantile(members, levels, axis=0)`` gives (to float32 rounding), without its
+    loop over pixels (minutes on a 700x700 grid): the members are sorted once, NaN last, and
+    each pixel is read between its finite members.
     """
     for level in levels:
         if not 0.0 <= level <= 1.0:
@@ -285,7 +269,6 @@ def ensemble_quantiles(members: np.ndarray, levels: Sequence[float]) -> np.ndarr
     members = np.asarray(members, dtype=np.float32)
     ordered = np.sort(members, axis=0)
     count = np.isfinite(members).sum(axis=0)
-    enough = enough_members(members)
     last = np.maximum(count - 1, 0)
     out = np.full((len(levels), *members.shape[1:]), np.nan, dtype=np.float32)
     for i, level in enumerate(levels):
@@ -296,7 +279,7 @@ def ensemble_quantiles(members: np.ndarray, levels: Sequence[float]) -> np.ndarr
         high = np.take_along_axis(ordered, np.minimum(below + 1, last)[np.newaxis], axis=0)[0]
         # numpy's form of the interpolation: exact at either end
         value = np.where(weight >= 0.5, high - (high - low) * (1.0 - weight), low + (high - low) * weight)
-        out[i] = np.where(enough, value, np.nan)
+        out[i] = np.where(count > 0, value, np.nan)
     return out
 
 
