@@ -7,6 +7,15 @@ request asks for it), the ensemble ``mean``, the probability-matched mean ``pm_m
 ``quantiles`` at levels. They travel together as
 an :class:`xarray.Dataset` with one variable per product, on the forecast's grid and times
 (the CF-netCDF writer, the command line and the service all take this form).
+
+A member can have no data where the others have some (a trained ensemble's member whose own
+motion brings rain from off the grid), so near an edge the rain flows in from the members drop
+out one by one. The products that describe the members' distribution (probabilities, mean,
+quantiles) are published only where at least half of the members have data
+(:data:`MIN_MEMBER_FRACTION`): a probability from two members reads 0 or 1, in streaks along the
+edge. The probability-matched mean is the forecaster's deterministic forecast, published as
+scored, and the scores (:mod:`nowcast.verification`) count their own pixels: neither goes
+through this rule.
 """
 
 from __future__ import annotations
@@ -44,6 +53,12 @@ PROCESSED_NEIGHBOURHOOD_ATTR = "neighbourhood_km_per_minute"
 #: the attribute of an ensemble forecast (and of its probability-matched mean) that carries the window,
 #: in km per minute of lead, whose mean gives the probability-matched mean its placement
 MEAN_NEIGHBOURHOOD_ATTR = "mean_neighbourhood_km_per_minute"
+#: the fraction of the members that must have data at a pixel for the probabilities, mean and quantiles there
+MIN_MEMBER_FRACTION = 0.5
+#: the attribute of the products (and of those netCDF variables) that says how many members that is
+MIN_MEMBERS_ATTR = "minimum_members_with_data"
+#: the products that are no data where fewer members than that have data
+MEMBER_STATISTICS = ("probabilities", "mean", "quantiles")
 #: the coordinate (time, y, x) in mm/h with which a forecaster may place its ensemble's probability-matched
 #: mean: the field whose ranks it takes instead of the ensemble mean's
 PLACEMENT_COORD = "mean_placement"
@@ -140,6 +155,8 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     ``probabilities`` lie on a ``threshold`` axis (mm/h), ``quantiles`` on a ``quantile``
     axis (levels in [0, 1]), ``members`` on ``member``; ``mean`` and ``pm_mean`` are
     (time, y, x). Coordinates and attributes (grid, reference time, method) are the forecast's.
+    ``probabilities``, ``mean`` and ``quantiles`` are NaN where fewer than :func:`minimum_members`
+    have data (said in their ``minimum_members_with_data`` attribute).
     """
     if forecast.dims[0] != "member":
         raise ValueError(f"an ensemble forecast is (member, time, y, x); got dims {forecast.dims}")
@@ -159,7 +176,8 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
         coords["threshold"] = np.asarray(request.thresholds, dtype=np.float64)
     if "quantiles" in request.products:
         coords["quantile"] = np.asarray(request.quantile_levels, dtype=np.float64)
-    products = xr.Dataset({name: made[name]() for name in request.products}, coords=coords)
+    variables = _blank_where_few_members({name: made[name]() for name in request.products}, members)
+    products = xr.Dataset(variables, coords=coords)
     products.attrs = dict(forecast.attrs)
     products.attrs["ensemble_members"] = int(members.shape[0])
     neighbourhood = probability_neighbourhood(forecast, request)
@@ -168,6 +186,24 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     if "pm_mean" in request.products and forecast.attrs.get(MEAN_NEIGHBOURHOOD_ATTR):
         products["pm_mean"].attrs[MEAN_NEIGHBOURHOOD_ATTR] = float(forecast.attrs[MEAN_NEIGHBOURHOOD_ATTR])
     return products
+
+
+def minimum_members(n_members: int) -> int:
+    """How many of ``n_members`` must have data at a pixel for the members' statistics to be published there."""
+    return max(1, math.ceil(MIN_MEMBER_FRACTION * n_members))
+
+
+def _blank_where_few_members(variables: dict[str, tuple[Any, ...]], members: np.ndarray) -> dict[str, Any]:
+    """``variables`` ((dims, values) by product) with the member statistics NaN where fewer than
+    :func:`minimum_members` of ``members`` (member, time, y, x) have data, each saying that minimum."""
+    needed = minimum_members(members.shape[0])
+    too_few = np.count_nonzero(~np.isnan(members), axis=0) < needed
+    blanked = dict(variables)
+    for name in MEMBER_STATISTICS:
+        if name in variables:
+            dims, values = variables[name]
+            blanked[name] = (dims, np.where(too_few, np.float32(np.nan), values), {MIN_MEMBERS_ATTR: needed})
+    return blanked
 
 
 def probability_matched_mean_of(forecast: xr.DataArray) -> np.ndarray:

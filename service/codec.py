@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from nowcast.errors import FileTooLargeError, InputError, SequenceError
 from nowcast.io.netcdf import read_netcdf_bytes, to_netcdf_bytes
 from nowcast.io.safety import ReadLimits
-from nowcast.products import PROCESSED_NEIGHBOURHOOD_ATTR, ProductRequest, ensemble_products
+from nowcast.products import MIN_MEMBERS_ATTR, PROCESSED_NEIGHBOURHOOD_ATTR, ProductRequest, ensemble_products
 from nowcast.sequence import check_rate_bound, make_sequence, time_step
 from nowcast.transforms import to_mmh
 from service.core.config import Settings
@@ -563,6 +563,8 @@ def _products_text(products: xr.Dataset, encoding: Encoding) -> Iterator[bytes]:
             described["neighbourhood_km_per_minute"] = float(neighbourhood)
         elif name == "quantiles":
             described["levels"] = products["quantile"].values.tolist()
+        if MIN_MEMBERS_ATTR in products[name].attrs:
+            described[MIN_MEMBERS_ATTR] = int(products[name].attrs[MIN_MEMBERS_ATTR])
         key = (b"," if index else b"") + json.dumps(str(name)).encode() + b":"
         yield key + json.dumps(described, separators=(",", ":")).encode()[:-1] + b',"frames":'
         yield from _frames_text(values, encoding)

@@ -144,6 +144,9 @@ class ProductFrames(BaseModel):
 
     shape: list[int] = Field(description="(steps, y, x), or (member | threshold | level, steps, y, x)")
     units: Literal["mm/h", "1"]
+    minimum_members_with_data: int | None = Field(
+        default=None, description="probabilities, mean and quantiles: null (no data) where fewer members have data"
+    )
     frames: NestedFrames | NestedMembers | EncodedFrames
 
 

@@ -371,6 +371,8 @@ def test_products_are_written_as_improver_writes_them(small_sequence, tmp_path):
         np.testing.assert_array_equal(probability[:].filled(np.nan), products["probabilities"].values)
         mean = ds.variables["precipitation_rate_mean"]
         assert mean.cell_methods == "realization: mean" and mean.standard_name == "lwe_precipitation_rate"
+        assert mean.minimum_members_with_data == 2 and mean.comment == "missing where fewer than 2 members have data"
+        assert ds.variables["precipitation_rate_percentile"].minimum_members_with_data == 2
         np.testing.assert_array_equal(mean[:].filled(np.nan), products["mean"].values)
         pm_mean = ds.variables["precipitation_rate_pm_mean"]
         assert "probability-matched" in pm_mean.long_name and not hasattr(pm_mean, "cell_methods")
@@ -430,6 +432,8 @@ def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
         probability = ds["probability_of_lwe_precipitation_rate_above_threshold"]
         assert probability.attrs["neighbourhood_km_per_minute"] == 1.0
         assert "grows 1 km per minute of lead" in probability.attrs["comment"]
+        assert probability.attrs["minimum_members_with_data"] == 2
+        assert probability.attrs["comment"].endswith("; missing where fewer than 2 members have data")
     for kind, path in files.items():
         assert _cf_errors(checker, path, tmp_path / f"{kind}.json") == [], kind
 

@@ -22,9 +22,12 @@ from nowcast.products import (
     DEFAULT_PRODUCTS,
     DEFAULT_QUANTILE_LEVELS,
     DEFAULT_THRESHOLDS_MMH,
+    MIN_MEMBERS_ATTR,
     PRODUCTS,
     ProductRequest,
     ensemble_products,
+    minimum_members,
+    probability_matched_mean_of,
 )
 
 
@@ -276,6 +279,34 @@ def test_a_fields_core_placed_in_another_fields_order_leaves_the_rest() -> None:
         np.testing.assert_array_equal(placed[lead][core[lead]][np.argsort(order[lead][core[lead]])],
                                       np.sort(field[lead][core[lead]]))
     assert not np.array_equal(placed, field, equal_nan=True)
+
+
+@pytest.mark.parametrize("n_members", [5, 20])
+def test_member_statistics_are_no_data_where_fewer_than_half_of_the_members_have_data(n_members: int) -> None:
+    # an inflow edge as a trained ensemble draws it: column x has data in x members only
+    forecast = ensemble(members=n_members, steps=2, ny=4, nx=n_members + 1)
+    values = forecast.values.copy()
+    for column in range(n_members + 1):
+        values[column:, :, :, column] = np.nan
+    forecast = forecast.copy(data=values)
+    needed = minimum_members(n_members)
+    assert needed == (n_members + 1) // 2 and minimum_members(1) == 1
+    products = ensemble_products(forecast, ProductRequest(PRODUCTS, (1.0, 4.0), (0.1, 0.9), neighbourhood=0.0))
+    with_data = np.count_nonzero(~np.isnan(values), axis=0)
+    published = with_data >= needed
+    library = {"probabilities": exceedance_probability(values, (1.0, 4.0)), "mean": ensemble_mean(values),
+               "quantiles": ensemble_quantiles(values, (0.1, 0.9))}
+    for name, full in library.items():
+        made = products[name].values
+        assert products[name].attrs[MIN_MEMBERS_ATTR] == needed
+        np.testing.assert_array_equal(made[..., published], full[..., published])
+        assert np.isnan(made[..., ~published]).all(), name
+        assert np.isfinite(full[..., ~published & (with_data > 0)]).all(), name  # the library still gives them
+    # the members and the deterministic forecast are published as drawn and as scored
+    np.testing.assert_array_equal(products["members"].values, values)
+    np.testing.assert_array_equal(products["pm_mean"].values, probability_matched_mean_of(forecast))
+    assert np.isfinite(products["pm_mean"].values[..., ~published & (with_data > 0)]).all()
+    assert MIN_MEMBERS_ATTR not in products["pm_mean"].attrs and MIN_MEMBERS_ATTR not in products["members"].attrs
 
 
 def test_only_the_products_asked_are_made() -> None:

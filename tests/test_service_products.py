@@ -61,6 +61,7 @@ def test_steps_products_in_json_are_the_librarys(encoding: str) -> None:
         assert products[name]["shape"] == list(expected[name].shape)
     assert products["probabilities"]["thresholds"] == [0.5, 2.0] and products["probabilities"]["units"] == "1"
     assert products["quantiles"]["levels"] == [0.5, 0.9] and products["mean"]["units"] == "mm/h"
+    assert [products[name].get("minimum_members_with_data") for name in PRODUCTS] == [None, 2, 2, None, 2]
     assert isinstance(products["mean"]["frames"], dict if encoding == "base64" else list)
 
 

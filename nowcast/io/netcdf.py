@@ -35,6 +35,7 @@ from nowcast.io.locks import NETCDF_LOCK
 from nowcast.io.safety import DEFAULT_LIMITS, ReadLimits, check_hdf5, is_hdf5
 from nowcast.products import (
     MEAN_NEIGHBOURHOOD_ATTR,
+    MIN_MEMBERS_ATTR,
     PROCESSED_NEIGHBOURHOOD_ATTR,
     ProductRequest,
     ensemble_products,
@@ -324,15 +325,15 @@ def _product_variable(product: str, products: xr.Dataset) -> tuple[str, xr.Varia
             attrs[PROCESSED_NEIGHBOURHOOD_ATTR] = float(neighbourhood)
             attrs["comment"] = (f"neighbourhood-processed: each probability is the mean over a square window whose "
                                 f"side grows {neighbourhood:g} km per minute of lead")
-        return name, xr.Variable(("threshold", *DIMS), values, attrs), coord
+        return name, xr.Variable(("threshold", *DIMS), values, _with_member_minimum(attrs, data)), coord
     if product == "quantiles":
         percentiles = (100.0 * products["quantile"].values).astype(np.float32)
         coord = {"percentile": ("percentile", percentiles, {"long_name": "percentile", "units": "%"})}
         attrs = {**_RATE_ATTRS, "long_name": "rain rate percentile of the ensemble members"}
-        return name, xr.Variable(("percentile", *DIMS), values, attrs), {**coord}
+        return name, xr.Variable(("percentile", *DIMS), values, _with_member_minimum(attrs, data)), {**coord}
     if product == "mean":
         attrs = {**_RATE_ATTRS, "long_name": "ensemble mean rain rate", "cell_methods": "realization: mean"}
-        return name, xr.Variable(DIMS, values, attrs), {}
+        return name, xr.Variable(DIMS, values, _with_member_minimum(attrs, data)), {}
     # CF has no cell method for probability matching: the long name says what it is
     attrs = {**_RATE_ATTRS, "long_name": "probability-matched ensemble mean rain rate (Ebert 2001)"}
     window = data.attrs.get(MEAN_NEIGHBOURHOOD_ATTR)
@@ -341,6 +342,16 @@ def _product_variable(product: str, products: xr.Dataset) -> tuple[str, xr.Varia
         attrs["comment"] = (f"placed by the ensemble mean's mean over a square window whose side grows {window:g} km "
                             f"per minute of lead; values from the pooled members")
     return name, xr.Variable(DIMS, values, attrs), {}
+
+
+def _with_member_minimum(attrs: dict[str, Any], data: xr.DataArray) -> dict[str, Any]:
+    """``attrs`` with the product's minimum of members with data, and a comment that says what it means."""
+    needed = data.attrs.get(MIN_MEMBERS_ATTR)
+    if needed is None:
+        return attrs
+    note = f"missing where fewer than {int(needed)} members have data"
+    comment = f"{attrs['comment']}; {note}" if "comment" in attrs else note
+    return {**attrs, MIN_MEMBERS_ATTR: np.int32(needed), "comment": comment}
 
 
 def _cf_dataset(
