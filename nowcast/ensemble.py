@@ -233,10 +233,14 @@ def neighbourhood_probability(probability: np.ndarray, window_pixels: int) -> np
 
 
 def lead_exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float], lead_minutes: float,
-                                km_per_minute: float, pixel_size_km: float) -> np.ndarray:
+                                km_per_minute: float, pixel_size_km: float,
+                                kept: np.ndarray | None = None) -> np.ndarray:
     """Exceedance probabilities (threshold, y, x) of one lead's members (member, y, x), neighbourhood-processed
-    in the window of that lead (``km_per_minute`` 0: the members' own fractions)."""
+    in the window of that lead (``km_per_minute`` 0: the members' own fractions). ``kept`` (y, x): where False
+    the probability is no data, and no part of its neighbours' windows."""
     probability = exceedance_probability(members, thresholds_mmh)
+    if kept is not None:
+        probability[:, ~kept] = np.nan
     if not km_per_minute:
         return probability
     window = neighbourhood_window_pixels(lead_minutes, km_per_minute, pixel_size_km)

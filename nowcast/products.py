@@ -161,10 +161,12 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     if forecast.dims[0] != "member":
         raise ValueError(f"an ensemble forecast is (member, time, y, x); got dims {forecast.dims}")
     members = np.asarray(forecast.values, dtype=np.float32)
+    needed = minimum_members(members.shape[0])
+    too_few = np.count_nonzero(~np.isnan(members), axis=0) < needed
     frame_dims = forecast.dims[1:]
     made = {
         "members": lambda: (forecast.dims, members),
-        "probabilities": lambda: (("threshold", *frame_dims), _probabilities(forecast, members, request)),
+        "probabilities": lambda: (("threshold", *frame_dims), _probabilities(forecast, members, request, too_few)),
         "mean": lambda: (frame_dims, ensemble_mean(members)),
         "pm_mean": lambda: (frame_dims, probability_matched_mean_of(forecast)),
         "quantiles": lambda: (("quantile", *frame_dims), ensemble_quantiles(members, request.quantile_levels)),
@@ -176,8 +178,8 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
         coords["threshold"] = np.asarray(request.thresholds, dtype=np.float64)
     if "quantiles" in request.products:
         coords["quantile"] = np.asarray(request.quantile_levels, dtype=np.float64)
-    variables = _blank_where_few_members({name: made[name]() for name in request.products}, members)
-    products = xr.Dataset(variables, coords=coords)
+    products = xr.Dataset(_blanked({name: made[name]() for name in request.products}, too_few, needed),
+                          coords=coords)
     products.attrs = dict(forecast.attrs)
     products.attrs["ensemble_members"] = int(members.shape[0])
     neighbourhood = probability_neighbourhood(forecast, request)
@@ -193,11 +195,9 @@ def minimum_members(n_members: int) -> int:
     return max(1, math.ceil(MIN_MEMBER_FRACTION * n_members))
 
 
-def _blank_where_few_members(variables: dict[str, tuple[Any, ...]], members: np.ndarray) -> dict[str, Any]:
-    """``variables`` ((dims, values) by product) with the member statistics NaN where fewer than
-    :func:`minimum_members` of ``members`` (member, time, y, x) have data, each saying that minimum."""
-    needed = minimum_members(members.shape[0])
-    too_few = np.count_nonzero(~np.isnan(members), axis=0) < needed
+def _blanked(variables: dict[str, tuple[Any, ...]], too_few: np.ndarray, needed: int) -> dict[str, tuple[Any, ...]]:
+    """``variables`` ((dims, values) by product) with the member statistics NaN where ``too_few`` (time, y, x),
+    each saying the minimum of members ``needed``."""
     blanked = dict(variables)
     for name in MEMBER_STATISTICS:
         if name in variables:
@@ -234,11 +234,16 @@ def probability_neighbourhood(forecast: xr.DataArray, request: ProductRequest) -
     return float(forecast.attrs.get(NEIGHBOURHOOD_ATTR, 0.0))
 
 
-def _probabilities(forecast: xr.DataArray, members: np.ndarray, request: ProductRequest) -> np.ndarray:
-    """Exceedance probabilities (threshold, time, y, x), each lead's neighbourhood-processed where asked."""
+def _probabilities(forecast: xr.DataArray, members: np.ndarray, request: ProductRequest,
+                   too_few: np.ndarray) -> np.ndarray:
+    """Exceedance probabilities (threshold, time, y, x), each lead's neighbourhood-processed where asked, from the
+    pixels where enough members have data (``too_few``: (time, y, x), the others)."""
     neighbourhood = probability_neighbourhood(forecast, request)
     if not neighbourhood:
-        return exceedance_probability(members, request.thresholds)
+        probability = exceedance_probability(members, request.thresholds)
+        probability[:, too_few] = np.nan
+        return probability
     size_km = pixel_size_km(forecast)
-    return np.stack([lead_exceedance_probability(members[:, i], request.thresholds, lead, neighbourhood, size_km)
+    return np.stack([lead_exceedance_probability(members[:, i], request.thresholds, lead, neighbourhood, size_km,
+                                                 kept=~too_few[i])
                      for i, lead in enumerate(lead_minutes_of(forecast))], axis=1)

@@ -67,6 +67,8 @@ class SpreadGainFit:
                 {"start": start, "end": end, "crps": float(score),
                  "crps_per_event": dict(zip(self.events, map(float, np.nanmean(per_event, axis=1)), strict=True)),
                  "crps_per_lead": [float(v) for v in np.nanmean(per_event, axis=0)],
+                 "crps_per_event_per_lead": {event: [float(v) for v in leads]
+                                             for event, leads in zip(self.events, per_event, strict=True)},
                  "spread_skill_per_lead": [float(v) for v in ratios]}
                 for (start, end), score, per_event, ratios
                 in zip(self.candidates, self.score, self.crps, self.spread_skill, strict=True)

@@ -1492,6 +1492,9 @@ def test_fit_spread_gain_scores_each_candidate_as_the_model_forecasts_with_it(tm
     assert np.all(fit.spread_skill[1, 3:] > fit.spread_skill[0, 3:])
     assert fit.best == fit.candidates[int(np.argmin(fit.score))]
     assert fit.to_dict()["best"] == list(fit.best)
+    written = fit.to_dict()["candidates"][2]
+    np.testing.assert_allclose(written["crps_per_event_per_lead"]["syn1"], fit.crps[2, 1])
+    assert written["crps_per_event"]["syn1"] == pytest.approx(np.nanmean(fit.crps[2, 1]))
     monkeypatch.setattr(spread_gain, "fit_spread_gain", lambda model, event_ids, **kwargs: fit)
     out = tmp_path / "fit.json"
     result = CliRunner().invoke(app, ["-q", "fit-spread-gain", "tiny-gan@v2", "--events", "mch-20160711",

@@ -307,6 +307,15 @@ def test_member_statistics_are_no_data_where_fewer_than_half_of_the_members_have
     np.testing.assert_array_equal(products["pm_mean"].values, probability_matched_mean_of(forecast))
     assert np.isfinite(products["pm_mean"].values[..., ~published & (with_data > 0)]).all()
     assert MIN_MEMBERS_ATTR not in products["pm_mean"].attrs and MIN_MEMBERS_ATTR not in products["members"].attrs
+    # neighbourhood-processed, the pixels with too few members are no part of their neighbours' windows either
+    processed = ensemble_products(forecast, ProductRequest(("probabilities",), (1.0,), neighbourhood=0.6))
+    for lead, window in enumerate((3, 7)):  # 1 km pixels, +5 and +10 min
+        fraction = exceedance_probability(values[:, lead], (1.0,))
+        leaky = neighbourhood_probability(fraction, window)
+        fraction[:, ~published[lead]] = np.nan
+        expected = neighbourhood_probability(fraction, window)
+        np.testing.assert_allclose(processed["probabilities"].values[:, lead], expected, rtol=1e-6)
+        assert np.any(np.abs(leaky - expected)[:, published[lead]] > 1e-3)
 
 
 def test_only_the_products_asked_are_made() -> None:
