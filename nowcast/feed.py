@@ -36,7 +36,7 @@ from nowcast.io.netcdf import (
     sequence_to_dataset,
     write_dataset,
 )
-from nowcast.products import PROCESSED_NEIGHBOURHOOD_ATTR
+from nowcast.products import MIN_MEMBERS_ATTR, PROCESSED_NEIGHBOURHOOD_ATTR
 from nowcast.sequence import DIMS, VARIABLE_NAME
 
 MANIFEST = "manifest.json"
@@ -251,6 +251,8 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
         # the forecast's grid and times, and what the probabilities are: neighbourhood-processed or not
         probabilities.attrs = {**forecast.attrs,
                                PROCESSED_NEIGHBOURHOOD_ATTR: _neighbourhood_of(variable, path)}
+        if MIN_MEMBERS_ATTR in variable.attrs:
+            probabilities.attrs[MIN_MEMBERS_ATTR] = _minimum_members_of(variable, path)
     members = None
     if "realization" in ds.dims and VARIABLE_NAME in ds and "realization" in ds[VARIABLE_NAME].dims:
         members = ds[VARIABLE_NAME].rename(realization="member").transpose("member", *DIMS).astype(np.float32)
@@ -271,6 +273,16 @@ def _neighbourhood_of(variable: xr.DataArray, path: Path) -> float:
         raise UnreadableFileError(f"{path}: {PROCESSED_NEIGHBOURHOOD_ATTR} {value!r} is no neighbourhood in [0, "
                                   f"{MAX_NEIGHBOURHOOD_KM_PER_MINUTE:g}] km per minute")
     return neighbourhood
+
+
+def _minimum_members_of(variable: xr.DataArray, path: Path) -> int:
+    """How many members a product says its probabilities need at a pixel, checked."""
+    value = variable.attrs[MIN_MEMBERS_ATTR]
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise UnreadableFileError(f"{path}: {MIN_MEMBERS_ATTR} {value!r} is no positive whole number of members")
+    return int(value)
 
 
 def _forecast_name(ds: xr.Dataset) -> str:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from nowcast.errors import InputError
 from nowcast.feed import ProductFields
-from nowcast.products import PROCESSED_NEIGHBOURHOOD_ATTR
+from nowcast.products import MIN_MEMBERS_ATTR, PROCESSED_NEIGHBOURHOOD_ATTR
 from nowcast.render import image_extent, map_projection, probability_scale, rain_scale, render_png
 from service.core.errors import NotFoundError
 
@@ -152,10 +152,12 @@ def frame_index(fields: ProductFields, url: Callable[[str, int, str], str]) -> d
     probabilities = []
     if fields.probabilities is not None:
         neighbourhood = float(fields.probabilities.attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0))
+        needed = fields.probabilities.attrs.get(MIN_MEMBERS_ATTR)
         for value in fields.probabilities["threshold"].values:
             label = threshold_label(value)
             probabilities.append({"threshold_mmh": float(value),
                                   "neighbourhood_km_per_minute": neighbourhood,
+                                  MIN_MEMBERS_ATTR: None if needed is None else int(needed),
                                   "frames": [url("probability", i, label) for i in range(len(valid_times))]})
     return {
         "reference_time": _iso(reference),

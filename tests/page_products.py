@@ -55,7 +55,8 @@ def publish(folder: Path, reference: datetime, *, n: int = 120, observed_frames:
     if thresholds:
         values = np.stack([np.where(np.isnan(forecast.values), np.nan, np.clip(forecast.values / (2.0 * t), 0, 1))
                            for t in thresholds]).astype(np.float32)
-        probabilities = xr.DataArray(values, dims=("threshold", *forecast.dims), coords={"threshold": list(thresholds)})
+        probabilities = xr.DataArray(values, dims=("threshold", *forecast.dims), coords={"threshold": list(thresholds)},
+                                     attrs={"minimum_members_with_data": 4})  # as ensemble_products says of 8
     name = product_file_name(reference)
     write_product(folder / name, observed, forecast, probabilities=probabilities, attrs={"model": "page-test"})
     product = ProductEntry(file=name, reference_time=reference, model=entry.pop("model", "page-test@1"),

@@ -60,6 +60,7 @@ def test_a_product_file_round_trips_observed_frames_forecast_and_probabilities(t
     probabilities = xr.DataArray((forecast.values[None] > [[[[1.0]]], [[[4.0]]]]).astype(np.float32),
                                  dims=("threshold", *forecast.dims), coords={"threshold": [1.0, 4.0]})
     probabilities.attrs["neighbourhood_km_per_minute"] = 0.8
+    probabilities.attrs["minimum_members_with_data"] = 1
     members = xr.concat([forecast * 0.5, forecast * 1.5], dim="member")
     for with_probabilities in (False, True):
         path = tmp_path / f"p{with_probabilities}.nc"
@@ -77,6 +78,7 @@ def test_a_product_file_round_trips_observed_frames_forecast_and_probabilities(t
             np.testing.assert_array_equal(fields.probabilities.values, probabilities.values)
             assert list(fields.probabilities["threshold"].values) == [1.0, 4.0]
             assert fields.probabilities.attrs["neighbourhood_km_per_minute"] == 0.8  # what they are, kept
+            assert fields.probabilities.attrs["minimum_members_with_data"] == 1
             assert fields.members is not None and fields.members.dims == ("member", "time", "y", "x")
             np.testing.assert_allclose(fields.members.values, members.values, rtol=1e-6)
         else:
@@ -89,3 +91,24 @@ def test_a_product_file_round_trips_observed_frames_forecast_and_probabilities(t
             ds["probability_of_lwe_precipitation_rate_above_threshold"].neighbourhood_km_per_minute = bad
         with pytest.raises(UnreadableFileError, match="neighbourhood_km_per_minute"):
             read_product(tmp_path / "pTrue.nc")
+
+
+@pytest.mark.parametrize("value", ["four", -1, 0, 2.5])
+def test_a_product_whose_minimum_of_members_is_no_count_is_refused(tmp_path: Path, value: object) -> None:
+    import netCDF4
+    import numpy as np
+    import xarray as xr
+
+    from nowcast.feed import read_product, write_product
+    from nowcast.sequence import future_times, like
+    from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+    observed = synthetic_sequence(SyntheticRain(ny=16, nx=20, frames=3), seed=2)
+    forecast = like(observed, observed.values[-1:].repeat(2, axis=0), future_times(observed, 2))
+    probabilities = xr.DataArray((forecast.values[None] > 1.0).astype(np.float32), dims=("threshold", *forecast.dims),
+                                 coords={"threshold": [1.0]}, attrs={"minimum_members_with_data": 3})
+    path = write_product(tmp_path / "p.nc", observed, forecast, probabilities=probabilities)
+    with netCDF4.Dataset(path, "a") as ds:
+        ds.variables["probability_of_lwe_precipitation_rate_above_threshold"].minimum_members_with_data = value
+    with pytest.raises(UnreadableFileError, match=r"minimum_members_with_data .* no positive whole number"):
+        read_product(path)

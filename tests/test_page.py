@@ -109,6 +109,7 @@ def test_the_frame_index_places_the_grid_and_lists_every_frame(tmp_path: Path) -
         assert index["forecast"][2]["url"] == f"/v1/nowcasts/{label}/frames/forecast/2.png"
         assert [p["threshold_mmh"] for p in index["probabilities"]] == list(THRESHOLDS)
         assert {p["neighbourhood_km_per_minute"] for p in index["probabilities"]} == {0.0}  # raw fractions
+        assert {p["minimum_members_with_data"] for p in index["probabilities"]} == {4}
         assert index["probabilities"][1]["frames"][5] == f"/v1/nowcasts/{label}/frames/probability/4/5.png"
         assert index["scales"]["rain"] == rain_scale().legend()
         fields = read_product(tmp_path / entry.file)

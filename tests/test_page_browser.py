@@ -202,6 +202,7 @@ def test_a_click_on_the_map_shows_the_point_forecast_of_the_endpoint(browser: An
                                                   "nowcastPage.frames[0].kind === 'probability'"), "probability frames")
     legend = browser.find_element(By.ID, "legend").text
     assert "P(rain rate > 4 mm/h)" in legend and "95 % – 100 %" in legend
+    assert "no data, or fewer than 4 members with data" in legend  # the product's minimum_members_with_data
     map_element = browser.find_element(By.ID, "map")
     ActionChains(browser).move_to_element_with_offset(map_element, 30, 20).click().perform()
     panel = wait_for(browser, lambda: (p := browser.find_element(By.ID, "point-panel")).is_displayed() and p,

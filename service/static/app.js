@@ -518,7 +518,9 @@
     const title = document.createElement("div");
     title.textContent = probability ? `P(rain rate > ${state.field.slice(2)} mm/h)` : "rain rate";
     const items = rows.map(([colour, text]) => legendRow(colour, text));
-    items.push(legendRow(null, "no data"));
+    const entry = probability && state.index.probabilities.find((p) => `p:${p.threshold_mmh}` === state.field);
+    const needed = entry ? entry.minimum_members_with_data : null;
+    items.push(legendRow(null, needed ? `no data, or fewer than ${needed} members with data` : "no data"));
     box.replaceChildren(title, ...items);
   }
 
