@@ -142,10 +142,11 @@ def forecast(
     products: str | None = typer.Option(
         None, "--products",
         help="With --members: what to write, comma-separated from members, probabilities, mean, pm_mean, "
-             "quantiles (default: members,probabilities).",
+             "quantiles, max_probabilities (P(rate > threshold at some lead)) (default: members,probabilities).",
     ),
     thresholds: str | None = typer.Option(
-        None, "--thresholds", help="Rain rates (mm/h) of the exceedance probabilities (default: 1,4,8).",
+        None, "--thresholds", help="Rain rates (mm/h) of the exceedance probabilities and of max_probabilities "
+                                   "(default: 1,4,8).",
     ),
     quantiles: str | None = typer.Option(
         None, "--quantiles", help="Quantile levels in [0, 1] of the members (default: 0.1,0.5,0.9).",

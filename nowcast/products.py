@@ -4,14 +4,16 @@ An ensemble forecast (member, time, y, x) in mm/h becomes the products a
 :class:`ProductRequest` asks for, computed by :mod:`nowcast.ensemble`: the ``members``
 themselves, exceedance ``probabilities`` at thresholds (neighbourhood-processed where the
 request asks for it), the ensemble ``mean``, the probability-matched mean ``pm_mean`` and
-``quantiles`` at levels. They travel together as
+``quantiles`` at levels, and ``max_probabilities``: P(rate > threshold at some time of the
+forecast), what an operator asks of the next hour. They travel together as
 an :class:`xarray.Dataset` with one variable per product, on the forecast's grid and times
 (the CF-netCDF writer, the command line and the service all take this form).
 
 A member can have no data where the others have some (a trained ensemble's member whose own
 motion brings rain from off the grid), so near an edge the rain flows in from the members drop
 out one by one. The products that describe the members' distribution (probabilities, mean,
-quantiles) are published only where at least half of the members have data
+quantiles, max_probabilities) are published only where at least half of the members have data
+(for the period's maximum: data at every lead)
 (:data:`MIN_MEMBER_FRACTION`): a probability from two members reads 0 or 1, in streaks along the
 edge. The probability-matched mean is the forecaster's deterministic forecast, published as
 scored, and the scores (:mod:`nowcast.verification`) count their own pixels: neither goes
@@ -36,12 +38,15 @@ from nowcast.ensemble import (
     exceedance_probability,
     lead_exceedance_probability,
     lead_probability_matched_mean,
+    period_exceedance_probability,
     probability_matched_mean,
 )
 from nowcast.errors import InputError
 from nowcast.sequence import MAX_RAIN_RATE_MMH, lead_minutes_of, pixel_size_km
 
-PRODUCTS = ("members", "probabilities", "mean", "pm_mean", "quantiles")
+PRODUCTS = ("members", "probabilities", "mean", "pm_mean", "quantiles", "max_probabilities")
+#: the products with a threshold axis: both take the request's ``thresholds``
+THRESHOLD_PRODUCTS = ("probabilities", "max_probabilities")
 #: what an ensemble forecast gives when no products are named
 DEFAULT_PRODUCTS = ("members", "probabilities")
 DEFAULT_THRESHOLDS_MMH = (1.0, 4.0, 8.0)
@@ -57,7 +62,7 @@ MEAN_NEIGHBOURHOOD_ATTR = "mean_neighbourhood_km_per_minute"
 MIN_MEMBER_FRACTION = 0.5
 #: the attribute of the products (and of those netCDF variables) that says how many members that is
 MIN_MEMBERS_ATTR = "minimum_members_with_data"
-#: the products that are no data where fewer members than that have data
+#: the products (one field per lead) that are no data where fewer members than that have data
 MEMBER_STATISTICS = ("probabilities", "mean", "quantiles")
 #: the coordinate (time, y, x) in mm/h with which a forecaster may place its ensemble's probability-matched
 #: mean: the field whose ranks it takes instead of the ensemble mean's
@@ -103,11 +108,11 @@ class ProductRequest:
             tuple(quantile_levels) if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS,
             neighbourhood,
         )
-        for given, field, product in [(thresholds, "thresholds", "probabilities"),
-                                      (quantile_levels, "quantile_levels", "quantiles"),
-                                      (neighbourhood, "neighbourhood", "probabilities")]:
-            if given is not None and product not in request.products:
-                raise InputError(f"{field}: given, but {product} are not among the products asked for "
+        for given, field, users in [(thresholds, "thresholds", THRESHOLD_PRODUCTS),
+                                    (quantile_levels, "quantile_levels", ("quantiles",)),
+                                    (neighbourhood, "neighbourhood", ("probabilities",))]:
+            if given is not None and not set(users) & set(request.products):
+                raise InputError(f"{field}: given, but {' or '.join(users)} are not among the products asked for "
                                  f"({', '.join(request.products)})", field=field)
         return request
 
@@ -115,7 +120,12 @@ class ProductRequest:
         """How many (y, x) fields the products hold per lead time, for an ensemble of ``members``."""
         sizes = {"members": members, "probabilities": len(self.thresholds), "mean": 1, "pm_mean": 1,
                  "quantiles": len(self.quantile_levels)}
-        return sum(sizes[name] for name in self.products)
+        return sum(sizes.get(name, 0) for name in self.products)
+
+    def fields(self, members: int, steps: int) -> int:
+        """How many (y, x) fields the products hold in all, for ``steps`` leads of an ensemble of ``members``."""
+        period = len(self.thresholds) if "max_probabilities" in self.products else 0
+        return self.values_per_frame(members) * steps + period
 
 
 def _product_names(products: Iterable[str]) -> tuple[str, ...]:
@@ -155,8 +165,9 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     ``probabilities`` lie on a ``threshold`` axis (mm/h), ``quantiles`` on a ``quantile``
     axis (levels in [0, 1]), ``members`` on ``member``; ``mean`` and ``pm_mean`` are
     (time, y, x). Coordinates and attributes (grid, reference time, method) are the forecast's.
-    ``probabilities``, ``mean`` and ``quantiles`` are NaN where fewer than :func:`minimum_members`
-    have data (said in their ``minimum_members_with_data`` attribute).
+    ``max_probabilities`` are (threshold, y, x): over every lead of the forecast.
+    ``probabilities``, ``mean``, ``quantiles`` and ``max_probabilities`` are NaN where fewer than
+    :func:`minimum_members` have data (said in their ``minimum_members_with_data`` attribute).
     """
     if forecast.dims[0] != "member":
         raise ValueError(f"an ensemble forecast is (member, time, y, x); got dims {forecast.dims}")
@@ -170,11 +181,12 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
         "mean": lambda: (frame_dims, ensemble_mean(members)),
         "pm_mean": lambda: (frame_dims, probability_matched_mean_of(forecast)),
         "quantiles": lambda: (("quantile", *frame_dims), ensemble_quantiles(members, request.quantile_levels)),
+        "max_probabilities": lambda: (("threshold", *frame_dims[1:]), *_max_probabilities(members, request, needed)),
     }
     coords: dict[str, Any] = {name: forecast[name] for name in frame_dims}
     if "members" in request.products:
         coords["member"] = np.arange(members.shape[0])
-    if "probabilities" in request.products:
+    if set(THRESHOLD_PRODUCTS) & set(request.products):
         coords["threshold"] = np.asarray(request.thresholds, dtype=np.float64)
     if "quantiles" in request.products:
         coords["quantile"] = np.asarray(request.quantile_levels, dtype=np.float64)
@@ -232,6 +244,15 @@ def probability_neighbourhood(forecast: xr.DataArray, request: ProductRequest) -
     if request.neighbourhood is not None:
         return request.neighbourhood
     return float(forecast.attrs.get(NEIGHBOURHOOD_ATTR, 0.0))
+
+
+def _max_probabilities(members: np.ndarray, request: ProductRequest, needed: int) -> tuple[Any, ...]:
+    """P(rate > threshold at some lead) (threshold, y, x), no data where fewer than ``needed`` members have data
+    at every lead; the attributes say so, and over which leads."""
+    probability = period_exceedance_probability(members, request.thresholds)
+    complete = np.count_nonzero(np.isfinite(members).all(axis=1), axis=0)
+    probability[:, complete < needed] = np.nan
+    return probability, {MIN_MEMBERS_ATTR: needed}
 
 
 def _probabilities(forecast: xr.DataArray, members: np.ndarray, request: ProductRequest,

@@ -27,7 +27,13 @@ from pydantic import BaseModel, ValidationError
 from nowcast.errors import FileTooLargeError, InputError, SequenceError
 from nowcast.io.netcdf import read_netcdf_bytes, to_netcdf_bytes
 from nowcast.io.safety import ReadLimits
-from nowcast.products import MIN_MEMBERS_ATTR, PROCESSED_NEIGHBOURHOOD_ATTR, ProductRequest, ensemble_products
+from nowcast.products import (
+    MIN_MEMBERS_ATTR,
+    PROCESSED_NEIGHBOURHOOD_ATTR,
+    THRESHOLD_PRODUCTS,
+    ProductRequest,
+    ensemble_products,
+)
 from nowcast.sequence import check_rate_bound, make_sequence, time_step
 from nowcast.transforms import to_mmh
 from service.core.config import Settings
@@ -282,8 +288,8 @@ def output_values(query: ForecastQuery) -> int:
     """Values the answer holds: every value of every product asked for, else the forecast's."""
     if query.products is None:
         return forecast_values(query)
-    fields = query.products.values_per_frame(query.members or 1)
-    return fields * query.steps * query.sequence.sizes["y"] * query.sequence.sizes["x"]
+    fields = query.products.fields(query.members or 1, query.steps)
+    return fields * query.sequence.sizes["y"] * query.sequence.sizes["x"]
 
 
 def answer_estimate(query: ForecastQuery, *, netcdf_answer: bool) -> int:
@@ -318,10 +324,10 @@ def check_limits(query: ForecastQuery, settings: Settings) -> None:
             f"values is more than this service's limit of {settings.max_output_values}",
             field="steps",
         )
-    fields = query.products.values_per_frame(query.members or 1)
+    fields = query.products.fields(query.members or 1, query.steps)
     raise TooLargeInputError(
-        f"products: {', '.join(query.products.products)} of {query.members} members are {fields} fields x "
-        f"{query.steps} steps x {n_y}x{n_x} pixels = {values} values, more than this service's limit of "
+        f"products: {', '.join(query.products.products)} of {query.members} members over {query.steps} steps are "
+        f"{fields} fields x {n_y}x{n_x} pixels = {values} values, more than this service's limit of "
         f"{settings.max_output_values}; ask for fewer products (probabilities or quantiles instead of members), "
         "fewer steps or a smaller tile",
         field="products",
@@ -556,9 +562,10 @@ def _products_text(products: xr.Dataset, encoding: Encoding) -> Iterator[bytes]:
     for index, name in enumerate(products.data_vars):
         values = np.ascontiguousarray(products[name].values, dtype="<f4")
         described: dict[str, object] = {"shape": list(values.shape),
-                                        "units": "1" if name == "probabilities" else "mm/h"}
-        if name == "probabilities":
+                                        "units": "1" if name in THRESHOLD_PRODUCTS else "mm/h"}
+        if name in THRESHOLD_PRODUCTS:
             described["thresholds"] = products["threshold"].values.tolist()
+        if name == "probabilities":
             neighbourhood = products[name].attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0)
             described["neighbourhood_km_per_minute"] = float(neighbourhood)
         elif name == "quantiles":

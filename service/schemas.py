@@ -10,14 +10,14 @@ that a large grid does not become a Python object per value.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 NestedFrames = list[list[list[float | None]]]
 NestedMembers = list[list[list[list[float | None]]]]
 #: what an ensemble answer can carry (:data:`nowcast.products.PRODUCTS`)
-ProductName = Literal["members", "probabilities", "mean", "pm_mean", "quantiles"]
+ProductName = Literal["members", "probabilities", "mean", "pm_mean", "quantiles", "max_probabilities"]
 
 
 class EncodedFrames(BaseModel):
@@ -62,9 +62,10 @@ class NowcastOptions(BaseModel):
     products: list[ProductName] | None = Field(
         default=None,
         min_length=1,
-        max_length=5,
+        max_length=len(get_args(ProductName)),
         description="with members: what to answer instead of the members' frames (members, exceedance "
-        "probabilities, ensemble mean, probability-matched mean, quantiles)",
+        "probabilities, ensemble mean, probability-matched mean, quantiles, probabilities of the rate above each "
+        "threshold at some lead)",
     )
     thresholds: list[Annotated[float, Field(ge=0, le=1000)]] | None = Field(
         default=None,
@@ -157,6 +158,12 @@ class ProbabilityFrames(ProductFrames):
     )
 
 
+class MaxProbabilityFrames(ProductFrames):
+    thresholds: list[float] = Field(
+        description="P(rate > threshold at some lead of the forecast), thresholds in mm/h, one per leading index"
+    )
+
+
 class QuantileFrames(ProductFrames):
     levels: list[float] = Field(description="quantile levels in [0, 1], one per leading index")
 
@@ -169,6 +176,9 @@ class NowcastProducts(BaseModel):
     mean: ProductFrames | None = None
     pm_mean: ProductFrames | None = Field(default=None, description="probability-matched ensemble mean")
     quantiles: QuantileFrames | None = None
+    max_probabilities: MaxProbabilityFrames | None = Field(
+        default=None, description="(threshold, y, x): the probability of the rate above each threshold at some lead"
+    )
 
 
 class NowcastResponse(BaseModel):

@@ -382,6 +382,11 @@ def test_products_are_written_as_improver_writes_them(small_sequence, tmp_path):
         assert ds.variables["precipitation_rate_percentile"].dimensions == ("percentile", "time", "y", "x")
         assert ds.variables[VARIABLE_NAME].dimensions[0] == "realization"
         assert "forecast_period" in probability.coordinates
+        period = ds.variables["probability_of_lwe_precipitation_rate_max_above_threshold"]
+        assert period.dimensions == ("threshold", "y", "x") and period.cell_methods == "time: maximum"
+        assert period.coordinates == "forecast_reference_time" and period.minimum_members_with_data == 2
+        assert "valid from" in period.comment and "missing where fewer than 2 members" in period.comment
+        np.testing.assert_array_equal(period[:].filled(np.nan), products["max_probabilities"].values)
 
 
 def test_times_are_float64_and_coordinates_have_no_fill_value(small_sequence, tmp_path):
@@ -407,7 +412,7 @@ def _cf_errors(checker: str, path: Path, report: Path) -> list[str]:
 
 
 def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
-    """Deterministic, members and probability files: no CF-1.8 errors.
+    """Deterministic, members, probability and period-maximum files: no CF-1.8 errors.
 
     The checker reads standard names from the table it ships unless a file names another
     version in ``standard_name_vocabulary`` (ours do not), so it needs no network.
@@ -427,6 +432,8 @@ def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
         "neighbourhood": write_netcdf(
             ensemble_products(forecast, ProductRequest(("probabilities",), neighbourhood=1.0)),
             tmp_path / "neighbourhood.nc", forecast_reference_time=reference),
+        "period maximum": write_netcdf(ensemble_products(forecast, ProductRequest(("max_probabilities",))),
+                                       tmp_path / "period.nc", forecast_reference_time=reference),
     }
     with xr.open_dataset(files["neighbourhood"]) as ds:
         probability = ds["probability_of_lwe_precipitation_rate_above_threshold"]
@@ -435,7 +442,7 @@ def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
         assert probability.attrs["minimum_members_with_data"] == 2
         assert probability.attrs["comment"].endswith("; missing where fewer than 2 members have data")
     for kind, path in files.items():
-        assert _cf_errors(checker, path, tmp_path / f"{kind}.json") == [], kind
+        assert _cf_errors(checker, path, tmp_path / f"{kind.replace(' ', '-')}.json") == [], kind
 
 
 def test_threads_reading_and_writing_netcdf_at_once_do_not_crash_the_process(tmp_path: Path) -> None:

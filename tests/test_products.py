@@ -14,6 +14,7 @@ from nowcast.ensemble import (
     ensemble_quantiles,
     exceedance_probability,
     neighbourhood_probability,
+    period_exceedance_probability,
     probability_matched_mean,
     window_mean,
 )
@@ -49,8 +50,10 @@ def test_defaults() -> None:
     assert request.products == DEFAULT_PRODUCTS == ("members", "probabilities")
     assert request.thresholds == DEFAULT_THRESHOLDS_MMH == (1.0, 4.0, 8.0)
     assert request.quantile_levels == DEFAULT_QUANTILE_LEVELS
-    assert request.values_per_frame(20) == 23
-    assert ProductRequest(PRODUCTS, (0.5,), (0.5, 0.9)).values_per_frame(10) == 10 + 1 + 1 + 1 + 2
+    assert request.values_per_frame(20) == 23 and request.fields(20, 12) == 23 * 12
+    everything = ProductRequest(PRODUCTS, (0.5,), (0.5, 0.9))
+    assert everything.values_per_frame(10) == 10 + 1 + 1 + 1 + 2
+    assert everything.fields(10, 12) == (10 + 1 + 1 + 1 + 2) * 12 + 1  # the period's maximum: one field a threshold
 
 
 @pytest.mark.parametrize(
@@ -81,9 +84,12 @@ def test_options_for_products_not_asked_are_refused() -> None:
     with pytest.raises(InputError, match="quantiles are not among") as refused:
         ProductRequest.from_options(["members"], None, [0.5])
     assert refused.value.field == "quantile_levels"
-    with pytest.raises(InputError, match="probabilities are not among") as refused:
+    with pytest.raises(InputError, match="probabilities or max_probabilities are not among") as refused:
         ProductRequest.from_options(["mean"], [2.0], None)
     assert refused.value.field == "thresholds"
+    assert ProductRequest.from_options(["max_probabilities"], [2.0], None).thresholds == (2.0,)
+    with pytest.raises(InputError, match="neighbourhood: given, but probabilities are not among"):
+        ProductRequest.from_options(["max_probabilities"], None, None, 0.8)
     with pytest.raises(InputError, match="probabilities are not among") as refused:
         ProductRequest.from_options(["members"], None, None, 0.8)
     assert refused.value.field == "neighbourhood"
@@ -100,6 +106,9 @@ def test_products_are_what_nowcast_ensemble_computes() -> None:
     np.testing.assert_array_equal(products["mean"].values, ensemble_mean(members))
     np.testing.assert_array_equal(products["pm_mean"].values, probability_matched_mean(members))
     np.testing.assert_array_equal(products["quantiles"].values, ensemble_quantiles(members, (0.25, 0.5)))
+    np.testing.assert_array_equal(products["max_probabilities"].values, period_exceedance_probability(members,
+                                                                                                      (1.0, 4.0)))
+    assert products["max_probabilities"].dims == ("threshold", "y", "x")
     assert products["probabilities"].dims == ("threshold", "time", "y", "x")
     assert products["quantiles"].dims == ("quantile", "time", "y", "x")
     assert list(products["threshold"].values) == [1.0, 4.0] and list(products["quantile"].values) == [0.25, 0.5]
@@ -302,6 +311,8 @@ def test_member_statistics_are_no_data_where_fewer_than_half_of_the_members_have
         np.testing.assert_array_equal(made[..., published], full[..., published])
         assert np.isnan(made[..., ~published]).all(), name
         assert np.isfinite(full[..., ~published & (with_data > 0)]).all(), name  # the library still gives them
+    # the band is the same at every lead, so the period's maximum is published where the leads' products are
+    np.testing.assert_array_equal(np.isnan(products["max_probabilities"].values[0]), ~published[0])
     # the members and the deterministic forecast are published as drawn and as scored
     np.testing.assert_array_equal(products["members"].values, values)
     np.testing.assert_array_equal(products["pm_mean"].values, probability_matched_mean_of(forecast))
@@ -316,6 +327,31 @@ def test_member_statistics_are_no_data_where_fewer_than_half_of_the_members_have
         expected = neighbourhood_probability(fraction, window)
         np.testing.assert_allclose(processed["probabilities"].values[:, lead], expected, rtol=1e-6)
         assert np.any(np.abs(leaky - expected)[:, published[lead]] > 1e-3)
+
+
+def test_max_probabilities_count_the_members_above_the_threshold_at_any_lead_with_data_at_every_lead() -> None:
+    members = np.zeros((4, 3, 1, 5), dtype=np.float32)  # (member, time, y, x)
+    members[0, 2, 0, 0] = 5.0  # one member above 4 mm/h at the last lead only
+    members[1, 0, 0, 0] = 2.0  # one above 1 mm/h only
+    members[:, 1, 0, 1] = 9.0  # all four above 8 mm/h at one lead
+    members[0, 1, 0, 2] = np.nan  # a member with a gap is not counted: it may have missed its maximum
+    members[1:, 0, 0, 2] = 3.0
+    members[:, :, 0, 3] = np.nan  # no member with data
+    members[:3, 0, 0, 4] = np.nan  # one member with data at every lead
+    got = period_exceedance_probability(members, (1.0, 4.0, 8.0))
+    np.testing.assert_array_equal(got[:, 0, 0], [0.5, 0.25, 0.0])
+    np.testing.assert_array_equal(got[:, 0, 1], [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(got[:, 0, 2], [1.0, 0.0, 0.0])  # the three complete members, all above 1
+    assert np.isnan(got[:, 0, 3]).all()
+    np.testing.assert_array_equal(got[:, 0, 4], [0.0, 0.0, 0.0])
+    times = pd.date_range("2024-06-01 12:05", periods=3, freq="5min")
+    forecast = xr.DataArray(members, dims=("member", "time", "y", "x"),
+                            coords={"time": times, "y": [0.0], "x": np.arange(5) * 1000.0},
+                            attrs={"forecast_reference_time": "2024-06-01 12:00:00"})
+    product = ensemble_products(forecast, ProductRequest(("max_probabilities",), (1.0, 4.0, 8.0)))["max_probabilities"]
+    assert product.attrs[MIN_MEMBERS_ATTR] == 2
+    np.testing.assert_array_equal(product.values[:, 0, :3], got[:, 0, :3])  # 4, 4 and 3 complete members
+    assert np.isnan(product.values[:, 0, 3:]).all()  # none, and one of four: fewer than half
 
 
 def test_only_the_products_asked_are_made() -> None:

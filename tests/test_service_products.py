@@ -61,7 +61,9 @@ def test_steps_products_in_json_are_the_librarys(encoding: str) -> None:
         assert products[name]["shape"] == list(expected[name].shape)
     assert products["probabilities"]["thresholds"] == [0.5, 2.0] and products["probabilities"]["units"] == "1"
     assert products["quantiles"]["levels"] == [0.5, 0.9] and products["mean"]["units"] == "mm/h"
-    assert [products[name].get("minimum_members_with_data") for name in PRODUCTS] == [None, 2, 2, None, 2]
+    assert [products[name].get("minimum_members_with_data") for name in PRODUCTS] == [None, 2, 2, None, 2, 2]
+    assert products["max_probabilities"]["thresholds"] == [0.5, 2.0] and products["max_probabilities"]["units"] == "1"
+    assert products["max_probabilities"]["shape"] == [2, 32, 36]
     assert isinstance(products["mean"]["frames"], dict if encoding == "base64" else list)
 
 
@@ -176,6 +178,13 @@ def test_the_output_limit_counts_every_value_of_every_product(fake_members: None
     assert both.status_code == 413 and both.json()["field"] == "products"  # 7 x 336 = 2352
     assert "2352 values" in both.json()["detail"] and "probabilities or quantiles instead of members" in (
         both.json()["detail"])
+    with running(model="test-members", max_output_values=3 * 336 + 3 * 168) as client:
+        period = client.post("/v1/nowcasts", json=json_body(seq, steps=2, members=4,
+                                                             products=["probabilities", "max_probabilities"]))
+        over = client.post("/v1/nowcasts", json=json_body(seq, steps=2, members=4, thresholds=[1, 2, 4, 8],
+                                                           products=["probabilities", "max_probabilities"]))
+    assert period.status_code == 200, period.text  # 3 x 336 + 3 x 168 (one field a threshold) = 1512
+    assert over.status_code == 413 and "2016 values" in over.json()["detail"]  # 4 x 336 + 4 x 168
 
 
 def test_the_memory_estimate_counts_the_products_and_their_members() -> None:
@@ -189,8 +198,10 @@ def test_the_memory_estimate_counts_the_products_and_their_members() -> None:
     plain = estimate(None)
     with_products = estimate(ProductRequest(PRODUCTS, (1.0, 4.0), (0.5,)))
     per_value = codec.ANSWER_BYTES_PER_VALUE
-    # members 4 + probabilities 2 + mean + pm mean + one quantile = 9 fields, and the 4 members they come from
-    assert with_products - plain == per_value * (9 - 4) * 2 * pixels + codec.ENSEMBLE_BYTES_PER_VALUE * 4 * 2 * pixels
+    # members 4 + probabilities 2 + mean + pm mean + one quantile = 9 fields a step, 2 of the period's maximum,
+    # and the 4 members they come from
+    assert with_products - plain == (per_value * ((9 - 4) * 2 + 2) * pixels
+                                     + codec.ENSEMBLE_BYTES_PER_VALUE * 4 * 2 * pixels)
     netcdf_extra = estimate(ProductRequest(("mean",)), netcdf=True) - estimate(ProductRequest(("mean",)))
     assert netcdf_extra == codec.NETCDF_ANSWER_BYTES_PER_VALUE * 2 * pixels
 

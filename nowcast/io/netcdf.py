@@ -260,6 +260,7 @@ PRODUCT_VARIABLES = {
     "mean": f"{VARIABLE_NAME}_mean",
     "pm_mean": f"{VARIABLE_NAME}_pm_mean",
     "quantiles": f"{VARIABLE_NAME}_percentile",
+    "max_probabilities": "probability_of_lwe_precipitation_rate_max_above_threshold",
 }
 # CF-1.8 allows no 64-bit integers; float64 seconds hold any timestamp a sequence can carry
 _TIME_ENCODING = {"units": "seconds since 1970-01-01 00:00:00", "dtype": "float64", "_FillValue": None}
@@ -292,7 +293,9 @@ def products_to_dataset(
     ``lwe_precipitation_rate`` (mm h-1, ``spp__relative_to_threshold = "greater_than"``,
     pysteps' and the verification's ``rate > threshold``); the mean (``cell_methods:
     realization: mean``) and the probability-matched mean as rain rates; quantiles on a
-    ``percentile`` coordinate (%).
+    ``percentile`` coordinate (%); the probabilities of the forecast period's maximum
+    (``probability_of_lwe_precipitation_rate_max_above_threshold``, ``cell_methods: time: maximum``)
+    on the same thresholds, with no time axis.
     """
     variables: dict[str, xr.Variable] = {}
     coords: dict[str, Any] = {}
@@ -307,18 +310,17 @@ def products_to_dataset(
 def _product_variable(product: str, products: xr.Dataset) -> tuple[str, xr.Variable, dict[str, Any]]:
     """One product's CF variable and its leading coordinate, if it has one."""
     data = products[product]
-    values = data.transpose(*data.dims[:-3], *DIMS).values.astype(np.float32)
     name = PRODUCT_VARIABLES[product]
+    if product == "max_probabilities":
+        return name, _period_maximum_variable(data, products), _threshold_coord(products)
+    values = data.transpose(*data.dims[:-3], *DIMS).values.astype(np.float32)
     if product == "members":
         realization = np.arange(values.shape[0], dtype=np.int32)
         coord = {"realization": ("realization", realization,
                                  {"standard_name": "realization", "units": "1", "long_name": "ensemble member"})}
         return name, xr.Variable(("realization", *DIMS), values, {**_RATE_ATTRS, "long_name": "rain rate"}), coord
     if product == "probabilities":
-        thresholds = products["threshold"].values.astype(np.float32)
-        coord = {"threshold": ("threshold", thresholds, {
-            "standard_name": "lwe_precipitation_rate", "long_name": "rain rate threshold", "units": "mm h-1",
-            "spp__relative_to_threshold": "greater_than"})}
+        coord = _threshold_coord(products)
         attrs = {"long_name": "probability of rain rate above threshold", "units": "1", "grid_mapping": "crs"}
         neighbourhood = data.attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR)
         if neighbourhood:
@@ -342,6 +344,25 @@ def _product_variable(product: str, products: xr.Dataset) -> tuple[str, xr.Varia
         attrs["comment"] = (f"placed by the ensemble mean's mean over a square window whose side grows {window:g} km "
                             f"per minute of lead; values from the pooled members")
     return name, xr.Variable(DIMS, values, attrs), {}
+
+
+def _threshold_coord(products: xr.Dataset) -> dict[str, Any]:
+    """The probabilities' threshold coordinate, as IMPROVER writes it (``rate > threshold``)."""
+    thresholds = products["threshold"].values.astype(np.float32)
+    return {"threshold": ("threshold", thresholds, {
+        "standard_name": "lwe_precipitation_rate", "long_name": "rain rate threshold", "units": "mm h-1",
+        "spp__relative_to_threshold": "greater_than"})}
+
+
+def _period_maximum_variable(data: xr.DataArray, products: xr.Dataset) -> xr.Variable:
+    """P(rate > threshold at some time of the forecast): IMPROVER's ``rate_max`` probability over the period of
+    the products' valid times."""
+    times = pd.DatetimeIndex(products["time"].values)
+    values = data.transpose("threshold", "y", "x").values.astype(np.float32)
+    attrs = {"long_name": "probability of rain rate above threshold at some time of the forecast period",
+             "units": "1", "grid_mapping": "crs", "cell_methods": "time: maximum",
+             "comment": f"the maximum over the forecasts valid from {times[0].isoformat()} to {times[-1].isoformat()}"}
+    return xr.Variable(("threshold", "y", "x"), values, _with_member_minimum(attrs, data))
 
 
 def _with_member_minimum(attrs: dict[str, Any], data: xr.DataArray) -> dict[str, Any]:
@@ -368,7 +389,8 @@ def _cf_dataset(
         lead = (grid["time"].values - frt).astype("timedelta64[s]").astype(np.int64) / 60.0
         coords["forecast_period"] = ("time", lead, {"standard_name": "forecast_period", "units": "minutes"})
         for variable in variables.values():
-            variable.attrs["coordinates"] = "forecast_reference_time forecast_period"
+            variable.attrs["coordinates"] = ("forecast_reference_time forecast_period" if "time" in variable.dims
+                                             else "forecast_reference_time")
     data_vars: dict[str, Any] = dict(variables)
     if crs is not None:
         data_vars["crs"] = xr.Variable((), np.int32(0), _grid_mapping_attrs(projection, crs))
