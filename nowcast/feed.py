@@ -41,6 +41,8 @@ from nowcast.sequence import DIMS, VARIABLE_NAME
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
+#: the probabilities of the rate above a threshold at some lead of the forecast
+MAX_PROBABILITY_NAME = PRODUCT_VARIABLES["max_probabilities"]
 PRODUCT_PREFIX = "nowcast_"
 PRODUCT_SUFFIX = ".nc"
 _PRODUCT_RE = re.compile(r"^nowcast_\d{8}T\d{4}Z\.nc$")
@@ -181,8 +183,9 @@ class ProductFields:
     """One product file, read back: fields in mm/h in the sequence form, georeferencing in their ``attrs``.
 
     ``forecast`` is the deterministic forecast (time, y, x): the model's own, or an ensemble's
-    probability-matched mean; ``probabilities`` (threshold, time, y, x) exist for ensembles, and
-    ``members`` (member, time, y, x) where the writer kept them.
+    probability-matched mean; ``probabilities`` (threshold, time, y, x) exist for ensembles, with
+    ``max_probabilities`` (threshold, y, x: the rate above the threshold at some lead) where the writer
+    made them, and ``members`` (member, time, y, x) where the writer kept them.
     """
 
     observed: xr.DataArray
@@ -191,6 +194,7 @@ class ProductFields:
     reference_time: pd.Timestamp
     attrs: dict[str, Any]
     members: xr.DataArray | None = None
+    max_probabilities: xr.DataArray | None = None
 
 
 def write_product(
@@ -199,13 +203,16 @@ def write_product(
     forecast: xr.DataArray,
     *,
     probabilities: xr.DataArray | None = None,
+    max_probabilities: xr.DataArray | None = None,
     members: xr.DataArray | None = None,
     attrs: dict[str, Any] | None = None,
 ) -> Path:
     """Write one product atomically: the observed frames (time, y, x), the forecast (time, y, x) from the last
     observed frame and, for ensembles, exceedance probabilities (threshold, time, y, x) with a ``threshold``
-    coordinate in mm/h and, where given, the members themselves (member, time, y, x; on a CF ``realization``
-    axis, as IMPROVER writes them). ``attrs`` go into the file's global attributes (model, fallback, ...)."""
+    coordinate in mm/h and, where given, the probabilities of the rate above them at some lead (threshold, y, x;
+    :data:`nowcast.products.PRODUCTS`' ``max_probabilities``) and the members themselves (member, time, y, x; on a
+    CF ``realization`` axis, as IMPROVER writes them). ``attrs`` go into the file's global attributes (model,
+    fallback, ...)."""
     reference = observed["time"].values[-1]
     if probabilities is None and members is None:
         ds = sequence_to_dataset(forecast, forecast_reference_time=reference, attrs=attrs)
@@ -213,6 +220,8 @@ def write_product(
         products = {"pm_mean": forecast.transpose(*DIMS)}
         if probabilities is not None:
             products["probabilities"] = probabilities.transpose("threshold", *DIMS)
+        if max_probabilities is not None:
+            products["max_probabilities"] = max_probabilities.transpose("threshold", "y", "x")
         if members is not None:
             products["members"] = members.transpose("member", *DIMS)
         ds = products_to_dataset(xr.Dataset(products, attrs=forecast.attrs), forecast_reference_time=reference,
@@ -237,7 +246,8 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
     if OBSERVED_NAME not in ds or ("forecast_reference_time" not in ds.coords):
         raise UnreadableFileError(f"{path}: not a nowcast product (no {OBSERVED_NAME} or reference time)")
     source = str(path)
-    forecast = dataset_to_sequence(ds.drop_vars([OBSERVED_NAME, PROBABILITY_NAME], errors="ignore")
+    forecast = dataset_to_sequence(ds.drop_vars([OBSERVED_NAME, PROBABILITY_NAME, MAX_PROBABILITY_NAME],
+                                                errors="ignore")
                                    .drop_dims("realization", errors="ignore"),
                                    variable=_forecast_name(ds), source=source)
     observed_ds = ds[[OBSERVED_NAME]].rename({OBSERVATION_TIME: "time"}).drop_vars(
@@ -253,13 +263,18 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
                                PROCESSED_NEIGHBOURHOOD_ATTR: _neighbourhood_of(variable, path)}
         if MIN_MEMBERS_ATTR in variable.attrs:
             probabilities.attrs[MIN_MEMBERS_ATTR] = _minimum_members_of(variable, path)
+    max_probabilities = None
+    if MAX_PROBABILITY_NAME in ds:
+        variable = ds[MAX_PROBABILITY_NAME]
+        max_probabilities = variable.transpose("threshold", "y", "x").astype(np.float32)
+        max_probabilities.attrs = dict(forecast.attrs)
     members = None
     if "realization" in ds.dims and VARIABLE_NAME in ds and "realization" in ds[VARIABLE_NAME].dims:
         members = ds[VARIABLE_NAME].rename(realization="member").transpose("member", *DIMS).astype(np.float32)
         members.attrs = dict(forecast.attrs)
     return ProductFields(observed=observed, forecast=forecast, probabilities=probabilities,
                          reference_time=pd.Timestamp(ds["forecast_reference_time"].values),
-                         attrs=dict(ds.attrs), members=members)
+                         attrs=dict(ds.attrs), members=members, max_probabilities=max_probabilities)
 
 
 def _neighbourhood_of(variable: xr.DataArray, path: Path) -> float:

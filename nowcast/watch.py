@@ -145,7 +145,7 @@ class WatchConfig:
         """The products made from an ensemble; None for a deterministic model."""
         if self.members is None:
             return None
-        products = ("pm_mean", "probabilities", "members") if self.write_members else ("pm_mean", "probabilities")
+        products = ("pm_mean", "probabilities", "max_probabilities") + (("members",) if self.write_members else ())
         return ProductRequest(products, self.thresholds, neighbourhood=self.neighbourhood)
 
 
@@ -742,6 +742,7 @@ class Watcher:
                  "history": "nowcast watch"}
         write_product(product_path(self.output_dir, entry), observed, forecast,
                       probabilities=None if ensemble is None else ensemble["probabilities"],
+                      max_probabilities=None if ensemble is None else ensemble["max_probabilities"],
                       members=None if ensemble is None or "members" not in ensemble else ensemble["members"],
                       attrs=attrs)
         dropped = self._record(entry, when)

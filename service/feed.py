@@ -220,8 +220,17 @@ class Product:
                                          strict=True)],
             "forecast": steps,
             "probability_neighbourhood_km_per_minute": neighbourhood,
+            "max_probabilities": self._max_probabilities(row, col),
             "no_data": not bool(np.isfinite(rates).any()),
         }
+
+    def _max_probabilities(self, row: int, col: int) -> dict[str, float | None] | None:
+        """P(rate > threshold at some time of the forecast) at one cell, by threshold; None without them."""
+        maxima = self.fields.max_probabilities
+        if maxima is None:
+            return None
+        return {str(float(t)): _number(p) for t, p in zip(maxima["threshold"].values, maxima.values[:, row, col],
+                                                          strict=True)}
 
 
 def _number(value: Any) -> float | None:

@@ -25,8 +25,10 @@ from nowcast.products import MIN_MEMBERS_ATTR, PROCESSED_NEIGHBOURHOOD_ATTR
 from nowcast.render import image_extent, map_projection, probability_scale, rain_scale, render_png
 from service.core.errors import NotFoundError
 
-Kind = Literal["observed", "forecast", "probability"]
-KINDS: tuple[Kind, ...] = ("observed", "forecast", "probability")
+Kind = Literal["observed", "forecast", "probability", "max_probability"]
+KINDS: tuple[Kind, ...] = ("observed", "forecast", "probability", "max_probability")
+#: the kinds of frame drawn at a threshold (in URLs: .../{kind}/{threshold}/{index}.png)
+THRESHOLD_KINDS: tuple[Kind, ...] = ("probability", "max_probability")
 
 
 class FrameStore:
@@ -40,8 +42,9 @@ class FrameStore:
         self._lock = threading.Lock()
 
     def png(self, product: Hashable, fields: ProductFields, kind: str, index: int, threshold: str = "") -> bytes:
-        """Frame ``index`` of ``kind`` (``observed``, ``forecast`` or ``probability`` at ``threshold`` mm/h) of
-        the product known as ``product``, whose fields are ``fields``."""
+        """Frame ``index`` of ``kind`` (``observed``, ``forecast``, or at ``threshold`` mm/h ``probability`` or
+        ``max_probability``, whose one frame is the whole forecast's) of the product known as ``product``, whose
+        fields are ``fields``."""
         key = (product, kind, threshold, index)
         with self._lock:
             if key in self._pngs:
@@ -127,11 +130,26 @@ def _frame(fields: ProductFields, kind: str, index: int, threshold: str) -> tupl
         if threshold not in labels:
             raise NotFoundError(f"no probabilities at {threshold!r} mm/h in this product; it has {', '.join(labels)}")
         frames, scale = fields.probabilities[labels.index(threshold)], probability_scale()
+    elif kind == "max_probability":
+        return _max_probability_frame(fields, index, threshold), probability_scale()
     else:
         raise NotFoundError(f"no frames of kind {kind!r}; the kinds are {', '.join(KINDS)}")
     if not 0 <= index < frames.sizes["time"]:
         raise NotFoundError(f"no {kind} frame {index}: the product has {frames.sizes['time']}")
     return frames.values[index], scale
+
+
+def _max_probability_frame(fields: ProductFields, index: int, threshold: str) -> np.ndarray:
+    """The one frame of the probability of the rate above ``threshold`` at some lead of the forecast."""
+    if fields.max_probabilities is None:
+        raise NotFoundError("this product has no probabilities of the forecast's maximum")
+    labels = [threshold_label(t) for t in fields.max_probabilities["threshold"].values]
+    if threshold not in labels:
+        raise NotFoundError(f"no probabilities of the maximum above {threshold!r} mm/h in this product; it has "
+                            f"{', '.join(labels)}")
+    if index != 0:
+        raise NotFoundError(f"no max_probability frame {index}: the forecast's maximum is one frame, 0")
+    return fields.max_probabilities.values[labels.index(threshold)]
 
 
 def frame_index(fields: ProductFields, url: Callable[[str, int, str], str]) -> dict[str, Any]:
@@ -153,12 +171,15 @@ def frame_index(fields: ProductFields, url: Callable[[str, int, str], str]) -> d
     if fields.probabilities is not None:
         neighbourhood = float(fields.probabilities.attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0))
         needed = fields.probabilities.attrs.get(MIN_MEMBERS_ATTR)
+        maxima = set() if fields.max_probabilities is None else {
+            threshold_label(t) for t in fields.max_probabilities["threshold"].values}
         for value in fields.probabilities["threshold"].values:
             label = threshold_label(value)
             probabilities.append({"threshold_mmh": float(value),
                                   "neighbourhood_km_per_minute": neighbourhood,
                                   MIN_MEMBERS_ATTR: None if needed is None else int(needed),
-                                  "frames": [url("probability", i, label) for i in range(len(valid_times))]})
+                                  "frames": [url("probability", i, label) for i in range(len(valid_times))],
+                                  "max_frame": url("max_probability", 0, label) if label in maxima else None})
     return {
         "reference_time": _iso(reference),
         "projection": map_projection(source_projection),

@@ -348,6 +348,9 @@ class PointForecast(BaseModel):
         default=None, description="the square neighbourhood the probabilities were processed with, growing this "
         "many km per minute of lead: a probability of rain within about half a window of here (0: the members' own "
         "fractions; null: no probabilities)")
+    max_probabilities: dict[str, float | None] | None = Field(
+        default=None, description="P(rate > threshold at some time of the forecast) by threshold in mm/h (null: "
+        "not in this product)")
     no_data: bool = Field(description="no forecast value at this cell (outside radar range): nothing to say")
 
 

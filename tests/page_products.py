@@ -51,14 +51,16 @@ def publish(folder: Path, reference: datetime, *, n: int = 120, observed_frames:
                               projection=projection)
     observed = full.isel(time=slice(0, observed_frames))
     forecast = like(observed, full.values[observed_frames:], future_times(observed, steps))
-    probabilities = None
+    probabilities = maxima = None
     if thresholds:
         values = np.stack([np.where(np.isnan(forecast.values), np.nan, np.clip(forecast.values / (2.0 * t), 0, 1))
                            for t in thresholds]).astype(np.float32)
         probabilities = xr.DataArray(values, dims=("threshold", *forecast.dims), coords={"threshold": list(thresholds)},
                                      attrs={"minimum_members_with_data": 4})  # as ensemble_products says of 8
+        maxima = probabilities.max(dim="time").assign_attrs(probabilities.attrs)
     name = product_file_name(reference)
-    write_product(folder / name, observed, forecast, probabilities=probabilities, attrs={"model": "page-test"})
+    write_product(folder / name, observed, forecast, probabilities=probabilities, max_probabilities=maxima,
+                  attrs={"model": "page-test"})
     product = ProductEntry(file=name, reference_time=reference, model=entry.pop("model", "page-test@1"),
                            valid_times=tuple(t.tz_localize("UTC").to_pydatetime()
                                              for t in pd.DatetimeIndex(forecast["time"].values)),

@@ -62,9 +62,11 @@ def test_a_product_file_round_trips_observed_frames_forecast_and_probabilities(t
     probabilities.attrs["neighbourhood_km_per_minute"] = 0.8
     probabilities.attrs["minimum_members_with_data"] = 1
     members = xr.concat([forecast * 0.5, forecast * 1.5], dim="member")
+    maxima = probabilities.max(dim="time")
     for with_probabilities in (False, True):
         path = tmp_path / f"p{with_probabilities}.nc"
         write_product(path, observed, forecast, probabilities=probabilities if with_probabilities else None,
+                      max_probabilities=maxima if with_probabilities else None,
                       members=members if with_probabilities else None, attrs={"model": "test@v1", "fallback": 0})
         fields = read_product(path)
         np.testing.assert_allclose(fields.observed.values, observed.values, rtol=1e-6)
@@ -81,7 +83,10 @@ def test_a_product_file_round_trips_observed_frames_forecast_and_probabilities(t
             assert fields.probabilities.attrs["minimum_members_with_data"] == 1
             assert fields.members is not None and fields.members.dims == ("member", "time", "y", "x")
             np.testing.assert_allclose(fields.members.values, members.values, rtol=1e-6)
+            assert fields.max_probabilities is not None and fields.max_probabilities.dims == ("threshold", "y", "x")
+            np.testing.assert_array_equal(fields.max_probabilities.values, maxima.values)
         else:
+            assert fields.max_probabilities is None
             assert fields.probabilities is None and fields.members is None
     # a product that says its probabilities are something no neighbourhood is: refused by name
     import netCDF4

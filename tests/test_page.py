@@ -110,13 +110,16 @@ def test_the_frame_index_places_the_grid_and_lists_every_frame(tmp_path: Path) -
         assert [p["threshold_mmh"] for p in index["probabilities"]] == list(THRESHOLDS)
         assert {p["neighbourhood_km_per_minute"] for p in index["probabilities"]} == {0.0}  # raw fractions
         assert {p["minimum_members_with_data"] for p in index["probabilities"]} == {4}
+        assert index["probabilities"][2]["max_frame"] == f"/v1/nowcasts/{label}/frames/max_probability/8/0.png"
         assert index["probabilities"][1]["frames"][5] == f"/v1/nowcasts/{label}/frames/probability/4/5.png"
         assert index["scales"]["rain"] == rain_scale().legend()
         fields = read_product(tmp_path / entry.file)
         for url, field, scale in [(index["forecast"][2]["url"], fields.forecast.values[2], rain_scale()),
                                   (index["observed"][0]["url"], fields.observed.values[0], rain_scale()),
                                   (index["probabilities"][1]["frames"][5],
-                                   fields.probabilities.values[1, 5], probability_scale())]:
+                                   fields.probabilities.values[1, 5], probability_scale()),
+                                  (index["probabilities"][1]["max_frame"],
+                                   fields.max_probabilities.values[1], probability_scale())]:
             answer = client.get(url)
             assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
             assert "immutable" in answer.headers["cache-control"]
@@ -132,6 +135,10 @@ def test_frames_that_do_not_exist_are_404_with_the_reason(tmp_path: Path) -> Non
                              (f"/v1/nowcasts/{label}/frames/members/0.png", "no frames of kind 'members'"),
                              (f"/v1/nowcasts/{label}/frames/probability/0.png", "probability frames are under"),
                              (f"/v1/nowcasts/{label}/frames/probability/2/0.png", "it has 1, 4, 8"),
+                             (f"/v1/nowcasts/{label}/frames/max_probability/4/1.png", "is one frame, 0"),
+                             (f"/v1/nowcasts/{label}/frames/max_probability/2/0.png", "it has 1, 4, 8"),
+                             (f"/v1/nowcasts/{label}/frames/max_probability/0.png", "max_probability frames are"),
+                             (f"/v1/nowcasts/{label}/frames/forecast/4/0.png", "no frames of kind 'forecast' at a"),
                              ("/v1/nowcasts/20170509T1205Z/frames/forecast/0.png", "no product of reference time")]:
             answer = client.get(path)
             assert answer.status_code == 404 and reason in answer.json()["detail"], (path, answer.text)
@@ -221,6 +228,9 @@ def test_an_adhoc_forecast_with_members_has_probabilities_and_bad_files_are_refu
         index = made.json()
         assert [p["threshold_mmh"] for p in index["probabilities"]] == [0.5, 2.0] and index["members"] == 3
         assert client.get(index["probabilities"][1]["frames"][1]).status_code == 200
+        maximum = client.get(index["probabilities"][1]["max_frame"])
+        assert maximum.status_code == 200 and maximum.headers["content-type"] == "image/png"
+        assert "/adhoc/" in index["probabilities"][1]["max_frame"]
         point = client.get(f"{index['links']['point']}?lat=52.0&lon=5.0").json()
         assert set(point["forecast"][1]["probabilities"]) == {"0.5", "2.0"}
         too_many = client.post("/v1/nowcasts/adhoc?steps=2&members=5", content=body,

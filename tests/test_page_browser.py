@@ -159,7 +159,7 @@ def test_the_page_loads_without_console_errors_and_shows_the_product(browser: An
     legend = browser.find_element(By.ID, "legend").text
     assert "≥ 64 mm/h" in legend and "0.1 – 0.5 mm/h" in legend and "no data" in legend
     options = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#field-select option")]
-    assert options == ["rain", "p:1", "p:4", "p:8"]
+    assert options == ["rain", "p:1", "p:4", "p:8", "m:1", "m:4", "m:8"]
 
 
 def test_the_loop_plays_through_every_frame_and_the_slider_moves_valid_time(browser: Any,
@@ -191,6 +191,21 @@ def test_the_loop_plays_through_every_frame_and_the_slider_moves_valid_time(brow
         assert lead == ("observed, newest frame" if minutes == 0 else
                         f"observed, {minutes} min" if minutes < 0 else f"forecast +{minutes} min")
         assert page_state(browser, "nowcastPage.drawn[nowcastPage.drawn.length - 1]") == position
+    assert console_errors(browser) == []
+
+
+def test_the_forecasts_maximum_is_one_frame_over_the_whole_forecast(browser: Any, feed: tuple[str, Path]) -> None:
+    url, _ = feed
+    open_page(browser, url + "/")
+    index = httpx.get(f"{url}/v1/nowcasts/latest/frames").json()
+    browser.find_element(By.CSS_SELECTOR, "#field-select option[value='m:8']").click()
+    wait_for(browser, lambda: page_state(browser, "document.body.dataset.ready === 'true' && "
+                                                  "nowcastPage.frames[0].kind === 'max_probability'"), "the maximum")
+    assert page_state(browser, "nowcastPage.frames.length") == 1
+    assert page_state(browser, "nowcastPage.frames[0].url").endswith(index["probabilities"][2]["max_frame"])
+    assert browser.find_element(By.ID, "lead-time").text == "at some time from +5 to +60 min"
+    legend = browser.find_element(By.ID, "legend").text
+    assert "P(rain rate > 8 mm/h at some time)" in legend and "fewer than 4 members with data" in legend
     assert console_errors(browser) == []
 
 

@@ -72,7 +72,8 @@ def publish(folder: Path, observed: xr.DataArray, *, steps: int = 3, thresholds:
                            for t in thresholds]).astype(np.float32)
         probabilities = xr.DataArray(values, dims=("threshold", *forecast.dims), coords={"threshold": list(thresholds)})
     name = product_file_name(reference)
-    write_product(folder / name, observed, forecast, probabilities=probabilities, attrs={"model": "test-model"})
+    write_product(folder / name, observed, forecast, probabilities=probabilities, attrs={"model": "test-model"},
+                  max_probabilities=None if probabilities is None else probabilities.max(dim="time") * 0.5)
     product = ProductEntry(file=name, reference_time=reference, model=entry.pop("model", "test-model@v1"),
                            valid_times=tuple(t.tz_localize("UTC").to_pydatetime() for t in times),
                            thresholds=thresholds, members=entry.pop("members", 20 if thresholds else None), **entry)
@@ -209,6 +210,10 @@ def test_a_point_is_the_nearest_cell_of_the_product_with_its_probabilities(tmp_p
     assert set(first["probabilities"]) == {"0.5", "4.0"}
     assert first["probabilities"]["0.5"] == pytest.approx(float(fields.probabilities.values[0, 0, row, col]))
     assert point["probability_neighbourhood_km_per_minute"] == 0.0  # the members' own fractions
+    assert fields.max_probabilities is not None
+    assert point["max_probabilities"] == {
+        label: pytest.approx(float(fields.max_probabilities.values[k, row, col]), abs=1e-4)
+        for k, label in enumerate(("0.5", "4.0"))}
 
 
 def test_a_point_without_data_is_no_data_and_nulls_never_a_number(tmp_path: Path) -> None:

@@ -331,6 +331,9 @@ def test_an_ensemble_writes_its_probability_matched_mean_and_probabilities(feed)
     members = last[None] * np.linspace(0.5, 1.5, 4, dtype=np.float32)[:, None, None]
     np.testing.assert_allclose(fields.probabilities.values[0, 0], (members > 0.5).mean(axis=0), atol=1e-6)
     assert fields.members is None  # not asked for: a product members times smaller
+    # the forecast's maximum: these members hold the last frame at every lead, so it is any lead's probability
+    assert fields.max_probabilities is not None and fields.max_probabilities.shape == (2, 24, 32)
+    np.testing.assert_allclose(fields.max_probabilities.values[1], (members > 2.0).mean(axis=0), atol=1e-6)
 
 
 def test_an_ensemble_writes_neighbourhood_processed_probabilities_when_asked(feed) -> None:

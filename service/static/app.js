@@ -154,6 +154,9 @@
   function leadText(frame) {
     const lead = Math.round(frame.lead_min);
     if (frame.kind === "observed") return lead === 0 ? "observed, newest frame" : `observed, ${lead} min`;
+    if (frame.kind === "max_probability") {
+      return `at some time from +${Math.round(frame.first_lead_min)} to +${lead} min`;
+    }
     return `forecast +${lead} min`;
   }
 
@@ -373,6 +376,15 @@
   // --- frames and the loop ----------------------------------------------------------------------------------
 
   function loopFrames(index, field) {
+    if (field.startsWith("m:")) {
+      // the forecast's maximum: one frame, valid over the whole forecast
+      const entry = index.probabilities.find((p) => `m:${p.threshold_mmh}` === field);
+      const last = index.forecast[index.forecast.length - 1];
+      if (entry && entry.max_frame && last) {
+        return [{ ...last, url: entry.max_frame, kind: "max_probability", threshold: entry.threshold_mmh,
+                  first_lead_min: index.forecast[0].lead_min }];
+      }
+    }
     if (field.startsWith("p:")) {
       const entry = index.probabilities.find((p) => `p:${p.threshold_mmh}` === field);
       if (entry) {
@@ -484,6 +496,10 @@
         ? ` nearby (window ${p.neighbourhood_km_per_minute} km per min of lead)` : "";
       options.push(new Option(`probability of rain rate > ${p.threshold_mmh} mm/h${near}`, `p:${p.threshold_mmh}`));
     }
+    for (const p of index.probabilities.filter((entry) => entry.max_frame)) {
+      options.push(new Option(`probability of rain rate > ${p.threshold_mmh} mm/h at some time of the forecast`,
+                              `m:${p.threshold_mmh}`));
+    }
     if (!index.probabilities.length) {
       const none = new Option("probabilities: none (no ensemble members)", "none");
       none.disabled = true;
@@ -504,7 +520,7 @@
   });
 
   function renderLegend() {
-    const probability = state.field.startsWith("p:");
+    const probability = state.field.startsWith("p:") || state.field.startsWith("m:");
     const scale = state.index.scales[probability ? "probability" : "rain"];
     const rows = [];
     const fmt = (v) => (probability ? `${Math.round(v * 100)} %` : `${v}`);
@@ -516,9 +532,12 @@
     }
     const box = $("legend");
     const title = document.createElement("div");
-    title.textContent = probability ? `P(rain rate > ${state.field.slice(2)} mm/h)` : "rain rate";
+    const maximum = state.field.startsWith("m:");
+    title.textContent = probability ? `P(rain rate > ${state.field.slice(2)} mm/h${maximum ? " at some time" : ""})`
+      : "rain rate";
     const items = rows.map(([colour, text]) => legendRow(colour, text));
-    const entry = probability && state.index.probabilities.find((p) => `p:${p.threshold_mmh}` === state.field);
+    const entry = probability
+      && state.index.probabilities.find((p) => `${state.field[0]}:${p.threshold_mmh}` === state.field);
     const needed = entry ? entry.minimum_members_with_data : null;
     items.push(legendRow(null, needed ? `no data, or fewer than ${needed} members with data` : "no data"));
     box.replaceChildren(title, ...items);

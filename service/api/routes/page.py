@@ -40,7 +40,7 @@ from service.api.routes.nowcasts import NowcastJob
 from service.core.config import Settings
 from service.core.errors import NotFoundError, QueueFullError, RequestTimeoutError, UnsupportedMediaTypeError
 from service.feed import Grid, Product, iso, parse_reference_label, reference_label
-from service.frames import AdhocProduct, AdhocProducts, FrameStore, frame_index
+from service.frames import THRESHOLD_KINDS, AdhocProduct, AdhocProducts, FrameStore, frame_index
 from service.schemas import ErrorResponse
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
@@ -134,14 +134,15 @@ async def feed_frame(reference_time: str, kind: str, index: int, store: StoreDep
     return await _png(frames, _feed_key(entry), product.fields, kind, index, "")
 
 
-@frames_router.get("/nowcasts/{reference_time}/frames/probability/{threshold}/{index}.png",
+@frames_router.get("/nowcasts/{reference_time}/frames/{kind}/{threshold}/{index}.png",
                    name="feed_probability_frame", response_class=Response, responses=_PNG,
-                   summary="One exceedance-probability frame of a product of the feed")
-async def feed_probability_frame(reference_time: str, threshold: str, index: int, store: StoreDep,
+                   summary="One exceedance-probability frame of a product of the feed (kind `probability`: at a "
+                   "lead; `max_probability`: of the rate above the threshold at some lead, one frame, 0)")
+async def feed_probability_frame(reference_time: str, kind: str, threshold: str, index: int, store: StoreDep,
                                  frames: FramesDep) -> Response:
     entry = await _entry(store, reference_time)
     product = await store.product(entry)
-    return await _png(frames, _feed_key(entry), product.fields, "probability", index, threshold)
+    return await _png(frames, _feed_key(entry), product.fields, _threshold_kind(kind), index, threshold)
 
 
 async def _entry(store: Any, reference_time: str) -> ProductEntry:
@@ -156,10 +157,16 @@ def _feed_key(entry: ProductEntry) -> tuple[str, str, str]:
     return ("feed", entry.file, iso(entry.written_at))
 
 
+def _threshold_kind(kind: str) -> str:
+    if kind not in THRESHOLD_KINDS:
+        raise NotFoundError(f"no frames of kind {kind!r} at a threshold; those are {', '.join(THRESHOLD_KINDS)}")
+    return kind
+
+
 async def _png(frames: FrameStore, key: Any, fields: ProductFields, kind: str, index: int,
                threshold: str) -> Response:
-    if kind == "probability" and not threshold:
-        raise NotFoundError("probability frames are under .../probability/{threshold}/{index}.png")
+    if kind in THRESHOLD_KINDS and not threshold:
+        raise NotFoundError(f"{kind} frames are under .../{kind}/{{threshold}}/{{index}}.png")
     png = await run_in_threadpool(frames.png, key, fields, kind, index, threshold)
     return Response(png, media_type="image/png", headers=_PNG_HEADERS)
 
@@ -167,8 +174,9 @@ async def _png(frames: FrameStore, key: Any, fields: ProductFields, kind: str, i
 def _frame_url(request: Request, name: str, probability_name: str, kind: str, index: int, threshold: str,
                **params: str) -> str:
     root = request.scope.get("root_path", "")
-    if kind == "probability":
-        return root + request.app.url_path_for(probability_name, threshold=threshold, index=str(index), **params)
+    if kind in THRESHOLD_KINDS:
+        return root + request.app.url_path_for(probability_name, kind=kind, threshold=threshold, index=str(index),
+                                               **params)
     return root + request.app.url_path_for(name, kind=kind, index=str(index), **params)
 
 
@@ -231,7 +239,7 @@ async def _adhoc_forecast(job: NowcastJob, adhoc_products: AdhocProducts, media:
                           members: int | None, seed: int | None, thresholds: str | None) -> AdhocProduct:
     """Decode, prepare, forecast (the model, or its fallback) and keep: POST /v1/nowcasts's path, kept as frames."""
     settings = job.settings
-    products = "pm_mean,probabilities" if members else None
+    products = "pm_mean,probabilities,max_probabilities" if members else None
     if media == TAR_TYPE:
         query = await job.in_pool(_bundle_query, await read_body(job.request), settings, steps=steps,
                                   members=members, seed=seed, products=products, thresholds=thresholds)
@@ -269,10 +277,12 @@ def _adhoc_fields(observed: Any, answer: Any) -> ProductFields:
     if "pm_mean" in getattr(answer, "data_vars", {}):
         forecast = answer["pm_mean"].assign_attrs(answer.attrs)
         probabilities = answer["probabilities"].assign_attrs(answer.attrs)
+        maxima = answer["max_probabilities"].assign_attrs(answer.attrs)
     else:
-        forecast, probabilities = answer, None
+        forecast, probabilities, maxima = answer, None, None
     return ProductFields(observed=observed, forecast=forecast, probabilities=probabilities,
-                         reference_time=pd.Timestamp(observed["time"].values[-1]), attrs={})
+                         reference_time=pd.Timestamp(observed["time"].values[-1]), attrs={},
+                         max_probabilities=maxima)
 
 
 def _adhoc_answer(request: Request, product: AdhocProduct) -> dict[str, Any]:
@@ -296,13 +306,13 @@ async def adhoc_frame(handle: str, kind: str, index: int, adhoc_products: AdhocD
     return await _png(frames, ("adhoc", handle), product.fields, kind, index, "")
 
 
-@frames_router.get("/nowcasts/adhoc/{handle}/frames/probability/{threshold}/{index}.png",
+@frames_router.get("/nowcasts/adhoc/{handle}/frames/{kind}/{threshold}/{index}.png",
                    name="adhoc_probability_frame", response_class=Response, responses=_PNG,
-                   summary="One exceedance-probability frame of an ad-hoc forecast")
-async def adhoc_probability_frame(handle: str, threshold: str, index: int, adhoc_products: AdhocDep,
+                   summary="One exceedance-probability frame of an ad-hoc forecast (kinds as for the feed's)")
+async def adhoc_probability_frame(handle: str, kind: str, threshold: str, index: int, adhoc_products: AdhocDep,
                                   frames: FramesDep) -> Response:
     product = adhoc_products.get(handle)
-    return await _png(frames, ("adhoc", handle), product.fields, "probability", index, threshold)
+    return await _png(frames, ("adhoc", handle), product.fields, _threshold_kind(kind), index, threshold)
 
 
 @frames_router.get("/nowcasts/adhoc/{handle}/point", name="adhoc_point", responses=_ERRORS,
