@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nowcast.ensemble import (
     blended_order,
@@ -352,6 +354,27 @@ def test_max_probabilities_count_the_members_above_the_threshold_at_any_lead_wit
     assert product.attrs[MIN_MEMBERS_ATTR] == 2
     np.testing.assert_array_equal(product.values[:, 0, :3], got[:, 0, :3])  # 4, 4 and 3 complete members
     assert np.isnan(product.values[:, 0, 3:]).all()  # none, and one of four: fewer than half
+
+
+@settings(max_examples=60, deadline=None)
+@given(members=st.integers(1, 6), steps=st.integers(1, 5), seed=st.integers(0, 2**16),
+       holes=st.floats(0.0, 0.4))
+def test_the_maximum_is_at_least_every_leads_probability_and_falls_with_the_threshold(members: int, steps: int,
+                                                                                      seed: int, holes: float) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.gamma(0.5, 3.0, size=(members, steps, 4, 5)).astype(np.float32)
+    values[rng.random(values.shape) < holes] = np.nan
+    thresholds = (0.5, 2.0, 6.0)
+    period = period_exceedance_probability(values, thresholds)
+    complete = np.isfinite(values).all(axis=1)
+    counted = complete.sum(axis=0)
+    assert np.array_equal(np.isnan(period[0]), counted == 0)
+    every = counted == members  # where every member is complete, each lead's fraction counts the same members
+    for lead in range(steps):
+        assert np.all(period[:, every] >= exceedance_probability(values[:, lead], thresholds)[:, every] - 1e-7)
+    assert np.all(np.diff(period[:, counted > 0], axis=0) <= 0)
+    above = period[:, counted > 0] * counted[counted > 0]  # how many of the complete members: a whole number
+    np.testing.assert_allclose(above, np.round(above), atol=1e-5)
 
 
 def test_only_the_products_asked_are_made() -> None:
