@@ -180,16 +180,19 @@ def exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float])
     return np.stack(probabilities).astype(np.float32)
 
 
-def period_exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float]) -> np.ndarray:
+def period_exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[float],
+                                  min_members: int = 1) -> np.ndarray:
     """P(rate > threshold at some time of the period) per pixel: (threshold, y, x) from members (member, time, y, x),
     the fraction of the members above it at any of their times. A member counts at a pixel only where it has
-    data at every time there (one with gaps could have missed its maximum); NaN where none has."""
+    data at every time there (one with gaps could have missed its maximum); NaN where fewer than
+    ``min_members`` (at least one) have."""
     members = np.asarray(members, dtype=np.float32)
     complete = np.isfinite(members).all(axis=1)
     count = complete.sum(axis=0)
-    peak = np.where(complete, np.max(np.where(np.isfinite(members), members, -np.inf), axis=1), -np.inf)
+    peak = np.where(complete, np.max(np.where(complete[:, None], members, -np.inf), axis=1), -np.inf)
     with np.errstate(invalid="ignore", divide="ignore"):
-        probabilities = [(peak > t).sum(axis=0) / count for t in thresholds_mmh]
+        probabilities = [np.where(count >= max(min_members, 1), (peak > t).sum(axis=0) / count, np.nan)
+                         for t in thresholds_mmh]
     return np.stack(probabilities).astype(np.float32)
 
 

@@ -266,6 +266,9 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
     max_probabilities = None
     if MAX_PROBABILITY_NAME in ds:
         variable = ds[MAX_PROBABILITY_NAME]
+        if set(variable.dims) != {"threshold", "y", "x"}:
+            raise UnreadableFileError(f"{path}: {MAX_PROBABILITY_NAME} is on {', '.join(map(str, variable.dims))}, "
+                                      "not threshold, y and x")
         max_probabilities = variable.transpose("threshold", "y", "x").astype(np.float32)
         max_probabilities.attrs = dict(forecast.attrs)
     members = None

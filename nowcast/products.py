@@ -13,11 +13,10 @@ A member can have no data where the others have some (a trained ensemble's membe
 motion brings rain from off the grid), so near an edge the rain flows in from the members drop
 out one by one. The products that describe the members' distribution (probabilities, mean,
 quantiles, max_probabilities) are published only where at least half of the members have data
-(for the period's maximum: data at every lead)
-(:data:`MIN_MEMBER_FRACTION`): a probability from two members reads 0 or 1, in streaks along the
-edge. The probability-matched mean is the forecaster's deterministic forecast, published as
-scored, and the scores (:mod:`nowcast.verification`) count their own pixels: neither goes
-through this rule.
+(:data:`MIN_MEMBER_FRACTION`; for the period's maximum, data at every lead): a probability from
+two members reads 0 or 1, in streaks along the edge. The probability-matched mean is the
+forecaster's deterministic forecast, published as scored, and the scores
+(:mod:`nowcast.verification`) count their own pixels: neither goes through this rule.
 """
 
 from __future__ import annotations
@@ -173,7 +172,8 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
         raise ValueError(f"an ensemble forecast is (member, time, y, x); got dims {forecast.dims}")
     members = np.asarray(forecast.values, dtype=np.float32)
     needed = minimum_members(members.shape[0])
-    too_few = np.count_nonzero(~np.isnan(members), axis=0) < needed
+    too_few = (np.count_nonzero(~np.isnan(members), axis=0) < needed
+               if set(MEMBER_STATISTICS) & set(request.products) else None)
     frame_dims = forecast.dims[1:]
     made = {
         "members": lambda: (forecast.dims, members),
@@ -181,7 +181,9 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
         "mean": lambda: (frame_dims, ensemble_mean(members)),
         "pm_mean": lambda: (frame_dims, probability_matched_mean_of(forecast)),
         "quantiles": lambda: (("quantile", *frame_dims), ensemble_quantiles(members, request.quantile_levels)),
-        "max_probabilities": lambda: (("threshold", *frame_dims[1:]), *_max_probabilities(members, request, needed)),
+        "max_probabilities": lambda: (("threshold", *frame_dims[1:]),
+                                      period_exceedance_probability(members, request.thresholds, needed),
+                                      {MIN_MEMBERS_ATTR: needed}),
     }
     coords: dict[str, Any] = {name: forecast[name] for name in frame_dims}
     if "members" in request.products:
@@ -207,7 +209,8 @@ def minimum_members(n_members: int) -> int:
     return max(1, math.ceil(MIN_MEMBER_FRACTION * n_members))
 
 
-def _blanked(variables: dict[str, tuple[Any, ...]], too_few: np.ndarray, needed: int) -> dict[str, tuple[Any, ...]]:
+def _blanked(variables: dict[str, tuple[Any, ...]], too_few: np.ndarray | None,
+             needed: int) -> dict[str, tuple[Any, ...]]:
     """``variables`` ((dims, values) by product) with the member statistics NaN where ``too_few`` (time, y, x),
     each saying the minimum of members ``needed``."""
     blanked = dict(variables)
@@ -246,24 +249,14 @@ def probability_neighbourhood(forecast: xr.DataArray, request: ProductRequest) -
     return float(forecast.attrs.get(NEIGHBOURHOOD_ATTR, 0.0))
 
 
-def _max_probabilities(members: np.ndarray, request: ProductRequest, needed: int) -> tuple[Any, ...]:
-    """P(rate > threshold at some lead) (threshold, y, x), no data where fewer than ``needed`` members have data
-    at every lead; the attributes say so, and over which leads."""
-    probability = period_exceedance_probability(members, request.thresholds)
-    complete = np.count_nonzero(np.isfinite(members).all(axis=1), axis=0)
-    probability[:, complete < needed] = np.nan
-    return probability, {MIN_MEMBERS_ATTR: needed}
-
-
 def _probabilities(forecast: xr.DataArray, members: np.ndarray, request: ProductRequest,
                    too_few: np.ndarray) -> np.ndarray:
-    """Exceedance probabilities (threshold, time, y, x), each lead's neighbourhood-processed where asked, from the
-    pixels where enough members have data (``too_few``: (time, y, x), the others)."""
+    """Exceedance probabilities (threshold, time, y, x), each lead's neighbourhood-processed where asked, its
+    windows over the pixels where enough members have data (``too_few``: (time, y, x), the others; those are
+    blanked with the other member statistics)."""
     neighbourhood = probability_neighbourhood(forecast, request)
     if not neighbourhood:
-        probability = exceedance_probability(members, request.thresholds)
-        probability[:, too_few] = np.nan
-        return probability
+        return exceedance_probability(members, request.thresholds)
     size_km = pixel_size_km(forecast)
     return np.stack([lead_exceedance_probability(members[:, i], request.thresholds, lead, neighbourhood, size_km,
                                                  kept=~too_few[i])

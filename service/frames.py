@@ -126,10 +126,8 @@ def _frame(fields: ProductFields, kind: str, index: int, threshold: str) -> tupl
     elif kind == "probability":
         if fields.probabilities is None:
             raise NotFoundError("this product has no probabilities (it was made without ensemble members)")
-        labels = [threshold_label(t) for t in fields.probabilities["threshold"].values]
-        if threshold not in labels:
-            raise NotFoundError(f"no probabilities at {threshold!r} mm/h in this product; it has {', '.join(labels)}")
-        frames, scale = fields.probabilities[labels.index(threshold)], probability_scale()
+        frames = fields.probabilities[_threshold_index(fields.probabilities, threshold, "probabilities")]
+        scale = probability_scale()
     elif kind == "max_probability":
         return _max_probability_frame(fields, index, threshold), probability_scale()
     else:
@@ -143,13 +141,18 @@ def _max_probability_frame(fields: ProductFields, index: int, threshold: str) ->
     """The one frame of the probability of the rate above ``threshold`` at some lead of the forecast."""
     if fields.max_probabilities is None:
         raise NotFoundError("this product has no probabilities of the forecast's maximum")
-    labels = [threshold_label(t) for t in fields.max_probabilities["threshold"].values]
-    if threshold not in labels:
-        raise NotFoundError(f"no probabilities of the maximum above {threshold!r} mm/h in this product; it has "
-                            f"{', '.join(labels)}")
+    at = _threshold_index(fields.max_probabilities, threshold, "probabilities of the maximum")
     if index != 0:
         raise NotFoundError(f"no max_probability frame {index}: the forecast's maximum is one frame, 0")
-    return fields.max_probabilities.values[labels.index(threshold)]
+    return fields.max_probabilities.values[at]
+
+
+def _threshold_index(field: Any, threshold: str, what: str) -> int:
+    """Where ``threshold`` (as written in URLs) lies on ``field``'s threshold axis; 404 naming the ones it has."""
+    labels = [threshold_label(t) for t in field["threshold"].values]
+    if threshold not in labels:
+        raise NotFoundError(f"no {what} at {threshold!r} mm/h in this product; it has {', '.join(labels)}")
+    return labels.index(threshold)
 
 
 def frame_index(fields: ProductFields, url: Callable[[str, int, str], str]) -> dict[str, Any]:

@@ -117,3 +117,25 @@ def test_a_product_whose_minimum_of_members_is_no_count_is_refused(tmp_path: Pat
         ds.variables["probability_of_lwe_precipitation_rate_above_threshold"].minimum_members_with_data = value
     with pytest.raises(UnreadableFileError, match=r"minimum_members_with_data .* no positive whole number"):
         read_product(path)
+
+
+def test_a_product_whose_maximum_is_on_other_axes_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+    import xarray as xr
+
+    from nowcast.feed import MAX_PROBABILITY_NAME, read_product, write_product
+    from nowcast.sequence import future_times, like
+    from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+    observed = synthetic_sequence(SyntheticRain(ny=16, nx=20, frames=3), seed=3)
+    forecast = like(observed, observed.values[-1:].repeat(2, axis=0), future_times(observed, 2))
+    probabilities = xr.DataArray((forecast.values[None] > 1.0).astype(np.float32), dims=("threshold", *forecast.dims),
+                                 coords={"threshold": [1.0]})
+    path = write_product(tmp_path / "p.nc", observed, forecast, probabilities=probabilities,
+                         max_probabilities=probabilities.max(dim="time"))
+    with xr.open_dataset(path) as ds:
+        ds = ds.load()
+    ds[MAX_PROBABILITY_NAME] = ds["probability_of_lwe_precipitation_rate_above_threshold"]  # a time axis too
+    ds.to_netcdf(tmp_path / "bad.nc")
+    with pytest.raises(UnreadableFileError, match="is on threshold, time, y, x, not threshold, y and x"):
+        read_product(tmp_path / "bad.nc")
