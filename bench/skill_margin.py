@@ -13,7 +13,8 @@ model's ratio minus that method's, with intervals from the same bootstrap (and, 
 the same of their first members).
 When the model was scored as an ensemble (``nowcast evaluate --members``): its CRPS
 minus that of ``--reference`` (default: the evaluation's Brier skill reference) and its
-Brier skill against it per threshold, with intervals from the same bootstrap.
+Brier skill against it per threshold, with intervals from the same bootstrap; and the Brier skill
+of its forecast maximum (rate > threshold at some lead) against it.
 Exit status 0 always: this reports, the reader judges.
 """
 
@@ -121,6 +122,16 @@ def print_ensemble_margins(report: dict, model: str, reference: str | None, n_re
         text = "  ".join(f"> {thr} mm/h {ci['skill']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}] "
                          f"{ci['p_not_ahead']:.2f}" for thr, ci in by_threshold.items())
         print(f"  {float(lead):5.0f}  {text}")
+    records = next(iter(report["events"].values())).get("start_times") or [{}]
+    if "period_brier" not in records[0]:
+        return  # a report written before the forecast's maximum was scored
+    skill = brier_skill_interval(report, model, reference, forecast_maximum=True, n_resamples=n_resamples)
+    print(f"\nBrier skill of {model}'s forecast maximum (rate > threshold at some lead) against {reference}: "
+          "last lead, per threshold skill [90 % interval] P(not above 0)")
+    for last, by_threshold in sorted(skill.items(), key=lambda kv: float(kv[0])):
+        text = "  ".join(f"> {thr} mm/h {ci['skill']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}] "
+                         f"{ci['p_not_ahead']:.2f}" for thr, ci in by_threshold.items())
+        print(f"  to +{float(last):.0f} min  {text}")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ the next) and three events are few, so the intervals are a lower bound on the
 uncertainty, not a significance test.
 
 Ensembles (``nowcast evaluate --members``) add per start time the CRPS and Brier score
-sums of every method scored as an ensemble, so the same resampling gives intervals on a
-CRPS difference and on the Brier skill of one ensemble against another.
+sums of every method scored as an ensemble (per lead, and of the forecast's maximum), so
+the same resampling gives intervals on a CRPS difference and on the Brier skill of one
+ensemble against another.
 """
 
 from __future__ import annotations
@@ -69,19 +70,23 @@ def crps_difference_interval(report: dict[str, Any], model: str, other: str, *, 
     return {lead: by_key[_WHOLE_LEAD] for lead, by_key in intervals.items()}
 
 
-def brier_skill_interval(report: dict[str, Any], model: str, reference: str, *, n_resamples: int = 2000,
-                         level: float = 0.9, seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+def brier_skill_interval(report: dict[str, Any], model: str, reference: str, *, forecast_maximum: bool = False,
+                         n_resamples: int = 2000, level: float = 0.9,
+                         seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """Brier skill of ``model`` against ``reference``, ``1 - BS / BS_reference``, per lead time and threshold.
 
     Returns ``{lead: {threshold: {"skill", "low", "high", "p_not_ahead"}}}``: the skill over
     all start times, its ``level`` interval, and the fraction of resamples in which the
     skill is not above 0 (the model's Brier score not below the reference's).
+    ``forecast_maximum``: of the probability of the threshold being exceeded at some lead
+    of the forecast, keyed by the period's last lead.
     """
-    return _intervals(_samples(report, "brier", model, reference), _brier_skill, n_resamples=n_resamples,
+    kind = "period_brier" if forecast_maximum else "brier"
+    return _intervals(_samples(report, kind, model, reference), _brier_skill, n_resamples=n_resamples,
                       level=level, seed=seed, name="skill")
 
 
-_ENSEMBLE_KINDS = ("crps", "brier", "spectrum_member", "spectrum_member_matched")
+_ENSEMBLE_KINDS = ("crps", "brier", "period_brier", "spectrum_member", "spectrum_member_matched")
 # the key of sums kept per lead time only (the CRPS), as if they were per threshold
 _WHOLE_LEAD = ""
 

@@ -271,26 +271,42 @@ def evaluate(
         help="With --members: score every ensemble's probabilities neighbourhood-processed, in a square window "
              "growing this many km per minute of lead (0: the members' own fractions).",
     ),
+    probability_thresholds: str = typer.Option(
+        "1,4,8", "--probability-thresholds",
+        help="With --members: comma-separated increasing rain rates (mm/h) of the scored exceedance probabilities, "
+             "per lead and of the forecast's maximum.",
+    ),
 ) -> None:
     """Score forecasters over sliding start times of catalogue events; write tables and plots."""
     from nowcast.evaluate import evaluate as run_evaluation
     from nowcast.io.importers import quiet_pysteps_io
-    from nowcast.verification import ScoreSettings
 
     quiet_pysteps_io()
     method_names = _split_names(methods, "method")
     event_ids, loader = _catalogue_events(events, catalogue, data_root, allow_all=True)
     reference = None if brier_reference.strip().lower() in ("", "none") else brier_reference.strip()
+    settings = _score_settings(probability_neighbourhood, _split_numbers(probability_thresholds,
+                                                                         "probability_thresholds"))
     report = run_evaluation(method_names, event_ids, n_input=n_input, steps=steps, stride=stride,
                             loader=loader, out_dir=out, progress=progress, models_dir=models_dir,
                             console=stderr_console(), members=members, seed=seed, brier_reference=reference,
                             scheduler=_scheduler(scheduler), workers=workers,
-                            settings=ScoreSettings(probability_neighbourhood_km_per_minute=probability_neighbourhood))
+                            settings=settings)
     timing = ", ".join(f"{name} {t['mean_seconds_per_forecast']:.2f} s"
                        for name, t in report["timing"].items() if t["mean_seconds_per_forecast"] is not None)
     logger.info("%d start times evaluated in %.0f s (mean per forecast: %s)",
                 report["overall"]["n_evaluated"], report["runtime_seconds"], timing or "none")
     typer.echo(str(out / "scores.md"))
+
+
+def _score_settings(probability_neighbourhood: float, probability_thresholds: list[float]) -> Any:
+    from nowcast.verification import ScoreSettings
+
+    try:
+        return ScoreSettings(probability_neighbourhood_km_per_minute=probability_neighbourhood,
+                             probability_thresholds_mmh=tuple(probability_thresholds))
+    except ValueError as exc:
+        raise InputError(str(exc), field="probability_thresholds") from None
 
 
 def _scheduler(text: str) -> str | None:

@@ -37,7 +37,8 @@ renamed, and only once every forecast is done): ``scores.json`` (everything),
 start time with the most observed rain at those leads, with each ensemble's
 probability of rain above the first probability threshold next to the observation;
 axes in km, or in degrees on a latitude/longitude grid); with ensembles also
-``reliability.png`` and ``rank_histogram.png``.
+``reliability.png``, ``rank_histogram.png`` and ``reliability_forecast_maximum.png`` (of
+the probability of rate > threshold at some lead of the forecast).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ SCORES_MARKDOWN = "scores.md"
 CSI_PLOT = "csi_vs_lead.png"
 SPECTRUM_PLOT = "spectrum.png"
 RELIABILITY_PLOT = "reliability.png"
+RELIABILITY_MAXIMUM_PLOT = "reliability_forecast_maximum.png"
 RANK_HISTOGRAM_PLOT = "rank_histogram.png"
 #: The Brier skill reference when it is among the methods scored as ensembles.
 DEFAULT_BRIER_REFERENCE = "steps"
@@ -547,7 +549,8 @@ def _add_start(result: _EventResult, start: _Start, added: _StartScores, setting
         result.scores[name].merge(scores)
         forecast_seconds[name].append(added.seconds[name])
         nonfinite[name] = [a + b for a, b in zip(nonfinite[name], added.nonfinite[name], strict=True)]
-    zero: dict[str, Any] = {"categorical": {}, **{kind: {} for kind in SPECTRUM_KINDS}, "crps": {}, "brier": {}}
+    zero: dict[str, Any] = {"categorical": {}, **{kind: {} for kind in SPECTRUM_KINDS}, "crps": {}, "brier": {},
+                            "period_brier": {}}
     totals = {name: _totals(scores) for name, scores in added.scores.items()}
     record: dict[str, Any] = {"time": start.reference.isoformat(),
                               **_added(dict.fromkeys(totals, zero), totals, settings)}
@@ -717,6 +720,7 @@ def _totals(scores: Scores) -> dict[str, Any]:
               "spectrum_matched": scores.spectrum_totals(matched=True)}
     if scores.members is not None:
         totals.update(crps=scores.crps_totals(), brier=scores.brier_totals(),
+                      period_brier=scores.period_brier_totals(),
                       spectrum_member=scores.spectrum_totals(member=True),
                       spectrum_member_matched=scores.spectrum_totals(matched=True, member=True))
     return totals
@@ -751,18 +755,20 @@ def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
 
 def _added_ensemble(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What one start time added to the ensembles' sums: ``crps``: method -> lead -> [CRPS sum, pixels];
-    ``brier``: method -> lead -> threshold -> [Brier sum, pixels] (deterministic methods have none)."""
-    added: dict[str, Any] = {"crps": {}, "brier": {}}
+    ``brier``: method -> lead -> threshold -> [Brier sum, pixels]; ``period_brier``: the same of the
+    forecast's maximum, keyed by its last lead (deterministic methods have none)."""
+    added: dict[str, Any] = {"crps": {}, "brier": {}, "period_brier": {}}
     for name, now in after.items():
         if "crps" not in now:
             continue
         prior = before[name]
         added["crps"][name] = {key(lead): _difference(sums, prior["crps"].get(lead, (0.0, 0)))
                                for lead, sums in now["crps"].items()}
-        added["brier"][name] = {
-            key(lead): {key(thr): _difference(sums, prior["brier"].get(lead, {}).get(thr, (0.0, 0)))
-                        for thr, sums in by_threshold.items()}
-            for lead, by_threshold in now["brier"].items()}
+        for kind in ("brier", "period_brier"):
+            added[kind][name] = {
+                key(lead): {key(thr): _difference(sums, prior[kind].get(lead, {}).get(thr, (0.0, 0)))
+                            for thr, sums in by_threshold.items()}
+                for lead, by_threshold in now[kind].items()}
     return added
 
 
@@ -883,6 +889,9 @@ def _write_outputs(out_dir: Path, report: dict[str, Any], results: list[_EventRe
                               staging / RELIABILITY_PLOT)
             plots.save_figure(plots.rank_histogram_figure(overall_scores, title="all events, all lead times"),
                               staging / RANK_HISTOGRAM_PLOT)
+            plots.save_figure(plots.reliability_figure(overall_scores, title="the forecast's maximum, all events",
+                                                       forecast_maximum=True),
+                              staging / RELIABILITY_MAXIMUM_PLOT)
         for result in results:
             if result.case is None or result.map_axes is None:
                 continue

@@ -156,15 +156,37 @@ def ensemble_tables(scores: dict[str, Any], methods: list[str], config: dict[str
                          best=lambda values: min(values, key=lambda v: abs(v - 1.0)))
     lines += ["", f"{heading} ROC area", ""]
     lines += _threshold_table(views, ensembles, thresholds, "roc_area", best=max)
+    return lines + _forecast_maximum_tables(scores, ensembles, thresholds, reference, heading)
+
+
+def _forecast_maximum_tables(scores: dict[str, Any], ensembles: list[str], thresholds: list[str],
+                             reference: str | None, heading: str) -> list[str]:
+    """Brier score and skill, and ROC area, of the probability of rate > threshold at some lead of the forecast."""
+    views = {m: {"leads": scores[m]["ensemble"].get("period_maximum") or {}} for m in ensembles}
+    if not any(view["leads"] for view in views.values()):
+        return []  # a report written before the forecast's maximum was scored
+    first = sorted({p["first_lead_minutes"] for v in views.values() for p in v["leads"].values()})
+    lines = ["", f"{heading} The forecast's maximum", "",
+             f"The probability of rate > threshold at some lead from +{', +'.join(f'{f:g}' for f in first)} min to "
+             "the row's last lead (the fraction of members above it at any lead, as `max_probabilities` publishes "
+             "it), against the observed maximum on the pixels valid at every lead. Brier score:", ""]
+    row = "last lead (min)"
+    lines += _threshold_table(views, ensembles, thresholds, "brier", best=min, row_heading=row)
+    skilled = [m for m in ensembles if m != reference]
+    if reference and skilled:
+        lines += ["", f"Brier skill against {reference}:", ""]
+        lines += _threshold_table(views, skilled, thresholds, "brier_skill", best=max, row_heading=row)
+    lines += ["", "ROC area:", ""]
+    lines += _threshold_table(views, ensembles, thresholds, "roc_area", best=max, row_heading=row)
     return lines
 
 
 def _threshold_table(views: dict[str, Any], methods: list[str], thresholds: list[str], score: str, *,
-                     best: Callable[..., float]) -> list[str]:
+                     best: Callable[..., float], row_heading: str = "lead (min)") -> list[str]:
     """One column per method and probability threshold, bold per threshold."""
     columns = {f"{m} >{t}": (lambda lead, t=t: lead["probability"][t].get(score)) for t in thresholds for m in methods}
     owners = {f"{m} >{t}": m for t in thresholds for m in methods}
-    return _lead_table(views, methods, columns, owners=owners, best=best,
+    return _lead_table(views, methods, columns, owners=owners, best=best, row_heading=row_heading,
                        groups=[[f"{m} >{t}" for m in methods] for t in thresholds])
 
 
@@ -179,12 +201,12 @@ def _csi_table(scores: dict[str, Any], methods: list[str], thresholds: list[floa
 
 def _lead_table(scores: dict[str, Any], methods: list[str], columns: dict[str, Callable[[dict], Any]], *,
                 best: Callable[..., float], owners: dict[str, str] | None = None,
-                groups: list[list[str]] | None = None) -> list[str]:
+                groups: list[list[str]] | None = None, row_heading: str = "lead (min)") -> list[str]:
     """Rows: lead times; columns: one value per method (or per method and setting)."""
     owners = owners or {m: m for m in methods}
     groups = groups or [list(columns)]
     leads = sorted({lead for m in methods for lead in scores[m]["leads"]}, key=float)
-    lines = ["| lead (min) | n | " + " | ".join(columns) + " |", "|---:|---:|" + "---:|" * len(columns)]
+    lines = [f"| {row_heading} | n | " + " | ".join(columns) + " |", "|---:|---:|" + "---:|" * len(columns)]
     for lead in leads:
         values: dict[str, float | None] = {}
         n = 0
@@ -263,14 +285,22 @@ def _lean_scores(scores: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lean_ensemble(ensemble: dict[str, Any]) -> dict[str, Any]:
-    """An ensemble's scores per lead without the sums, curves and reliability bins of ``scores.json``."""
-    kept = ("lead_minutes", "n_forecasts", "crps", "spread", "rmse_ensemble_mean", "spread_skill", "rank_histogram")
+    """An ensemble's scores per lead (and of its forecast's maximum) without the sums, curves and reliability
+    bins of ``scores.json``."""
+    kept = ("lead_minutes", "first_lead_minutes", "last_lead_minutes", "n_forecasts", "crps", "spread",
+            "rmse_ensemble_mean", "spread_skill", "rank_histogram")
     probability = ("brier", "brier_skill", "roc_area", "base_rate")
-    return {"members": ensemble["members"],
-            "leads": {lead: {**{k: s[k] for k in kept if k in s},
-                             "probability": {t: {k: p[k] for k in probability if k in p}
-                                             for t, p in s["probability"].items()}}
-                      for lead, s in ensemble["leads"].items()}}
+
+    def lean(by_lead: dict[str, Any]) -> dict[str, Any]:
+        return {lead: {**{k: s[k] for k in kept if k in s},
+                       "probability": {t: {k: p[k] for k in probability if k in p}
+                                       for t, p in s["probability"].items()}}
+                for lead, s in by_lead.items()}
+
+    lean_ensemble = {"members": ensemble["members"], "leads": lean(ensemble["leads"])}
+    if ensemble.get("period_maximum"):
+        lean_ensemble["period_maximum"] = lean(ensemble["period_maximum"])
+    return lean_ensemble
 
 
 def card_tables(evaluation: dict[str, Any]) -> str:

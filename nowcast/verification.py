@@ -73,7 +73,14 @@ member finite):
   factor makes a statistically consistent M-member ensemble score 1, Fortin et al. 2014)
   over the RMSE of the ensemble mean;
 * the spectra (plain and matched) of the first member, a single realisation to set
-  against the smoother deterministic forecast.
+  against the smoother deterministic forecast;
+* the forecast's maximum (:class:`PeriodScores`): per threshold, the probability of rate >
+  threshold at some lead of the forecast, the fraction of the members above it at any lead
+  (:func:`nowcast.ensemble.period_exceedance_probability`, the published
+  ``max_probabilities``), against whether the observation was, on the pixels valid at every
+  lead. Binned like the per-lead probabilities, so the Brier score and skill, reliability
+  and ROC of "more than 10 mm/h here in the next hour" add up the same way. It is keyed by
+  the period's last lead (+60 min for 12 five-minute steps, +72 min for six-minute ones).
 """
 
 from __future__ import annotations
@@ -94,6 +101,7 @@ from nowcast.ensemble import (
     ensemble_mean,
     neighbourhood_probability,
     neighbourhood_window_pixels,
+    period_exceedance_probability,
 )
 from nowcast.errors import SequenceError
 from nowcast.products import probability_matched_mean_of
@@ -137,6 +145,11 @@ class ScoreSettings:
         if not (np.isfinite(rate) and rate >= 0):
             raise ValueError(f"the probability neighbourhood grows by a non-negative number of km per minute; "
                              f"got {rate}")
+        thresholds = np.asarray(self.probability_thresholds_mmh, dtype=np.float64)
+        if not (thresholds.size and np.all(np.isfinite(thresholds)) and thresholds[0] >= 0
+                and np.all(np.diff(thresholds) > 0)):
+            raise ValueError(f"probability thresholds must be increasing, non-negative rain rates (mm/h); "
+                             f"got {', '.join(f'{t:g}' for t in thresholds) or 'none'}")
 
     def ratio_wavelength_indices(self) -> dict[float, int]:
         """Each ratio wavelength's index on the spectrum's wavelength grid (the nearest)."""
@@ -635,6 +648,43 @@ class EnsembleLeadScores:
         }
 
 
+class PeriodScores:
+    """Accumulated scores of one ensemble's maximum over the leads of its forecasts, from the first to the last."""
+
+    def __init__(self, settings: ScoreSettings, n_members: int, first_lead_minutes: float) -> None:
+        self.n_members = n_members
+        self.first_lead_minutes = float(first_lead_minutes)
+        self.n_forecasts = 0
+        self.probability = {thr: ProbabilityCounts(thr, n_members) for thr in settings.probability_thresholds_mmh}
+
+    def add(self, members: np.ndarray, observed: np.ndarray) -> None:
+        """One forecast: ``members`` (member, lead, pixel) and ``observed`` (lead, pixel), all finite."""
+        self.n_forecasts += 1
+        peak = np.max(observed, axis=0)
+        probabilities = period_exceedance_probability(members, list(self.probability))
+        for counts, probability in zip(self.probability.values(), probabilities, strict=True):
+            counts.add_probabilities(probability, peak)
+
+    def merge(self, other: PeriodScores) -> None:
+        if other.first_lead_minutes != self.first_lead_minutes:
+            raise ValueError(f"cannot merge the maximum from +{other.first_lead_minutes:g} min into the maximum "
+                             f"from +{self.first_lead_minutes:g} min")
+        self.n_forecasts += other.n_forecasts
+        for thr, counts in self.probability.items():
+            counts.merge(other.probability[thr])
+
+    def to_dict(self, last_lead_minutes: float, reference: PeriodScores | None = None) -> dict[str, Any]:
+        return {
+            "first_lead_minutes": self.first_lead_minutes,
+            "last_lead_minutes": float(last_lead_minutes),
+            "n_forecasts": self.n_forecasts,
+            "probability": {
+                key(thr): counts.to_dict(None if reference is None else reference.probability.get(thr))
+                for thr, counts in self.probability.items()
+            },
+        }
+
+
 class Scores:
     """Scores of one method accumulated over many forecasts, keyed by lead time (minutes).
 
@@ -652,6 +702,7 @@ class Scores:
         self.spectra: dict[float, SpectrumSums] = {}
         self.matched_spectra: dict[float, SpectrumSums] = {}
         self.ensemble: dict[float, EnsembleLeadScores] = {}
+        self.period: dict[float, PeriodScores] = {}  # keyed by the period's last lead
         self.member_spectra: dict[float, SpectrumSums] = {}
         self.member_matched_spectra: dict[float, SpectrumSums] = {}
 
@@ -668,6 +719,15 @@ class Scores:
         if lead_minutes not in self.ensemble:
             self.ensemble[lead_minutes] = EnsembleLeadScores(self.settings, self.members)
         return self.ensemble[lead_minutes]
+
+    def period_maximum(self, first_lead_minutes: float, last_lead_minutes: float) -> PeriodScores:
+        """The scores of the ensemble's maximum over the leads from ``first_lead_minutes`` to ``last_lead_minutes``."""
+        if self.members is None:
+            raise ValueError("these scores are of a deterministic method; give Scores(members=...) for an ensemble")
+        last_lead_minutes = float(last_lead_minutes)
+        if last_lead_minutes not in self.period:
+            self.period[last_lead_minutes] = PeriodScores(self.settings, self.members, first_lead_minutes)
+        return self.period[last_lead_minutes]
 
     def _spectra(self, *, matched: bool, member: bool) -> dict[float, SpectrumSums]:
         if member:
@@ -693,6 +753,8 @@ class Scores:
             self.lead(lead_minutes).merge(lead_scores)
         for lead_minutes, ensemble_scores in other.ensemble.items():
             self.ensemble_lead(lead_minutes).merge(ensemble_scores)
+        for last_lead, period_scores in other.period.items():
+            self.period_maximum(period_scores.first_lead_minutes, last_lead).merge(period_scores)
         for matched in (False, True):
             for member in (False, True):
                 for lead_minutes, sums in other._spectra(matched=matched, member=member).items():
@@ -724,6 +786,12 @@ class Scores:
         return {lead: {thr: (counts.brier_sum(), counts.n_pixels) for thr, counts in scores.probability.items()}
                 for lead, scores in self.ensemble.items()}
 
+    def period_brier_totals(self) -> dict[float, dict[float, tuple[float, int]]]:
+        """(Brier score summed over pixels, pixels) of the forecast's maximum per period (its last lead) and
+        threshold, so far."""
+        return {last: {thr: (counts.brier_sum(), counts.n_pixels) for thr, counts in scores.probability.items()}
+                for last, scores in self.period.items()}
+
     def csi(self, threshold: float) -> dict[float, float]:
         """CSI per lead time (minutes) at ``threshold`` mm/h."""
         return {lead: scores.categorical(threshold)["CSI"] for lead, scores in sorted(self.leads.items())}
@@ -748,8 +816,9 @@ class Scores:
     def to_dict(self, reference: Scores | None = None) -> dict[str, Any]:
         """Everything, JSON-ready (NaN as None): sums and the scores made of them.
 
-        An ensemble adds ``ensemble`` (its probabilistic scores per lead time, with the
-        Brier skill against ``reference``'s ensemble where one is given) and the spectra of
+        An ensemble adds ``ensemble`` (its probabilistic scores per lead time and, under
+        ``period_maximum``, of its maximum over each forecast period, with the Brier skill
+        against ``reference``'s ensemble where one is given) and the spectra of
         its first member, ``spectrum_member`` and ``spectrum_member_matched``.
         """
         result = {
@@ -774,7 +843,14 @@ class Scores:
             if reference is not None:  # a lead the reference lacks gets no skill (NaN), not none at all
                 reference_lead = reference.ensemble.get(lead) or EnsembleLeadScores(self.settings, reference.members)
             leads[key(lead)] = scores.to_dict(lead, reference_lead)
-        return {"members": self.members, "leads": leads}
+        periods = {}
+        for last, scores in sorted(self.period.items()):
+            reference_period = None
+            if reference is not None:
+                reference_period = reference.period.get(last) or PeriodScores(self.settings, reference.members,
+                                                                              scores.first_lead_minutes)
+            periods[key(last)] = scores.to_dict(last, reference_period)
+        return {"members": self.members, "leads": leads, "period_maximum": periods}
 
 
 def fss_fractions(field: np.ndarray, threshold: float, scale_pixels: int) -> np.ndarray:
@@ -893,7 +969,8 @@ def accumulate(
     whose ``forecasts`` entry is their deterministic forecast (the probability-matched
     mean, say). All methods are scored on the pixels where the observation, every
     forecast and every member are finite; a lead time with no such pixel is left out (and
-    not counted as a forecast).
+    not counted as a forecast). The ensembles' maximum over all ``lead_minutes`` is scored
+    on the pixels valid at every lead, if there is one.
     """
     members = members or {}
     observed = np.asarray(observed)
@@ -904,6 +981,7 @@ def accumulate(
     spectrum_leads = {float(lead) for lead in settings.spectrum_leads_minutes}
     windows = fss_windows(settings.fss_scales_km, pixel_size_km, observed.shape[1:])
 
+    valid_at_every_lead = np.ones(observed.shape[1:], dtype=bool)
     for i, lead in enumerate(lead_minutes):
         obs = observed[i].astype(np.float64)
         fcs = {name: np.asarray(forecast[i], dtype=np.float64) for name, forecast in forecasts.items()}
@@ -911,6 +989,7 @@ def accumulate(
         valid = np.isfinite(obs)
         for fields in (*fcs.values(), *ensembles.values()):
             valid &= np.all(np.isfinite(fields.reshape(-1, *obs.shape)), axis=0)
+        valid_at_every_lead &= valid
         if not valid.any():
             logger.debug("lead %g min: no pixel with both observation and forecast; left out", lead)
             continue
@@ -920,6 +999,12 @@ def accumulate(
             _add_deterministic(scores[name], lead, fc, reference, windows, pixel_size_km)
         for name, fields in ensembles.items():
             _add_ensemble(scores[name], lead, fields, reference, pixel_size_km)
+    if members and valid_at_every_lead.any():
+        for name, fields in members.items():
+            scores[name].period_maximum(lead_minutes[0], lead_minutes[-1]).add(
+                fields[:, :, valid_at_every_lead], observed[:, valid_at_every_lead])
+    elif members:
+        logger.debug("no pixel valid at every lead: the forecast's maximum is left out")
 
 
 def _check_shapes(scores: Mapping[str, Scores], observed: np.ndarray, forecasts: Mapping[str, np.ndarray],

@@ -308,3 +308,73 @@ def test_verify_scores_a_forecast_with_members_as_an_ensemble():
     assert list(ensemble) == ["5", "10", "15"]
     # the observation is the middle member: tied with it, shared between ranks 1 and 2
     assert ensemble["5"]["rank_histogram"][1] + ensemble["5"]["rank_histogram"][2] == pytest.approx(1.0, abs=0.05)
+
+
+def score_period(members: np.ndarray, observed: np.ndarray, leads: list[float], *,
+                 scores: Scores | None = None) -> Scores:
+    """One forecast of several leads: ``members`` (member, lead, y, x), ``observed`` (lead, y, x)."""
+    scores = scores or Scores(members=len(members))
+    accumulate({"e": scores}, observed, {"e": probability_matched_mean(members)}, members={"e": members},
+               lead_minutes=leads, pixel_size_km=1.0)
+    return scores
+
+
+def test_the_forecasts_maximum_is_scored_on_the_pixels_valid_at_every_lead():
+    rng = np.random.default_rng(21)
+    members, observed = rain(rng, (M, 3, 30, 40)), rain(rng, (3, 30, 40))
+    observed[1, :5] = np.nan  # rows 0-4 lack one lead: their maximum is unknown
+    members[2, 2, :, -3:] = np.nan  # and the last columns one member's last lead
+    period = score_period(members, observed, [10.0, 20.0, 30.0]).to_dict()["ensemble"]["period_maximum"]
+    assert list(period) == ["30"]
+    assert period["30"]["first_lead_minutes"] == 10.0 and period["30"]["n_forecasts"] == 1
+    valid = np.ones((30, 40), dtype=bool)
+    valid[:5] = False
+    valid[:, -3:] = False
+    peak_observed = observed[:, valid].max(axis=0)
+    for threshold in (1.0, 4.0, 8.0):
+        probability = np.count_nonzero(members[:, :, valid].max(axis=1) > threshold, axis=0) / M
+        event = peak_observed > threshold
+        scores = period["30"]["probability"][f"{threshold:g}"]
+        assert scores["n_pixels"] == valid.sum()
+        assert scores["brier"] == pytest.approx(np.mean((probability - event) ** 2), rel=1e-12)
+        assert scores["base_rate"] == pytest.approx(event.mean())
+
+
+def test_a_perfect_ensemble_forecasts_the_maximum_perfectly_and_a_wrong_one_has_skill_below_zero():
+    rng = np.random.default_rng(22)
+    observed = rain(rng, (4, 20, 20))
+    perfect = score_period(np.repeat(observed[np.newaxis], M, axis=0), observed, [5.0, 10.0, 15.0, 20.0])
+    wrong = score_period(rain(rng, (M, 4, 20, 20)), observed, [5.0, 10.0, 15.0, 20.0])
+    period = perfect.to_dict(reference=wrong)["ensemble"]["period_maximum"]["20"]["probability"]
+    assert all(p["brier"] == 0.0 and p["brier_skill"] == 1.0 for p in period.values())
+    against = wrong.to_dict(reference=perfect)["ensemble"]["period_maximum"]["20"]["probability"]
+    assert against["1"]["brier_skill"] is None  # the reference is perfect: no skill can be had
+    assert wrong.period_brier_totals()[20.0][1.0][1] == 400
+
+
+def test_maxima_of_different_periods_stay_apart_and_merge_like_the_leads():
+    rng = np.random.default_rng(23)
+    hour, hour_of_six = Scores(members=M), Scores(members=M)
+    together = Scores(members=M)
+    for scores, step in ((hour, 5.0), (hour_of_six, 6.0)):
+        members, observed = rain(rng, (M, 12, 16, 16)), rain(rng, (12, 16, 16))
+        leads = [step * (k + 1) for k in range(12)]
+        score_period(members, observed, leads, scores=scores)
+        score_period(members, observed, leads, scores=together)
+    merged = Scores(members=M).merge(hour).merge(hour_of_six)
+    assert merged.to_dict() == together.to_dict()
+    assert sorted(merged.period) == [60.0, 72.0]
+    assert merged.period[72.0].first_lead_minutes == 6.0
+    odd = Scores(members=M)
+    score_period(rain(rng, (M, 2, 8, 8)), rain(rng, (2, 8, 8)), [30.0, 60.0], scores=odd)
+    with pytest.raises(ValueError, match=r"maximum from \+30 min into the maximum from \+5 min"):
+        Scores(members=M).merge(hour).merge(odd)
+
+
+def test_no_pixel_valid_at_every_lead_leaves_the_maximum_out():
+    rng = np.random.default_rng(24)
+    observed = rain(rng, (2, 8, 8))
+    observed[0, :4] = np.nan
+    observed[1, 4:] = np.nan  # every pixel has one lead, none both
+    scores = score_period(rain(rng, (M, 2, 8, 8)), observed, [5.0, 10.0])
+    assert scores.period == {} and set(scores.ensemble) == {5.0, 10.0}

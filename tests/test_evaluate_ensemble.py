@@ -17,7 +17,14 @@ from nowcast import forecasters, plots
 from nowcast.bootstrap import brier_skill_interval, crps_difference_interval, spectrum_ratio_difference_interval
 from nowcast.ensemble import probability_matched_mean
 from nowcast.errors import InputError
-from nowcast.evaluate import RANK_HISTOGRAM_PLOT, RELIABILITY_PLOT, SCORES_JSON, SCORES_MARKDOWN, evaluate
+from nowcast.evaluate import (
+    RANK_HISTOGRAM_PLOT,
+    RELIABILITY_MAXIMUM_PLOT,
+    RELIABILITY_PLOT,
+    SCORES_JSON,
+    SCORES_MARKDOWN,
+    evaluate,
+)
 from nowcast.forecasters.base import Forecaster, Spacing
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
 from nowcast.verification import Contingency, ScoreSettings, crps_sums
@@ -100,9 +107,11 @@ def test_only_the_ensembles_get_ensemble_scores(ensemble_run):
     assert scores["noisy"]["ensemble"]["leads"]["60"]["spread_skill"] < 1.0
     record = report["events"]["east"]["start_times"][0]
     assert set(record) == {"time", "categorical", "spectrum", "spectrum_matched", "seed", "crps", "brier",
-                           "spectrum_member", "spectrum_member_matched"}
-    assert (set(record["crps"]) == set(record["brier"]) == set(record["spectrum_member"])
+                           "period_brier", "spectrum_member", "spectrum_member_matched"}
+    assert (set(record["crps"]) == set(record["brier"]) == set(record["period_brier"]) == set(record["spectrum_member"])
             == set(record["spectrum_member_matched"]) == set(ENSEMBLES))
+    period = scores["noisy"]["ensemble"]["period_maximum"]
+    assert list(period) == ["60"] and period["60"]["first_lead_minutes"] == 5.0 and period["60"]["n_forecasts"] == 2
 
 
 def test_deterministic_methods_are_scored_as_without_members(ensemble_run, events, tmp_path):
@@ -134,6 +143,13 @@ def test_an_ensemble_is_scored_by_its_members_and_their_probability_matched_mean
     crps_sum, n_pixels = record["crps"]["noisy"]["30"]
     assert n_pixels == valid.sum()
     assert crps_sum == pytest.approx(crps_sums(members[:, lead][:, valid], observed[valid]), rel=1e-9)
+    # the forecast's maximum: over the 12 leads, on the pixels valid at all of them
+    future = sequence.values[start + 4:start + 16]
+    every_lead = np.all(np.isfinite(future), axis=0) & np.all(np.isfinite(members), axis=(0, 1))
+    probability = np.count_nonzero(members[:, :, every_lead].max(axis=1) > 4.0, axis=0) / MEMBERS
+    brier_sum, n_pixels = record["period_brier"]["noisy"]["60"]["4"]
+    assert n_pixels == every_lead.sum()
+    assert brier_sum == pytest.approx(np.sum((probability - (future[:, every_lead].max(axis=0) > 4.0)) ** 2))
 
 
 def test_start_time_sums_add_up_to_the_event_scores(ensemble_run):
@@ -146,6 +162,9 @@ def test_start_time_sums_add_up_to_the_event_scores(ensemble_run):
             for threshold, probability in scores["probability"].items():
                 brier_sum, n = np.sum([r["brier"][name][lead][threshold] for r in event["start_times"]], axis=0)
                 assert brier_sum == pytest.approx(probability["brier_sum"]) and n == probability["n_pixels"]
+        for threshold, probability in event["scores"][name]["ensemble"]["period_maximum"]["60"]["probability"].items():
+            brier_sum, n = np.sum([r["period_brier"][name]["60"][threshold] for r in event["start_times"]], axis=0)
+            assert brier_sum == pytest.approx(probability["brier_sum"]) and n == probability["n_pixels"]
 
 
 def test_brier_skill_is_against_the_reference(ensemble_run):
@@ -159,15 +178,22 @@ def test_brier_skill_is_against_the_reference(ensemble_run):
                 assert noisy["probability"][threshold]["brier_skill"] == pytest.approx(
                     1.0 - noisy["probability"][threshold]["brier"] / reference["brier"])
     assert "brier_skill" not in scores["persistence"]["leads"]["30"]
+    maximum, reference = (scores[m]["ensemble"]["period_maximum"]["60"]["probability"] for m in ("noisy", "wide"))
+    for threshold, probability in maximum.items():
+        assert reference[threshold]["brier_skill"] == 0.0
+        assert probability["brier_skill"] == pytest.approx(1.0 - probability["brier"] / reference[threshold]["brier"])
 
 
 def test_files_and_tables_of_an_ensemble_evaluation(ensemble_run):
     report, out = ensemble_run
-    assert {RELIABILITY_PLOT, RANK_HISTOGRAM_PLOT} <= {p.name for p in out.iterdir()}
+    assert {RELIABILITY_PLOT, RANK_HISTOGRAM_PLOT, RELIABILITY_MAXIMUM_PLOT} <= {p.name for p in out.iterdir()}
     text = (out / SCORES_MARKDOWN).read_text()
     for heading in ("### Ensembles", "### CRPS (mm/h)", "### Brier score", "### Brier skill against wide",
-                    "### Spread / skill", "### ROC area"):
+                    "### Spread / skill", "### ROC area", "### The forecast's maximum"):
         assert heading in text
+    assert "at some lead from +5 min to the row's last lead" in text
+    maximum = report["overall"]["scores"]["noisy"]["ensemble"]["period_maximum"]["60"]["probability"]["1"]
+    assert f"| 60 | 2 | {maximum['brier_skill']:.3f} |" in text  # the skill table: noisy, against wide
     assert "| noisy, member 1 | 30 |" in text
     assert "| lead (min) | n | noisy ratio | wide ratio |" not in text  # spread and RMSE columns come too
     assert "| lead (min) | n | noisy spread | noisy RMSE | noisy ratio | wide spread |" in text
@@ -192,11 +218,19 @@ def test_bootstrap_intervals_of_crps_and_brier_skill(ensemble_run, tmp_path):
             expected_skill = noisy[lead]["probability"][threshold]["brier_skill"]
             if expected_skill is not None:
                 assert by_threshold["skill"] == pytest.approx(expected_skill)
+    maximum = brier_skill_interval(report, "noisy", "wide", forecast_maximum=True, n_resamples=200)
+    assert list(maximum) == ["60"]
+    for threshold, interval in maximum["60"].items():
+        expected_skill = report["overall"]["scores"]["noisy"]["ensemble"]["period_maximum"]["60"]["probability"][
+            threshold]["brier_skill"]
+        assert interval["skill"] == pytest.approx(expected_skill)
+        assert interval["low"] - 1e-12 <= interval["skill"] <= interval["high"] + 1e-12
     assert crps["60"]["p_not_ahead"] == 0.0  # less noise than the wide stand-in: a lower CRPS, every resample
     with pytest.raises(InputError, match="'persistence' was not scored as an ensemble; ensembles there: noisy, wide"):
         crps_difference_interval(report, "persistence", "wide")
     deterministic = {**report, "events": {k: {**e, "start_times": [
-        {kind: v for kind, v in r.items() if kind not in ("crps", "brier", "seed")} for r in e["start_times"]]}
+        {kind: v for kind, v in r.items() if kind not in ("crps", "brier", "period_brier", "seed")}
+        for r in e["start_times"]]}
         for k, e in report["events"].items()}}
     with pytest.raises(InputError, match="no method was scored as an ensemble"):
         brier_skill_interval(deterministic, "noisy", "wide")
@@ -310,6 +344,15 @@ def test_the_command_line_passes_the_ensemble_options(tmp_path, monkeypatch):
     result = runner.invoke(app, [*common, "--members", "20", "--probability-neighbourhood", "0.8"])
     assert result.exit_code == 0, result.output
     assert calls[2]["settings"].probability_neighbourhood_km_per_minute == 0.8
+    assert calls[2]["settings"].probability_thresholds_mmh == (1.0, 4.0, 8.0)
+    result = runner.invoke(app, [*common, "--members", "20", "--probability-thresholds", "1,10"])
+    assert result.exit_code == 0, result.output
+    assert calls[3]["settings"].probability_thresholds_mmh == (1.0, 10.0)
+    for bad in ("10,1", "1,1.0", "-1", "1,nan", "1,x", ","):
+        result = runner.invoke(app, [*common, "--members", "20", "--probability-thresholds", bad])
+        assert result.exit_code == EXIT_USER_ERROR, (bad, result.output)
+        assert "probability" in result.output and "Traceback" not in result.output
+    assert len(calls) == 4
 
 
 def test_a_model_card_keeps_the_ensemble_scores(ensemble_run):
@@ -333,6 +376,10 @@ def test_a_model_card_keeps_the_ensemble_scores(ensemble_run):
     assert "ensemble" not in card["scores"]["persistence"]
     text = card_tables(card)
     assert "### CRPS (mm/h)" in text and "### Spread / skill" in text and "| noisy, member 1 |" in text
+    assert lean["period_maximum"]["60"]["probability"]["4"]["brier"] == (
+        full["period_maximum"]["60"]["probability"]["4"]["brier"])
+    assert "reliability" not in lean["period_maximum"]["60"]["probability"]["4"]
+    assert "### The forecast's maximum" in text
 
 
 class PlacedNoisyPersistence(NoisyPersistence):
