@@ -58,14 +58,16 @@ def spectrum_ratio_difference_interval(report: dict[str, Any], model: str, other
                       level=level, seed=seed)
 
 
-def crps_difference_interval(report: dict[str, Any], model: str, other: str, *, n_resamples: int = 2000,
-                             level: float = 0.9, seed: int = 0) -> dict[str, dict[str, float]]:
+def crps_difference_interval(report: dict[str, Any], model: str, other: str, *, forecast_maximum: bool = False,
+                             n_resamples: int = 2000, level: float = 0.9, seed: int = 0) -> dict[str, dict[str, float]]:
     """CRPS of ``model`` minus that of ``other`` per lead time, with its interval (both scored as ensembles).
 
     Returns ``{lead: {"difference", "low", "high", "p_not_ahead"}}``, where "ahead" means a
-    lower CRPS than ``other``.
+    lower CRPS than ``other``. ``forecast_maximum``: of the maximum over the leads of the
+    forecast, keyed by the period's last lead.
     """
-    intervals = _intervals(_samples(report, "crps", model, other), _difference_of(_mean), n_resamples=n_resamples,
+    kind = "period_crps" if forecast_maximum else "crps"
+    intervals = _intervals(_samples(report, kind, model, other), _difference_of(_mean), n_resamples=n_resamples,
                            level=level, seed=seed, model_ahead=lambda difference: difference < 0)
     return {lead: by_key[_WHOLE_LEAD] for lead, by_key in intervals.items()}
 
@@ -86,7 +88,7 @@ def brier_skill_interval(report: dict[str, Any], model: str, reference: str, *, 
                       level=level, seed=seed, name="skill")
 
 
-_ENSEMBLE_KINDS = ("crps", "brier", "period_brier", "spectrum_member", "spectrum_member_matched")
+_ENSEMBLE_KINDS = ("crps", "brier", "period_crps", "period_brier", "spectrum_member", "spectrum_member_matched")
 # the key of sums kept per lead time only (the CRPS), as if they were per threshold
 _WHOLE_LEAD = ""
 

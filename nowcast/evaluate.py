@@ -550,7 +550,7 @@ def _add_start(result: _EventResult, start: _Start, added: _StartScores, setting
         forecast_seconds[name].append(added.seconds[name])
         nonfinite[name] = [a + b for a, b in zip(nonfinite[name], added.nonfinite[name], strict=True)]
     zero: dict[str, Any] = {"categorical": {}, **{kind: {} for kind in SPECTRUM_KINDS}, "crps": {}, "brier": {},
-                            "period_brier": {}}
+                            "period_crps": {}, "period_brier": {}}
     totals = {name: _totals(scores) for name, scores in added.scores.items()}
     record: dict[str, Any] = {"time": start.reference.isoformat(),
                               **_added(dict.fromkeys(totals, zero), totals, settings)}
@@ -720,7 +720,7 @@ def _totals(scores: Scores) -> dict[str, Any]:
               "spectrum_matched": scores.spectrum_totals(matched=True)}
     if scores.members is not None:
         totals.update(crps=scores.crps_totals(), brier=scores.brier_totals(),
-                      period_brier=scores.period_brier_totals(),
+                      period_crps=scores.period_crps_totals(), period_brier=scores.period_brier_totals(),
                       spectrum_member=scores.spectrum_totals(member=True),
                       spectrum_member_matched=scores.spectrum_totals(matched=True, member=True))
     return totals
@@ -755,15 +755,16 @@ def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
 
 def _added_ensemble(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What one start time added to the ensembles' sums: ``crps``: method -> lead -> [CRPS sum, pixels];
-    ``brier``: method -> lead -> threshold -> [Brier sum, pixels]; ``period_brier``: the same of the
-    forecast's maximum, keyed by its last lead (deterministic methods have none)."""
-    added: dict[str, Any] = {"crps": {}, "brier": {}, "period_brier": {}}
+    ``brier``: method -> lead -> threshold -> [Brier sum, pixels]; ``period_crps`` and ``period_brier``: the
+    same of the forecast's maximum, keyed by its last lead (deterministic methods have none)."""
+    added: dict[str, Any] = {"crps": {}, "brier": {}, "period_crps": {}, "period_brier": {}}
     for name, now in after.items():
         if "crps" not in now:
             continue
         prior = before[name]
-        added["crps"][name] = {key(lead): _difference(sums, prior["crps"].get(lead, (0.0, 0)))
-                               for lead, sums in now["crps"].items()}
+        for kind in ("crps", "period_crps"):
+            added[kind][name] = {key(lead): _difference(sums, prior[kind].get(lead, (0.0, 0)))
+                                 for lead, sums in now[kind].items()}
         for kind in ("brier", "period_brier"):
             added[kind][name] = {
                 key(lead): {key(thr): _difference(sums, prior[kind].get(lead, {}).get(thr, (0.0, 0)))

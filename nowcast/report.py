@@ -54,8 +54,26 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         if event["n_evaluated"]:
             lines += _csi_table(event["scores"], methods, config["thresholds_mmh"])
+            lines += _event_forecast_maximum(event["scores"], methods, config)
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _event_forecast_maximum(scores: dict[str, Any], methods: list[str], config: dict[str, Any]) -> list[str]:
+    """The Brier skill of the event's forecast maximum (the reference's Brier score where no other ensemble has
+    skill to show)."""
+    ensembles = [m for m in methods if scores[m].get("ensemble", {}).get("period_maximum")]
+    if not ensembles:
+        return []
+    views = {m: {"leads": scores[m]["ensemble"]["period_maximum"]} for m in ensembles}
+    thresholds = sorted({t for v in views.values() for p in v["leads"].values() for t in p["probability"]}, key=float)
+    reference = config.get("ensemble", {}).get("brier_reference")
+    skilled = [m for m in ensembles if m != reference]
+    if reference in ensembles and skilled:
+        return ["", f"Brier skill of the forecast's maximum against {reference}:", "",
+                *_threshold_table(views, skilled, thresholds, "brier_skill", best=max, row_heading="last lead (min)")]
+    return ["", "Brier score of the forecast's maximum:", "",
+            *_threshold_table(views, ensembles, thresholds, "brier", best=min, row_heading="last lead (min)")]
 
 
 def _skipped_text(skipped: dict[str, int]) -> str:
@@ -169,8 +187,12 @@ def _forecast_maximum_tables(scores: dict[str, Any], ensembles: list[str], thres
     lines = ["", f"{heading} The forecast's maximum", "",
              f"The probability of rate > threshold at some lead from +{', +'.join(f'{f:g}' for f in first)} min to "
              "the row's last lead (the fraction of members above it at any lead, as `max_probabilities` publishes "
-             "it), against the observed maximum on the pixels valid at every lead. Brier score:", ""]
+             "it), against the observed maximum on the pixels valid at every lead; and the CRPS of the members' "
+             "maxima (mm/h), that Brier score integrated over every threshold. CRPS:", ""]
     row = "last lead (min)"
+    lines += _lead_table(views, ensembles, {m: (lambda period: period.get("crps")) for m in ensembles}, best=min,
+                         row_heading=row)
+    lines += ["", "Brier score:", ""]
     lines += _threshold_table(views, ensembles, thresholds, "brier", best=min, row_heading=row)
     skilled = [m for m in ensembles if m != reference]
     if reference and skilled:

@@ -74,7 +74,8 @@ member finite):
   over the RMSE of the ensemble mean;
 * the spectra (plain and matched) of the first member, a single realisation to set
   against the smoother deterministic forecast;
-* the forecast's maximum (:class:`PeriodScores`): per threshold, the probability of rate >
+* the forecast's maximum (:class:`PeriodScores`): the CRPS of the members' maxima over the
+  leads against the observed maximum, and per threshold the probability of rate >
   threshold at some lead of the forecast, the fraction of the members above it at any lead
   (:func:`nowcast.ensemble.period_exceedance_probability`, the published
   ``max_probabilities``), against whether the observation was, on the pixels valid at every
@@ -655,12 +656,22 @@ class PeriodScores:
         self.n_members = n_members
         self.first_lead_minutes = float(first_lead_minutes)
         self.n_forecasts = 0
+        self.crps_sum = 0.0
+        self.crps_pixels = 0
         self.probability = {thr: ProbabilityCounts(thr, n_members) for thr in settings.probability_thresholds_mmh}
 
     def add(self, members: np.ndarray, observed: np.ndarray) -> None:
-        """One forecast: ``members`` (member, lead, pixel) and ``observed`` (lead, pixel), all finite."""
+        """One forecast: ``members`` (member, lead, pixel) and ``observed`` (lead, pixel), all finite.
+
+        Adds the CRPS of the members' maxima against the observed maximum, which is the Brier
+        score of the maximum's exceedance probability integrated over every threshold.
+        """
         self.n_forecasts += 1
         peak = np.max(observed, axis=0)
+        member_peaks = np.max(members, axis=1)
+        dry = (peak == 0.0) & np.all(member_peaks == 0.0, axis=0)  # CRPS exactly 0, as in EnsembleLeadScores
+        self.crps_sum += crps_sums(member_peaks[:, ~dry], peak[~dry])
+        self.crps_pixels += int(peak.size)
         probabilities = period_exceedance_probability(members, list(self.probability))
         for counts, probability in zip(self.probability.values(), probabilities, strict=True):
             counts.add_probabilities(probability, peak)
@@ -670,6 +681,8 @@ class PeriodScores:
             raise ValueError(f"cannot merge the maximum from +{other.first_lead_minutes:g} min into the maximum "
                              f"from +{self.first_lead_minutes:g} min")
         self.n_forecasts += other.n_forecasts
+        self.crps_sum += other.crps_sum
+        self.crps_pixels += other.crps_pixels
         for thr, counts in self.probability.items():
             counts.merge(other.probability[thr])
 
@@ -678,6 +691,9 @@ class PeriodScores:
             "first_lead_minutes": self.first_lead_minutes,
             "last_lead_minutes": float(last_lead_minutes),
             "n_forecasts": self.n_forecasts,
+            "n_pixels": self.crps_pixels,
+            "crps": self.crps_sum / self.crps_pixels if self.crps_pixels else float("nan"),
+            "crps_sum": self.crps_sum,
             "probability": {
                 key(thr): counts.to_dict(None if reference is None else reference.probability.get(thr))
                 for thr, counts in self.probability.items()
@@ -785,6 +801,10 @@ class Scores:
         """(Brier score summed over pixels, pixels) per lead time and threshold, so far."""
         return {lead: {thr: (counts.brier_sum(), counts.n_pixels) for thr, counts in scores.probability.items()}
                 for lead, scores in self.ensemble.items()}
+
+    def period_crps_totals(self) -> dict[float, tuple[float, int]]:
+        """(CRPS of the forecast's maximum summed over pixels, pixels) per period (its last lead), so far."""
+        return {last: (scores.crps_sum, scores.crps_pixels) for last, scores in self.period.items()}
 
     def period_brier_totals(self) -> dict[float, dict[float, tuple[float, int]]]:
         """(Brier score summed over pixels, pixels) of the forecast's maximum per period (its last lead) and

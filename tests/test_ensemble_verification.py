@@ -338,6 +338,14 @@ def test_the_forecasts_maximum_is_scored_on_the_pixels_valid_at_every_lead():
         assert scores["n_pixels"] == valid.sum()
         assert scores["brier"] == pytest.approx(np.mean((probability - event) ** 2), rel=1e-12)
         assert scores["base_rate"] == pytest.approx(event.mean())
+    expected_crps = crps_sums(members[:, :, valid].max(axis=1), peak_observed) / valid.sum()
+    assert period["30"]["crps"] == pytest.approx(expected_crps, rel=1e-12)
+    assert period["30"]["n_pixels"] == valid.sum()
+    # the CRPS is the Brier score of the maximum's exceedance integrated over the thresholds
+    grid = np.linspace(0.0, max(members[:, :, valid].max(), peak_observed.max()) + 1.0, 4001)
+    member_peaks = members[:, :, valid].max(axis=1)
+    brier = [np.mean((np.count_nonzero(member_peaks > t, axis=0) / M - (peak_observed > t)) ** 2) for t in grid]
+    assert np.trapezoid(brier, grid) == pytest.approx(expected_crps, rel=2e-2)
 
 
 def test_a_perfect_ensemble_forecasts_the_maximum_perfectly_and_a_wrong_one_has_skill_below_zero():
@@ -347,6 +355,7 @@ def test_a_perfect_ensemble_forecasts_the_maximum_perfectly_and_a_wrong_one_has_
     wrong = score_period(rain(rng, (M, 4, 20, 20)), observed, [5.0, 10.0, 15.0, 20.0])
     period = perfect.to_dict(reference=wrong)["ensemble"]["period_maximum"]["20"]["probability"]
     assert all(p["brier"] == 0.0 and p["brier_skill"] == 1.0 for p in period.values())
+    assert perfect.period[20.0].crps_sum == 0.0 and wrong.period[20.0].crps_sum > 0.0
     against = wrong.to_dict(reference=perfect)["ensemble"]["period_maximum"]["20"]["probability"]
     assert against["1"]["brier_skill"] is None  # the reference is perfect: no skill can be had
     assert wrong.period_brier_totals()[20.0][1.0][1] == 400

@@ -107,9 +107,9 @@ def test_only_the_ensembles_get_ensemble_scores(ensemble_run):
     assert scores["noisy"]["ensemble"]["leads"]["60"]["spread_skill"] < 1.0
     record = report["events"]["east"]["start_times"][0]
     assert set(record) == {"time", "categorical", "spectrum", "spectrum_matched", "seed", "crps", "brier",
-                           "period_brier", "spectrum_member", "spectrum_member_matched"}
-    assert (set(record["crps"]) == set(record["brier"]) == set(record["period_brier"]) == set(record["spectrum_member"])
-            == set(record["spectrum_member_matched"]) == set(ENSEMBLES))
+                           "period_crps", "period_brier", "spectrum_member", "spectrum_member_matched"}
+    assert (set(record["crps"]) == set(record["brier"]) == set(record["period_crps"]) == set(record["period_brier"])
+            == set(record["spectrum_member"]) == set(record["spectrum_member_matched"]) == set(ENSEMBLES))
     period = scores["noisy"]["ensemble"]["period_maximum"]
     assert list(period) == ["60"] and period["60"]["first_lead_minutes"] == 5.0 and period["60"]["n_forecasts"] == 2
 
@@ -150,6 +150,10 @@ def test_an_ensemble_is_scored_by_its_members_and_their_probability_matched_mean
     brier_sum, n_pixels = record["period_brier"]["noisy"]["60"]["4"]
     assert n_pixels == every_lead.sum()
     assert brier_sum == pytest.approx(np.sum((probability - (future[:, every_lead].max(axis=0) > 4.0)) ** 2))
+    crps_sum, n_pixels = record["period_crps"]["noisy"]["60"]
+    assert n_pixels == every_lead.sum()
+    assert crps_sum == pytest.approx(crps_sums(members[:, :, every_lead].max(axis=1),
+                                               future[:, every_lead].max(axis=0)), rel=1e-9)
 
 
 def test_start_time_sums_add_up_to_the_event_scores(ensemble_run):
@@ -162,7 +166,10 @@ def test_start_time_sums_add_up_to_the_event_scores(ensemble_run):
             for threshold, probability in scores["probability"].items():
                 brier_sum, n = np.sum([r["brier"][name][lead][threshold] for r in event["start_times"]], axis=0)
                 assert brier_sum == pytest.approx(probability["brier_sum"]) and n == probability["n_pixels"]
-        for threshold, probability in event["scores"][name]["ensemble"]["period_maximum"]["60"]["probability"].items():
+        maximum = event["scores"][name]["ensemble"]["period_maximum"]["60"]
+        crps_sum, n = np.sum([r["period_crps"][name]["60"] for r in event["start_times"]], axis=0)
+        assert crps_sum == pytest.approx(maximum["crps_sum"]) and n == maximum["n_pixels"]
+        for threshold, probability in maximum["probability"].items():
             brier_sum, n = np.sum([r["period_brier"][name]["60"][threshold] for r in event["start_times"]], axis=0)
             assert brier_sum == pytest.approx(probability["brier_sum"]) and n == probability["n_pixels"]
 
@@ -192,8 +199,12 @@ def test_files_and_tables_of_an_ensemble_evaluation(ensemble_run):
                     "### Spread / skill", "### ROC area", "### The forecast's maximum"):
         assert heading in text
     assert "at some lead from +5 min to the row's last lead" in text
+    assert "that Brier score integrated over every threshold. CRPS:" in text
     maximum = report["overall"]["scores"]["noisy"]["ensemble"]["period_maximum"]["60"]["probability"]["1"]
     assert f"| 60 | 2 | {maximum['brier_skill']:.3f} |" in text  # the skill table: noisy, against wide
+    per_event = text[text.index("### east"):]
+    assert "Brier skill of the forecast's maximum against wide:" in per_event
+    assert f"| 60 | 2 | {maximum['brier_skill']:.3f} |" in per_event  # one event: its scores are the overall ones
     assert "| noisy, member 1 | 30 |" in text
     assert "| lead (min) | n | noisy ratio | wide ratio |" not in text  # spread and RMSE columns come too
     assert "| lead (min) | n | noisy spread | noisy RMSE | noisy ratio | wide spread |" in text
@@ -218,6 +229,10 @@ def test_bootstrap_intervals_of_crps_and_brier_skill(ensemble_run, tmp_path):
             expected_skill = noisy[lead]["probability"][threshold]["brier_skill"]
             if expected_skill is not None:
                 assert by_threshold["skill"] == pytest.approx(expected_skill)
+    maximum_crps = crps_difference_interval(report, "noisy", "wide", forecast_maximum=True, n_resamples=200)
+    noisy_maximum, wide_maximum = (report["overall"]["scores"][name]["ensemble"]["period_maximum"]["60"]
+                                   for name in ("noisy", "wide"))
+    assert maximum_crps["60"]["difference"] == pytest.approx(noisy_maximum["crps"] - wide_maximum["crps"])
     maximum = brier_skill_interval(report, "noisy", "wide", forecast_maximum=True, n_resamples=200)
     assert list(maximum) == ["60"]
     for threshold, interval in maximum["60"].items():
@@ -229,7 +244,7 @@ def test_bootstrap_intervals_of_crps_and_brier_skill(ensemble_run, tmp_path):
     with pytest.raises(InputError, match="'persistence' was not scored as an ensemble; ensembles there: noisy, wide"):
         crps_difference_interval(report, "persistence", "wide")
     deterministic = {**report, "events": {k: {**e, "start_times": [
-        {kind: v for kind, v in r.items() if kind not in ("crps", "brier", "period_brier", "seed")}
+        {kind: v for kind, v in r.items() if kind not in ("crps", "brier", "period_crps", "period_brier", "seed")}
         for r in e["start_times"]]}
         for k, e in report["events"].items()}}
     with pytest.raises(InputError, match="no method was scored as an ensemble"):
