@@ -249,8 +249,8 @@ def evaluate(
     members: int | None = typer.Option(
         None, "--members", min=2,
         help="Score every method that draws ensemble members (e.g. steps) as an ensemble of N members: CRPS, "
-             "Brier skill, reliability, ROC, rank histogram, spread/skill; its probability-matched mean gets "
-             "the deterministic scores.",
+             "Brier skill, reliability, ROC, rank histogram, spread/skill, per lead and (CRPS, Brier, ROC, "
+             "reliability) of the forecast's maximum; its probability-matched mean gets the deterministic scores.",
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="With --members: the run's seed; each start time's "
                                                        "members are drawn from a seed derived from it."),
