@@ -170,12 +170,15 @@ def test_a_full_queue_or_memory_budget_refuses_before_reading_the_body(monkeypat
     with running(model="test-gated", max_batch=1, queue_size=1) as client:
         gate.clear()
         busy = [threading.Thread(target=client.post, args=("/v1/nowcasts",), kwargs={"json": json_body(seq)})
-                for _ in range(3)]
-        for thread in busy:
-            thread.start()
-        # The first request counts in the depth until the dispatcher takes it; only a held call and a
-        # waiting one make the queue full for good.
+                for _ in range(2)]
+        # One request at a time: sent together, the later ones could find the first still queued and be
+        # refused, leaving nothing to wait behind it once it is held. Only a held call and a waiting one
+        # make the queue full for good.
         deadline = time.monotonic() + 60
+        busy[0].start()
+        while not fake.held.is_set() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        busy[1].start()
         while not (full := fake.held.is_set() and client.app.state.batcher.depth >= 1) and time.monotonic() < deadline:
             time.sleep(0.005)
         try:
