@@ -62,11 +62,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 def _event_forecast_maximum(scores: dict[str, Any], methods: list[str], config: dict[str, Any]) -> list[str]:
     """The Brier skill of the event's forecast maximum (the reference's Brier score where no other ensemble has
     skill to show)."""
-    ensembles = [m for m in methods if scores[m].get("ensemble", {}).get("period_maximum")]
-    if not ensembles:
+    views = _maximum_views(scores, methods)
+    if not views:
         return []
-    views = {m: {"leads": scores[m]["ensemble"]["period_maximum"]} for m in ensembles}
-    thresholds = sorted({t for v in views.values() for p in v["leads"].values() for t in p["probability"]}, key=float)
+    ensembles, thresholds = list(views), _probability_thresholds(views)
     reference = config.get("ensemble", {}).get("brier_reference")
     skilled = [m for m in ensembles if m != reference]
     if reference in ensembles and skilled:
@@ -74,6 +73,17 @@ def _event_forecast_maximum(scores: dict[str, Any], methods: list[str], config: 
                 *_threshold_table(views, skilled, thresholds, "brier_skill", best=max, row_heading="last lead (min)")]
     return ["", "Brier score of the forecast's maximum:", "",
             *_threshold_table(views, ensembles, thresholds, "brier", best=min, row_heading="last lead (min)")]
+
+
+def _maximum_views(scores: dict[str, Any], methods: list[str]) -> dict[str, Any]:
+    """The scores of each method's forecast maximum, by period, as "leads" for the tables (none in a report written
+    before the maximum was scored)."""
+    return {m: {"leads": scores[m]["ensemble"]["period_maximum"]} for m in methods
+            if scores[m].get("ensemble", {}).get("period_maximum")}
+
+
+def _probability_thresholds(views: dict[str, Any]) -> list[str]:
+    return sorted({t for v in views.values() for lead in v["leads"].values() for t in lead["probability"]}, key=float)
 
 
 def _skipped_text(skipped: dict[str, int]) -> str:
@@ -138,8 +148,7 @@ def ensemble_tables(scores: dict[str, Any], methods: list[str], config: dict[str
     if not ensembles:
         return []
     views = {m: scores[m]["ensemble"] for m in ensembles}  # "leads" as _lead_table reads them
-    thresholds = sorted({t for m in ensembles for lead in views[m]["leads"].values() for t in lead["probability"]},
-                        key=float)
+    thresholds = _probability_thresholds(views)
     reference = config.get("ensemble", {}).get("brier_reference")
     neighbourhood = config.get("ensemble", {}).get("probability_neighbourhood_km_per_minute") or 0.0
     sizes = ", ".join(f"{m} {views[m]['members']}" for m in ensembles)
@@ -179,10 +188,11 @@ def ensemble_tables(scores: dict[str, Any], methods: list[str], config: dict[str
 
 def _forecast_maximum_tables(scores: dict[str, Any], ensembles: list[str], thresholds: list[str],
                              reference: str | None, heading: str) -> list[str]:
-    """Brier score and skill, and ROC area, of the probability of rate > threshold at some lead of the forecast."""
-    views = {m: {"leads": scores[m]["ensemble"].get("period_maximum") or {}} for m in ensembles}
-    if not any(view["leads"] for view in views.values()):
-        return []  # a report written before the forecast's maximum was scored
+    """CRPS, Brier score and skill, and ROC area of the forecast's maximum (rate > threshold at some lead)."""
+    views = _maximum_views(scores, ensembles)
+    if not views:
+        return []
+    ensembles = list(views)
     first = sorted({p["first_lead_minutes"] for v in views.values() for p in v["leads"].values()})
     lines = ["", f"{heading} The forecast's maximum", "",
              f"The probability of rate > threshold at some lead from +{', +'.join(f'{f:g}' for f in first)} min to "

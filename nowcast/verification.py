@@ -572,7 +572,11 @@ def crps_sums(members: np.ndarray, observed: np.ndarray) -> float:
     equals mean|x_i - y| - sum|x_i - x_j| / (2 M²) over all pairs (Gneiting & Raftery 2007),
     and with the members sorted the pair sum is 2 sum (2i - M - 1) x_(i), i = 1..M: exact
     whatever the ties, of which precipitation has many (dry observation, dry members).
+    Where the observation and every member are dry the CRPS is exactly 0: such pixels (most
+    of a radar image) are left out before sorting.
     """
+    wet = (observed != 0.0) | np.any(members != 0.0, axis=0)
+    members, observed = members[:, wet], observed[wet]
     total = 0.0
     n_members = members.shape[0]
     weights = (2.0 * np.arange(1, n_members + 1) - n_members - 1)[:, None]
@@ -607,11 +611,8 @@ class EnsembleLeadScores:
         members = np.asarray(members, dtype=np.float64)
         observed = np.asarray(observed, dtype=np.float64)
         self.n_forecasts += 1
-        # Where the observation and every member are dry the CRPS is exactly 0: such pixels (most of a
-        # radar image) are counted without sorting them.
-        dry = (observed == 0.0) & np.all(members == 0.0, axis=0)
         self.crps_pixels += int(observed.size)
-        self.crps_sum += crps_sums(members[:, ~dry], observed[~dry])
+        self.crps_sum += crps_sums(members, observed)
         for thr, counts in self.probability.items():
             if probabilities is None:
                 counts.add(members, observed)
@@ -668,9 +669,7 @@ class PeriodScores:
         """
         self.n_forecasts += 1
         peak = np.max(observed, axis=0)
-        member_peaks = np.max(members, axis=1)
-        dry = (peak == 0.0) & np.all(member_peaks == 0.0, axis=0)  # CRPS exactly 0, as in EnsembleLeadScores
-        self.crps_sum += crps_sums(member_peaks[:, ~dry], peak[~dry])
+        self.crps_sum += crps_sums(np.max(members, axis=1), peak)
         self.crps_pixels += int(peak.size)
         probabilities = period_exceedance_probability(members, list(self.probability))
         for counts, probability in zip(self.probability.values(), probabilities, strict=True):
