@@ -14,7 +14,8 @@ the same of their first members).
 When the model was scored as an ensemble (``nowcast evaluate --members``): its CRPS
 minus that of ``--reference`` (default: the evaluation's Brier skill reference) and its
 Brier skill against it per threshold, with intervals from the same bootstrap; and the same two of
-its forecast maximum (the maximum over the leads; rate > threshold at some lead).
+its forecast maximum (the maximum over the leads; rate > threshold at some lead) and of the rain
+over the forecast (mm; more than the threshold).
 Exit status 0 always: this reports, the reader judges.
 """
 
@@ -123,23 +124,31 @@ def print_ensemble_margins(report: dict, model: str, reference: str | None, n_re
                          f"{ci['p_not_ahead']:.2f}" for thr, ci in by_threshold.items())
         print(f"  {float(lead):5.0f}  {text}")
     records = next(iter(report["events"].values())).get("start_times") or [{}]
-    if "period_crps" not in records[0]:
-        return  # a report written before the forecast's maximum was scored
-    crps = crps_difference_interval(report, model, reference, forecast_maximum=True, n_resamples=n_resamples)
-    print(f"\nCRPS of the forecast's maximum (mm/h): last lead, {reference}, {model}, difference [90 % interval] "
+    for period, sums, name, units in (
+            ("maximum", "period_crps", "forecast maximum (rate > threshold at some lead)", "mm/h"),
+            ("accumulation", "accumulation_crps", "rain over the forecast (more than the threshold)", "mm")):
+        if sums in records[0]:  # not in reports written before it was scored
+            print_period_margins(report, model, reference, n_resamples, period, name, units)
+
+
+def print_period_margins(report: dict, model: str, reference: str, n_resamples: int, period: str, name: str,
+                         units: str) -> None:
+    """CRPS difference and Brier skill of an ensemble's maximum or accumulation over each forecast period."""
+    overall = report["overall"]["scores"]
+    crps = crps_difference_interval(report, model, reference, period=period, n_resamples=n_resamples)
+    print(f"\nCRPS of the {name} ({units}): last lead, {reference}, {model}, difference [90 % interval] "
           "P(CRPS not lower)")
     for last, ci in sorted(crps.items(), key=lambda kv: float(kv[0])):
-        own, other = (overall[m]["ensemble"]["period_maximum"][last]["crps"] for m in (model, reference))
+        own, other = (overall[m]["ensemble"][f"period_{period}"][last]["crps"] for m in (model, reference))
         print(f"  to +{float(last):.0f} min  {other:.4f}  {own:.4f}  {ci['difference']:+.4f} "
               f"[{ci['low']:+.4f}, {ci['high']:+.4f}]  {ci['p_not_ahead']:.3f}")
-    skill = brier_skill_interval(report, model, reference, forecast_maximum=True, n_resamples=n_resamples)
-    print(f"\nBrier skill of {model}'s forecast maximum (rate > threshold at some lead) against {reference}: "
+    skill = brier_skill_interval(report, model, reference, period=period, n_resamples=n_resamples)
+    print(f"\nBrier skill of {model}'s {name} against {reference}: "
           "last lead, per threshold skill [90 % interval] P(not above 0)")
     for last, by_threshold in sorted(skill.items(), key=lambda kv: float(kv[0])):
-        text = "  ".join(f"> {thr} mm/h {ci['skill']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}] "
+        text = "  ".join(f"> {thr} {units} {ci['skill']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}] "
                          f"{ci['p_not_ahead']:.2f}" for thr, ci in by_threshold.items())
         print(f"  to +{float(last):.0f} min  {text}")
-
 
 if __name__ == "__main__":
     main()

@@ -58,21 +58,21 @@ def spectrum_ratio_difference_interval(report: dict[str, Any], model: str, other
                       level=level, seed=seed)
 
 
-def crps_difference_interval(report: dict[str, Any], model: str, other: str, *, forecast_maximum: bool = False,
+def crps_difference_interval(report: dict[str, Any], model: str, other: str, *, period: str | None = None,
                              n_resamples: int = 2000, level: float = 0.9, seed: int = 0) -> dict[str, dict[str, float]]:
     """CRPS of ``model`` minus that of ``other`` per lead time, with its interval (both scored as ensembles).
 
     Returns ``{lead: {"difference", "low", "high", "p_not_ahead"}}``, where "ahead" means a
-    lower CRPS than ``other``. ``forecast_maximum``: of the maximum over the leads of the
-    forecast, keyed by the period's last lead.
+    lower CRPS than ``other``. ``period``: "maximum" for the maximum over the leads of the
+    forecast, "accumulation" for the rain over them (mm), keyed by the period's last lead.
     """
-    kind = "period_crps" if forecast_maximum else "crps"
+    kind = _kind("crps", period)
     intervals = _intervals(_samples(report, kind, model, other), _difference_of(_mean), n_resamples=n_resamples,
                            level=level, seed=seed, model_ahead=lambda difference: difference < 0)
     return {lead: by_key[_WHOLE_LEAD] for lead, by_key in intervals.items()}
 
 
-def brier_skill_interval(report: dict[str, Any], model: str, reference: str, *, forecast_maximum: bool = False,
+def brier_skill_interval(report: dict[str, Any], model: str, reference: str, *, period: str | None = None,
                          n_resamples: int = 2000, level: float = 0.9,
                          seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
     """Brier skill of ``model`` against ``reference``, ``1 - BS / BS_reference``, per lead time and threshold.
@@ -80,15 +80,24 @@ def brier_skill_interval(report: dict[str, Any], model: str, reference: str, *, 
     Returns ``{lead: {threshold: {"skill", "low", "high", "p_not_ahead"}}}``: the skill over
     all start times, its ``level`` interval, and the fraction of resamples in which the
     skill is not above 0 (the model's Brier score not below the reference's).
-    ``forecast_maximum``: of the probability of the threshold being exceeded at some lead
-    of the forecast, keyed by the period's last lead.
+    ``period``: "maximum" for the probability of the rate being above the threshold at some lead of the
+    forecast, "accumulation" for the rain over the leads being above it (mm), keyed by the period's last lead.
     """
-    kind = "period_brier" if forecast_maximum else "brier"
+    kind = _kind("brier", period)
     return _intervals(_samples(report, kind, model, reference), _brier_skill, n_resamples=n_resamples,
                       level=level, seed=seed, name="skill")
 
 
-_ENSEMBLE_KINDS = ("crps", "brier", "period_crps", "period_brier", "spectrum_member", "spectrum_member_matched")
+_ENSEMBLE_KINDS = ("crps", "brier", "period_crps", "period_brier", "accumulation_crps", "accumulation_brier",
+                   "spectrum_member", "spectrum_member_matched")
+_PERIOD_PREFIXES = {None: "", "maximum": "period_", "accumulation": "accumulation_"}
+
+
+def _kind(score: str, period: str | None) -> str:
+    """The per-start-time sums of ``score`` ("crps", "brier") per lead, or of a period's statistic."""
+    if period not in _PERIOD_PREFIXES:
+        raise ValueError(f"unknown period {period!r}: choose maximum or accumulation (None: per lead)")
+    return _PERIOD_PREFIXES[period] + score
 # the key of sums kept per lead time only (the CRPS), as if they were per threshold
 _WHOLE_LEAD = ""
 

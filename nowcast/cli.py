@@ -142,14 +142,21 @@ def forecast(
     products: str | None = typer.Option(
         None, "--products",
         help="With --members: what to write, comma-separated from members, probabilities, mean, pm_mean, "
-             "quantiles, max_probabilities (P(rate > threshold at some lead)) (default: members,probabilities).",
+             "quantiles, max_probabilities (P(rate > threshold at some lead)), accumulation_probabilities "
+             "(P(rain over the forecast period > threshold in mm)), accumulation_quantiles (the members' rain over "
+             "the period, mm) (default: members,probabilities).",
     ),
     thresholds: str | None = typer.Option(
         None, "--thresholds", help="Rain rates (mm/h) of the exceedance probabilities and of max_probabilities "
                                    "(default: 1,4,8).",
     ),
+    accumulation_thresholds: str | None = typer.Option(
+        None, "--accumulation-thresholds",
+        help="Rain (mm) over the forecast period of accumulation_probabilities (default: 1,5,10).",
+    ),
     quantiles: str | None = typer.Option(
-        None, "--quantiles", help="Quantile levels in [0, 1] of the members (default: 0.1,0.5,0.9).",
+        None, "--quantiles", help="Quantile levels in [0, 1] of the members, and of accumulation_quantiles "
+                                  "(default: 0.1,0.5,0.9).",
     ),
     neighbourhood: float | None = typer.Option(
         None, "--neighbourhood",
@@ -170,7 +177,7 @@ def forecast(
     """Forecast the next frames after the last ones of INPUT and write them as CF-netCDF.
 
     With --members, the file holds the ensemble products asked for (members on a CF
-    realization axis, exceedance probabilities, means, quantiles).
+    realization axis, exceedance probabilities, means, quantiles, the rain over the period).
     """
     from nowcast.forecasters import get_forecaster
     from nowcast.io.importers import quiet_pysteps_io, read_radar_files
@@ -180,7 +187,7 @@ def forecast(
     quiet_pysteps_io()
     if output.is_dir():
         raise InputError(f"{output}: is a folder; give the name of the netCDF file to write")
-    request = _product_request(members, products, thresholds, quantiles, neighbourhood)
+    request = _product_request(members, products, thresholds, quantiles, neighbourhood, accumulation_thresholds)
     forecaster = get_forecaster(model, models_dir=models_dir, device=device)
     past = read_radar_files(inputs, importer=importer)
     logger.info("read %d frames of %dx%d from %d file(s)", past.sizes["time"], past.sizes["y"],
@@ -197,14 +204,16 @@ def forecast(
 
 
 def _product_request(members: int | None, products: str | None, thresholds: str | None,
-                     quantiles: str | None, neighbourhood: float | None) -> Any:
+                     quantiles: str | None, neighbourhood: float | None,
+                     accumulation_thresholds: str | None = None) -> Any:
     """The products the forecast command writes (a :class:`~nowcast.products.ProductRequest`), None for a single
     forecast."""
     from nowcast.products import ProductRequest
 
     if members is None:
         for value, option in [(products, "--products"), (thresholds, "--thresholds"), (quantiles, "--quantiles"),
-                              (neighbourhood, "--neighbourhood")]:
+                              (neighbourhood, "--neighbourhood"),
+                              (accumulation_thresholds, "--accumulation-thresholds")]:
             if value is not None:
                 raise InputError(f"{option}: ensemble products are made from members; give --members N too",
                                  field="members")
@@ -214,6 +223,8 @@ def _product_request(members: int | None, products: str | None, thresholds: str 
         _split_numbers(thresholds, "thresholds") if thresholds is not None else None,
         _split_numbers(quantiles, "quantile_levels") if quantiles is not None else None,
         neighbourhood,
+        _split_numbers(accumulation_thresholds, "accumulation_thresholds") if accumulation_thresholds is not None
+        else None,
     )
 
 
@@ -276,6 +287,11 @@ def evaluate(
         help="With --members: comma-separated increasing rain rates (mm/h) of the scored exceedance probabilities, "
              "per lead and of the forecast's maximum.",
     ),
+    accumulation_thresholds: str = typer.Option(
+        "1,5,10", "--accumulation-thresholds",
+        help="With --members: comma-separated increasing amounts of rain (mm) over each forecast's leads whose "
+             "exceedance probabilities are scored (as accumulation_probabilities publishes them).",
+    ),
 ) -> None:
     """Score forecasters over sliding start times of catalogue events; write tables and plots."""
     from nowcast.evaluate import evaluate as run_evaluation
@@ -285,8 +301,9 @@ def evaluate(
     method_names = _split_names(methods, "method")
     event_ids, loader = _catalogue_events(events, catalogue, data_root, allow_all=True)
     reference = None if brier_reference.strip().lower() in ("", "none") else brier_reference.strip()
-    settings = _score_settings(probability_neighbourhood, _split_numbers(probability_thresholds,
-                                                                         "probability_thresholds"))
+    settings = _score_settings(probability_neighbourhood,
+                               _split_numbers(probability_thresholds, "probability_thresholds"),
+                               _split_numbers(accumulation_thresholds, "accumulation_thresholds"))
     report = run_evaluation(method_names, event_ids, n_input=n_input, steps=steps, stride=stride,
                             loader=loader, out_dir=out, progress=progress, models_dir=models_dir,
                             console=stderr_console(), members=members, seed=seed, brier_reference=reference,
@@ -299,14 +316,17 @@ def evaluate(
     typer.echo(str(out / "scores.md"))
 
 
-def _score_settings(probability_neighbourhood: float, probability_thresholds: list[float]) -> Any:
+def _score_settings(probability_neighbourhood: float, probability_thresholds: list[float],
+                    accumulation_thresholds: list[float]) -> Any:
     from nowcast.verification import ScoreSettings
 
     try:
         return ScoreSettings(probability_neighbourhood_km_per_minute=probability_neighbourhood,
-                             probability_thresholds_mmh=tuple(probability_thresholds))
+                             probability_thresholds_mmh=tuple(probability_thresholds),
+                             accumulation_thresholds_mm=tuple(accumulation_thresholds))
     except ValueError as exc:
-        raise InputError(str(exc), field="probability_thresholds") from None
+        field = "accumulation_thresholds" if "accumulation" in str(exc) else "probability_thresholds"
+        raise InputError(str(exc), field=field) from None
 
 
 def _scheduler(text: str) -> str | None:

@@ -196,6 +196,48 @@ def period_exceedance_probability(members: np.ndarray, thresholds_mmh: Sequence[
     return np.stack(probabilities).astype(np.float32)
 
 
+def lead_hours(lead_minutes: Sequence[float]) -> np.ndarray:
+    """How long each lead's rate falls, in hours: from the lead before (the forecast's start for the first).
+
+    A radar frame's rate is the mean over the time step that ends at its time, so the rain a forecast
+    brings from its start to its last lead is the sum of each lead's rate times its duration here.
+    """
+    minutes = np.asarray(lead_minutes, dtype=np.float64)
+    durations = np.diff(np.concatenate([[0.0], minutes]))
+    if minutes.ndim != 1 or not minutes.size or not np.all(np.isfinite(minutes)) or np.any(durations <= 0):
+        raise ValueError(f"lead times must be positive and increasing; got {list(np.atleast_1d(minutes))}")
+    return durations / 60.0
+
+
+def period_accumulation(members: np.ndarray, hours: Sequence[float]) -> np.ndarray:
+    """The rain (mm) each member (member, time, y, x; mm/h) brings over the period: (member, y, x), each
+    time's rate times ``hours`` at that time (:func:`lead_hours`). NaN where the member lacks data at some
+    time: a total with a gap would be too small."""
+    members = np.asarray(members, dtype=np.float32)
+    hours = np.asarray(hours, dtype=np.float64)
+    if members.ndim < 2 or hours.shape != (members.shape[1],):
+        raise ValueError(f"one duration per time: {hours.shape} durations for members of shape {members.shape}")
+    total = np.zeros((members.shape[0], *members.shape[2:]), dtype=np.float64)
+    for time, duration in enumerate(hours):
+        total += members[:, time] * duration
+    return total.astype(np.float32)
+
+
+def period_accumulation_products(members: np.ndarray, hours: Sequence[float], thresholds_mm: Sequence[float],
+                                 levels: Sequence[float], min_members: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """P(rain over the period > threshold) per pixel, (threshold, y, x), and the quantiles of the members' rain
+    (mm) over the period, (level, y, x), from members (member, time, y, x; mm/h) and each time's duration
+    (:func:`period_accumulation`). A member counts at a pixel only where it has data at every time; both are
+    NaN where fewer than ``min_members`` (at least one) do."""
+    totals = period_accumulation(members, hours)
+    too_few = np.isfinite(totals).sum(axis=0) < max(min_members, 1)
+    probabilities = exceedance_probability(totals, thresholds_mm) if len(thresholds_mm) else \
+        np.empty((0, *totals.shape[1:]), dtype=np.float32)
+    quantiles = ensemble_quantiles(totals, levels) if len(levels) else np.empty((0, *totals.shape[1:]), np.float32)
+    return (np.where(too_few, np.float32(np.nan), probabilities).astype(np.float32),
+            np.where(too_few, np.float32(np.nan), quantiles).astype(np.float32))
+
+
 #: the widest neighbourhood a product may ask for: 10 km per minute is 600 km at +60 min
 MAX_NEIGHBOURHOOD_KM_PER_MINUTE = 10.0
 

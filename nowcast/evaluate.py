@@ -37,8 +37,9 @@ renamed, and only once every forecast is done): ``scores.json`` (everything),
 start time with the most observed rain at those leads, with each ensemble's
 probability of rain above the first probability threshold next to the observation;
 axes in km, or in degrees on a latitude/longitude grid); with ensembles also
-``reliability.png``, ``rank_histogram.png`` and ``reliability_forecast_maximum.png`` (of
-the probability of rate > threshold at some lead of the forecast).
+``reliability.png``, ``rank_histogram.png``, ``reliability_forecast_maximum.png`` (of
+the probability of rate > threshold at some lead of the forecast) and
+``reliability_accumulation.png`` (of the rain over the forecast's leads > threshold mm).
 """
 
 from __future__ import annotations
@@ -85,12 +86,15 @@ CSI_PLOT = "csi_vs_lead.png"
 SPECTRUM_PLOT = "spectrum.png"
 RELIABILITY_PLOT = "reliability.png"
 RELIABILITY_MAXIMUM_PLOT = "reliability_forecast_maximum.png"
+RELIABILITY_ACCUMULATION_PLOT = "reliability_accumulation.png"
 RANK_HISTOGRAM_PLOT = "rank_histogram.png"
 #: The Brier skill reference when it is among the methods scored as ensembles.
 DEFAULT_BRIER_REFERENCE = "steps"
 #: spectrum sums kept per start time: of the forecast, of it matched to the observed distribution, and the same of
 #: an ensemble's first member
 SPECTRUM_KINDS = ("spectrum", "spectrum_matched", "spectrum_member", "spectrum_member_matched")
+#: an ensemble's sums per start time: CRPS and Brier per lead, of the forecast's maximum and of its accumulation
+ENSEMBLE_SUM_KINDS = ("crps", "brier", "period_crps", "period_brier", "accumulation_crps", "accumulation_brier")
 # Pixel sizes outside this range (km) are no radar grid: most likely its units were misread.
 _PLAUSIBLE_PIXEL_KM = (0.05, 50.0)
 
@@ -549,8 +553,8 @@ def _add_start(result: _EventResult, start: _Start, added: _StartScores, setting
         result.scores[name].merge(scores)
         forecast_seconds[name].append(added.seconds[name])
         nonfinite[name] = [a + b for a, b in zip(nonfinite[name], added.nonfinite[name], strict=True)]
-    zero: dict[str, Any] = {"categorical": {}, **{kind: {} for kind in SPECTRUM_KINDS}, "crps": {}, "brier": {},
-                            "period_crps": {}, "period_brier": {}}
+    zero: dict[str, Any] = {"categorical": {}, **{kind: {} for kind in SPECTRUM_KINDS},
+                            **{kind: {} for kind in ENSEMBLE_SUM_KINDS}}
     totals = {name: _totals(scores) for name, scores in added.scores.items()}
     record: dict[str, Any] = {"time": start.reference.isoformat(),
                               **_added(dict.fromkeys(totals, zero), totals, settings)}
@@ -721,6 +725,8 @@ def _totals(scores: Scores) -> dict[str, Any]:
     if scores.members is not None:
         totals.update(crps=scores.crps_totals(), brier=scores.brier_totals(),
                       period_crps=scores.period_crps_totals(), period_brier=scores.period_brier_totals(),
+                      accumulation_crps=scores.period_crps_totals("accumulation"),
+                      accumulation_brier=scores.period_brier_totals("accumulation"),
                       spectrum_member=scores.spectrum_totals(member=True),
                       spectrum_member_matched=scores.spectrum_totals(matched=True, member=True))
     return totals
@@ -756,16 +762,17 @@ def _added(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
 def _added_ensemble(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What one start time added to the ensembles' sums: ``crps``: method -> lead -> [CRPS sum, pixels];
     ``brier``: method -> lead -> threshold -> [Brier sum, pixels]; ``period_crps`` and ``period_brier``: the
-    same of the forecast's maximum, keyed by its last lead (deterministic methods have none)."""
-    added: dict[str, Any] = {"crps": {}, "brier": {}, "period_crps": {}, "period_brier": {}}
+    same of the forecast's maximum, ``accumulation_crps`` and ``accumulation_brier`` of the rain it brings (thresholds
+    in mm), each keyed by the period's last lead (deterministic methods have none)."""
+    added: dict[str, Any] = {kind: {} for kind in ENSEMBLE_SUM_KINDS}
     for name, now in after.items():
         if "crps" not in now:
             continue
         prior = before[name]
-        for kind in ("crps", "period_crps"):
+        for kind in ("crps", "period_crps", "accumulation_crps"):
             added[kind][name] = {key(lead): _difference(sums, prior[kind].get(lead, (0.0, 0)))
                                  for lead, sums in now[kind].items()}
-        for kind in ("brier", "period_brier"):
+        for kind in ("brier", "period_brier", "accumulation_brier"):
             added[kind][name] = {
                 key(lead): {key(thr): _difference(sums, prior[kind].get(lead, {}).get(thr, (0.0, 0)))
                             for thr, sums in by_threshold.items()}
@@ -891,8 +898,11 @@ def _write_outputs(out_dir: Path, report: dict[str, Any], results: list[_EventRe
             plots.save_figure(plots.rank_histogram_figure(overall_scores, title="all events, all lead times"),
                               staging / RANK_HISTOGRAM_PLOT)
             plots.save_figure(plots.reliability_figure(overall_scores, title="the forecast's maximum, all events",
-                                                       forecast_maximum=True),
+                                                       period="maximum"),
                               staging / RELIABILITY_MAXIMUM_PLOT)
+            plots.save_figure(plots.reliability_figure(overall_scores, title="the rain over the forecast, all events",
+                                                       period="accumulation"),
+                              staging / RELIABILITY_ACCUMULATION_PLOT)
         for result in results:
             if result.case is None or result.map_axes is None:
                 continue

@@ -43,6 +43,8 @@ MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = 1
 #: the probabilities of the rate above a threshold at some lead of the forecast
 MAX_PROBABILITY_NAME = PRODUCT_VARIABLES["max_probabilities"]
+#: the probabilities of the rain over the forecast period above a threshold (mm), on ``accumulation_threshold``
+ACCUMULATION_PROBABILITY_NAME = PRODUCT_VARIABLES["accumulation_probabilities"]
 PRODUCT_PREFIX = "nowcast_"
 PRODUCT_SUFFIX = ".nc"
 _PRODUCT_RE = re.compile(r"^nowcast_\d{8}T\d{4}Z\.nc$")
@@ -50,6 +52,9 @@ _PRODUCT_RE = re.compile(r"^nowcast_\d{8}T\d{4}Z\.nc$")
 OBSERVED_NAME = "observed_precipitation_rate"
 OBSERVATION_TIME = "observation_time"
 PM_MEAN_NAME = PRODUCT_VARIABLES["pm_mean"]
+#: products a feed does not publish but a product file may hold (the quantiles of the rain over the period): left
+#: unread
+_IGNORED_PRODUCTS = (PRODUCT_VARIABLES["accumulation_quantiles"],)
 
 
 @dataclass(frozen=True)
@@ -184,8 +189,10 @@ class ProductFields:
 
     ``forecast`` is the deterministic forecast (time, y, x): the model's own, or an ensemble's
     probability-matched mean; ``probabilities`` (threshold, time, y, x) exist for ensembles, with
-    ``max_probabilities`` (threshold, y, x: the rate above the threshold at some lead) where the writer
-    made them, and ``members`` (member, time, y, x) where the writer kept them.
+    ``max_probabilities`` (threshold, y, x: the rate above the threshold at some lead) and
+    ``accumulation_probabilities`` (accumulation_threshold, y, x: the rain over the forecast period above the
+    threshold, in mm) where the writer made them, and ``members`` (member, time, y, x) where the writer kept
+    them. Files written before a product existed read with it None.
     """
 
     observed: xr.DataArray
@@ -195,6 +202,7 @@ class ProductFields:
     attrs: dict[str, Any]
     members: xr.DataArray | None = None
     max_probabilities: xr.DataArray | None = None
+    accumulation_probabilities: xr.DataArray | None = None
 
 
 def write_product(
@@ -204,17 +212,20 @@ def write_product(
     *,
     probabilities: xr.DataArray | None = None,
     max_probabilities: xr.DataArray | None = None,
+    accumulation_probabilities: xr.DataArray | None = None,
     members: xr.DataArray | None = None,
     attrs: dict[str, Any] | None = None,
 ) -> Path:
     """Write one product atomically: the observed frames (time, y, x), the forecast (time, y, x) from the last
     observed frame and, for ensembles, exceedance probabilities (threshold, time, y, x) with a ``threshold``
     coordinate in mm/h and, where given, the probabilities of the rate above them at some lead (threshold, y, x;
-    :data:`nowcast.products.PRODUCTS`' ``max_probabilities``) and the members themselves (member, time, y, x; on a
-    CF ``realization`` axis, as IMPROVER writes them). ``attrs`` go into the file's global attributes (model,
+    :data:`nowcast.products.PRODUCTS`' ``max_probabilities``), the probabilities of the rain over the forecast period
+    above thresholds in mm (accumulation_threshold, y, x; ``accumulation_probabilities``, with an
+    ``accumulation_threshold`` coordinate in mm) and the members themselves (member, time, y, x; on a CF
+    ``realization`` axis, as IMPROVER writes them). ``attrs`` go into the file's global attributes (model,
     fallback, ...)."""
     reference = observed["time"].values[-1]
-    if probabilities is None and members is None:
+    if all(field is None for field in (probabilities, max_probabilities, accumulation_probabilities, members)):
         ds = sequence_to_dataset(forecast, forecast_reference_time=reference, attrs=attrs)
     else:
         products = {"pm_mean": forecast.transpose(*DIMS)}
@@ -222,6 +233,9 @@ def write_product(
             products["probabilities"] = probabilities.transpose("threshold", *DIMS)
         if max_probabilities is not None:
             products["max_probabilities"] = max_probabilities.transpose("threshold", "y", "x")
+        if accumulation_probabilities is not None:
+            products["accumulation_probabilities"] = accumulation_probabilities.transpose("accumulation_threshold",
+                                                                                          "y", "x")
         if members is not None:
             products["members"] = members.transpose("member", *DIMS)
         ds = products_to_dataset(xr.Dataset(products, attrs=forecast.attrs), forecast_reference_time=reference,
@@ -246,8 +260,8 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
     if OBSERVED_NAME not in ds or ("forecast_reference_time" not in ds.coords):
         raise UnreadableFileError(f"{path}: not a nowcast product (no {OBSERVED_NAME} or reference time)")
     source = str(path)
-    forecast = dataset_to_sequence(ds.drop_vars([OBSERVED_NAME, PROBABILITY_NAME, MAX_PROBABILITY_NAME],
-                                                errors="ignore")
+    forecast = dataset_to_sequence(ds.drop_vars([OBSERVED_NAME, PROBABILITY_NAME, MAX_PROBABILITY_NAME,
+                                                 ACCUMULATION_PROBABILITY_NAME, *_IGNORED_PRODUCTS], errors="ignore")
                                    .drop_dims("realization", errors="ignore"),
                                    variable=_forecast_name(ds), source=source)
     observed_ds = ds[[OBSERVED_NAME]].rename({OBSERVATION_TIME: "time"}).drop_vars(
@@ -263,21 +277,31 @@ def read_product(path: str | os.PathLike[str]) -> ProductFields:
                                PROCESSED_NEIGHBOURHOOD_ATTR: _neighbourhood_of(variable, path)}
         if MIN_MEMBERS_ATTR in variable.attrs:
             probabilities.attrs[MIN_MEMBERS_ATTR] = _minimum_members_of(variable, path)
-    max_probabilities = None
-    if MAX_PROBABILITY_NAME in ds:
-        variable = ds[MAX_PROBABILITY_NAME]
-        if set(variable.dims) != {"threshold", "y", "x"}:
-            raise UnreadableFileError(f"{path}: {MAX_PROBABILITY_NAME} is on {', '.join(map(str, variable.dims))}, "
-                                      "not threshold, y and x")
-        max_probabilities = variable.transpose("threshold", "y", "x").astype(np.float32)
-        max_probabilities.attrs = dict(forecast.attrs)
     members = None
     if "realization" in ds.dims and VARIABLE_NAME in ds and "realization" in ds[VARIABLE_NAME].dims:
         members = ds[VARIABLE_NAME].rename(realization="member").transpose("member", *DIMS).astype(np.float32)
         members.attrs = dict(forecast.attrs)
     return ProductFields(observed=observed, forecast=forecast, probabilities=probabilities,
                          reference_time=pd.Timestamp(ds["forecast_reference_time"].values),
-                         attrs=dict(ds.attrs), members=members, max_probabilities=max_probabilities)
+                         attrs=dict(ds.attrs), members=members,
+                         max_probabilities=_period_field(ds, MAX_PROBABILITY_NAME, "threshold", forecast, path),
+                         accumulation_probabilities=_period_field(ds, ACCUMULATION_PROBABILITY_NAME,
+                                                                  "accumulation_threshold", forecast, path))
+
+
+def _period_field(ds: xr.Dataset, name: str, axis: str, forecast: xr.DataArray, path: Path) -> xr.DataArray | None:
+    """A product of the whole forecast period, (``axis``, y, x), with the forecast's grid in its attributes (and its
+    minimum of members with data, checked, where it says one); None where the file has none (written before it)."""
+    if name not in ds:
+        return None
+    variable = ds[name]
+    if set(variable.dims) != {axis, "y", "x"}:
+        raise UnreadableFileError(f"{path}: {name} is on {', '.join(map(str, variable.dims))}, not {axis}, y and x")
+    field = variable.transpose(axis, "y", "x").astype(np.float32)
+    field.attrs = dict(forecast.attrs)
+    if MIN_MEMBERS_ATTR in variable.attrs:
+        field.attrs[MIN_MEMBERS_ATTR] = _minimum_members_of(variable, path)
+    return field
 
 
 def _neighbourhood_of(variable: xr.DataArray, path: Path) -> float:

@@ -182,15 +182,21 @@ def probability_style() -> dict[str, Any]:
     return {"cmap": colormap, "norm": BoundaryNorm(PROBABILITY_LEVELS, colormap.N)}
 
 
+def _reliability_title(threshold: str, period: str | None) -> str:
+    if period == "accumulation":
+        return f"rain over the forecast > {threshold} mm"
+    return f"rain rate > {threshold} mm/h" + (" at some lead" if period == "maximum" else "")
+
+
 def reliability_figure(scores: Mapping[str, Mapping[str, Any]], *, title: str = "",
-                       forecast_maximum: bool = False) -> Figure:
+                       period: str | None = None) -> Figure:
     """Observed frequency against forecast probability, one panel per threshold, one line per ensemble method.
 
     The pixels of every lead time are pooled; the marker area grows with the pixels behind a point.
-    ``forecast_maximum``: of the probability of rate > threshold at some lead of the forecast (every
-    forecast period pooled).
+    ``period``: "maximum" for the probability of rate > threshold at some lead of the forecast,
+    "accumulation" for that of the rain over the leads > threshold (mm); every forecast period pooled.
     """
-    by = "period_maximum" if forecast_maximum else "leads"
+    by = f"period_{period}" if period else "leads"
     ensembles = {m: {"leads": s["ensemble"][by]} for m, s in scores.items() if s.get("ensemble", {}).get(by)}
     thresholds = sorted({t for e in ensembles.values() for lead in e["leads"].values() for t in lead["probability"]},
                         key=float)
@@ -205,7 +211,7 @@ def reliability_figure(scores: Mapping[str, Mapping[str, Any]], *, title: str = 
             size = 60.0 * (event + no_event) / max(1, (event + no_event).max())
             ax.scatter(probability, frequency, s=size, color=line.get_color())
         ax.plot([0, 1], [0, 1], color="black", linewidth=0.8)
-        ax.set_title(f"rain rate > {threshold} mm/h" + (" at some lead" if forecast_maximum else ""))
+        ax.set_title(_reliability_title(threshold, period))
         ax.set_xlabel("forecast probability")
         ax.set_xlim(0.0, 1.0)
         ax.set_ylim(0.0, 1.0)

@@ -5,22 +5,27 @@ An ensemble forecast (member, time, y, x) in mm/h becomes the products a
 themselves, exceedance ``probabilities`` at thresholds (neighbourhood-processed where the
 request asks for it), the ensemble ``mean``, the probability-matched mean ``pm_mean`` and
 ``quantiles`` at levels, and ``max_probabilities``: P(rate > threshold at some time of the
-forecast), what an operator asks of the next hour. They travel together as
+forecast), what an operator asks of the next hour. Over the forecast's whole period, the rain
+each member brings (each lead's rate times its duration, :func:`nowcast.ensemble.lead_hours`)
+gives ``accumulation_probabilities``, P(rain > threshold), thresholds in mm, and
+``accumulation_quantiles``, the members' rain in mm at the quantile levels: what a hydrologist
+asks ("more than 10 mm here in the next hour?"). They travel together as
 an :class:`xarray.Dataset` with one variable per product, on the forecast's grid and times
 (the CF-netCDF writer, the command line and the service all take this form).
 
 A member can have no data where the others have some (a trained ensemble's member whose own
 motion brings rain from off the grid), so near an edge the rain flows in from the members drop
 out one by one. The products that describe the members' distribution (probabilities, mean,
-quantiles, max_probabilities) are published only where at least half of the members have data
-(:data:`MIN_MEMBER_FRACTION`; for the period's maximum, data at every lead): a probability from
-two members reads 0 or 1, in streaks along the edge. The probability-matched mean is the
-forecaster's deterministic forecast, published as scored, and the scores
-(:mod:`nowcast.verification`) count their own pixels: neither goes through this rule.
+quantiles, max_probabilities, the accumulations) are published only where at least half of the
+members have data (:data:`MIN_MEMBER_FRACTION`; for the period's maximum and accumulations, data
+at every lead): a probability from two members reads 0 or 1, in streaks along the edge. The
+probability-matched mean is the forecaster's deterministic forecast, published as scored, and
+the scores (:mod:`nowcast.verification`) count their own pixels: neither goes through this rule.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable
@@ -36,20 +41,31 @@ from nowcast.ensemble import (
     ensemble_quantiles,
     exceedance_probability,
     lead_exceedance_probability,
+    lead_hours,
     lead_probability_matched_mean,
+    period_accumulation_products,
     period_exceedance_probability,
     probability_matched_mean,
 )
 from nowcast.errors import InputError
 from nowcast.sequence import MAX_RAIN_RATE_MMH, lead_minutes_of, pixel_size_km
 
-PRODUCTS = ("members", "probabilities", "mean", "pm_mean", "quantiles", "max_probabilities")
+PRODUCTS = ("members", "probabilities", "mean", "pm_mean", "quantiles", "max_probabilities",
+            "accumulation_probabilities", "accumulation_quantiles")
 #: the products with a threshold axis: both take the request's ``thresholds``
 THRESHOLD_PRODUCTS = ("probabilities", "max_probabilities")
+#: the products of the rain (mm) over the forecast's whole period, (accumulation_threshold | quantile, y, x)
+ACCUMULATION_PRODUCTS = ("accumulation_probabilities", "accumulation_quantiles")
+#: the products with a quantile axis: both take the request's ``quantile_levels``
+QUANTILE_PRODUCTS = ("quantiles", "accumulation_quantiles")
 #: what an ensemble forecast gives when no products are named
 DEFAULT_PRODUCTS = ("members", "probabilities")
 DEFAULT_THRESHOLDS_MMH = (1.0, 4.0, 8.0)
 DEFAULT_QUANTILE_LEVELS = (0.1, 0.5, 0.9)
+#: the rain over the forecast's period (mm) of ``accumulation_probabilities`` when none are asked for
+DEFAULT_ACCUMULATION_THRESHOLDS_MM = (1.0, 5.0, 10.0)
+#: the largest accumulation threshold a request may ask for (a day at 40 mm/h)
+MAX_ACCUMULATION_MM = 1000.0
 #: the attribute of an ensemble forecast that carries its forecaster's fitted neighbourhood
 NEIGHBOURHOOD_ATTR = "probability_neighbourhood_km_per_minute"
 #: the attribute of processed probabilities (and of their netCDF variable) that says their neighbourhood
@@ -73,25 +89,30 @@ MEAN_COORD = "probability_matched_mean"
 
 @dataclass(frozen=True)
 class ProductRequest:
-    """Which products to make from an ensemble, at which thresholds (mm/h) and quantile levels.
+    """Which products to make from an ensemble, at which thresholds (mm/h), accumulation thresholds (mm over the
+    forecast's period) and quantile levels.
 
     ``neighbourhood``: the probabilities' square neighbourhood, whose side grows this many
     km per minute of lead (0: the members' own fractions; see
     :func:`nowcast.ensemble.neighbourhood_probability`); None: the one the forecaster
     fitted (the forecast's ``probability_neighbourhood_km_per_minute``, else none). Lists
     are kept as tuples in the order given; errors name the field at fault (``products``,
-    ``thresholds``, ``quantile_levels``, ``neighbourhood``).
+    ``thresholds``, ``quantile_levels``, ``neighbourhood``, ``accumulation_thresholds``).
     """
 
     products: tuple[str, ...] = DEFAULT_PRODUCTS
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS_MMH
     quantile_levels: tuple[float, ...] = DEFAULT_QUANTILE_LEVELS
     neighbourhood: float | None = None
+    accumulation_thresholds: tuple[float, ...] = DEFAULT_ACCUMULATION_THRESHOLDS_MM
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "products", _product_names(self.products))
         object.__setattr__(self, "thresholds", _numbers(self.thresholds, "thresholds", 0.0, MAX_RAIN_RATE_MMH))
         object.__setattr__(self, "quantile_levels", _numbers(self.quantile_levels, "quantile_levels", 0.0, 1.0))
+        object.__setattr__(self, "accumulation_thresholds", _numbers(self.accumulation_thresholds,
+                                                                     "accumulation_thresholds", 0.0,
+                                                                     MAX_ACCUMULATION_MM))
         if self.neighbourhood is not None:
             object.__setattr__(self, "neighbourhood", _numbers((self.neighbourhood,), "neighbourhood", 0.0,
                                                                MAX_NEIGHBOURHOOD_KM_PER_MINUTE)[0])
@@ -99,17 +120,22 @@ class ProductRequest:
     @classmethod
     def from_options(cls, products: Iterable[str] | None = None, thresholds: Iterable[float] | None = None,
                      quantile_levels: Iterable[float] | None = None,
-                     neighbourhood: float | None = None) -> ProductRequest:
+                     neighbourhood: float | None = None,
+                     accumulation_thresholds: Iterable[float] | None = None) -> ProductRequest:
         """A request from options, None meaning the default; options of a product not asked for: refused."""
         request = cls(
             tuple(products) if products is not None else DEFAULT_PRODUCTS,
             tuple(thresholds) if thresholds is not None else DEFAULT_THRESHOLDS_MMH,
             tuple(quantile_levels) if quantile_levels is not None else DEFAULT_QUANTILE_LEVELS,
             neighbourhood,
+            tuple(accumulation_thresholds) if accumulation_thresholds is not None
+            else DEFAULT_ACCUMULATION_THRESHOLDS_MM,
         )
         for given, field, users in [(thresholds, "thresholds", THRESHOLD_PRODUCTS),
-                                    (quantile_levels, "quantile_levels", ("quantiles",)),
-                                    (neighbourhood, "neighbourhood", ("probabilities",))]:
+                                    (quantile_levels, "quantile_levels", QUANTILE_PRODUCTS),
+                                    (neighbourhood, "neighbourhood", ("probabilities",)),
+                                    (accumulation_thresholds, "accumulation_thresholds",
+                                     ("accumulation_probabilities",))]:
             if given is not None and not set(users) & set(request.products):
                 raise InputError(f"{field}: given, but {' or '.join(users)} are not among the products asked for "
                                  f"({', '.join(request.products)})", field=field)
@@ -122,8 +148,12 @@ class ProductRequest:
         return sum(sizes.get(name, 0) for name in self.products)
 
     def fields(self, members: int, steps: int) -> int:
-        """How many (y, x) fields the products hold in all, for ``steps`` leads of an ensemble of ``members``."""
-        period = len(self.thresholds) if "max_probabilities" in self.products else 0
+        """How many (y, x) fields the products hold in all, for ``steps`` leads of an ensemble of ``members``: the
+        period's products (maximum, accumulations) hold one a threshold or level."""
+        sizes = {"max_probabilities": len(self.thresholds),
+                 "accumulation_probabilities": len(self.accumulation_thresholds),
+                 "accumulation_quantiles": len(self.quantile_levels)}
+        period = sum(sizes.get(name, 0) for name in self.products)
         return self.values_per_frame(members) * steps + period
 
 
@@ -165,8 +195,12 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     axis (levels in [0, 1]), ``members`` on ``member``; ``mean`` and ``pm_mean`` are
     (time, y, x). Coordinates and attributes (grid, reference time, method) are the forecast's.
     ``max_probabilities`` are (threshold, y, x): over every lead of the forecast.
-    ``probabilities``, ``mean``, ``quantiles`` and ``max_probabilities`` are NaN where fewer than
-    :func:`minimum_members` have data (said in their ``minimum_members_with_data`` attribute).
+    ``accumulation_probabilities`` (accumulation_threshold, y, x; thresholds in mm) and
+    ``accumulation_quantiles`` (quantile, y, x; mm) are of the rain over the forecast's period,
+    from its reference time to its last lead.
+    ``probabilities``, ``mean``, ``quantiles``, ``max_probabilities`` and the accumulations are NaN
+    where fewer than :func:`minimum_members` have data (said in their ``minimum_members_with_data``
+    attribute; for the period's products, data at every lead).
     """
     if forecast.dims[0] != "member":
         raise ValueError(f"an ensemble forecast is (member, time, y, x); got dims {forecast.dims}")
@@ -175,6 +209,7 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
     too_few = (np.count_nonzero(~np.isnan(members), axis=0) < needed
                if set(MEMBER_STATISTICS) & set(request.products) else None)
     frame_dims = forecast.dims[1:]
+    accumulation = functools.cache(lambda: _accumulations(forecast, members, request, needed))
     made = {
         "members": lambda: (forecast.dims, members),
         "probabilities": lambda: (("threshold", *frame_dims), _probabilities(forecast, members, request, too_few)),
@@ -184,13 +219,19 @@ def ensemble_products(forecast: xr.DataArray, request: ProductRequest) -> xr.Dat
         "max_probabilities": lambda: (("threshold", *frame_dims[1:]),
                                       period_exceedance_probability(members, request.thresholds, needed),
                                       {MIN_MEMBERS_ATTR: needed}),
+        "accumulation_probabilities": lambda: (("accumulation_threshold", *frame_dims[1:]), accumulation()[0],
+                                               {MIN_MEMBERS_ATTR: needed}),
+        "accumulation_quantiles": lambda: (("quantile", *frame_dims[1:]), accumulation()[1],
+                                           {MIN_MEMBERS_ATTR: needed}),
     }
     coords: dict[str, Any] = {name: forecast[name] for name in frame_dims}
     if "members" in request.products:
         coords["member"] = np.arange(members.shape[0])
     if set(THRESHOLD_PRODUCTS) & set(request.products):
         coords["threshold"] = np.asarray(request.thresholds, dtype=np.float64)
-    if "quantiles" in request.products:
+    if "accumulation_probabilities" in request.products:
+        coords["accumulation_threshold"] = np.asarray(request.accumulation_thresholds, dtype=np.float64)
+    if set(QUANTILE_PRODUCTS) & set(request.products):
         coords["quantile"] = np.asarray(request.quantile_levels, dtype=np.float64)
     products = xr.Dataset(_blanked({name: made[name]() for name in request.products}, too_few, needed),
                           coords=coords)
@@ -247,6 +288,16 @@ def probability_neighbourhood(forecast: xr.DataArray, request: ProductRequest) -
     if request.neighbourhood is not None:
         return request.neighbourhood
     return float(forecast.attrs.get(NEIGHBOURHOOD_ATTR, 0.0))
+
+
+def _accumulations(forecast: xr.DataArray, members: np.ndarray, request: ProductRequest,
+                   needed: int) -> tuple[np.ndarray, np.ndarray]:
+    """P(rain over the forecast's period > each accumulation threshold), (threshold, y, x), and the quantiles of
+    the members' rain (mm), (level, y, x), in one pass over the members; empty where not asked for. Each lead's
+    rate falls from the lead before (the reference time for the first): durations from the time coordinate."""
+    thresholds = request.accumulation_thresholds if "accumulation_probabilities" in request.products else ()
+    levels = request.quantile_levels if "accumulation_quantiles" in request.products else ()
+    return period_accumulation_products(members, lead_hours(lead_minutes_of(forecast)), thresholds, levels, needed)
 
 
 def _probabilities(forecast: xr.DataArray, members: np.ndarray, request: ProductRequest,

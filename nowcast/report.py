@@ -54,32 +54,43 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         if event["n_evaluated"]:
             lines += _csi_table(event["scores"], methods, config["thresholds_mmh"])
-            lines += _event_forecast_maximum(event["scores"], methods, config)
+            for statistic in PERIOD_STATISTICS:
+                lines += _event_period_skill(event["scores"], methods, config, statistic)
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _event_forecast_maximum(scores: dict[str, Any], methods: list[str], config: dict[str, Any]) -> list[str]:
-    """The Brier skill of the event's forecast maximum (the reference's Brier score where no other ensemble has
-    skill to show)."""
-    views = _maximum_views(scores, methods)
+#: what is scored over each forecast's whole period, and how the tables name it
+PERIOD_STATISTICS = {"maximum": "the forecast's maximum", "accumulation": "the rain over the forecast"}
+
+
+def _event_period_skill(scores: dict[str, Any], methods: list[str], config: dict[str, Any],
+                        statistic: str) -> list[str]:
+    """The Brier skill of the event's forecast maximum or accumulation (the reference's Brier score where no other
+    ensemble has skill to show)."""
+    views = _period_views(scores, methods, statistic)
     if not views:
         return []
     ensembles, thresholds = list(views), _probability_thresholds(views)
     reference = config.get("ensemble", {}).get("brier_reference")
     skilled = [m for m in ensembles if m != reference]
+    name, units = PERIOD_STATISTICS[statistic], _period_units(statistic)
     if reference in ensembles and skilled:
-        return ["", f"Brier skill of the forecast's maximum against {reference}:", "",
+        return ["", f"Brier skill of {name} ({units}) against {reference}:", "",
                 *_threshold_table(views, skilled, thresholds, "brier_skill", best=max, row_heading="last lead (min)")]
-    return ["", "Brier score of the forecast's maximum:", "",
+    return ["", f"Brier score of {name} ({units}):", "",
             *_threshold_table(views, ensembles, thresholds, "brier", best=min, row_heading="last lead (min)")]
 
 
-def _maximum_views(scores: dict[str, Any], methods: list[str]) -> dict[str, Any]:
-    """The scores of each method's forecast maximum, by period, as "leads" for the tables (none in a report written
-    before the maximum was scored)."""
-    return {m: {"leads": scores[m]["ensemble"]["period_maximum"]} for m in methods
-            if scores[m].get("ensemble", {}).get("period_maximum")}
+def _period_views(scores: dict[str, Any], methods: list[str], statistic: str) -> dict[str, Any]:
+    """The scores of each method's forecast maximum or accumulation, by period, as "leads" for the tables (none in a
+    report written before that was scored)."""
+    return {m: {"leads": scores[m]["ensemble"][f"period_{statistic}"]} for m in methods
+            if scores[m].get("ensemble", {}).get(f"period_{statistic}")}
+
+
+def _period_units(statistic: str) -> str:
+    return "mm/h" if statistic == "maximum" else "mm"
 
 
 def _probability_thresholds(views: dict[str, Any]) -> list[str]:
@@ -183,22 +194,33 @@ def ensemble_tables(scores: dict[str, Any], methods: list[str], config: dict[str
                          best=lambda values: min(values, key=lambda v: abs(v - 1.0)))
     lines += ["", f"{heading} ROC area", ""]
     lines += _threshold_table(views, ensembles, thresholds, "roc_area", best=max)
-    return lines + _forecast_maximum_tables(scores, ensembles, thresholds, reference, heading)
+    for statistic in PERIOD_STATISTICS:
+        lines += _period_tables(scores, ensembles, reference, heading, statistic)
+    return lines
 
 
-def _forecast_maximum_tables(scores: dict[str, Any], ensembles: list[str], thresholds: list[str],
-                             reference: str | None, heading: str) -> list[str]:
-    """CRPS, Brier score and skill, and ROC area of the forecast's maximum (rate > threshold at some lead)."""
-    views = _maximum_views(scores, ensembles)
+def _period_tables(scores: dict[str, Any], ensembles: list[str], reference: str | None, heading: str,
+                   statistic: str) -> list[str]:
+    """CRPS, Brier score and skill, and ROC area of the forecast's maximum (rate > threshold at some lead) or of
+    its accumulation (rain over the leads > threshold)."""
+    views = _period_views(scores, ensembles, statistic)
     if not views:
         return []
-    ensembles = list(views)
+    ensembles, thresholds = list(views), _probability_thresholds(views)
     first = sorted({p["first_lead_minutes"] for v in views.values() for p in v["leads"].values()})
-    lines = ["", f"{heading} The forecast's maximum", "",
-             f"The probability of rate > threshold at some lead from +{', +'.join(f'{f:g}' for f in first)} min to "
-             "the row's last lead (the fraction of members above it at any lead, as `max_probabilities` publishes "
-             "it), against the observed maximum on the pixels valid at every lead; and the CRPS of the members' "
-             "maxima (mm/h), that Brier score integrated over every threshold. CRPS:", ""]
+    since = f"+{', +'.join(f'{f:g}' for f in first)} min"
+    if statistic == "maximum":
+        what = (f"The probability of rate > threshold (mm/h) at some lead from {since} to the row's last lead (the "
+                "fraction of members above it at any lead, as `max_probabilities` publishes it), against the observed "
+                "maximum on the pixels valid at every lead; and the CRPS of the members' maxima (mm/h), that Brier "
+                "score integrated over every threshold. CRPS:")
+    else:
+        what = (f"The probability of more rain than the threshold (mm) over the leads from {since} to the row's last "
+                "lead (each lead's rate times its time step, summed; the fraction of members above it, as "
+                "`accumulation_probabilities` publishes it), against the observed rain on the pixels valid at every "
+                "lead; and the CRPS of the members' rain (mm). CRPS:")
+    lines = ["", f"{heading} {PERIOD_STATISTICS[statistic][0].upper()}{PERIOD_STATISTICS[statistic][1:]}", "",
+             what, ""]
     row = "last lead (min)"
     lines += _lead_table(views, ensembles, {m: (lambda period: period.get("crps")) for m in ensembles}, best=min,
                          row_heading=row)
@@ -330,8 +352,9 @@ def _lean_ensemble(ensemble: dict[str, Any]) -> dict[str, Any]:
                 for lead, s in by_lead.items()}
 
     lean_ensemble = {"members": ensemble["members"], "leads": lean(ensemble["leads"])}
-    if ensemble.get("period_maximum"):
-        lean_ensemble["period_maximum"] = lean(ensemble["period_maximum"])
+    for statistic in PERIOD_STATISTICS:
+        if ensemble.get(f"period_{statistic}"):
+            lean_ensemble[f"period_{statistic}"] = lean(ensemble[f"period_{statistic}"])
     return lean_ensemble
 
 

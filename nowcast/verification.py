@@ -81,7 +81,12 @@ member finite):
   ``max_probabilities``), against whether the observation was, on the pixels valid at every
   lead. Binned like the per-lead probabilities, so the Brier score and skill, reliability
   and ROC of "more than 10 mm/h here in the next hour" add up the same way. It is keyed by
-  the period's last lead (+60 min for 12 five-minute steps, +72 min for six-minute ones).
+  the period's last lead (+60 min for 12 five-minute steps, +72 min for six-minute ones);
+* the rain over the period (:class:`PeriodScores` too): each lead's rate times the time it
+  falls (:func:`nowcast.ensemble.lead_hours`) summed over the leads, in mm, the members'
+  against the observed, on the same pixels: its CRPS, and per threshold of
+  ``accumulation_thresholds_mm`` the fraction of the members above it (the published
+  ``accumulation_probabilities``) binned like the rest.
 """
 
 from __future__ import annotations
@@ -100,12 +105,15 @@ from scipy.ndimage import uniform_filter
 
 from nowcast.ensemble import (
     ensemble_mean,
+    exceedance_probability,
+    lead_hours,
     neighbourhood_probability,
     neighbourhood_window_pixels,
+    period_accumulation,
     period_exceedance_probability,
 )
 from nowcast.errors import SequenceError
-from nowcast.products import probability_matched_mean_of
+from nowcast.products import DEFAULT_ACCUMULATION_THRESHOLDS_MM, probability_matched_mean_of
 from nowcast.sequence import lead_minutes_of, pixel_size_km
 
 logger = logging.getLogger(__name__)
@@ -136,6 +144,8 @@ class ScoreSettings:
     spectrum_wavelengths_km: tuple[float, ...] = SPECTRUM_WAVELENGTHS_KM
     spectrum_ratio_wavelengths_km: tuple[float, ...] = SPECTRUM_RATIO_WAVELENGTHS_KM
     probability_thresholds_mmh: tuple[float, ...] = THRESHOLDS_MMH
+    #: the rain (mm) over each forecast's leads whose exceedance probabilities are scored
+    accumulation_thresholds_mm: tuple[float, ...] = DEFAULT_ACCUMULATION_THRESHOLDS_MM
     rank_histogram_min_mmh: float = RANK_HISTOGRAM_MIN_MMH
     #: Every ensemble's probabilities scored after neighbourhood processing, in a square
     #: window growing this many km per minute of lead (0: the members' own fractions).
@@ -146,11 +156,14 @@ class ScoreSettings:
         if not (np.isfinite(rate) and rate >= 0):
             raise ValueError(f"the probability neighbourhood grows by a non-negative number of km per minute; "
                              f"got {rate}")
-        thresholds = np.asarray(self.probability_thresholds_mmh, dtype=np.float64)
-        if not (thresholds.size and np.all(np.isfinite(thresholds)) and thresholds[0] >= 0
-                and np.all(np.diff(thresholds) > 0)):
-            raise ValueError(f"probability thresholds must be increasing, non-negative rain rates (mm/h); "
-                             f"got {', '.join(f'{t:g}' for t in thresholds) or 'none'}")
+        for given, what in ((self.probability_thresholds_mmh, "probability thresholds must be increasing, "
+                                                              "non-negative rain rates (mm/h)"),
+                            (self.accumulation_thresholds_mm, "accumulation thresholds must be increasing, "
+                                                              "non-negative amounts of rain (mm)")):
+            thresholds = np.asarray(given, dtype=np.float64)
+            if not (thresholds.size and np.all(np.isfinite(thresholds)) and thresholds[0] >= 0
+                    and np.all(np.diff(thresholds) > 0)):
+                raise ValueError(f"{what}; got {', '.join(f'{t:g}' for t in thresholds) or 'none'}")
 
     def ratio_wavelength_indices(self) -> dict[float, int]:
         """Each ratio wavelength's index on the spectrum's wavelength grid (the nearest)."""
@@ -170,6 +183,7 @@ class ScoreSettings:
         """The settings of the ensemble scores (apart from :meth:`to_dict`, so deterministic reports keep theirs)."""
         return {
             "probability_thresholds_mmh": list(self.probability_thresholds_mmh),
+            "accumulation_thresholds_mm": list(self.accumulation_thresholds_mm),
             "rank_histogram_min_mmh": self.rank_histogram_min_mmh,
             "probability_neighbourhood_km_per_minute": self.probability_neighbourhood_km_per_minute,
         }
@@ -651,34 +665,49 @@ class EnsembleLeadScores:
 
 
 class PeriodScores:
-    """Accumulated scores of one ensemble's maximum over the leads of its forecasts, from the first to the last."""
+    """Accumulated scores of one ensemble's rain over the leads of its forecasts, from the first to the last: of its
+    maximum rate (mm/h, ``statistic`` "maximum") or of the rain it brings (mm, "accumulation")."""
 
-    def __init__(self, settings: ScoreSettings, n_members: int, first_lead_minutes: float) -> None:
+    STATISTICS = ("maximum", "accumulation")
+
+    def __init__(self, settings: ScoreSettings, n_members: int, first_lead_minutes: float,
+                 statistic: str = "maximum") -> None:
+        if statistic not in self.STATISTICS:
+            raise ValueError(f"unknown period statistic {statistic!r}; choose from {', '.join(self.STATISTICS)}")
+        self.statistic = statistic
         self.n_members = n_members
         self.first_lead_minutes = float(first_lead_minutes)
         self.n_forecasts = 0
         self.crps_sum = 0.0
         self.crps_pixels = 0
-        self.probability = {thr: ProbabilityCounts(thr, n_members) for thr in settings.probability_thresholds_mmh}
+        thresholds = (settings.probability_thresholds_mmh if statistic == "maximum"
+                      else settings.accumulation_thresholds_mm)
+        self.probability = {thr: ProbabilityCounts(thr, n_members) for thr in thresholds}
 
-    def add(self, members: np.ndarray, observed: np.ndarray) -> None:
-        """One forecast: ``members`` (member, lead, pixel) and ``observed`` (lead, pixel), all finite.
+    def add(self, members: np.ndarray, observed: np.ndarray, hours: Sequence[float]) -> None:
+        """One forecast: ``members`` (member, lead, pixel) and ``observed`` (lead, pixel), all finite, each lead's
+        rate falling for ``hours`` (:func:`nowcast.ensemble.lead_hours`).
 
-        Adds the CRPS of the members' maxima against the observed maximum, which is the Brier
-        score of the maximum's exceedance probability integrated over every threshold.
+        Adds the CRPS of the members' statistic against the observed one, which is the Brier score of its
+        exceedance probability integrated over every threshold, and per threshold that probability as the
+        products publish it (``max_probabilities``, ``accumulation_probabilities``).
         """
         self.n_forecasts += 1
-        peak = np.max(observed, axis=0)
-        self.crps_sum += crps_sums(np.max(members, axis=1), peak)
-        self.crps_pixels += int(peak.size)
-        probabilities = period_exceedance_probability(members, list(self.probability))
+        if self.statistic == "maximum":
+            seen, forecast = np.max(observed, axis=0), np.max(members, axis=1)
+            probabilities = period_exceedance_probability(members, list(self.probability))
+        else:
+            seen, forecast = period_accumulation(observed[None], hours)[0], period_accumulation(members, hours)
+            probabilities = exceedance_probability(forecast, list(self.probability))
+        self.crps_sum += crps_sums(forecast, seen)
+        self.crps_pixels += int(seen.size)
         for counts, probability in zip(self.probability.values(), probabilities, strict=True):
-            counts.add_probabilities(probability, peak)
+            counts.add_probabilities(probability, seen)
 
     def merge(self, other: PeriodScores) -> None:
-        if other.first_lead_minutes != self.first_lead_minutes:
-            raise ValueError(f"cannot merge the maximum from +{other.first_lead_minutes:g} min into the maximum "
-                             f"from +{self.first_lead_minutes:g} min")
+        if (other.statistic, other.first_lead_minutes) != (self.statistic, self.first_lead_minutes):
+            raise ValueError(f"cannot merge the {other.statistic} from +{other.first_lead_minutes:g} min into the "
+                             f"{self.statistic} from +{self.first_lead_minutes:g} min")
         self.n_forecasts += other.n_forecasts
         self.crps_sum += other.crps_sum
         self.crps_pixels += other.crps_pixels
@@ -687,6 +716,8 @@ class PeriodScores:
 
     def to_dict(self, last_lead_minutes: float, reference: PeriodScores | None = None) -> dict[str, Any]:
         return {
+            "statistic": self.statistic,
+            "units": "mm/h" if self.statistic == "maximum" else "mm",
             "first_lead_minutes": self.first_lead_minutes,
             "last_lead_minutes": float(last_lead_minutes),
             "n_forecasts": self.n_forecasts,
@@ -717,7 +748,9 @@ class Scores:
         self.spectra: dict[float, SpectrumSums] = {}
         self.matched_spectra: dict[float, SpectrumSums] = {}
         self.ensemble: dict[float, EnsembleLeadScores] = {}
-        self.period: dict[float, PeriodScores] = {}  # keyed by the period's last lead
+        # keyed by the period's last lead
+        self.period: dict[float, PeriodScores] = {}
+        self.accumulation: dict[float, PeriodScores] = {}
         self.member_spectra: dict[float, SpectrumSums] = {}
         self.member_matched_spectra: dict[float, SpectrumSums] = {}
 
@@ -737,12 +770,25 @@ class Scores:
 
     def period_maximum(self, first_lead_minutes: float, last_lead_minutes: float) -> PeriodScores:
         """The scores of the ensemble's maximum over the leads from ``first_lead_minutes`` to ``last_lead_minutes``."""
+        return self.period_scores("maximum", first_lead_minutes, last_lead_minutes)
+
+    def period_accumulation(self, first_lead_minutes: float, last_lead_minutes: float) -> PeriodScores:
+        """The scores of the rain the ensemble brings over the leads from ``first_lead_minutes`` to
+        ``last_lead_minutes``."""
+        return self.period_scores("accumulation", first_lead_minutes, last_lead_minutes)
+
+    def _periods(self, statistic: str) -> dict[float, PeriodScores]:
+        return self.period if statistic == "maximum" else self.accumulation
+
+    def period_scores(self, statistic: str, first_lead_minutes: float, last_lead_minutes: float) -> PeriodScores:
+        """The scores of the ensemble's ``statistic`` (:attr:`PeriodScores.STATISTICS`) over the leads from
+        ``first_lead_minutes`` to ``last_lead_minutes``."""
         if self.members is None:
             raise ValueError("these scores are of a deterministic method; give Scores(members=...) for an ensemble")
-        last_lead_minutes = float(last_lead_minutes)
-        if last_lead_minutes not in self.period:
-            self.period[last_lead_minutes] = PeriodScores(self.settings, self.members, first_lead_minutes)
-        return self.period[last_lead_minutes]
+        periods, last_lead_minutes = self._periods(statistic), float(last_lead_minutes)
+        if last_lead_minutes not in periods:
+            periods[last_lead_minutes] = PeriodScores(self.settings, self.members, first_lead_minutes, statistic)
+        return periods[last_lead_minutes]
 
     def _spectra(self, *, matched: bool, member: bool) -> dict[float, SpectrumSums]:
         if member:
@@ -768,8 +814,9 @@ class Scores:
             self.lead(lead_minutes).merge(lead_scores)
         for lead_minutes, ensemble_scores in other.ensemble.items():
             self.ensemble_lead(lead_minutes).merge(ensemble_scores)
-        for last_lead, period_scores in other.period.items():
-            self.period_maximum(period_scores.first_lead_minutes, last_lead).merge(period_scores)
+        for periods in (other.period, other.accumulation):
+            for last_lead, theirs in periods.items():
+                self.period_scores(theirs.statistic, theirs.first_lead_minutes, last_lead).merge(theirs)
         for matched in (False, True):
             for member in (False, True):
                 for lead_minutes, sums in other._spectra(matched=matched, member=member).items():
@@ -801,15 +848,16 @@ class Scores:
         return {lead: {thr: (counts.brier_sum(), counts.n_pixels) for thr, counts in scores.probability.items()}
                 for lead, scores in self.ensemble.items()}
 
-    def period_crps_totals(self) -> dict[float, tuple[float, int]]:
-        """(CRPS of the forecast's maximum summed over pixels, pixels) per period (its last lead), so far."""
-        return {last: (scores.crps_sum, scores.crps_pixels) for last, scores in self.period.items()}
+    def period_crps_totals(self, statistic: str = "maximum") -> dict[float, tuple[float, int]]:
+        """(CRPS of the forecast's maximum, or of its accumulation, summed over pixels, pixels) per period (its
+        last lead), so far."""
+        return {last: (scores.crps_sum, scores.crps_pixels) for last, scores in self._periods(statistic).items()}
 
-    def period_brier_totals(self) -> dict[float, dict[float, tuple[float, int]]]:
-        """(Brier score summed over pixels, pixels) of the forecast's maximum per period (its last lead) and
-        threshold, so far."""
+    def period_brier_totals(self, statistic: str = "maximum") -> dict[float, dict[float, tuple[float, int]]]:
+        """(Brier score summed over pixels, pixels) of the forecast's maximum, or of its accumulation, per period
+        (its last lead) and threshold, so far."""
         return {last: {thr: (counts.brier_sum(), counts.n_pixels) for thr, counts in scores.probability.items()}
-                for last, scores in self.period.items()}
+                for last, scores in self._periods(statistic).items()}
 
     def csi(self, threshold: float) -> dict[float, float]:
         """CSI per lead time (minutes) at ``threshold`` mm/h."""
@@ -862,14 +910,17 @@ class Scores:
             if reference is not None:  # a lead the reference lacks gets no skill (NaN), not none at all
                 reference_lead = reference.ensemble.get(lead) or EnsembleLeadScores(self.settings, reference.members)
             leads[key(lead)] = scores.to_dict(lead, reference_lead)
-        periods = {}
-        for last, scores in sorted(self.period.items()):
-            reference_period = None
-            if reference is not None:
-                reference_period = reference.period.get(last) or PeriodScores(self.settings, reference.members,
-                                                                              scores.first_lead_minutes)
-            periods[key(last)] = scores.to_dict(last, reference_period)
-        return {"members": self.members, "leads": leads, "period_maximum": periods}
+        result = {"members": self.members, "leads": leads}
+        for statistic in PeriodScores.STATISTICS:
+            periods = {}
+            for last, scores in sorted(self._periods(statistic).items()):
+                reference_period = None
+                if reference is not None:
+                    reference_period = reference._periods(statistic).get(last) or PeriodScores(
+                        self.settings, reference.members, scores.first_lead_minutes, statistic)
+                periods[key(last)] = scores.to_dict(last, reference_period)
+            result[f"period_{statistic}"] = periods
+        return result
 
 
 def fss_fractions(field: np.ndarray, threshold: float, scale_pixels: int) -> np.ndarray:
@@ -1019,11 +1070,13 @@ def accumulate(
         for name, fields in ensembles.items():
             _add_ensemble(scores[name], lead, fields, reference, pixel_size_km)
     if members and valid_at_every_lead.any():
+        hours = lead_hours(lead_minutes)
         for name, fields in members.items():
-            scores[name].period_maximum(lead_minutes[0], lead_minutes[-1]).add(
-                fields[:, :, valid_at_every_lead], observed[:, valid_at_every_lead])
+            for statistic in PeriodScores.STATISTICS:
+                scores[name].period_scores(statistic, lead_minutes[0], lead_minutes[-1]).add(
+                    fields[:, :, valid_at_every_lead], observed[:, valid_at_every_lead], hours)
     elif members:
-        logger.debug("no pixel valid at every lead: the forecast's maximum is left out")
+        logger.debug("no pixel valid at every lead: the forecast's maximum and accumulation are left out")
 
 
 def _check_shapes(scores: Mapping[str, Scores], observed: np.ndarray, forecasts: Mapping[str, np.ndarray],

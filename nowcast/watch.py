@@ -67,7 +67,12 @@ from nowcast.feed import (
 from nowcast.files import replaced_atomically
 from nowcast.forecasters import FALLBACK_MODEL, default_model
 from nowcast.io.catalogue import Event, Source, find_event_files, get_source
-from nowcast.products import DEFAULT_THRESHOLDS_MMH, ProductRequest, ensemble_products
+from nowcast.products import (
+    DEFAULT_ACCUMULATION_THRESHOLDS_MM,
+    DEFAULT_THRESHOLDS_MMH,
+    ProductRequest,
+    ensemble_products,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +93,9 @@ class WatchConfig:
     and ``device`` default to the service's ``NOWCAST_*`` settings. ``members``: draw an ensemble
     and write its probability-matched mean and exceedance probabilities at ``thresholds`` (mm/h),
     neighbourhood-processed with a window growing ``neighbourhood`` km per minute of lead (0: none;
-    left out: the model's fitted one, if it has one);
+    left out: the model's fitted one, if it has one), the probabilities of the rate above them at some
+    lead (``max_probabilities``) and of the rain over the forecast period above ``accumulation_thresholds``
+    (mm, ``accumulation_probabilities``);
     ``write_members``: the members themselves too (a product ``members`` times larger).
     Times in seconds, except ``retention_hours``.
     """
@@ -104,6 +111,8 @@ class WatchConfig:
     steps: int = 12
     members: int | None = None
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS_MMH
+    #: the rain over the forecast period (mm) of the accumulation probabilities, increasing
+    accumulation_thresholds: tuple[float, ...] = DEFAULT_ACCUMULATION_THRESHOLDS_MM
     #: the probabilities' square neighbourhood, km per minute of lead (0: none; None: the model's; see
     #: ProductRequest)
     neighbourhood: float | None = None
@@ -133,8 +142,9 @@ class WatchConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        # refuses bad thresholds and neighbourhoods
-        ProductRequest(("pm_mean", "probabilities"), self.thresholds, neighbourhood=self.neighbourhood)
+        # refuses bad thresholds, accumulation thresholds and neighbourhoods, naming the setting
+        ProductRequest(("pm_mean", "probabilities", "accumulation_probabilities"), self.thresholds,
+                       neighbourhood=self.neighbourhood, accumulation_thresholds=self.accumulation_thresholds)
 
     @property
     def retention(self) -> pd.Timedelta:
@@ -145,8 +155,10 @@ class WatchConfig:
         """The products made from an ensemble; None for a deterministic model."""
         if self.members is None:
             return None
-        products = ("pm_mean", "probabilities", "max_probabilities") + (("members",) if self.write_members else ())
-        return ProductRequest(products, self.thresholds, neighbourhood=self.neighbourhood)
+        products = ("pm_mean", "probabilities", "max_probabilities", "accumulation_probabilities") + (
+            ("members",) if self.write_members else ())
+        return ProductRequest(products, self.thresholds, neighbourhood=self.neighbourhood,
+                              accumulation_thresholds=self.accumulation_thresholds)
 
 
 def load_watch_config(path: str | os.PathLike[str], **overrides: Any) -> WatchConfig:
@@ -743,6 +755,7 @@ class Watcher:
         write_product(product_path(self.output_dir, entry), observed, forecast,
                       probabilities=None if ensemble is None else ensemble["probabilities"],
                       max_probabilities=None if ensemble is None else ensemble["max_probabilities"],
+                      accumulation_probabilities=None if ensemble is None else ensemble["accumulation_probabilities"],
                       members=None if ensemble is None or "members" not in ensemble else ensemble["members"],
                       attrs=attrs)
         dropped = self._record(entry, when)

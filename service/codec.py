@@ -30,6 +30,7 @@ from nowcast.io.safety import ReadLimits
 from nowcast.products import (
     MIN_MEMBERS_ATTR,
     PROCESSED_NEIGHBOURHOOD_ATTR,
+    QUANTILE_PRODUCTS,
     THRESHOLD_PRODUCTS,
     ProductRequest,
     ensemble_products,
@@ -126,7 +127,7 @@ def parse_json_request(body: bytes, settings: Settings) -> ForecastQuery:
         seed=request.seed,
         output_encoding=request.output_encoding or default_encoding,
         products=product_request(request.members, request.products, request.thresholds, request.quantile_levels,
-                                 request.neighbourhood),
+                                 request.neighbourhood, request.accumulation_thresholds),
     )
 
 
@@ -136,17 +137,18 @@ def product_request(
     thresholds: list[float] | None,
     quantile_levels: list[float] | None,
     neighbourhood: float | None = None,
+    accumulation_thresholds: list[float] | None = None,
 ) -> ProductRequest | None:
     """The products a request asks for (None: the forecast's frames), checked with the field at fault named."""
     if products is None:
         for given, field in [(thresholds, "thresholds"), (quantile_levels, "quantile_levels"),
-                             (neighbourhood, "neighbourhood")]:
+                             (neighbourhood, "neighbourhood"), (accumulation_thresholds, "accumulation_thresholds")]:
             if given is not None:
                 raise InputError(f"{field}: given without products; ask for products too", field=field)
         return None
     if members is None:
         raise InputError("products: ensemble products are made from members; give members too", field="products")
-    return ProductRequest.from_options(products, thresholds, quantile_levels, neighbourhood)
+    return ProductRequest.from_options(products, thresholds, quantile_levels, neighbourhood, accumulation_thresholds)
 
 
 def query_numbers(text: str | None, field: str) -> list[float] | None:
@@ -218,6 +220,7 @@ def parse_netcdf_request(
     thresholds: str | None = None,
     quantile_levels: str | None = None,
     neighbourhood: float | None = None,
+    accumulation_thresholds: str | None = None,
 ) -> ForecastQuery:
     """Decode a CF-netCDF body (steps, members, seed and the products, comma-separated, come from the query string).
 
@@ -235,6 +238,7 @@ def parse_netcdf_request(
         query_numbers(thresholds, "thresholds"),
         query_numbers(quantile_levels, "quantile_levels"),
         neighbourhood,
+        query_numbers(accumulation_thresholds, "accumulation_thresholds"),
     )
 
     def check_shape(n_t: int, n_y: int, n_x: int) -> None:
@@ -561,14 +565,15 @@ def _products_text(products: xr.Dataset, encoding: Encoding) -> Iterator[bytes]:
     """Each product as ``"name": {"shape", "units", "thresholds" | "levels", "frames"}``, a frame at a time."""
     for index, name in enumerate(products.data_vars):
         values = np.ascontiguousarray(products[name].values, dtype="<f4")
-        described: dict[str, object] = {"shape": list(values.shape),
-                                        "units": "1" if name in THRESHOLD_PRODUCTS else "mm/h"}
+        described: dict[str, object] = {"shape": list(values.shape), "units": _PRODUCT_UNITS.get(str(name), "mm/h")}
         if name in THRESHOLD_PRODUCTS:
             described["thresholds"] = products["threshold"].values.tolist()
+        elif name == "accumulation_probabilities":  # mm over the forecast period
+            described["thresholds"] = products["accumulation_threshold"].values.tolist()
         if name == "probabilities":
             neighbourhood = products[name].attrs.get(PROCESSED_NEIGHBOURHOOD_ATTR, 0.0)
             described["neighbourhood_km_per_minute"] = float(neighbourhood)
-        elif name == "quantiles":
+        elif name in QUANTILE_PRODUCTS:
             described["levels"] = products["quantile"].values.tolist()
         if MIN_MEMBERS_ATTR in products[name].attrs:
             described[MIN_MEMBERS_ATTR] = int(products[name].attrs[MIN_MEMBERS_ATTR])
@@ -576,6 +581,11 @@ def _products_text(products: xr.Dataset, encoding: Encoding) -> Iterator[bytes]:
         yield key + json.dumps(described, separators=(",", ":")).encode()[:-1] + b',"frames":'
         yield from _frames_text(values, encoding)
         yield b"}"
+
+
+#: the units of the products in a JSON answer that are not rates (mm/h): probabilities, rain over the period
+_PRODUCT_UNITS = {**dict.fromkeys(THRESHOLD_PRODUCTS, "1"), "accumulation_probabilities": "1",
+                  "accumulation_quantiles": "mm"}
 
 
 def _frames_text(values: np.ndarray, encoding: Encoding) -> Iterator[bytes]:

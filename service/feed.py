@@ -220,17 +220,20 @@ class Product:
                                          strict=True)],
             "forecast": steps,
             "probability_neighbourhood_km_per_minute": neighbourhood,
-            "max_probabilities": self._max_probabilities(row, col),
+            "max_probabilities": _by_threshold(self.fields.max_probabilities, "threshold", row, col),
+            "accumulation_probabilities": _by_threshold(self.fields.accumulation_probabilities,
+                                                        "accumulation_threshold", row, col),
             "no_data": not bool(np.isfinite(rates).any()),
         }
 
-    def _max_probabilities(self, row: int, col: int) -> dict[str, float | None] | None:
-        """P(rate > threshold at some time of the forecast) at one cell, by threshold; None without them."""
-        maxima = self.fields.max_probabilities
-        if maxima is None:
-            return None
-        return {str(float(t)): _number(p) for t, p in zip(maxima["threshold"].values, maxima.values[:, row, col],
-                                                          strict=True)}
+
+def _by_threshold(field: Any, axis: str, row: int, col: int) -> dict[str, float | None] | None:
+    """A probability of the whole forecast period at one cell, by threshold on ``axis`` (``max_probabilities``:
+    P(rate > threshold in mm/h at some time of the forecast); ``accumulation_probabilities``: P(rain over the
+    forecast period > threshold in mm)); None where the product has none."""
+    if field is None:
+        return None
+    return {str(float(t)): _number(p) for t, p in zip(field[axis].values, field.values[:, row, col], strict=True)}
 
 
 def _number(value: Any) -> float | None:

@@ -25,10 +25,11 @@ from nowcast.products import MIN_MEMBERS_ATTR, PROCESSED_NEIGHBOURHOOD_ATTR
 from nowcast.render import image_extent, map_projection, probability_scale, rain_scale, render_png
 from service.core.errors import NotFoundError
 
-Kind = Literal["observed", "forecast", "probability", "max_probability"]
-KINDS: tuple[Kind, ...] = ("observed", "forecast", "probability", "max_probability")
-#: the kinds of frame drawn at a threshold (in URLs: .../{kind}/{threshold}/{index}.png)
-THRESHOLD_KINDS: tuple[Kind, ...] = ("probability", "max_probability")
+Kind = Literal["observed", "forecast", "probability", "max_probability", "accumulation_probability"]
+KINDS: tuple[Kind, ...] = ("observed", "forecast", "probability", "max_probability", "accumulation_probability")
+#: the kinds of frame drawn at a threshold (in URLs: .../{kind}/{threshold}/{index}.png); mm/h, but mm for
+#: ``accumulation_probability``
+THRESHOLD_KINDS: tuple[Kind, ...] = ("probability", "max_probability", "accumulation_probability")
 
 
 class FrameStore:
@@ -43,8 +44,8 @@ class FrameStore:
 
     def png(self, product: Hashable, fields: ProductFields, kind: str, index: int, threshold: str = "") -> bytes:
         """Frame ``index`` of ``kind`` (``observed``, ``forecast``, or at ``threshold`` mm/h ``probability`` or
-        ``max_probability``, whose one frame is the whole forecast's) of the product known as ``product``, whose
-        fields are ``fields``."""
+        ``max_probability``, or at ``threshold`` mm ``accumulation_probability``; the last two have one frame, the
+        whole forecast's) of the product known as ``product``, whose fields are ``fields``."""
         key = (product, kind, threshold, index)
         with self._lock:
             if key in self._pngs:
@@ -130,6 +131,8 @@ def _frame(fields: ProductFields, kind: str, index: int, threshold: str) -> tupl
         scale = probability_scale()
     elif kind == "max_probability":
         return _max_probability_frame(fields, index, threshold), probability_scale()
+    elif kind == "accumulation_probability":
+        return _accumulation_probability_frame(fields, index, threshold), probability_scale()
     else:
         raise NotFoundError(f"no frames of kind {kind!r}; the kinds are {', '.join(KINDS)}")
     if not 0 <= index < frames.sizes["time"]:
@@ -147,11 +150,23 @@ def _max_probability_frame(fields: ProductFields, index: int, threshold: str) ->
     return fields.max_probabilities.values[at]
 
 
-def _threshold_index(field: Any, threshold: str, what: str) -> int:
-    """Where ``threshold`` (as written in URLs) lies on ``field``'s threshold axis; 404 naming the ones it has."""
-    labels = [threshold_label(t) for t in field["threshold"].values]
+def _accumulation_probability_frame(fields: ProductFields, index: int, threshold: str) -> np.ndarray:
+    """The one frame of the probability of the rain over the forecast period above ``threshold`` mm."""
+    if fields.accumulation_probabilities is None:
+        raise NotFoundError("this product has no probabilities of the rain over the forecast period")
+    at = _threshold_index(fields.accumulation_probabilities, threshold, "probabilities of the rain over the period",
+                          axis="accumulation_threshold", units="mm")
+    if index != 0:
+        raise NotFoundError(f"no accumulation_probability frame {index}: the rain over the forecast period is one "
+                            "frame, 0")
+    return fields.accumulation_probabilities.values[at]
+
+
+def _threshold_index(field: Any, threshold: str, what: str, *, axis: str = "threshold", units: str = "mm/h") -> int:
+    """Where ``threshold`` (as written in URLs) lies on ``field``'s threshold ``axis``; 404 naming the ones it has."""
+    labels = [threshold_label(t) for t in field[axis].values]
     if threshold not in labels:
-        raise NotFoundError(f"no {what} at {threshold!r} mm/h in this product; it has {', '.join(labels)}")
+        raise NotFoundError(f"no {what} at {threshold!r} {units} in this product; it has {', '.join(labels)}")
     return labels.index(threshold)
 
 
@@ -159,7 +174,9 @@ def frame_index(fields: ProductFields, url: Callable[[str, int, str], str]) -> d
     """What the page needs to show a product: its grid's placement (``projection``: the PROJ string for the map, see
     :func:`nowcast.render.map_projection`; ``extent``: cell edges), times, frame URLs and colour scales.
 
-    ``url(kind, index, threshold)`` makes a frame's URL.
+    ``url(kind, index, threshold)`` makes a frame's URL. ``probabilities`` lists the mm/h thresholds, each with its
+    frames and its ``max_frame`` (null where the product has no maximum); ``accumulation_probabilities`` the mm
+    thresholds of the rain over the forecast period, each with its one ``frame`` (empty where the product has none).
     """
     forecast = fields.forecast
     reference = fields.reference_time
@@ -194,8 +211,20 @@ def frame_index(fields: ProductFields, url: Callable[[str, int, str], str]) -> d
         "forecast": [{"time": _iso(t), "lead_min": _minutes(t - reference), "url": url("forecast", i, "")}
                      for i, t in enumerate(valid_times)],
         "probabilities": probabilities,
+        "accumulation_probabilities": _accumulation_index(fields, url),
         "scales": {"rain": rain_scale().legend(), "probability": probability_scale().legend()},
     }
+
+
+def _accumulation_index(fields: ProductFields, url: Callable[[str, int, str], str]) -> list[dict[str, Any]]:
+    """Each mm threshold of the probabilities of the rain over the forecast period, with its one frame's URL."""
+    accumulations = fields.accumulation_probabilities
+    if accumulations is None:
+        return []
+    needed = accumulations.attrs.get(MIN_MEMBERS_ATTR)
+    return [{"threshold_mm": float(value), MIN_MEMBERS_ATTR: None if needed is None else int(needed),
+             "frame": url("accumulation_probability", 0, threshold_label(value))}
+            for value in accumulations["accumulation_threshold"].values]
 
 
 def _iso(moment: Any) -> str:

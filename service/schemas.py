@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 NestedFrames = list[list[list[float | None]]]
 NestedMembers = list[list[list[list[float | None]]]]
 #: what an ensemble answer can carry (:data:`nowcast.products.PRODUCTS`)
-ProductName = Literal["members", "probabilities", "mean", "pm_mean", "quantiles", "max_probabilities"]
+ProductName = Literal["members", "probabilities", "mean", "pm_mean", "quantiles", "max_probabilities",
+                      "accumulation_probabilities", "accumulation_quantiles"]
 
 
 class EncodedFrames(BaseModel):
@@ -65,7 +66,8 @@ class NowcastOptions(BaseModel):
         max_length=len(get_args(ProductName)),
         description="with members: what to answer instead of the members' frames (members, exceedance "
         "probabilities, ensemble mean, probability-matched mean, quantiles, probabilities of the rate above each "
-        "threshold at some lead)",
+        "threshold at some lead, probabilities of the rain over the forecast period above each accumulation "
+        "threshold, quantiles of the members' rain over the period)",
     )
     thresholds: list[Annotated[float, Field(ge=0, le=1000)]] | None = Field(
         default=None,
@@ -77,7 +79,15 @@ class NowcastOptions(BaseModel):
         default=None,
         min_length=1,
         max_length=64,
-        description="levels in [0, 1] of the quantiles, increasing (default 0.1, 0.5, 0.9)",
+        description="levels in [0, 1] of the quantiles and of accumulation_quantiles, increasing (default 0.1, 0.5, "
+        "0.9)",
+    )
+    accumulation_thresholds: list[Annotated[float, Field(ge=0, le=1000)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="rain in mm over the forecast period (from the reference time to the last step) of "
+        "accumulation_probabilities, increasing (default 1, 5, 10)",
     )
     neighbourhood: float | None = Field(
         default=None,
@@ -143,10 +153,13 @@ class Timings(BaseModel):
 class ProductFrames(BaseModel):
     """One ensemble product: its frames in the request's encoding."""
 
-    shape: list[int] = Field(description="(steps, y, x), or (member | threshold | level, steps, y, x)")
-    units: Literal["mm/h", "1"]
+    shape: list[int] = Field(description="(steps, y, x), or (member | threshold | level, steps, y, x); (threshold | "
+                             "level, y, x) for the products of the whole forecast period")
+    units: Literal["mm/h", "mm", "1"] = Field(description="mm/h for rates, mm for rain over the forecast period, 1 "
+                                                          "for probabilities")
     minimum_members_with_data: int | None = Field(
-        default=None, description="probabilities, mean and quantiles: null (no data) where fewer members have data"
+        default=None, description="probabilities, mean, quantiles and the period's products: null (no data) where "
+        "fewer members have data (for the period's products, data at every lead)"
     )
     frames: NestedFrames | NestedMembers | EncodedFrames
 
@@ -168,6 +181,19 @@ class QuantileFrames(ProductFrames):
     levels: list[float] = Field(description="quantile levels in [0, 1], one per leading index")
 
 
+class AccumulationProbabilityFrames(ProductFrames):
+    thresholds: list[float] = Field(
+        description="P(rain over the forecast period > threshold), thresholds in mm (not mm/h), one per leading index"
+    )
+
+
+class AccumulationQuantileFrames(ProductFrames):
+    levels: list[float] = Field(
+        description="quantile levels in [0, 1] of the members' rain over the forecast period (mm), one per leading "
+        "index"
+    )
+
+
 class NowcastProducts(BaseModel):
     """The products asked for, made from the ensemble members (nowcast.products)."""
 
@@ -178,6 +204,13 @@ class NowcastProducts(BaseModel):
     quantiles: QuantileFrames | None = None
     max_probabilities: MaxProbabilityFrames | None = Field(
         default=None, description="(threshold, y, x): the probability of the rate above each threshold at some lead"
+    )
+    accumulation_probabilities: AccumulationProbabilityFrames | None = Field(
+        default=None, description="(threshold, y, x): the probability of the rain over the forecast period (from the "
+        "reference time to the last step) above each threshold in mm"
+    )
+    accumulation_quantiles: AccumulationQuantileFrames | None = Field(
+        default=None, description="(level, y, x): quantiles of the members' rain over the forecast period, in mm"
     )
 
 
@@ -351,6 +384,10 @@ class PointForecast(BaseModel):
     max_probabilities: dict[str, float | None] | None = Field(
         default=None, description="P(rate > threshold at some time of the forecast) by threshold in mm/h (null: "
         "not in this product)")
+    accumulation_probabilities: dict[str, float | None] | None = Field(
+        default=None, description="P(rain over the forecast period, from the reference time to the last step, > "
+        "threshold) by threshold in mm (not mm/h) over the forecast period (null: not in this product; a null "
+        "value: no data at this cell)")
     no_data: bool = Field(description="no forecast value at this cell (outside radar range): nothing to say")
 
 

@@ -132,10 +132,50 @@ def test_forecast_writes_neighbourhood_processed_probabilities(past_file, tmp_pa
         assert probability.attrs["neighbourhood_km_per_minute"] == 0.8
 
 
+def test_forecast_writes_the_rain_over_the_period(past_file, tmp_path, monkeypatch):
+    monkeypatch.setitem(forecasters.METHODS, "two-futures", lambda: _TwoFutures())
+    out = tmp_path / "accumulations.nc"
+    result = run("forecast", str(past_file), "-m", "two-futures", "-n", "3", "--members", "4",
+                 "--products", "accumulation_probabilities,accumulation_quantiles", "--accumulation-thresholds", "1,5",
+                 "--quantiles", "0.25,0.75", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out)
+    expected_forecast = _TwoFutures().forecast(read_netcdf(past_file), 3, members=4)
+    expected = ensemble_products(expected_forecast, ProductRequest(
+        ("accumulation_probabilities", "accumulation_quantiles"), quantile_levels=(0.25, 0.75),
+        accumulation_thresholds=(1.0, 5.0)))
+    import xarray as xr
+
+    with xr.open_dataset(out) as ds:
+        probability = ds["probability_of_lwe_thickness_of_precipitation_amount_above_threshold"]
+        assert probability.dims == ("accumulation_threshold", "y", "x")
+        np.testing.assert_array_equal(probability.values, expected["accumulation_probabilities"].values)
+        assert list(ds["accumulation_threshold"].values) == [1.0, 5.0]
+        assert ds["accumulation_threshold"].attrs["units"] == "mm"
+        amount = ds["lwe_thickness_of_precipitation_amount_percentile"]
+        np.testing.assert_array_equal(amount.values, expected["accumulation_quantiles"].values)
+        assert list(ds["percentile"].values) == [25.0, 75.0] and amount.attrs["units"] == "mm"
+        assert "precipitation_rate" not in ds.variables  # only what was asked for
+    # member m brings (m + 1) times the last frame's rate over 15 minutes: the highest quartile is 3.25 times
+    # a quarter of an hour of that rate
+    rate = read_netcdf(past_file).values[-1]
+    np.testing.assert_allclose(expected["accumulation_quantiles"].values[1], rate * 3.25 * 0.25, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         (["--members", "2", "--products", "members,maxima"], "products: unknown product 'maxima'"),
+        (["--members", "2", "--products", "accumulation_probabilities", "--accumulation-thresholds", "1,x"],
+         "accumulation_thresholds: 'x' is not a number"),
+        (["--members", "2", "--products", "accumulation_probabilities", "--accumulation-thresholds", "5,1"],
+         "accumulation_thresholds: values must be strictly increasing"),
+        (["--members", "2", "--products", "accumulation_probabilities", "--accumulation-thresholds", "-1"],
+         "accumulation_thresholds: -1 is outside [0, 1000]"),
+        (["--members", "2", "--products", "accumulation_quantiles", "--accumulation-thresholds", "1"],
+         "accumulation_thresholds: given, but accumulation_probabilities are not among"),
+        (["--accumulation-thresholds", "1"],
+         "--accumulation-thresholds: ensemble products are made from members; give --members N"),
         (["--members", "2", "--thresholds", "1,x"], "thresholds: 'x' is not a number"),
         (["--members", "2", "--products", "mean", "--quantiles", "0.5"], "quantile_levels: given, but quantiles"),
         (["--thresholds", "1"], "--thresholds: ensemble products are made from members; give --members N"),

@@ -387,3 +387,84 @@ def test_no_pixel_valid_at_every_lead_leaves_the_maximum_out():
     observed[1, 4:] = np.nan  # every pixel has one lead, none both
     scores = score_period(rain(rng, (M, 2, 8, 8)), observed, [5.0, 10.0])
     assert scores.period == {} and set(scores.ensemble) == {5.0, 10.0}
+
+
+def test_the_rain_over_the_forecast_is_scored_in_mm_on_the_pixels_valid_at_every_lead():
+    rng = np.random.default_rng(25)
+    members, observed = rain(rng, (M, 3, 30, 40)), rain(rng, (3, 30, 40))
+    observed[1, :5] = np.nan  # rows 0-4 lack one lead: their total is unknown
+    members[2, 2, :, -3:] = np.nan
+    leads = [5.0, 10.0, 20.0]  # the last lead's rate falls for 10 minutes, the others' for 5
+    period = score_period(members, observed, leads).to_dict()["ensemble"]["period_accumulation"]
+    assert list(period) == ["20"]
+    assert period["20"]["units"] == "mm" and period["20"]["first_lead_minutes"] == 5.0
+    valid = np.ones((30, 40), dtype=bool)
+    valid[:5] = False
+    valid[:, -3:] = False
+    hours = np.array([5.0, 5.0, 10.0]) / 60.0
+    member_totals = np.einsum("t,mtp->mp", hours, members[:, :, valid])
+    observed_total = np.einsum("t,tp->p", hours, observed[:, valid])
+    for threshold in (1.0, 5.0, 10.0):
+        probability = np.count_nonzero(member_totals > threshold, axis=0) / M
+        event = observed_total > threshold
+        scores = period["20"]["probability"][f"{threshold:g}"]
+        assert scores["n_pixels"] == valid.sum()
+        assert scores["brier"] == pytest.approx(np.mean((probability - event) ** 2), rel=1e-6)
+        assert scores["base_rate"] == pytest.approx(event.mean())
+    assert 0.05 < period["20"]["probability"]["1"]["base_rate"] < 0.95  # the thresholds are in mm, not mm/h
+    expected_crps = crps_sums(member_totals, observed_total) / valid.sum()
+    assert period["20"]["crps"] == pytest.approx(expected_crps, rel=1e-5)
+
+
+def test_a_perfect_ensembles_rain_over_the_forecast_has_no_error_and_periods_stay_apart():
+    rng = np.random.default_rng(26)
+    observed = 5.0 * rain(rng, (4, 20, 20))  # heavy enough for every threshold to see events
+    perfect = score_period(np.repeat(observed[np.newaxis], M, axis=0), observed, [5.0, 10.0, 15.0, 20.0])
+    wrong = score_period(5.0 * rain(rng, (M, 4, 20, 20)), observed, [5.0, 10.0, 15.0, 20.0])
+    period = perfect.to_dict(reference=wrong)["ensemble"]["period_accumulation"]["20"]["probability"]
+    assert all(p["brier"] == 0.0 and p["brier_skill"] == 1.0 for p in period.values())
+    assert perfect.accumulation[20.0].crps_sum == 0.0 and wrong.accumulation[20.0].crps_sum > 0.0
+    assert wrong.period_brier_totals("accumulation")[20.0][5.0][1] == 400
+    assert wrong.period_crps_totals("accumulation")[20.0][0] == wrong.accumulation[20.0].crps_sum
+    hour_of_six = Scores(members=M)
+    score_period(rain(rng, (M, 12, 8, 8)), rain(rng, (12, 8, 8)), [6.0 * (k + 1) for k in range(12)],
+                 scores=hour_of_six)
+    merged = Scores(members=M).merge(wrong).merge(hour_of_six)
+    assert sorted(merged.accumulation) == [20.0, 72.0] and sorted(merged.period) == [20.0, 72.0]
+    assert merged.period_crps_totals("accumulation")[72.0] == hour_of_six.period_crps_totals("accumulation")[72.0]
+    assert merged.period_brier_totals("accumulation")[72.0] == hour_of_six.period_brier_totals("accumulation")[72.0]
+    assert merged.accumulation[72.0].first_lead_minutes == 6.0
+
+
+def test_accumulation_thresholds_are_checked_and_an_unscored_period_leaves_both_out():
+    with pytest.raises(ValueError, match=r"accumulation thresholds must be increasing.*got 5, 1"):
+        ScoreSettings(accumulation_thresholds_mm=(5.0, 1.0))
+    with pytest.raises(ValueError, match="accumulation thresholds"):
+        ScoreSettings(accumulation_thresholds_mm=())
+    settings = ScoreSettings(accumulation_thresholds_mm=(0.5, 2.0))
+    assert settings.ensemble_dict()["accumulation_thresholds_mm"] == [0.5, 2.0]
+    rng = np.random.default_rng(27)
+    scores = score_period(rain(rng, (M, 2, 8, 8)), rain(rng, (2, 8, 8)), [5.0, 10.0],
+                          scores=Scores(settings, members=M))
+    assert list(scores.accumulation[10.0].probability) == [0.5, 2.0]
+    observed = rain(rng, (2, 8, 8))
+    observed[0, :4] = np.nan
+    observed[1, 4:] = np.nan
+    scores = score_period(rain(rng, (M, 2, 8, 8)), observed, [5.0, 10.0])
+    assert scores.accumulation == {} and scores.to_dict()["ensemble"]["period_accumulation"] == {}
+
+
+def test_each_leads_rain_falls_from_the_lead_before_and_a_gap_leaves_a_members_total_unknown():
+    from nowcast.ensemble import lead_hours, period_accumulation
+
+    np.testing.assert_allclose(lead_hours([6.0, 12.0, 24.0]), [0.1, 0.1, 0.2])
+    for bad in ([], [5.0, 5.0], [-5.0, 5.0], [5.0, float("nan")]):
+        with pytest.raises(ValueError, match="positive and increasing"):
+            lead_hours(bad)
+    members = np.full((3, 2, 1, 2), 6.0, dtype=np.float32)  # 6 mm/h for two 10-minute steps: 2 mm
+    members[1, 0, 0, 1] = np.nan
+    totals = period_accumulation(members, lead_hours([10.0, 20.0]))
+    np.testing.assert_allclose(totals[:, 0, 0], [2.0, 2.0, 2.0])
+    assert np.isnan(totals[1, 0, 1]) and totals[0, 0, 1] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="one duration per time"):
+        period_accumulation(members, [0.1])

@@ -18,7 +18,9 @@ from nowcast.bootstrap import brier_skill_interval, crps_difference_interval, sp
 from nowcast.ensemble import probability_matched_mean
 from nowcast.errors import InputError
 from nowcast.evaluate import (
+    ENSEMBLE_SUM_KINDS,
     RANK_HISTOGRAM_PLOT,
+    RELIABILITY_ACCUMULATION_PLOT,
     RELIABILITY_MAXIMUM_PLOT,
     RELIABILITY_PLOT,
     SCORES_JSON,
@@ -87,7 +89,8 @@ def test_only_the_ensembles_get_ensemble_scores(ensemble_run):
     report, _ = ensemble_run
     assert report["config"]["ensemble"] == {
         "members": MEMBERS, "seed": 0, "methods": list(ENSEMBLES), "brier_reference": "wide",
-        "probability_thresholds_mmh": [1.0, 4.0, 8.0], "rank_histogram_min_mmh": 0.1,
+        "probability_thresholds_mmh": [1.0, 4.0, 8.0], "accumulation_thresholds_mm": [1.0, 5.0, 10.0],
+        "rank_histogram_min_mmh": 0.1,
         "probability_neighbourhood_km_per_minute": 0.0}
     scores = report["overall"]["scores"]
     assert set(scores["persistence"]) == {"leads", "spectrum", "spectrum_matched"}
@@ -107,8 +110,10 @@ def test_only_the_ensembles_get_ensemble_scores(ensemble_run):
     assert scores["noisy"]["ensemble"]["leads"]["60"]["spread_skill"] < 1.0
     record = report["events"]["east"]["start_times"][0]
     assert set(record) == {"time", "categorical", "spectrum", "spectrum_matched", "seed", "crps", "brier",
-                           "period_crps", "period_brier", "spectrum_member", "spectrum_member_matched"}
+                           "period_crps", "period_brier", "accumulation_crps", "accumulation_brier",
+                           "spectrum_member", "spectrum_member_matched"}
     assert (set(record["crps"]) == set(record["brier"]) == set(record["period_crps"]) == set(record["period_brier"])
+            == set(record["accumulation_crps"]) == set(record["accumulation_brier"])
             == set(record["spectrum_member"]) == set(record["spectrum_member_matched"]) == set(ENSEMBLES))
     period = scores["noisy"]["ensemble"]["period_maximum"]
     assert list(period) == ["60"] and period["60"]["first_lead_minutes"] == 5.0 and period["60"]["n_forecasts"] == 2
@@ -154,6 +159,15 @@ def test_an_ensemble_is_scored_by_its_members_and_their_probability_matched_mean
     assert n_pixels == every_lead.sum()
     assert crps_sum == pytest.approx(crps_sums(members[:, :, every_lead].max(axis=1),
                                                future[:, every_lead].max(axis=0)), rel=1e-9)
+    # the rain over the hour: each five-minute lead's rate for a twelfth of an hour, on the same pixels
+    member_totals = members[:, :, every_lead].sum(axis=1) / 12.0
+    observed_total = future[:, every_lead].sum(axis=0) / 12.0
+    brier_sum, n_pixels = record["accumulation_brier"]["noisy"]["60"]["1"]
+    assert n_pixels == every_lead.sum() and 0 < np.mean(observed_total > 1.0) < 1
+    probability = np.count_nonzero(member_totals > 1.0, axis=0) / MEMBERS
+    assert brier_sum == pytest.approx(np.sum((probability - (observed_total > 1.0)) ** 2), rel=1e-6)
+    crps_sum, _ = record["accumulation_crps"]["noisy"]["60"]
+    assert crps_sum == pytest.approx(crps_sums(member_totals, observed_total), rel=1e-5)
 
 
 def test_start_time_sums_add_up_to_the_event_scores(ensemble_run):
@@ -171,6 +185,13 @@ def test_start_time_sums_add_up_to_the_event_scores(ensemble_run):
         assert crps_sum == pytest.approx(maximum["crps_sum"]) and n == maximum["n_pixels"]
         for threshold, probability in maximum["probability"].items():
             brier_sum, n = np.sum([r["period_brier"][name]["60"][threshold] for r in event["start_times"]], axis=0)
+            assert brier_sum == pytest.approx(probability["brier_sum"]) and n == probability["n_pixels"]
+        rain = event["scores"][name]["ensemble"]["period_accumulation"]["60"]
+        crps_sum, n = np.sum([r["accumulation_crps"][name]["60"] for r in event["start_times"]], axis=0)
+        assert crps_sum == pytest.approx(rain["crps_sum"]) and n == rain["n_pixels"]
+        for threshold, probability in rain["probability"].items():
+            brier_sum, n = np.sum([r["accumulation_brier"][name]["60"][threshold] for r in event["start_times"]],
+                                  axis=0)
             assert brier_sum == pytest.approx(probability["brier_sum"]) and n == probability["n_pixels"]
 
 
@@ -193,17 +214,24 @@ def test_brier_skill_is_against_the_reference(ensemble_run):
 
 def test_files_and_tables_of_an_ensemble_evaluation(ensemble_run):
     report, out = ensemble_run
-    assert {RELIABILITY_PLOT, RANK_HISTOGRAM_PLOT, RELIABILITY_MAXIMUM_PLOT} <= {p.name for p in out.iterdir()}
+    assert {RELIABILITY_PLOT, RANK_HISTOGRAM_PLOT, RELIABILITY_MAXIMUM_PLOT,
+            RELIABILITY_ACCUMULATION_PLOT} <= {p.name for p in out.iterdir()}
     text = (out / SCORES_MARKDOWN).read_text()
     for heading in ("### Ensembles", "### CRPS (mm/h)", "### Brier score", "### Brier skill against wide",
-                    "### Spread / skill", "### ROC area", "### The forecast's maximum"):
+                    "### Spread / skill", "### ROC area", "### The forecast's maximum",
+                    "### The rain over the forecast"):
         assert heading in text
+    assert "more rain than the threshold (mm) over the leads from +5 min" in text
+    rain = report["overall"]["scores"]["noisy"]["ensemble"]["period_accumulation"]["60"]["probability"]["5"]
+    assert "| last lead (min) | n | noisy >1 | noisy >5 | noisy >10 |" in text
+    assert "Brier skill of the rain over the forecast (mm) against wide:" in text[text.index("### east"):]
+    assert rain["brier_skill"] is None or f"{rain['brier_skill']:.3f}" in text
     assert "at some lead from +5 min to the row's last lead" in text
     assert "that Brier score integrated over every threshold. CRPS:" in text
     maximum = report["overall"]["scores"]["noisy"]["ensemble"]["period_maximum"]["60"]["probability"]["1"]
     assert f"| 60 | 2 | {maximum['brier_skill']:.3f} |" in text  # the skill table: noisy, against wide
     per_event = text[text.index("### east"):]
-    assert "Brier skill of the forecast's maximum against wide:" in per_event
+    assert "Brier skill of the forecast's maximum (mm/h) against wide:" in per_event
     assert f"| 60 | 2 | {maximum['brier_skill']:.3f} |" in per_event  # one event: its scores are the overall ones
     assert "| noisy, member 1 | 30 |" in text
     assert "| lead (min) | n | noisy ratio | wide ratio |" not in text  # spread and RMSE columns come too
@@ -229,22 +257,31 @@ def test_bootstrap_intervals_of_crps_and_brier_skill(ensemble_run, tmp_path):
             expected_skill = noisy[lead]["probability"][threshold]["brier_skill"]
             if expected_skill is not None:
                 assert by_threshold["skill"] == pytest.approx(expected_skill)
-    maximum_crps = crps_difference_interval(report, "noisy", "wide", forecast_maximum=True, n_resamples=200)
+    maximum_crps = crps_difference_interval(report, "noisy", "wide", period="maximum", n_resamples=200)
     noisy_maximum, wide_maximum = (report["overall"]["scores"][name]["ensemble"]["period_maximum"]["60"]
                                    for name in ("noisy", "wide"))
     assert maximum_crps["60"]["difference"] == pytest.approx(noisy_maximum["crps"] - wide_maximum["crps"])
-    maximum = brier_skill_interval(report, "noisy", "wide", forecast_maximum=True, n_resamples=200)
+    maximum = brier_skill_interval(report, "noisy", "wide", period="maximum", n_resamples=200)
     assert list(maximum) == ["60"]
     for threshold, interval in maximum["60"].items():
         expected_skill = report["overall"]["scores"]["noisy"]["ensemble"]["period_maximum"]["60"]["probability"][
             threshold]["brier_skill"]
         assert interval["skill"] == pytest.approx(expected_skill)
         assert interval["low"] - 1e-12 <= interval["skill"] <= interval["high"] + 1e-12
+    rain_crps = crps_difference_interval(report, "noisy", "wide", period="accumulation", n_resamples=200)
+    noisy_rain, wide_rain = (report["overall"]["scores"][name]["ensemble"]["period_accumulation"]["60"]
+                             for name in ("noisy", "wide"))
+    assert rain_crps["60"]["difference"] == pytest.approx(noisy_rain["crps"] - wide_rain["crps"])
+    rain_skill = brier_skill_interval(report, "noisy", "wide", period="accumulation", n_resamples=200)
+    assert set(rain_skill["60"]) == {"1", "5", "10"}
+    assert rain_skill["60"]["1"]["skill"] == pytest.approx(noisy_rain["probability"]["1"]["brier_skill"])
+    with pytest.raises(ValueError, match="unknown period 'total'"):
+        brier_skill_interval(report, "noisy", "wide", period="total")
     assert crps["60"]["p_not_ahead"] == 0.0  # less noise than the wide stand-in: a lower CRPS, every resample
     with pytest.raises(InputError, match="'persistence' was not scored as an ensemble; ensembles there: noisy, wide"):
         crps_difference_interval(report, "persistence", "wide")
     deterministic = {**report, "events": {k: {**e, "start_times": [
-        {kind: v for kind, v in r.items() if kind not in ("crps", "brier", "period_crps", "period_brier", "seed")}
+        {kind: v for kind, v in r.items() if kind not in (*ENSEMBLE_SUM_KINDS, "seed")}
         for r in e["start_times"]]}
         for k, e in report["events"].items()}}
     with pytest.raises(InputError, match="no method was scored as an ensemble"):
@@ -367,7 +404,15 @@ def test_the_command_line_passes_the_ensemble_options(tmp_path, monkeypatch):
         result = runner.invoke(app, [*common, "--members", "20", "--probability-thresholds", bad])
         assert result.exit_code == EXIT_USER_ERROR, (bad, result.output)
         assert "probability" in result.output and "Traceback" not in result.output
-    assert len(calls) == 4
+    assert calls[2]["settings"].accumulation_thresholds_mm == (1.0, 5.0, 10.0)
+    result = runner.invoke(app, [*common, "--members", "20", "--accumulation-thresholds", "2,20"])
+    assert result.exit_code == 0, result.output
+    assert calls[4]["settings"].accumulation_thresholds_mm == (2.0, 20.0)
+    for bad in ("20,2", "-1", "1,x"):
+        result = runner.invoke(app, [*common, "--members", "20", "--accumulation-thresholds", bad])
+        assert result.exit_code == EXIT_USER_ERROR, (bad, result.output)
+        assert "accumulation" in result.output and "Traceback" not in result.output
+    assert len(calls) == 5
 
 
 def test_a_model_card_keeps_the_ensemble_scores(ensemble_run):
@@ -395,6 +440,8 @@ def test_a_model_card_keeps_the_ensemble_scores(ensemble_run):
         full["period_maximum"]["60"]["probability"]["4"]["brier"])
     assert "reliability" not in lean["period_maximum"]["60"]["probability"]["4"]
     assert "### The forecast's maximum" in text
+    assert lean["period_accumulation"]["60"]["crps"] == full["period_accumulation"]["60"]["crps"]
+    assert "### The rain over the forecast" in text
 
 
 class PlacedNoisyPersistence(NoisyPersistence):

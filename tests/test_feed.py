@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,4 +139,107 @@ def test_a_product_whose_maximum_is_on_other_axes_is_refused(tmp_path: Path) -> 
     ds[MAX_PROBABILITY_NAME] = ds["probability_of_lwe_precipitation_rate_above_threshold"]  # a time axis too
     ds.to_netcdf(tmp_path / "bad.nc")
     with pytest.raises(UnreadableFileError, match="is on threshold, time, y, x, not threshold, y and x"):
+        read_product(tmp_path / "bad.nc")
+
+
+def test_a_product_that_also_holds_the_rain_over_the_period_is_read(tmp_path: Path) -> None:
+    """A product file that holds both accumulation products (written by another tool from the same forecast) reads as
+    one without them, but for the probabilities of the rain over the period, which the feed publishes: those read
+    back as made; the file without them (an older one) reads with none."""
+    import numpy as np
+    import pandas as pd
+    import xarray as xr
+
+    from nowcast.feed import read_product, write_product
+    from nowcast.io.netcdf import PRODUCT_VARIABLES, products_to_dataset
+    from nowcast.products import ProductRequest, ensemble_products
+    from nowcast.sequence import future_times, like
+    from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+    observed = synthetic_sequence(SyntheticRain(ny=16, nx=20, frames=3), seed=4)
+    forecast = like(observed, observed.values[-1:].repeat(2, axis=0), future_times(observed, 2))
+    members = xr.concat([forecast * 0.5, forecast * 1.5, forecast * 2.5], dim="member")
+    members.attrs = {**forecast.attrs, "forecast_reference_time": str(pd.Timestamp(observed["time"].values[-1]))}
+    products = ensemble_products(members, ProductRequest(("pm_mean", "probabilities", "accumulation_probabilities",
+                                                          "accumulation_quantiles")))
+    path = write_product(tmp_path / "p.nc", observed, products["pm_mean"].assign_attrs(products.attrs),
+                         probabilities=products["probabilities"])
+    accumulations = products_to_dataset(products.drop_vars(["pm_mean", "probabilities", "threshold"]))
+    names = [PRODUCT_VARIABLES["accumulation_probabilities"], PRODUCT_VARIABLES["accumulation_quantiles"]]
+    with xr.open_dataset(path) as ds:
+        both = ds.load().assign({name: accumulations[name].drop_vars("forecast_reference_time", errors="ignore")
+                                 for name in names})
+    both.to_netcdf(tmp_path / "both.nc")
+    with xr.open_dataset(tmp_path / "both.nc") as ds:
+        assert set(names) <= set(ds.data_vars)
+    plain, with_accumulations = read_product(path), read_product(tmp_path / "both.nc")
+    xr.testing.assert_identical(with_accumulations.forecast, plain.forecast)
+    assert with_accumulations.probabilities is not None and plain.probabilities is not None
+    xr.testing.assert_identical(with_accumulations.probabilities, plain.probabilities)
+    assert plain.accumulation_probabilities is None
+    read = with_accumulations.accumulation_probabilities
+    assert read is not None and read.dims == ("accumulation_threshold", "y", "x")
+    assert list(read["accumulation_threshold"].values) == [1.0, 5.0, 10.0]
+    np.testing.assert_array_equal(read.values, products["accumulation_probabilities"].values.astype(np.float32))
+
+
+def ensemble_product(path: Path, **written: bool) -> tuple[Path, Any]:
+    """A product file of a three-member ensemble's products (ensemble_products), with the products ``written`` says
+    (by default every one the feed publishes), and those products."""
+    import pandas as pd
+    import xarray as xr
+
+    from nowcast.feed import write_product
+    from nowcast.products import ProductRequest, ensemble_products
+    from nowcast.sequence import future_times, like
+    from nowcast.synthetic import SyntheticRain, synthetic_sequence
+
+    observed = synthetic_sequence(SyntheticRain(ny=16, nx=20, frames=3, no_data_border=2), seed=5)
+    forecast = like(observed, observed.values[-1:].repeat(3, axis=0), future_times(observed, 3))
+    members = xr.concat([forecast * 0.5, forecast * 4.0, forecast * 12.0], dim="member")
+    members.attrs = {**forecast.attrs, "forecast_reference_time": str(pd.Timestamp(observed["time"].values[-1]))}
+    products = ensemble_products(members, ProductRequest(("pm_mean", "probabilities", "max_probabilities",
+                                                          "accumulation_probabilities")))
+    chosen = {name: products[name] for name in ("probabilities", "max_probabilities", "accumulation_probabilities")
+              if written.get(name, True)}
+    return write_product(path, observed, products["pm_mean"].assign_attrs(products.attrs), **chosen), products
+
+
+def test_a_product_file_round_trips_the_probabilities_of_the_rain_over_the_period(tmp_path: Path) -> None:
+    import numpy as np
+    import xarray as xr
+
+    from nowcast.feed import ACCUMULATION_PROBABILITY_NAME, read_product
+
+    path, products = ensemble_product(tmp_path / "p.nc")
+    fields = read_product(path)
+    made = products["accumulation_probabilities"]
+    assert 0.0 < np.nanmean(made.values) < 1.0 and np.isnan(made.values).any()  # some rain, some, no data
+    read = fields.accumulation_probabilities
+    assert read is not None and read.dims == ("accumulation_threshold", "y", "x")
+    assert list(read["accumulation_threshold"].values) == [1.0, 5.0, 10.0]  # mm: the request's defaults
+    np.testing.assert_array_equal(read.values, made.values.astype(np.float32))
+    assert read.attrs["minimum_members_with_data"] == made.attrs["minimum_members_with_data"] == 2
+    assert read.attrs["projection"] == fields.forecast.attrs["projection"]
+    with xr.open_dataset(path) as ds:
+        assert ds[ACCUMULATION_PROBABILITY_NAME].attrs["cell_methods"] == "time: sum"
+        assert ds["accumulation_threshold"].attrs["units"] == "mm"
+    # a product of an older writer, without them: read, with none
+    older, _ = ensemble_product(tmp_path / "older.nc", accumulation_probabilities=False)
+    fields = read_product(older)
+    assert fields.accumulation_probabilities is None and fields.max_probabilities is not None
+
+
+def test_a_product_whose_rain_over_the_period_is_on_other_axes_is_refused(tmp_path: Path) -> None:
+    import xarray as xr
+
+    from nowcast.feed import ACCUMULATION_PROBABILITY_NAME, read_product
+
+    path, _ = ensemble_product(tmp_path / "p.nc")
+    with xr.open_dataset(path) as ds:
+        ds = ds.load()
+    ds[ACCUMULATION_PROBABILITY_NAME] = ds["probability_of_lwe_precipitation_rate_above_threshold"]  # time, mm/h
+    ds.to_netcdf(tmp_path / "bad.nc")
+    with pytest.raises(UnreadableFileError, match=f"{ACCUMULATION_PROBABILITY_NAME} is on threshold, time, y, x, "
+                                                  "not accumulation_threshold, y and x"):
         read_product(tmp_path / "bad.nc")

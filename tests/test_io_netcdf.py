@@ -387,6 +387,40 @@ def test_products_are_written_as_improver_writes_them(small_sequence, tmp_path):
         assert period.coordinates == "forecast_reference_time" and period.minimum_members_with_data == 2
         assert "valid from" in period.comment and "missing where fewer than 2 members" in period.comment
         np.testing.assert_array_equal(period[:].filled(np.nan), products["max_probabilities"].values)
+        accumulation = ds.variables["probability_of_lwe_thickness_of_precipitation_amount_above_threshold"]
+        assert accumulation.dimensions == ("accumulation_threshold", "y", "x") and accumulation.units == "1"
+        assert accumulation.cell_methods == "time: sum"
+        assert accumulation.coordinates == "forecast_reference_time" and accumulation.minimum_members_with_data == 2
+        assert not hasattr(accumulation, "standard_name")  # IMPROVER's probabilities have none
+        start, end = reference_of(forecast), pd.Timestamp(forecast["time"].values[-1])
+        assert accumulation.comment == (f"the rain over the forecast period from {start.isoformat()} to "
+                                        f"{end.isoformat()}; missing where fewer than 2 members have data")
+        np.testing.assert_array_equal(accumulation[:].filled(np.nan), products["accumulation_probabilities"].values)
+        accumulation_threshold = ds.variables["accumulation_threshold"]
+        assert accumulation_threshold.standard_name == "lwe_thickness_of_precipitation_amount"
+        assert accumulation_threshold.units == "mm" and accumulation_threshold.spp__relative_to_threshold == (
+            "greater_than")
+        assert "forecast period" in accumulation_threshold.long_name
+        np.testing.assert_array_equal(accumulation_threshold[:], [1.0, 5.0, 10.0])
+        amount = ds.variables["lwe_thickness_of_precipitation_amount_percentile"]
+        assert amount.dimensions == ("percentile", "y", "x")
+        assert amount.standard_name == "lwe_thickness_of_precipitation_amount" and amount.units == "mm"
+        assert amount.cell_methods == "time: sum"
+        assert amount.minimum_members_with_data == 2 and amount.comment == accumulation.comment
+        np.testing.assert_array_equal(amount[:].filled(np.nan), products["accumulation_quantiles"].values)
+
+
+def test_the_accumulations_period_without_a_reference_time_starts_a_step_before_the_first_valid_time(
+        small_sequence):
+    from nowcast.io.netcdf import products_to_dataset
+
+    forecast = ensemble_forecast(small_sequence.isel(time=slice(0, 3)), members=4)
+    products = ensemble_products(forecast, ProductRequest(("accumulation_quantiles",)))
+    times = pd.DatetimeIndex(forecast["time"].values)
+    del products.attrs["forecast_reference_time"]
+    comment = products_to_dataset(products)["lwe_thickness_of_precipitation_amount_percentile"].attrs["comment"]
+    assert comment.startswith(f"the rain over the forecast period from {(times[0] - (times[1] - times[0])).isoformat()}"
+                              f" to {times[-1].isoformat()}")
 
 
 def test_times_are_float64_and_coordinates_have_no_fill_value(small_sequence, tmp_path):
@@ -412,7 +446,7 @@ def _cf_errors(checker: str, path: Path, report: Path) -> list[str]:
 
 
 def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
-    """Deterministic, members, probability and period-maximum files: no CF-1.8 errors.
+    """Deterministic, members, probability, period-maximum and accumulation files: no CF-1.8 errors.
 
     The checker reads standard names from the table it ships unless a file names another
     version in ``standard_name_vocabulary`` (ours do not), so it needs no network.
@@ -434,6 +468,11 @@ def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
             tmp_path / "neighbourhood.nc", forecast_reference_time=reference),
         "period maximum": write_netcdf(ensemble_products(forecast, ProductRequest(("max_probabilities",))),
                                        tmp_path / "period.nc", forecast_reference_time=reference),
+        "accumulations": write_netcdf(
+            ensemble_products(forecast, ProductRequest(("accumulation_probabilities", "accumulation_quantiles"))),
+            tmp_path / "accumulations.nc", forecast_reference_time=reference),
+        "every product": write_netcdf(ensemble_products(forecast, ProductRequest(PRODUCTS)),
+                                      tmp_path / "every-product.nc", forecast_reference_time=reference),
     }
     with xr.open_dataset(files["neighbourhood"]) as ds:
         probability = ds["probability_of_lwe_precipitation_rate_above_threshold"]
@@ -441,6 +480,10 @@ def test_files_pass_the_cf_compliance_checker(small_sequence, tmp_path):
         assert "grows 1 km per minute of lead" in probability.attrs["comment"]
         assert probability.attrs["minimum_members_with_data"] == 2
         assert probability.attrs["comment"].endswith("; missing where fewer than 2 members have data")
+    with netCDF4.Dataset(files["accumulations"]) as ds:
+        for name in ("probability_of_lwe_thickness_of_precipitation_amount_above_threshold",
+                     "lwe_thickness_of_precipitation_amount_percentile"):
+            assert ds.variables[name].grid_mapping == "crs", name
     for kind, path in files.items():
         assert _cf_errors(checker, path, tmp_path / f"{kind.replace(' ', '-')}.json") == [], kind
 

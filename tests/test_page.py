@@ -29,6 +29,27 @@ from service.feed import reference_label
 
 pytestmark = pytest.mark.service
 
+#: the thresholds (mm over the forecast period) of the accumulation probabilities the watcher writes by default
+ACCUMULATIONS_MM = (1.0, 5.0, 10.0)
+
+
+def add_accumulations(folder: Path, entry: Any, thresholds: tuple[float, ...] = ACCUMULATIONS_MM) -> None:
+    """Write ``entry``'s product again with the feed's own writer, now with probabilities of the rain over the
+    forecast period at ``thresholds`` mm (falling with the threshold, as an ensemble's; 4 members needed, as of 8)."""
+    import xarray as xr
+
+    from nowcast.feed import write_product
+
+    path = folder / entry.file
+    fields = read_product(path)
+    rain = fields.forecast.sum(dim="time", skipna=False).values * 5.0 / 60.0  # mm over the period
+    values = np.stack([np.clip(rain / (2.0 * t), 0.0, 1.0) for t in thresholds]).astype(np.float32)
+    totals = xr.DataArray(values, dims=("accumulation_threshold", "y", "x"),
+                          coords={"accumulation_threshold": list(thresholds)}, attrs={"minimum_members_with_data": 4})
+    write_product(path, fields.observed, fields.forecast, probabilities=fields.probabilities,
+                  max_probabilities=fields.max_probabilities, accumulation_probabilities=totals,
+                  attrs={"model": "page-test"})
+
 
 def rgba(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))
@@ -138,6 +159,8 @@ def test_frames_that_do_not_exist_are_404_with_the_reason(tmp_path: Path) -> Non
                              (f"/v1/nowcasts/{label}/frames/max_probability/4/1.png", "is one frame, 0"),
                              (f"/v1/nowcasts/{label}/frames/max_probability/2/0.png", "it has 1, 4, 8"),
                              (f"/v1/nowcasts/{label}/frames/max_probability/0.png", "max_probability frames are"),
+                             (f"/v1/nowcasts/{label}/frames/accumulation_probability/5/0.png",
+                              "this product has no probabilities of the rain over the forecast period"),
                              (f"/v1/nowcasts/{label}/frames/forecast/4/0.png", "no frames of kind 'forecast' at a"),
                              ("/v1/nowcasts/20170509T1205Z/frames/forecast/0.png", "no product of reference time")]:
             answer = client.get(path)
@@ -148,11 +171,42 @@ def test_frames_that_do_not_exist_are_404_with_the_reason(tmp_path: Path) -> Non
         assert client.get("/v1/nowcasts/latest/frames").status_code == 404
 
 
+def test_the_rain_over_the_forecast_period_is_one_frame_a_threshold_in_mm(tmp_path: Path) -> None:
+    entry = publish(tmp_path, minutes_ago(3), n=40, observed_frames=4, steps=6)
+    add_accumulations(tmp_path, entry)
+    label = reference_label(entry.reference_time)
+    with running(products_dir=tmp_path) as client:
+        index = client.get("/v1/nowcasts/latest/frames").json()
+        assert index["accumulation_probabilities"] == [
+            {"threshold_mm": t, "minimum_members_with_data": 4,
+             "frame": f"/v1/nowcasts/{label}/frames/accumulation_probability/{t:g}/0.png"} for t in ACCUMULATIONS_MM]
+        assert [p["threshold_mmh"] for p in index["probabilities"]] == list(THRESHOLDS)  # beside, not instead
+        fields = read_product(tmp_path / entry.file)
+        assert fields.accumulation_probabilities is not None
+        for k, item in enumerate(index["accumulation_probabilities"]):
+            answer = client.get(item["frame"])
+            assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+            assert answer.content == render_png(fields.accumulation_probabilities.values[k],
+                                                fields.forecast["y"].values, probability_scale())
+        assert client.get(index["accumulation_probabilities"][0]["frame"]).content != \
+            client.get(index["accumulation_probabilities"][2]["frame"]).content  # each threshold its own field
+        for path, reason in [(f"/v1/nowcasts/{label}/frames/accumulation_probability/2/0.png", "it has 1, 5, 10"),
+                             (f"/v1/nowcasts/{label}/frames/accumulation_probability/4/0.png", "'4' mm in this"),
+                             (f"/v1/nowcasts/{label}/frames/accumulation_probability/5/1.png", "is one frame, 0"),
+                             (f"/v1/nowcasts/{label}/frames/accumulation_probability/0.png",
+                              "accumulation_probability frames are under")]:
+            answer = client.get(path)
+            assert answer.status_code == 404 and reason in answer.json()["detail"], (path, answer.text)
+    assert "accumulation_probability" in client.app.openapi()["paths"]["/v1/nowcasts/latest/frames"]["get"][
+        "description"]
+
+
 def test_a_product_without_members_has_no_probability_frames(tmp_path: Path) -> None:
     entry = publish(tmp_path, minutes_ago(3), n=24, observed_frames=3, steps=3, thresholds=())
     with running(products_dir=tmp_path) as client:
         index = client.get("/v1/nowcasts/latest/frames").json()
         assert index["probabilities"] == [] and len(index["forecast"]) == 3
+        assert index["accumulation_probabilities"] == []
         answer = client.get(f"/v1/nowcasts/{reference_label(entry.reference_time)}/frames/probability/1/0.png")
         assert answer.status_code == 404 and "without ensemble members" in answer.json()["detail"]
 
@@ -206,13 +260,14 @@ def test_an_adhoc_forecast_gives_frames_and_points_like_the_feed() -> None:
         assert answer.status_code == 200, answer.text
         made = answer.json()
         assert made["model"] == "extrapolation" and made["fallback"] is False and made["probabilities"] == []
+        assert made["accumulation_probabilities"] == []
         assert len(made["observed"]) == 4 and [f["lead_min"] for f in made["forecast"]] == [5.0, 10.0, 15.0, 20.0]
         assert made["projection"] == PROJECTION and made["grid"]["bounds_lonlat"] is not None
         frame = client.get(made["forecast"][3]["url"])
         assert frame.status_code == 200 and Image.open(io.BytesIO(frame.content)).size == (48, 48)
         point = client.get(f"{made['links']['point']}?lat=52.0&lon=5.0").json()
         assert point["location"]["row"] in (23, 24) and len(point["forecast"]) == 4
-        assert point["forecast"][0]["probabilities"] is None
+        assert point["forecast"][0]["probabilities"] is None and point["accumulation_probabilities"] is None
         far = client.get(f"{made['links']['point']}?lat=60.0&lon=5.0")
         assert far.status_code == 422 and "outside the product's grid" in far.json()["detail"]
         gone = client.get(made["forecast"][0]["url"].replace(made["handle"], "x" * 24))
@@ -231,8 +286,14 @@ def test_an_adhoc_forecast_with_members_has_probabilities_and_bad_files_are_refu
         maximum = client.get(index["probabilities"][1]["max_frame"])
         assert maximum.status_code == 200 and maximum.headers["content-type"] == "image/png"
         assert "/adhoc/" in index["probabilities"][1]["max_frame"]
+        # the rain over the forecast period too, at the default thresholds (mm)
+        assert [p["threshold_mm"] for p in index["accumulation_probabilities"]] == list(ACCUMULATIONS_MM)
+        assert "/adhoc/" in index["accumulation_probabilities"][2]["frame"]
+        total = client.get(index["accumulation_probabilities"][2]["frame"])
+        assert total.status_code == 200 and total.headers["content-type"] == "image/png"
         point = client.get(f"{index['links']['point']}?lat=52.0&lon=5.0").json()
         assert set(point["forecast"][1]["probabilities"]) == {"0.5", "2.0"}
+        assert set(point["accumulation_probabilities"]) == {"1.0", "5.0", "10.0"}
         too_many = client.post("/v1/nowcasts/adhoc?steps=2&members=5", content=body,
                                headers={"Content-Type": "application/x-netcdf"})
         assert too_many.status_code in (413, 422), too_many.text

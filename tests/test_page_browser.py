@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 from page_products import minutes_ago, projected_sequence, publish
+from test_page import add_accumulations
 from test_service_process import free_port, server_process
 
 from nowcast.io.netcdf import to_netcdf_bytes
@@ -72,9 +73,10 @@ def serve(folder: Path, log: Path, **env: str) -> Any:
 
 @pytest.fixture(scope="module")
 def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A fresh ensemble product (probabilities at 1, 4 and 8 mm/h) of 120x120 synthetic rain; no keys."""
+    """A fresh ensemble product (probabilities at 1, 4 and 8 mm/h, and of the rain over the forecast period at 1, 5
+    and 10 mm) of 120x120 synthetic rain; no keys."""
     folder = tmp_path_factory.mktemp("feed")
-    publish(folder, minutes_ago(4), n=120)
+    add_accumulations(folder, publish(folder, minutes_ago(4), n=120))
     with serve(folder, folder.parent / "server.log") as (url, _pid):
         yield url, folder
 
@@ -159,7 +161,7 @@ def test_the_page_loads_without_console_errors_and_shows_the_product(browser: An
     legend = browser.find_element(By.ID, "legend").text
     assert "≥ 64 mm/h" in legend and "0.1 – 0.5 mm/h" in legend and "no data" in legend
     options = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#field-select option")]
-    assert options == ["rain", "p:1", "p:4", "p:8", "m:1", "m:4", "m:8"]
+    assert options == ["rain", "p:1", "p:4", "p:8", "m:1", "m:4", "m:8", "a:1", "a:5", "a:10"]
 
 
 def test_the_loop_plays_through_every_frame_and_the_slider_moves_valid_time(browser: Any,
@@ -206,6 +208,26 @@ def test_the_forecasts_maximum_is_one_frame_over_the_whole_forecast(browser: Any
     assert browser.find_element(By.ID, "lead-time").text == "at some time from +5 to +60 min"
     legend = browser.find_element(By.ID, "legend").text
     assert "P(rain rate > 8 mm/h at some time)" in legend and "fewer than 4 members with data" in legend
+    assert console_errors(browser) == []
+
+
+def test_the_rain_over_the_forecast_period_is_one_frame_a_threshold_in_mm(browser: Any,
+                                                                         feed: tuple[str, Path]) -> None:
+    url, _ = feed
+    open_page(browser, url + "/")
+    index = httpx.get(f"{url}/v1/nowcasts/latest/frames").json()
+    option = browser.find_element(By.CSS_SELECTOR, "#field-select option[value='a:10']")
+    assert option.text == "probability of rain > 10 mm in total over the forecast"
+    option.click()
+    wait_for(browser, lambda: page_state(browser, "document.body.dataset.ready === 'true' && "
+                                                  "nowcastPage.frames[0].kind === 'accumulation_probability'"),
+             "the rain over the period")
+    assert page_state(browser, "nowcastPage.frames.length") == 1
+    assert page_state(browser, "nowcastPage.frames[0].url").endswith(index["accumulation_probabilities"][2]["frame"])
+    assert page_state(browser, "nowcastPage.drawn.length") >= 1
+    assert browser.find_element(By.ID, "lead-time").text == "in total from now to +60 min"
+    legend = browser.find_element(By.ID, "legend").text
+    assert "P(rain > 10 mm in total)" in legend and "fewer than 4 members with data" in legend
     assert console_errors(browser) == []
 
 

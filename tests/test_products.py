@@ -16,12 +16,14 @@ from nowcast.ensemble import (
     ensemble_quantiles,
     exceedance_probability,
     neighbourhood_probability,
+    period_accumulation_products,
     period_exceedance_probability,
     probability_matched_mean,
     window_mean,
 )
 from nowcast.errors import InputError
 from nowcast.products import (
+    DEFAULT_ACCUMULATION_THRESHOLDS_MM,
     DEFAULT_PRODUCTS,
     DEFAULT_QUANTILE_LEVELS,
     DEFAULT_THRESHOLDS_MMH,
@@ -53,9 +55,13 @@ def test_defaults() -> None:
     assert request.thresholds == DEFAULT_THRESHOLDS_MMH == (1.0, 4.0, 8.0)
     assert request.quantile_levels == DEFAULT_QUANTILE_LEVELS
     assert request.values_per_frame(20) == 23 and request.fields(20, 12) == 23 * 12
-    everything = ProductRequest(PRODUCTS, (0.5,), (0.5, 0.9))
+    assert request.accumulation_thresholds == DEFAULT_ACCUMULATION_THRESHOLDS_MM == (1.0, 5.0, 10.0)
+    everything = ProductRequest(PRODUCTS, (0.5,), (0.5, 0.9), accumulation_thresholds=(1.0, 5.0, 10.0, 20.0))
     assert everything.values_per_frame(10) == 10 + 1 + 1 + 1 + 2
-    assert everything.fields(10, 12) == (10 + 1 + 1 + 1 + 2) * 12 + 1  # the period's maximum: one field a threshold
+    # the period's maximum and accumulations: one field a threshold or level
+    assert everything.fields(10, 12) == (10 + 1 + 1 + 1 + 2) * 12 + 1 + 4 + 2
+    assert ProductRequest(("accumulation_probabilities",)).fields(10, 12) == 3
+    assert ProductRequest(("accumulation_quantiles",), quantile_levels=(0.5,)).fields(10, 12) == 1
 
 
 @pytest.mark.parametrize(
@@ -72,6 +78,12 @@ def test_defaults() -> None:
         ({"quantile_levels": ("0.5",)}, "quantile_levels", "not a finite number"),
         ({"neighbourhood": -0.5}, "neighbourhood", "outside [0, 10]"),
         ({"neighbourhood": float("inf")}, "neighbourhood", "not a finite number"),
+        ({"accumulation_thresholds": (5.0, 1.0)}, "accumulation_thresholds", "strictly increasing"),
+        ({"accumulation_thresholds": (5.0, 5.0)}, "accumulation_thresholds", "strictly increasing"),
+        ({"accumulation_thresholds": (-1.0, 5.0)}, "accumulation_thresholds", "outside [0, 1000]"),
+        ({"accumulation_thresholds": (5.0, 1001.0)}, "accumulation_thresholds", "outside [0, 1000]"),
+        ({"accumulation_thresholds": ()}, "accumulation_thresholds", "at least one"),
+        ({"accumulation_thresholds": (float("nan"),)}, "accumulation_thresholds", "not a finite number"),
     ],
 )
 def test_bad_requests_name_the_field(kwargs: dict, field: str, words: str) -> None:
@@ -97,6 +109,28 @@ def test_options_for_products_not_asked_are_refused() -> None:
     assert refused.value.field == "neighbourhood"
 
 
+def test_accumulation_options_go_with_the_accumulation_products() -> None:
+    """accumulation_thresholds only with accumulation_probabilities; quantile_levels with quantiles or
+    accumulation_quantiles; thresholds (mm/h) not with the accumulations alone."""
+    asked = ProductRequest.from_options(["accumulation_probabilities"], accumulation_thresholds=[2.0, 20.0])
+    assert asked.accumulation_thresholds == (2.0, 20.0)
+    assert ProductRequest.from_options(["accumulation_quantiles"], None, [0.5]).quantile_levels == (0.5,)
+    for products in (["mean"], ["max_probabilities", "probabilities"], ["accumulation_quantiles"]):
+        with pytest.raises(InputError, match="accumulation_thresholds: given, but accumulation_probabilities are "
+                                             "not among") as refused:
+            ProductRequest.from_options(products, accumulation_thresholds=[2.0])
+        assert refused.value.field == "accumulation_thresholds"
+    with pytest.raises(InputError, match="quantiles or accumulation_quantiles are not among") as refused:
+        ProductRequest.from_options(["accumulation_probabilities"], None, [0.5])
+    assert refused.value.field == "quantile_levels"
+    with pytest.raises(InputError, match="probabilities or max_probabilities are not among") as refused:
+        ProductRequest.from_options(["accumulation_probabilities"], [2.0], None)
+    assert refused.value.field == "thresholds"
+    with pytest.raises(InputError, match="strictly increasing") as refused:
+        ProductRequest.from_options(["accumulation_probabilities"], accumulation_thresholds=[10.0, 1.0])
+    assert refused.value.field == "accumulation_thresholds"
+
+
 def test_products_are_what_nowcast_ensemble_computes() -> None:
     forecast = ensemble()
     request = ProductRequest(PRODUCTS, (1.0, 4.0), (0.25, 0.5))
@@ -110,6 +144,13 @@ def test_products_are_what_nowcast_ensemble_computes() -> None:
     np.testing.assert_array_equal(products["quantiles"].values, ensemble_quantiles(members, (0.25, 0.5)))
     np.testing.assert_array_equal(products["max_probabilities"].values, period_exceedance_probability(members,
                                                                                                       (1.0, 4.0)))
+    accumulated = period_accumulation_products(members, [5 / 60, 5 / 60], DEFAULT_ACCUMULATION_THRESHOLDS_MM,
+                                               (0.25, 0.5), minimum_members(5))
+    np.testing.assert_array_equal(products["accumulation_probabilities"].values, accumulated[0])
+    np.testing.assert_array_equal(products["accumulation_quantiles"].values, accumulated[1])
+    assert products["accumulation_probabilities"].dims == ("accumulation_threshold", "y", "x")
+    assert products["accumulation_quantiles"].dims == ("quantile", "y", "x")
+    assert list(products["accumulation_threshold"].values) == [1.0, 5.0, 10.0]
     assert products["max_probabilities"].dims == ("threshold", "y", "x")
     assert products["probabilities"].dims == ("threshold", "time", "y", "x")
     assert products["quantiles"].dims == ("quantile", "time", "y", "x")
@@ -313,8 +354,10 @@ def test_member_statistics_are_no_data_where_fewer_than_half_of_the_members_have
         np.testing.assert_array_equal(made[..., published], full[..., published])
         assert np.isnan(made[..., ~published]).all(), name
         assert np.isfinite(full[..., ~published & (with_data > 0)]).all(), name  # the library still gives them
-    # the band is the same at every lead, so the period's maximum is published where the leads' products are
-    np.testing.assert_array_equal(np.isnan(products["max_probabilities"].values[0]), ~published[0])
+    # the band is the same at every lead, so the period's products are published where the leads' products are
+    for name in ("max_probabilities", "accumulation_probabilities", "accumulation_quantiles"):
+        np.testing.assert_array_equal(np.isnan(products[name].values[0]), ~published[0], err_msg=name)
+        assert products[name].attrs[MIN_MEMBERS_ATTR] == needed
     # the members and the deterministic forecast are published as drawn and as scored
     np.testing.assert_array_equal(products["members"].values, values)
     np.testing.assert_array_equal(products["pm_mean"].values, probability_matched_mean_of(forecast))
@@ -354,6 +397,87 @@ def test_max_probabilities_count_the_members_above_the_threshold_at_any_lead_wit
     assert product.attrs[MIN_MEMBERS_ATTR] == 2
     np.testing.assert_array_equal(product.values[:, 0, :3], got[:, 0, :3])  # 4, 4 and 3 complete members
     assert np.isnan(product.values[:, 0, 3:]).all()  # none, and one of four: fewer than half
+
+
+def accumulation_forecast(rates: np.ndarray, lead_minutes: list[float]) -> xr.DataArray:
+    """An ensemble forecast of ``rates`` (member, time, y, x; mm/h) valid ``lead_minutes`` after 12:00."""
+    times = pd.Timestamp("2024-06-01 12:00") + pd.to_timedelta(lead_minutes, unit="min")
+    ny, nx = rates.shape[2:]
+    return xr.DataArray(rates.astype(np.float32), dims=("member", "time", "y", "x"),
+                        coords={"time": times, "y": np.arange(ny) * 1000.0, "x": np.arange(nx) * 1000.0},
+                        attrs={"projection": "", "forecast_reference_time": "2024-06-01 12:00:00"})
+
+
+def test_accumulations_are_the_members_rain_over_the_period_counted_by_hand() -> None:
+    """4 members, 3 leads of 10 min (1/6 h each), 2x2 pixels; the rain a member brings is the sum of its rates
+    times 1/6 h. Thresholds 1, 5 and 10 mm, levels 0.1, 0.5 and 0.9 (numpy's linear quantiles)."""
+    nan = np.nan
+    rates = np.zeros((4, 3, 2, 2))
+    # (0, 0): the members bring 3, 6, 9 and 12 mm
+    rates[:, :, 0, 0] = [[6, 0, 12], [12, 12, 12], [0, 54, 0], [24, 24, 24]]
+    # (0, 1): member 0 lacks the middle lead (60 mm/h either side: 20 mm were it counted); the others bring
+    # 3, 0 and 11 mm
+    rates[:, :, 0, 1] = [[60, nan, 60], [6, 6, 6], [0, 0, 0], [66, 0, 0]]
+    # (1, 0): one member of four complete: fewer than half, no data
+    rates[:, :, 1, 0] = [[nan, 6, 6], [6, nan, 6], [6, 6, nan], [6, 6, 6]]
+    # (1, 1): two members of four complete, exactly half: 3 and 18 mm
+    rates[:, :, 1, 1] = [[nan, 0, 0], [0, 0, nan], [6, 6, 6], [36, 36, 36]]
+    forecast = accumulation_forecast(rates, [10, 20, 30])
+    request = ProductRequest(("accumulation_probabilities", "accumulation_quantiles"), quantile_levels=(0.1, 0.5, 0.9))
+    products = ensemble_products(forecast, request)
+    probabilities = products["accumulation_probabilities"].values
+    quantiles = products["accumulation_quantiles"].values
+    np.testing.assert_allclose(probabilities[:, 0, 0], [1.0, 0.75, 0.25])
+    np.testing.assert_allclose(quantiles[:, 0, 0], [3.9, 7.5, 11.1], rtol=1e-6)
+    np.testing.assert_allclose(probabilities[:, 0, 1], [2 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(quantiles[:, 0, 1], [0.6, 3.0, 9.4], rtol=1e-6)
+    assert np.isnan(probabilities[:, 1, 0]).all() and np.isnan(quantiles[:, 1, 0]).all()
+    np.testing.assert_allclose(probabilities[:, 1, 1], [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(quantiles[:, 1, 1], [4.5, 10.5, 16.5], rtol=1e-6)
+    assert products["accumulation_probabilities"].attrs[MIN_MEMBERS_ATTR] == 2
+    assert products["accumulation_quantiles"].attrs[MIN_MEMBERS_ATTR] == 2
+    assert products["accumulation_threshold"].dtype == np.float64
+    assert list(products["accumulation_threshold"].values) == [1.0, 5.0, 10.0]
+    assert list(products["quantile"].values) == [0.1, 0.5, 0.9]
+    assert probabilities.dtype == quantiles.dtype == np.float32
+    # each alone is what it is beside the other
+    alone = ensemble_products(forecast, ProductRequest(("accumulation_quantiles",), quantile_levels=(0.1, 0.5, 0.9)))
+    np.testing.assert_array_equal(alone["accumulation_quantiles"].values, quantiles)
+    assert "accumulation_threshold" not in alone.coords
+
+
+def test_both_accumulation_products_come_from_one_accumulation(monkeypatch: pytest.MonkeyPatch) -> None:
+    import nowcast.products
+
+    calls: list[tuple[tuple[float, ...], tuple[float, ...]]] = []
+
+    def counted(members, hours, thresholds, levels, min_members=1):
+        calls.append((tuple(thresholds), tuple(levels)))
+        return period_accumulation_products(members, hours, thresholds, levels, min_members)
+
+    monkeypatch.setattr(nowcast.products, "period_accumulation_products", counted)
+    ensemble_products(ensemble(), ProductRequest(("accumulation_probabilities", "accumulation_quantiles", "mean")))
+    assert calls == [(DEFAULT_ACCUMULATION_THRESHOLDS_MM, DEFAULT_QUANTILE_LEVELS)]
+
+
+@pytest.mark.parametrize(("lead_minutes", "total_mm"), [([5, 10, 15], 3.0), ([6, 12, 18], 3.6), ([5, 10, 20], 4.0)])
+def test_the_durations_come_from_the_time_coordinate(lead_minutes: list[float], total_mm: float) -> None:
+    """The same rates (12 mm/h at every lead) bring more rain over 6-minute leads than over 5-minute ones; an
+    irregular last step counts for what it lasts."""
+    rates = np.full((3, 3, 2, 2), 12.0)
+    products = ensemble_products(accumulation_forecast(rates, lead_minutes),
+                                 ProductRequest(("accumulation_probabilities", "accumulation_quantiles"),
+                                                quantile_levels=(0.5,), accumulation_thresholds=(2.9, 3.3, 3.8)))
+    np.testing.assert_allclose(products["accumulation_quantiles"].values, total_mm, rtol=1e-6)
+    expected = [float(total_mm > threshold) for threshold in (2.9, 3.3, 3.8)]
+    np.testing.assert_array_equal(products["accumulation_probabilities"].values[:, 0, 0], expected)
+
+
+def test_accumulations_need_the_forecasts_reference_time() -> None:
+    forecast = accumulation_forecast(np.ones((2, 2, 2, 2)), [5, 10])
+    del forecast.attrs["forecast_reference_time"]
+    with pytest.raises(ValueError, match="no forecast_reference_time"):
+        ensemble_products(forecast, ProductRequest(("accumulation_probabilities",)))
 
 
 @settings(max_examples=60, deadline=None)

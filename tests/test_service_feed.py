@@ -59,9 +59,11 @@ def observed_until(reference: datetime, ny: int = 20, nx: int = 24, frames: int 
 
 
 def publish(folder: Path, observed: xr.DataArray, *, steps: int = 3, thresholds: tuple[float, ...] = (),
-            keep: list[ProductEntry] | None = None, **entry: Any) -> ProductEntry:
+            accumulations: tuple[float, ...] = (), keep: list[ProductEntry] | None = None,
+            **entry: Any) -> ProductEntry:
     """Write one product from ``observed`` (a forecast that grows the last frame) and list it in the manifest
-    after ``keep``; with ``thresholds``, exceedance probabilities of the forecast, as an ensemble product has."""
+    after ``keep``; with ``thresholds``, exceedance probabilities of the forecast, as an ensemble product has; with
+    ``accumulations`` (mm), probabilities of the rain over the forecast period, falling with the threshold."""
     reference = pd.Timestamp(observed["time"].values[-1]).tz_localize("UTC").to_pydatetime()
     times = future_times(observed, steps)
     growth = 1.0 + 0.5 * np.arange(1, steps + 1, dtype=np.float32)[:, None, None]
@@ -71,9 +73,16 @@ def publish(folder: Path, observed: xr.DataArray, *, steps: int = 3, thresholds:
         values = np.stack([np.where(np.isnan(forecast.values), np.nan, (forecast.values > t) * 0.9)
                            for t in thresholds]).astype(np.float32)
         probabilities = xr.DataArray(values, dims=("threshold", *forecast.dims), coords={"threshold": list(thresholds)})
+    totals = None
+    if accumulations:
+        rain = forecast.sum(dim="time", skipna=False).values * 5.0 / 60.0  # mm over the period
+        totals = xr.DataArray(np.stack([np.clip(rain / (2.0 * t), 0.0, 1.0) for t in accumulations]).astype(np.float32),
+                              dims=("accumulation_threshold", "y", "x"),
+                              coords={"accumulation_threshold": list(accumulations)})
     name = product_file_name(reference)
     write_product(folder / name, observed, forecast, probabilities=probabilities, attrs={"model": "test-model"},
-                  max_probabilities=None if probabilities is None else probabilities.max(dim="time") * 0.5)
+                  max_probabilities=None if probabilities is None else probabilities.max(dim="time") * 0.5,
+                  accumulation_probabilities=totals)
     product = ProductEntry(file=name, reference_time=reference, model=entry.pop("model", "test-model@v1"),
                            valid_times=tuple(t.tz_localize("UTC").to_pydatetime() for t in times),
                            thresholds=thresholds, members=entry.pop("members", 20 if thresholds else None), **entry)
@@ -214,6 +223,34 @@ def test_a_point_is_the_nearest_cell_of_the_product_with_its_probabilities(tmp_p
     assert point["max_probabilities"] == {
         label: pytest.approx(float(fields.max_probabilities.values[k, row, col]), abs=1e-4)
         for k, label in enumerate(("0.5", "4.0"))}
+    assert point["accumulation_probabilities"] is None  # a product without them: an older one, or not asked for
+
+
+def test_a_point_answers_the_probabilities_of_the_rain_over_the_period_in_mm(tmp_path: Path) -> None:
+    entry = publish(tmp_path, observed_until(recent(3), ny=30, nx=30, seed=4), thresholds=(0.5,), steps=12,
+                    accumulations=(1.0, 5.0, 10.0))
+    with xr.open_dataset(tmp_path / entry.file) as ds:  # the file itself, not the feed's reader
+        variable = ds["probability_of_lwe_thickness_of_precipitation_amount_above_threshold"]
+        assert variable.dims == ("accumulation_threshold", "y", "x")
+        in_file = variable.values
+        assert list(ds["accumulation_threshold"].values) == [1.0, 5.0, 10.0]
+    between = np.argwhere((in_file[1] > 0.05) & (in_file[1] < 0.95))  # a cell neither certain nor hopeless
+    row, col = (int(v) for v in between[len(between) // 2])
+    dry = np.argwhere(np.isnan(in_file[0]))[0]  # the no-data border
+    with running(products_dir=tmp_path) as client:
+        at = {"x": float((col + 0.5) * 1000), "y": float((row + 0.5) * 1000)}
+        answer = client.get("/v1/nowcasts/latest/point", params=at)
+        outside = client.get("/v1/nowcasts/latest/point",
+                             params={"x": float((dry[1] + 0.5) * 1000), "y": float((dry[0] + 0.5) * 1000)})
+    assert answer.status_code == 200, answer.text
+    point = answer.json()
+    assert (point["location"]["row"], point["location"]["col"]) == (row, col)
+    assert point["accumulation_probabilities"] == {
+        label: pytest.approx(float(in_file[k, row, col]), abs=1e-4) for k, label in enumerate(("1.0", "5.0", "10.0"))}
+    assert 0.05 < point["accumulation_probabilities"]["5.0"] < 0.95
+    assert set(point["max_probabilities"]) == {"0.5"}  # beside the maximum, on its own thresholds (mm/h)
+    assert outside.json()["accumulation_probabilities"] == {"1.0": None, "5.0": None, "10.0": None}
+    assert "NaN" not in outside.text
 
 
 def test_a_point_without_data_is_no_data_and_nulls_never_a_number(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from nowcast.forecasters import Forecaster, get_forecaster
 from nowcast.io.netcdf import to_netcdf_bytes
 from nowcast.products import PRODUCTS, ProductRequest, ensemble_products
 from service import codec
+from service.schemas import NowcastResponse
 
 pytestmark = pytest.mark.service
 
@@ -44,7 +45,7 @@ def product_frames(product: dict[str, Any]) -> np.ndarray:
 def test_steps_products_in_json_are_the_librarys(encoding: str) -> None:
     seq = sequence(ny=32, nx=36, frames=4, border=2)
     body = json_body(seq, steps=2, members=3, seed=2, products=list(PRODUCTS), thresholds=[0.5, 2.0],
-                     quantile_levels=[0.5, 0.9])
+                     quantile_levels=[0.5, 0.9], accumulation_thresholds=[0.2, 1.0])
     if encoding == "base64":
         body["frames"] = base64_frames(seq.values)
     with running(model="steps") as client:
@@ -52,7 +53,7 @@ def test_steps_products_in_json_are_the_librarys(encoding: str) -> None:
     assert answer.status_code == 200, answer.text
     payload = answer.json()
     expected = ensemble_products(get_forecaster("steps").forecast(seq, 2, members=3, seed=2),
-                                 ProductRequest(PRODUCTS, (0.5, 2.0), (0.5, 0.9)))
+                                 ProductRequest(PRODUCTS, (0.5, 2.0), (0.5, 0.9), accumulation_thresholds=(0.2, 1.0)))
     assert "frames" not in payload and payload["shape"] == [3, 2, 32, 36] and payload["members"] == 3
     products = payload["products"]
     assert list(products) == list(PRODUCTS)
@@ -61,9 +62,16 @@ def test_steps_products_in_json_are_the_librarys(encoding: str) -> None:
         assert products[name]["shape"] == list(expected[name].shape)
     assert products["probabilities"]["thresholds"] == [0.5, 2.0] and products["probabilities"]["units"] == "1"
     assert products["quantiles"]["levels"] == [0.5, 0.9] and products["mean"]["units"] == "mm/h"
-    assert [products[name].get("minimum_members_with_data") for name in PRODUCTS] == [None, 2, 2, None, 2, 2]
+    assert [products[name].get("minimum_members_with_data") for name in PRODUCTS] == [None, 2, 2, None, 2, 2, 2, 2]
     assert products["max_probabilities"]["thresholds"] == [0.5, 2.0] and products["max_probabilities"]["units"] == "1"
     assert products["max_probabilities"]["shape"] == [2, 32, 36]
+    accumulation = products["accumulation_probabilities"]
+    assert accumulation["thresholds"] == [0.2, 1.0] and accumulation["units"] == "1"
+    assert accumulation["shape"] == [2, 32, 36]
+    amount = products["accumulation_quantiles"]
+    assert amount["levels"] == [0.5, 0.9] and amount["units"] == "mm" and amount["shape"] == [2, 32, 36]
+    assert np.nanmax(product_frames(accumulation)) > 0  # the members bring rain somewhere
+    NowcastResponse.model_validate(payload)  # the answer is what the schema says
     assert isinstance(products["mean"]["frames"], dict if encoding == "base64" else list)
 
 
@@ -141,6 +149,57 @@ def test_without_a_neighbourhood_the_models_fitted_one_applies(fake_members: Non
         assert probabilities["neighbourhood_km_per_minute"] == neighbourhood
 
 
+@pytest.mark.parametrize("encoding", ["nested", "base64"])
+def test_the_rain_over_the_period_over_http_is_the_librarys(fake_members: None, encoding: str) -> None:
+    """Members 0.5, 1.5, 2.5 and 3.5 times the last frame at each of 3 five-minute leads: each brings that rate
+    times a quarter of an hour; the JSON and netCDF answers hold what ensemble_products gives."""
+    seq = sequence(ny=16, nx=18, frames=3, border=2)
+    asked = ProductRequest(("accumulation_probabilities", "accumulation_quantiles"), quantile_levels=(0.5,),
+                           accumulation_thresholds=(0.1, 1.0))
+    expected = ensemble_products(FakeMembers().forecast(seq, 3, members=4, seed=3), asked)
+    np.testing.assert_allclose(expected["accumulation_quantiles"].values[0], seq.values[-1] * 2.0 * 0.25, rtol=1e-5)
+    body = json_body(seq, steps=3, members=4, seed=3, products=["accumulation_probabilities", "accumulation_quantiles"],
+                     accumulation_thresholds=[0.1, 1.0], quantile_levels=[0.5])
+    if encoding == "base64":
+        body["frames"] = base64_frames(seq.values)
+    with running(model="test-members") as client:
+        as_json = client.post("/v1/nowcasts", json=body)
+        as_netcdf = client.post(
+            "/v1/nowcasts", content=to_netcdf_bytes(seq),
+            params={"steps": 3, "members": 4, "seed": 3,
+                    "products": "accumulation_probabilities,accumulation_quantiles",
+                    "accumulation_thresholds": "0.1,1", "quantile_levels": "0.5"},
+            headers={"Content-Type": NETCDF, "Accept": NETCDF},
+        )
+        refused = client.post(
+            "/v1/nowcasts", content=to_netcdf_bytes(seq),
+            params={"steps": 3, "members": 4, "products": "accumulation_probabilities",
+                    "accumulation_thresholds": "5,x"},
+            headers={"Content-Type": NETCDF},
+        )
+    assert refused.status_code == 422 and refused.json()["field"] == "accumulation_thresholds", refused.text
+    assert as_json.status_code == 200, as_json.text
+    products = as_json.json()["products"]
+    assert list(products) == ["accumulation_probabilities", "accumulation_quantiles"]
+    probabilities, amounts = products["accumulation_probabilities"], products["accumulation_quantiles"]
+    assert isinstance(probabilities["frames"], dict if encoding == "base64" else list)
+    np.testing.assert_array_equal(product_frames(probabilities), expected["accumulation_probabilities"].values)
+    np.testing.assert_array_equal(product_frames(amounts), expected["accumulation_quantiles"].values)
+    assert probabilities["thresholds"] == [0.1, 1.0] and probabilities["units"] == "1"
+    assert amounts["levels"] == [0.5] and amounts["units"] == "mm"
+    assert probabilities["shape"] == [2, 16, 18] and amounts["shape"] == [1, 16, 18]
+    assert probabilities["minimum_members_with_data"] == amounts["minimum_members_with_data"] == 2
+    NowcastResponse.model_validate(as_json.json())
+    assert as_netcdf.status_code == 200, as_netcdf.text
+    with _open_bytes(as_netcdf.content) as ds:
+        probability = ds["probability_of_lwe_thickness_of_precipitation_amount_above_threshold"]
+        np.testing.assert_array_equal(probability.values, expected["accumulation_probabilities"].values)
+        np.testing.assert_allclose(ds["accumulation_threshold"].values, [0.1, 1.0], rtol=1e-6)
+        assert ds["accumulation_threshold"].attrs["units"] == "mm"
+        np.testing.assert_array_equal(ds["lwe_thickness_of_precipitation_amount_percentile"].values,
+                                      expected["accumulation_quantiles"].values)
+
+
 @pytest.mark.parametrize(
     ("extra", "params", "field", "words"),
     [
@@ -155,6 +214,17 @@ def test_without_a_neighbourhood_the_models_fitted_one_applies(fake_members: Non
         ({"members": 2, "neighbourhood": 0.8}, None, "neighbourhood", "given without products"),
         ({"members": 2, "products": ["probabilities"], "neighbourhood": 11}, None, "neighbourhood",
          "less than or equal"),
+        ({"members": 2, "products": ["accumulation_probabilities"], "accumulation_thresholds": [5.0, 1.0]}, None,
+         "accumulation_thresholds", "increasing"),
+        ({"members": 2, "products": ["accumulation_probabilities"], "accumulation_thresholds": [-1.0]}, None,
+         "accumulation_thresholds.0", "greater than or equal"),
+        ({"members": 2, "products": ["accumulation_probabilities"], "accumulation_thresholds": ["5"]}, None,
+         "accumulation_thresholds.0", "number"),
+        ({"members": 2, "products": ["accumulation_quantiles"], "accumulation_thresholds": [5.0]}, None,
+         "accumulation_thresholds", "not among the products"),
+        ({"members": 2, "accumulation_thresholds": [5.0]}, None, "accumulation_thresholds", "given without products"),
+        ({"members": 2, "products": ["probabilities"], "accumulation_thresholds": [5.0]}, None,
+         "accumulation_thresholds", "not among the products"),
     ],
 )
 def test_bad_product_requests_name_the_field(fake_members: None, extra: dict, params: dict | None, field: str,
@@ -185,6 +255,16 @@ def test_the_output_limit_counts_every_value_of_every_product(fake_members: None
                                                            products=["probabilities", "max_probabilities"]))
     assert period.status_code == 200, period.text  # 3 x 336 + 3 x 168 (one field a threshold) = 1512
     assert over.status_code == 413 and "2016 values" in over.json()["detail"]  # 4 x 336 + 4 x 168
+    accumulations = {"products": ["accumulation_probabilities", "accumulation_quantiles"],
+                     "quantile_levels": [0.5, 0.9]}
+    with running(model="test-members", max_output_values=5 * 168) as client:
+        fits = client.post("/v1/nowcasts", json=json_body(seq, steps=2, members=4, **accumulations,
+                                                           accumulation_thresholds=[1, 2, 4]))
+        too_many = client.post("/v1/nowcasts", json=json_body(seq, steps=2, members=4, **accumulations,
+                                                               accumulation_thresholds=[1, 2, 4, 8]))
+    assert fits.status_code == 200, fits.text  # (3 thresholds + 2 levels) x 168 = 840, whatever the steps
+    assert too_many.status_code == 413 and too_many.json()["field"] == "products"
+    assert "6 fields" in too_many.json()["detail"] and "1008 values" in too_many.json()["detail"]
 
 
 def test_the_memory_estimate_counts_the_products_and_their_members() -> None:
@@ -199,8 +279,8 @@ def test_the_memory_estimate_counts_the_products_and_their_members() -> None:
     with_products = estimate(ProductRequest(PRODUCTS, (1.0, 4.0), (0.5,)))
     per_value = codec.ANSWER_BYTES_PER_VALUE
     # members 4 + probabilities 2 + mean + pm mean + one quantile = 9 fields a step, 2 of the period's maximum,
-    # and the 4 members they come from
-    assert with_products - plain == (per_value * ((9 - 4) * 2 + 2) * pixels
+    # 3 + 1 of its accumulations (default thresholds, one level), and the 4 members they come from
+    assert with_products - plain == (per_value * ((9 - 4) * 2 + 2 + 3 + 1) * pixels
                                      + codec.ENSEMBLE_BYTES_PER_VALUE * 4 * 2 * pixels)
     netcdf_extra = estimate(ProductRequest(("mean",)), netcdf=True) - estimate(ProductRequest(("mean",)))
     assert netcdf_extra == codec.NETCDF_ANSWER_BYTES_PER_VALUE * 2 * pixels
@@ -211,8 +291,11 @@ def test_openapi_describes_the_products() -> None:
         spec = client.get("/openapi.json").json()
     schemas = spec["components"]["schemas"]
     request = schemas["NowcastRequest"]["properties"]
-    assert {"products", "thresholds", "quantile_levels"} <= set(request)
+    assert {"products", "thresholds", "quantile_levels", "accumulation_thresholds"} <= set(request)
+    assert "mm" in request["accumulation_thresholds"]["description"]
     assert "products" in schemas["NowcastResponse"]["properties"]
-    assert {"members", "probabilities", "mean", "pm_mean", "quantiles"} <= set(schemas["NowcastProducts"]["properties"])
+    assert {"members", "probabilities", "mean", "pm_mean", "quantiles", "max_probabilities",
+            "accumulation_probabilities", "accumulation_quantiles"} <= set(schemas["NowcastProducts"]["properties"])
+    assert "in mm (not mm/h)" in schemas["AccumulationProbabilityFrames"]["properties"]["thresholds"]["description"]
     parameters = {p["name"] for p in spec["paths"]["/v1/nowcasts"]["post"]["parameters"]}
-    assert {"products", "thresholds", "quantile_levels"} <= parameters
+    assert {"products", "thresholds", "quantile_levels", "accumulation_thresholds"} <= parameters

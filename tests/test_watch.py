@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 from nowcast.config import ConfigError
 from nowcast.ensemble import neighbourhood_probability, neighbourhood_window_pixels
@@ -26,6 +27,7 @@ from nowcast.feed import MANIFEST, read_manifest, read_manifest_extras, read_pro
 from nowcast.forecasters.persistence import Persistence
 from nowcast.io.catalogue import load_sources
 from nowcast.io.netcdf import write_netcdf
+from nowcast.products import ProductRequest, ensemble_products
 from nowcast.synthetic import SyntheticRain, synthetic_sequence
 from nowcast.watch import FileNames, WatchConfig, Watcher, load_watch_config, replay_event
 
@@ -149,6 +151,24 @@ def test_the_config_refuses_unknown_keys_takes_paths_from_its_folder_and_the_ser
         WatchConfig(input_dir="a", output_dir="b", source="fmi", members=1)
     with pytest.raises(Exception, match="thresholds"):
         WatchConfig(input_dir="a", output_dir="b", source="fmi", thresholds=(4.0, 1.0))
+
+
+def test_the_accumulation_thresholds_default_to_1_5_10_mm_and_bad_ones_are_refused_by_name(tmp_path) -> None:
+    config = WatchConfig(input_dir="a", output_dir="b", source="fmi", members=4)
+    assert config.accumulation_thresholds == (1.0, 5.0, 10.0)
+    assert config.request.accumulation_thresholds == (1.0, 5.0, 10.0)
+    assert "accumulation_probabilities" in config.request.products
+    path = tmp_path / "watch.toml"
+    base = 'input_dir = "in"\noutput_dir = "out"\nsource = "fmi"\nmodel = "persistence"\nmembers = 4\n'
+    path.write_text(base + "accumulation_thresholds = [2, 20.5]\n")
+    assert load_watch_config(path).request.accumulation_thresholds == (2.0, 20.5)
+    for bad, words in [("[10, 5]", "accumulation_thresholds: values must be strictly increasing; got 10, 5"),
+                       ("[2000]", "accumulation_thresholds: 2000 is outside [0, 1000]"),
+                       ("[]", "accumulation_thresholds: give at least one value"),
+                       ('"1,5"', "accumulation_thresholds: expected a list")]:
+        path.write_text(base + f"accumulation_thresholds = {bad}\n")
+        with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+            load_watch_config(path)
 
 
 def test_the_shipped_example_config_loads() -> None:
@@ -319,7 +339,8 @@ def test_a_hanging_model_is_killed_at_its_deadline_and_does_not_block_the_next_f
 
 
 def test_an_ensemble_writes_its_probability_matched_mean_and_probabilities(feed) -> None:
-    watcher = feed.watcher(Members, members=4, thresholds=(0.5, 2.0), max_missing_frames=0)
+    watcher = feed.watcher(Members, members=4, thresholds=(0.5, 2.0), accumulation_thresholds=(0.1, 0.5),
+                           max_missing_frames=0)
     for k in range(3):
         feed.deliver(k)
     *_, decision = watcher.poll_once()
@@ -334,6 +355,18 @@ def test_an_ensemble_writes_its_probability_matched_mean_and_probabilities(feed)
     # the forecast's maximum: these members hold the last frame at every lead, so it is any lead's probability
     assert fields.max_probabilities is not None and fields.max_probabilities.shape == (2, 24, 32)
     np.testing.assert_allclose(fields.max_probabilities.values[1], (members > 2.0).mean(axis=0), atol=1e-6)
+    # the rain over the forecast period: the same as ensemble_products makes of the same members
+    accumulations = fields.accumulation_probabilities
+    assert accumulations is not None and accumulations.shape == (2, 24, 32)
+    assert list(accumulations["accumulation_threshold"].values) == [0.1, 0.5]
+    ensemble = xr.DataArray(members[:, None].repeat(3, axis=1), dims=("member", *fields.forecast.dims),
+                            coords=fields.forecast.coords,
+                            attrs={"forecast_reference_time": str(feed.rain["time"].values[2])})
+    expected = ensemble_products(ensemble, ProductRequest(("accumulation_probabilities",),
+                                                          accumulation_thresholds=(0.1, 0.5)))
+    made = expected["accumulation_probabilities"].values
+    assert made.min() == 0.0 and made.max() == 1.0 and ((made > 0) & (made < 1)).any()  # all of it, to compare
+    np.testing.assert_allclose(accumulations.values, made, atol=1e-6)
 
 
 def test_an_ensemble_writes_neighbourhood_processed_probabilities_when_asked(feed) -> None:

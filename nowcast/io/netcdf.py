@@ -34,6 +34,7 @@ from nowcast.files import replaced_atomically
 from nowcast.io.locks import NETCDF_LOCK
 from nowcast.io.safety import DEFAULT_LIMITS, ReadLimits, check_hdf5, is_hdf5
 from nowcast.products import (
+    ACCUMULATION_PRODUCTS,
     MEAN_NEIGHBOURHOOD_ATTR,
     MIN_MEMBERS_ATTR,
     PROCESSED_NEIGHBOURHOOD_ATTR,
@@ -261,6 +262,8 @@ PRODUCT_VARIABLES = {
     "pm_mean": f"{VARIABLE_NAME}_pm_mean",
     "quantiles": f"{VARIABLE_NAME}_percentile",
     "max_probabilities": "probability_of_lwe_precipitation_rate_max_above_threshold",
+    "accumulation_probabilities": "probability_of_lwe_thickness_of_precipitation_amount_above_threshold",
+    "accumulation_quantiles": "lwe_thickness_of_precipitation_amount_percentile",
 }
 # CF-1.8 allows no 64-bit integers; float64 seconds hold any timestamp a sequence can carry
 _TIME_ENCODING = {"units": "seconds since 1970-01-01 00:00:00", "dtype": "float64", "_FillValue": None}
@@ -295,7 +298,12 @@ def products_to_dataset(
     realization: mean``) and the probability-matched mean as rain rates; quantiles on a
     ``percentile`` coordinate (%); the probabilities of the forecast period's maximum
     (``probability_of_lwe_precipitation_rate_max_above_threshold``, ``cell_methods: time: maximum``)
-    on the same thresholds, with no time axis.
+    on the same thresholds, with no time axis. The rain over the forecast period (``cell_methods: time: sum``,
+    no time axis, a comment naming the period): its probabilities
+    (``probability_of_lwe_thickness_of_precipitation_amount_above_threshold``, units 1) on an
+    ``accumulation_threshold`` coordinate whose standard_name is ``lwe_thickness_of_precipitation_amount`` (mm,
+    ``greater_than``), its quantiles (``lwe_thickness_of_precipitation_amount_percentile``, mm) on the
+    ``percentile`` coordinate.
     """
     variables: dict[str, xr.Variable] = {}
     coords: dict[str, Any] = {}
@@ -313,6 +321,8 @@ def _product_variable(product: str, products: xr.Dataset) -> tuple[str, xr.Varia
     name = PRODUCT_VARIABLES[product]
     if product == "max_probabilities":
         return name, _period_maximum_variable(data, products), _threshold_coord(products)
+    if product in ACCUMULATION_PRODUCTS:
+        return name, *_accumulation_variable(product, data, products)
     values = data.transpose(*data.dims[:-3], *DIMS).values.astype(np.float32)
     if product == "members":
         realization = np.arange(values.shape[0], dtype=np.int32)
@@ -363,6 +373,45 @@ def _period_maximum_variable(data: xr.DataArray, products: xr.Dataset) -> xr.Var
              "units": "1", "grid_mapping": "crs", "cell_methods": "time: maximum",
              "comment": f"the maximum over the forecasts valid from {times[0].isoformat()} to {times[-1].isoformat()}"}
     return xr.Variable(("threshold", "y", "x"), values, _with_member_minimum(attrs, data))
+
+
+def _accumulation_variable(product: str, data: xr.DataArray,
+                           products: xr.Dataset) -> tuple[xr.Variable, dict[str, Any]]:
+    """The rain over the forecast period (IMPROVER's ``lwe_thickness_of_precipitation_amount``, ``time: sum``): its
+    probabilities above thresholds in mm or its percentiles, with that axis' coordinate."""
+    period = {"grid_mapping": "crs", "cell_methods": "time: sum",
+              "comment": f"the rain over the forecast period {_period_of(products)}"}
+    if product == "accumulation_probabilities":
+        thresholds = products["accumulation_threshold"].values.astype(np.float32)
+        coord = {"accumulation_threshold": ("accumulation_threshold", thresholds, {
+            "standard_name": "lwe_thickness_of_precipitation_amount", "units": "mm",
+            "long_name": "threshold of the rain over the forecast period",
+            "spp__relative_to_threshold": "greater_than"})}
+        attrs = {"long_name": "probability of the rain over the forecast period above threshold", "units": "1",
+                 **period}
+        dims = ("accumulation_threshold", "y", "x")
+    else:
+        percentiles = (100.0 * products["quantile"].values).astype(np.float32)
+        coord = {"percentile": ("percentile", percentiles, {"long_name": "percentile", "units": "%"})}
+        attrs = {"standard_name": "lwe_thickness_of_precipitation_amount", "units": "mm",
+                 "long_name": "rain over the forecast period, percentile of the ensemble members", **period}
+        dims = ("percentile", "y", "x")
+    values = data.transpose(data.dims[0], "y", "x").values.astype(np.float32)
+    return xr.Variable(dims, values, _with_member_minimum(attrs, data)), coord
+
+
+def _period_of(products: xr.Dataset) -> str:
+    """The forecast period, as words: from its reference time (the products', else the first valid time less the
+    time step) to the last valid time."""
+    times = pd.DatetimeIndex(products["time"].values)
+    reference = products.attrs.get("forecast_reference_time")
+    if reference is not None:
+        start = pd.Timestamp(reference)
+    elif len(times) > 1:
+        start = times[0] - (times[1] - times[0])
+    else:
+        return f"ending {times[-1].isoformat()}"
+    return f"from {start.isoformat()} to {times[-1].isoformat()}"
 
 
 def _with_member_minimum(attrs: dict[str, Any], data: xr.DataArray) -> dict[str, Any]:

@@ -21,7 +21,7 @@
     mode: "feed",          // "feed" or "adhoc"
     meta: null,            // /v1/nowcasts/latest, or the ad-hoc answer
     index: null,           // the product's frame index (frame URLs, extent, projection, scales)
-    field: "rain",         // "rain" or "p:<threshold>"
+    field: "rain",         // "rain", "p:<mm/h>", "m:<mm/h>" (at some time) or "a:<mm>" (over the forecast)
     frames: [],            // [{time, lead_min, kind, url}] of the loop
     bitmaps: [],           // decoded frames, same order as frames
     loaded: 0,
@@ -157,6 +157,7 @@
     if (frame.kind === "max_probability") {
       return `at some time from +${Math.round(frame.first_lead_min)} to +${lead} min`;
     }
+    if (frame.kind === "accumulation_probability") return `in total from now to +${lead} min`;
     return `forecast +${lead} min`;
   }
 
@@ -385,6 +386,14 @@
                   first_lead_min: index.forecast[0].lead_min }];
       }
     }
+    if (field.startsWith("a:")) {
+      // the rain over the forecast period: one frame, from the newest radar frame to the last lead
+      const entry = (index.accumulation_probabilities || []).find((p) => `a:${p.threshold_mm}` === field);
+      const last = index.forecast[index.forecast.length - 1];
+      if (entry && last) {
+        return [{ ...last, url: entry.frame, kind: "accumulation_probability", threshold: entry.threshold_mm }];
+      }
+    }
     if (field.startsWith("p:")) {
       const entry = index.probabilities.find((p) => `p:${p.threshold_mmh}` === field);
       if (entry) {
@@ -500,7 +509,11 @@
       options.push(new Option(`probability of rain rate > ${p.threshold_mmh} mm/h at some time of the forecast`,
                               `m:${p.threshold_mmh}`));
     }
-    if (!index.probabilities.length) {
+    for (const p of index.accumulation_probabilities || []) {
+      options.push(new Option(`probability of rain > ${p.threshold_mm} mm in total over the forecast`,
+                              `a:${p.threshold_mm}`));
+    }
+    if (!index.probabilities.length && !(index.accumulation_probabilities || []).length) {
       const none = new Option("probabilities: none (no ensemble members)", "none");
       none.disabled = true;
       options.push(none);
@@ -520,7 +533,7 @@
   });
 
   function renderLegend() {
-    const probability = state.field.startsWith("p:") || state.field.startsWith("m:");
+    const probability = /^[pma]:/.test(state.field);
     const scale = state.index.scales[probability ? "probability" : "rain"];
     const rows = [];
     const fmt = (v) => (probability ? `${Math.round(v * 100)} %` : `${v}`);
@@ -533,11 +546,13 @@
     const box = $("legend");
     const title = document.createElement("div");
     const maximum = state.field.startsWith("m:");
-    title.textContent = probability ? `P(rain rate > ${state.field.slice(2)} mm/h${maximum ? " at some time" : ""})`
-      : "rain rate";
+    const total = state.field.startsWith("a:");
+    title.textContent = !probability ? "rain rate" : total ? `P(rain > ${state.field.slice(2)} mm in total)`
+      : `P(rain rate > ${state.field.slice(2)} mm/h${maximum ? " at some time" : ""})`;
     const items = rows.map(([colour, text]) => legendRow(colour, text));
-    const entry = probability
-      && state.index.probabilities.find((p) => `${state.field[0]}:${p.threshold_mmh}` === state.field);
+    const entry = probability && (total
+      ? (state.index.accumulation_probabilities || []).find((p) => `a:${p.threshold_mm}` === state.field)
+      : state.index.probabilities.find((p) => `${state.field[0]}:${p.threshold_mmh}` === state.field));
     const needed = entry ? entry.minimum_members_with_data : null;
     items.push(legendRow(null, needed ? `no data, or fewer than ${needed} members with data` : "no data"));
     box.replaceChildren(title, ...items);

@@ -56,8 +56,8 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
     summary="Forecast the next frames of a radar sequence",
     description=(
         "The body is JSON (`NowcastRequest`) or a CF-netCDF file (`Content-Type: application/x-netcdf`; "
-        "then `steps`, `members`, `seed`, `products`, `thresholds`, `quantile_levels` and `neighbourhood` come from "
-        "the query "
+        "then `steps`, `members`, `seed`, `products`, `thresholds`, `quantile_levels`, `neighbourhood` and "
+        "`accumulation_thresholds` come from the query "
         "string, which a JSON body must not use). With `members`, `products` asks for ensemble products "
         "(probabilities, quantiles, means) instead of the members' frames. The answer is JSON, or CF-netCDF "
         "with `Accept: application/x-netcdf` (members on a CF `realization` axis, products as IMPROVER "
@@ -97,7 +97,8 @@ async def create_nowcast(
     ] = None,
     products: Annotated[
         str | None,
-        Query(max_length=200, description="comma-separated: members, probabilities, mean, pm_mean, quantiles "
+        Query(max_length=200, description="comma-separated: members, probabilities, mean, pm_mean, quantiles, "
+                                          "max_probabilities, accumulation_probabilities, accumulation_quantiles "
                                           "(netCDF bodies, with members)"),
     ] = None,
     thresholds: Annotated[
@@ -110,12 +111,17 @@ async def create_nowcast(
         float | None, Query(ge=0, le=10, description="km per minute of lead of the probabilities' square "
                                                      "neighbourhood (netCDF bodies)")
     ] = None,
+    accumulation_thresholds: Annotated[
+        str | None, Query(max_length=2000, description="comma-separated mm over the forecast period of "
+                                                       "accumulation_probabilities (netCDF bodies)")
+    ] = None,
 ) -> Response:
     started = time.perf_counter()
     body_type = _body_type(request.headers.get("content-type"))
     netcdf_answer = _wants_netcdf(request.headers.get("accept"))
     in_query = {"steps": steps, "members": members, "seed": seed, "products": products, "thresholds": thresholds,
-                "quantile_levels": quantile_levels, "neighbourhood": neighbourhood}
+                "quantile_levels": quantile_levels, "neighbourhood": neighbourhood,
+                "accumulation_thresholds": accumulation_thresholds}
     if body_type == codec.JSON_TYPE and any(value is not None for value in in_query.values()):
         raise InputError(
             "steps: with a JSON body, give steps, members, seed and products in the body, not in the query string",

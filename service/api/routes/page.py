@@ -111,7 +111,13 @@ AdhocDep = Annotated[AdhocProducts, Depends(get_adhoc)]
 
 
 @frames_router.get("/nowcasts/latest/frames", summary="The newest product's map frames: their URLs, the grid's "
-                   "projection and extent (cell edges, projection units), times and colour scales", responses=_ERRORS)
+                   "projection and extent (cell edges, projection units), times and colour scales", responses=_ERRORS,
+                   description="`observed` and `forecast`: one frame URL a time. `probabilities`: one entry a rate "
+                   "threshold (`threshold_mmh`), with its `frames` (one a lead) and `max_frame` (P(rate > threshold at "
+                   "some lead), one frame; null without it). `accumulation_probabilities`: one entry a threshold of "
+                   "the rain over the forecast period in mm (`threshold_mm`, not mm/h), with its one `frame` "
+                   "(`.../frames/accumulation_probability/{threshold_mm}/0.png`, P(rain from the reference time to "
+                   "the last step > threshold)) and `minimum_members_with_data`; empty for a product without them.")
 async def latest_frames(request: Request, store: StoreDep) -> dict[str, Any]:
     entry = await store.latest_entry()
     if entry is None:
@@ -137,7 +143,9 @@ async def feed_frame(reference_time: str, kind: str, index: int, store: StoreDep
 @frames_router.get("/nowcasts/{reference_time}/frames/{kind}/{threshold}/{index}.png",
                    name="feed_probability_frame", response_class=Response, responses=_PNG,
                    summary="One exceedance-probability frame of a product of the feed (kind `probability`: at a "
-                   "lead; `max_probability`: of the rate above the threshold at some lead, one frame, 0)")
+                   "lead; `max_probability`: of the rate above the threshold at some lead, one frame, 0; "
+                   "`accumulation_probability`: of the rain over the forecast period above the threshold in mm, one "
+                   "frame, 0)")
 async def feed_probability_frame(reference_time: str, kind: str, threshold: str, index: int, store: StoreDep,
                                  frames: FramesDep) -> Response:
     entry = await _entry(store, reference_time)
@@ -189,7 +197,8 @@ def _frame_url(request: Request, name: str, probability_name: str, kind: str, in
     description="The body is a CF-netCDF sequence, as for `POST /v1/nowcasts` (`Content-Type: application/x-netcdf`), "
     "or a handful of HDF5 radar files (ODIM_H5) in one uncompressed tar (`Content-Type: application/x-tar`); the "
     "query (`steps`, `members`, `seed`, `thresholds`) as for a netCDF body. With members the answer carries the "
-    "probability-matched mean and exceedance probabilities. The forecast is kept for a while under the handle of "
+    "probability-matched mean, exceedance probabilities, those of the forecast's maximum and those of the rain over "
+    "the forecast period (at 1, 5 and 10 mm). The forecast is kept for a while under the handle of "
     "its frame URLs.",
     responses={**_ERRORS, 413: {"model": ErrorResponse, "description": "over the service's limits"},
                415: {"model": ErrorResponse, "description": "not a netCDF body"},
@@ -239,7 +248,7 @@ async def _adhoc_forecast(job: NowcastJob, adhoc_products: AdhocProducts, media:
                           members: int | None, seed: int | None, thresholds: str | None) -> AdhocProduct:
     """Decode, prepare, forecast (the model, or its fallback) and keep: POST /v1/nowcasts's path, kept as frames."""
     settings = job.settings
-    products = "pm_mean,probabilities,max_probabilities" if members else None
+    products = "pm_mean,probabilities,max_probabilities,accumulation_probabilities" if members else None
     if media == TAR_TYPE:
         query = await job.in_pool(_bundle_query, await read_body(job.request), settings, steps=steps,
                                   members=members, seed=seed, products=products, thresholds=thresholds)
@@ -278,11 +287,12 @@ def _adhoc_fields(observed: Any, answer: Any) -> ProductFields:
         forecast = answer["pm_mean"].assign_attrs(answer.attrs)
         probabilities = answer["probabilities"].assign_attrs(answer.attrs)
         maxima = answer["max_probabilities"].assign_attrs(answer.attrs)
+        accumulations = answer["accumulation_probabilities"].assign_attrs(answer.attrs)
     else:
-        forecast, probabilities, maxima = answer, None, None
+        forecast, probabilities, maxima, accumulations = answer, None, None, None
     return ProductFields(observed=observed, forecast=forecast, probabilities=probabilities,
                          reference_time=pd.Timestamp(observed["time"].values[-1]), attrs={},
-                         max_probabilities=maxima)
+                         max_probabilities=maxima, accumulation_probabilities=accumulations)
 
 
 def _adhoc_answer(request: Request, product: AdhocProduct) -> dict[str, Any]:
