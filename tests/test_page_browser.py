@@ -260,6 +260,16 @@ def test_a_click_on_the_map_shows_the_point_forecast_of_the_endpoint(browser: An
                 float(cell.get_attribute("data-value")) == value
             assert cell.text == ("–" if value is None else f"{value:.2f}")
     assert browser.find_elements(By.CSS_SELECTOR, "#point-chart canvas")  # the chart is drawn
+    # the whole forecast at the place: the maximum's and the total's probabilities, as the endpoint gives them
+    for kind, key in (("max", "max_probabilities"), ("accumulation", "accumulation_probabilities")):
+        shown = browser.find_elements(By.CSS_SELECTOR, f"#point-period div[data-kind='{kind}'] span")
+        assert [span.get_attribute("data-threshold") for span in shown] == list(expected[key])
+        for span, value in zip(shown, expected[key].values(), strict=True):
+            assert span.get_attribute("data-value") == ("" if value is None else str(value)) or \
+                float(span.get_attribute("data-value")) == value
+    period = browser.find_element(By.ID, "point-period").text
+    assert "From now to +60 min:" in period and "P(rain > 10 mm in total)" in period
+    assert "P(rate > 4 mm/h at some time)" in period
     assert console_errors(browser) == []
 
 

@@ -612,8 +612,40 @@
       ? `${loc.lat.toFixed(3)}°N ${loc.lon.toFixed(3)}°E` : `x ${loc.x}, y ${loc.y}`;
     $("point-title").textContent = data.no_data ? `${where}: no radar data there` : where;
     const thresholds = Object.keys((data.forecast.find((f) => f.probabilities) || {}).probabilities || {});
+    renderPointPeriod(data);
     renderPointTable(data, thresholds);
     renderPointChart(data, thresholds);
+  }
+
+  // What the whole forecast says at the place: the rate above a threshold at some time, the rain above one in total
+  function renderPointPeriod(data) {
+    const box = $("point-period");
+    const last = data.forecast.length ? Math.round(data.forecast[data.forecast.length - 1].lead_min) : 0;
+    const lines = [];
+    for (const [kind, values, words] of [
+      ["max", data.max_probabilities, (t) => `P(rate > ${Number(t)} mm/h at some time)`],
+      ["accumulation", data.accumulation_probabilities, (t) => `P(rain > ${Number(t)} mm in total)`],
+    ]) {
+      if (!values) continue;
+      const line = document.createElement("div");
+      line.dataset.kind = kind;
+      for (const [threshold, value] of Object.entries(values)) {
+        const span = document.createElement("span");
+        span.dataset.threshold = threshold;
+        span.dataset.value = value === null ? "" : String(value);
+        span.textContent = `${words(threshold)} ${value === null ? "–" : value.toFixed(2)}`;
+        if (line.childElementCount) line.append(" · ");
+        line.append(span);
+      }
+      lines.push(line);
+    }
+    if (lines.length) {
+      const heading = document.createElement("div");
+      heading.textContent = `From now to +${last} min:`;
+      lines.unshift(heading);
+    }
+    box.replaceChildren(...lines);
+    box.hidden = !lines.length;
   }
 
   function renderPointTable(data, thresholds) {
