@@ -33,6 +33,7 @@ from nowcast.bootstrap import (
     csi_difference_interval,
     spectrum_ratio_difference_interval,
 )
+from nowcast.verification import ensemble_sum_kind
 
 
 def main() -> None:
@@ -124,10 +125,9 @@ def print_ensemble_margins(report: dict, model: str, reference: str | None, n_re
                          f"{ci['p_not_ahead']:.2f}" for thr, ci in by_threshold.items())
         print(f"  {float(lead):5.0f}  {text}")
     records = next(iter(report["events"].values())).get("start_times") or [{}]
-    for period, sums, name, units in (
-            ("maximum", "period_crps", "forecast maximum (rate > threshold at some lead)", "mm/h"),
-            ("accumulation", "accumulation_crps", "rain over the forecast (more than the threshold)", "mm")):
-        if sums in records[0]:  # not in reports written before it was scored
+    for period, name, units in (("maximum", "forecast maximum (rate > threshold at some lead)", "mm/h"),
+                                ("accumulation", "rain over the forecast (more than the threshold)", "mm")):
+        if ensemble_sum_kind("crps", period) in records[0]:  # not in reports written before it was scored
             print_period_margins(report, model, reference, n_resamples, period, name, units)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from nowcast.errors import InputError
-from nowcast.verification import brier_skill, csi
+from nowcast.verification import ENSEMBLE_SUM_KINDS, brier_skill, csi, ensemble_sum_kind
 
 #: (model's sums, other's sums) -> the compared value, both (..., sums) arrays
 Comparison = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -66,7 +66,7 @@ def crps_difference_interval(report: dict[str, Any], model: str, other: str, *, 
     lower CRPS than ``other``. ``period``: "maximum" for the maximum over the leads of the
     forecast, "accumulation" for the rain over them (mm), keyed by the period's last lead.
     """
-    kind = _kind("crps", period)
+    kind = ensemble_sum_kind("crps", period)
     intervals = _intervals(_samples(report, kind, model, other), _difference_of(_mean), n_resamples=n_resamples,
                            level=level, seed=seed, model_ahead=lambda difference: difference < 0)
     return {lead: by_key[_WHOLE_LEAD] for lead, by_key in intervals.items()}
@@ -83,21 +83,12 @@ def brier_skill_interval(report: dict[str, Any], model: str, reference: str, *, 
     ``period``: "maximum" for the probability of the rate being above the threshold at some lead of the
     forecast, "accumulation" for the rain over the leads being above it (mm), keyed by the period's last lead.
     """
-    kind = _kind("brier", period)
+    kind = ensemble_sum_kind("brier", period)
     return _intervals(_samples(report, kind, model, reference), _brier_skill, n_resamples=n_resamples,
                       level=level, seed=seed, name="skill")
 
 
-_ENSEMBLE_KINDS = ("crps", "brier", "period_crps", "period_brier", "accumulation_crps", "accumulation_brier",
-                   "spectrum_member", "spectrum_member_matched")
-_PERIOD_PREFIXES = {None: "", "maximum": "period_", "accumulation": "accumulation_"}
-
-
-def _kind(score: str, period: str | None) -> str:
-    """The per-start-time sums of ``score`` ("crps", "brier") per lead, or of a period's statistic."""
-    if period not in _PERIOD_PREFIXES:
-        raise ValueError(f"unknown period {period!r}: choose maximum or accumulation (None: per lead)")
-    return _PERIOD_PREFIXES[period] + score
+_ENSEMBLE_KINDS = (*ENSEMBLE_SUM_KINDS, "spectrum_member", "spectrum_member_matched")
 # the key of sums kept per lead time only (the CRPS), as if they were per threshold
 _WHOLE_LEAD = ""
 

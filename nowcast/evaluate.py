@@ -72,7 +72,15 @@ from nowcast.products import probability_matched_mean_of
 from nowcast.quiet import quiet_stdout
 from nowcast.report import render_markdown
 from nowcast.sequence import DIMS, UNITS, _is_geographic, pixel_size_km
-from nowcast.verification import Scores, ScoreSettings, accumulate, key
+from nowcast.verification import (
+    ENSEMBLE_SUM_KINDS,
+    PeriodScores,
+    Scores,
+    ScoreSettings,
+    accumulate,
+    ensemble_sum_kind,
+    key,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +101,6 @@ DEFAULT_BRIER_REFERENCE = "steps"
 #: spectrum sums kept per start time: of the forecast, of it matched to the observed distribution, and the same of
 #: an ensemble's first member
 SPECTRUM_KINDS = ("spectrum", "spectrum_matched", "spectrum_member", "spectrum_member_matched")
-#: an ensemble's sums per start time: CRPS and Brier per lead, of the forecast's maximum and of its accumulation
-ENSEMBLE_SUM_KINDS = ("crps", "brier", "period_crps", "period_brier", "accumulation_crps", "accumulation_brier")
 # Pixel sizes outside this range (km) are no radar grid: most likely its units were misread.
 _PLAUSIBLE_PIXEL_KM = (0.05, 50.0)
 
@@ -724,11 +730,11 @@ def _totals(scores: Scores) -> dict[str, Any]:
               "spectrum_matched": scores.spectrum_totals(matched=True)}
     if scores.members is not None:
         totals.update(crps=scores.crps_totals(), brier=scores.brier_totals(),
-                      period_crps=scores.period_crps_totals(), period_brier=scores.period_brier_totals(),
-                      accumulation_crps=scores.period_crps_totals("accumulation"),
-                      accumulation_brier=scores.period_brier_totals("accumulation"),
                       spectrum_member=scores.spectrum_totals(member=True),
                       spectrum_member_matched=scores.spectrum_totals(matched=True, member=True))
+        for period in PeriodScores.STATISTICS:
+            totals[ensemble_sum_kind("crps", period)] = scores.period_crps_totals(period)
+            totals[ensemble_sum_kind("brier", period)] = scores.period_brier_totals(period)
     return totals
 
 
@@ -769,10 +775,10 @@ def _added_ensemble(before: dict[str, dict[str, Any]], after: dict[str, dict[str
         if "crps" not in now:
             continue
         prior = before[name]
-        for kind in ("crps", "period_crps", "accumulation_crps"):
+        for kind in (ensemble_sum_kind("crps", period) for period in (None, *PeriodScores.STATISTICS)):
             added[kind][name] = {key(lead): _difference(sums, prior[kind].get(lead, (0.0, 0)))
                                  for lead, sums in now[kind].items()}
-        for kind in ("brier", "period_brier", "accumulation_brier"):
+        for kind in (ensemble_sum_kind("brier", period) for period in (None, *PeriodScores.STATISTICS)):
             added[kind][name] = {
                 key(lead): {key(thr): _difference(sums, prior[kind].get(lead, {}).get(thr, (0.0, 0)))
                             for thr, sums in by_threshold.items()}

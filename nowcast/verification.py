@@ -731,6 +731,22 @@ class PeriodScores:
         }
 
 
+#: where a period's sums are kept per start time (``nowcast evaluate``'s records): by its statistic, None per lead
+_SUM_PREFIXES = {None: "", "maximum": "period_", "accumulation": "accumulation_"}
+
+
+def ensemble_sum_kind(score: str, period: str | None = None) -> str:
+    """The name of an ensemble's per-start-time sums of ``score`` ("crps", "brier"): per lead (``period`` None),
+    or of the forecast's maximum or accumulation (:attr:`PeriodScores.STATISTICS`)."""
+    if period not in _SUM_PREFIXES:
+        raise ValueError(f"unknown period {period!r}: choose maximum or accumulation (None: per lead)")
+    return _SUM_PREFIXES[period] + score
+
+
+#: an ensemble's sums per start time: CRPS and Brier per lead, of the forecast's maximum and of its accumulation
+ENSEMBLE_SUM_KINDS = tuple(ensemble_sum_kind(score, period) for period in _SUM_PREFIXES for score in ("crps", "brier"))
+
+
 class Scores:
     """Scores of one method accumulated over many forecasts, keyed by lead time (minutes).
 
